@@ -1,0 +1,315 @@
+//! Analysis: how a metric answer becomes evidence, and when a breach triggers.
+//!
+//! Pure functions and small state, used by the [machine](crate::machine).
+//! No data or too few samples is [`Verdict::Inconclusive`], which never passes.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::color::Timestamp;
+use crate::plan::{Aggregation, AnalysisCheck, Condition};
+use crate::provider::{MetricAnswer, Sample};
+
+/// What one measurement says about a check's success condition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    /// Enough samples, and the success condition holds.
+    Pass,
+    /// Enough samples, and the success condition does not hold.
+    Fail,
+    /// No data, or fewer samples than the check's minimum: never a pass.
+    Inconclusive,
+}
+
+/// Why a measurement was taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MeasurementKind {
+    /// A periodic measurement feeding the rollback triggers.
+    Periodic,
+    /// The success evaluation at the end of a step, the analysis window or the soak.
+    Final,
+}
+
+/// One measurement, with the samples behind it: the record a decision cites.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Measurement {
+    /// The check.
+    pub check: String,
+    /// Periodic or final.
+    pub kind: MeasurementKind,
+    /// The rendered query.
+    pub query: String,
+    /// The window's start.
+    pub from: Timestamp,
+    /// The window's end.
+    pub to: Timestamp,
+    /// The samples used (NaN samples are left out; they are no evidence).
+    pub samples: Vec<Sample>,
+    /// The aggregated value, when there was data.
+    pub value: Option<f64>,
+    /// The success condition it was compared with.
+    pub condition: Condition,
+    /// The verdict.
+    pub verdict: Verdict,
+    /// Whether a rollback trigger on this check saw a breach.
+    pub breach: bool,
+    /// Evaluated and recorded only, never acted on.
+    pub dry_run: bool,
+    /// Why there was no verdict, when inconclusive.
+    pub note: Option<String>,
+}
+
+impl Measurement {
+    /// A one-line description, e.g. `error-rate = 0.0712 (5 samples, 12:00-12:01) fail (< 0.01)`.
+    pub fn describe(&self) -> String {
+        let v = match self.value {
+            Some(v) => format!("{v:.4}"),
+            None => "no value".into(),
+        };
+        let mut s = format!(
+            "{} = {v} ({} samples over {}) {:?} (success {})",
+            self.check,
+            self.samples.len(),
+            humantime::format_duration(self.to.since(self.from)),
+            self.verdict,
+            self.condition
+        );
+        if self.breach {
+            s.push_str(", breach");
+        }
+        if let Some(n) = &self.note {
+            s.push_str(&format!(": {n}"));
+        }
+        s
+    }
+}
+
+/// Aggregates `samples` (NaN left out). `None` when nothing is left.
+pub fn aggregate(samples: &[Sample], how: Aggregation) -> Option<f64> {
+    let mut vals = samples.iter().map(|s| s.value).filter(|v| !v.is_nan());
+    let first = vals.next()?;
+    let (mut sum, mut min, mut max, mut last, mut n) = (first, first, first, first, 1u32);
+    for v in vals {
+        sum += v;
+        min = min.min(v);
+        max = max.max(v);
+        last = v;
+        n += 1;
+    }
+    Some(match how {
+        Aggregation::Mean => sum / f64::from(n),
+        Aggregation::Max => max,
+        Aggregation::Min => min,
+        Aggregation::Last => last,
+        Aggregation::Sum => sum,
+    })
+}
+
+/// Turns an answer into a measurement of `check` over `[from, to]`.
+pub fn measure(
+    check: &AnalysisCheck,
+    kind: MeasurementKind,
+    query: String,
+    from: Timestamp,
+    to: Timestamp,
+    answer: &MetricAnswer,
+) -> Measurement {
+    let (samples, note) = match answer {
+        MetricAnswer::Samples { samples } => (
+            samples
+                .iter()
+                .copied()
+                .filter(|s| !s.value.is_nan())
+                .collect::<Vec<_>>(),
+            None,
+        ),
+        MetricAnswer::NoData { reason } => (Vec::new(), Some(format!("no data: {reason}"))),
+    };
+    let value = aggregate(&samples, check.aggregation);
+    let (verdict, note) = match value {
+        _ if note.is_some() => (Verdict::Inconclusive, note),
+        None => (
+            Verdict::Inconclusive,
+            Some("no data: the answer had no usable samples".into()),
+        ),
+        Some(_) if (samples.len() as u64) < u64::from(check.min_samples) => (
+            Verdict::Inconclusive,
+            Some(format!(
+                "too few samples: {} of the {} required",
+                samples.len(),
+                check.min_samples
+            )),
+        ),
+        Some(v) if check.success.holds(v) => (Verdict::Pass, None),
+        Some(_) => (Verdict::Fail, None),
+    };
+    Measurement {
+        check: check.name.clone(),
+        kind,
+        query,
+        from,
+        to,
+        samples,
+        value,
+        condition: check.success,
+        verdict,
+        breach: false,
+        dry_run: check.dry_run,
+        note,
+    }
+}
+
+/// A run of consecutive breaching measurements of one rollback trigger.
+///
+/// An inconclusive measurement neither extends nor resets the run: it is no
+/// evidence either way. A conclusive measurement that does not breach resets it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BreachRun {
+    first: Option<Timestamp>,
+    last: Option<Timestamp>,
+    count: u32,
+}
+
+impl BreachRun {
+    /// Records a conclusive reading ending at `at` that did (`true`) or did not breach.
+    pub fn record(&mut self, at: Timestamp, breached: bool) {
+        if breached {
+            self.first.get_or_insert(at);
+            self.last = Some(at);
+            self.count += 1;
+        } else {
+            *self = BreachRun::default();
+        }
+    }
+
+    /// Breaching measurements in a row.
+    pub fn count(&self) -> u32 {
+        self.count
+    }
+
+    /// The time the run covers: from the start of the first breaching window
+    /// to the end of the last.
+    pub fn covered(&self, window: Duration) -> Duration {
+        match (self.first, self.last) {
+            (Some(f), Some(l)) => l.since(f) + window,
+            _ => Duration::ZERO,
+        }
+    }
+
+    /// Whether the run satisfies "for `for_duration`" or "`consecutive` in a row".
+    pub fn fires(
+        &self,
+        window: Duration,
+        for_duration: Option<Duration>,
+        consecutive: Option<u32>,
+    ) -> bool {
+        if self.count == 0 {
+            return false;
+        }
+        match (for_duration, consecutive) {
+            (Some(d), _) => self.covered(window) >= d,
+            (None, Some(n)) => self.count >= n,
+            (None, None) => true,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn samples(vals: &[f64]) -> MetricAnswer {
+        MetricAnswer::Samples {
+            samples: vals
+                .iter()
+                .enumerate()
+                .map(|(i, v)| Sample {
+                    at: Timestamp(i as u64 * 1000),
+                    value: *v,
+                })
+                .collect(),
+        }
+    }
+
+    fn check() -> AnalysisCheck {
+        AnalysisCheck {
+            min_samples: 3,
+            ..AnalysisCheck::error_rate("q")
+        }
+    }
+
+    fn m(answer: &MetricAnswer) -> Measurement {
+        measure(
+            &check(),
+            MeasurementKind::Periodic,
+            "q".into(),
+            Timestamp(0),
+            Timestamp(60_000),
+            answer,
+        )
+    }
+
+    #[test]
+    fn no_data_is_inconclusive_never_a_pass() {
+        let r = m(&MetricAnswer::NoData {
+            reason: "no series".into(),
+        });
+        assert_eq!(r.verdict, Verdict::Inconclusive);
+        assert_eq!(r.value, None);
+        assert!(r.note.unwrap().contains("no series"));
+    }
+
+    #[test]
+    fn too_few_samples_is_inconclusive() {
+        let r = m(&samples(&[0.001, 0.002]));
+        assert_eq!(r.verdict, Verdict::Inconclusive);
+        assert!(r.note.unwrap().contains("2 of the 3"));
+    }
+
+    #[test]
+    fn nan_samples_are_no_evidence() {
+        let r = m(&samples(&[f64::NAN, f64::NAN, 0.001, 0.001]));
+        assert_eq!(r.verdict, Verdict::Inconclusive);
+        let r = m(&samples(&[0.001, 0.002, 0.003]));
+        assert_eq!(r.verdict, Verdict::Pass);
+        assert_eq!(r.samples.len(), 3);
+        let r = m(&samples(&[0.02, 0.02, 0.02]));
+        assert_eq!(r.verdict, Verdict::Fail);
+    }
+
+    #[test]
+    fn five_breaches_of_one_minute_cover_five_minutes() {
+        let w = Duration::from_secs(60);
+        let five = Some(Duration::from_secs(300));
+        let mut run = BreachRun::default();
+        for i in 0..4 {
+            run.record(Timestamp(i * 60_000), true);
+            assert!(!run.fires(w, five, None));
+        }
+        run.record(Timestamp(4 * 60_000), true);
+        assert!(run.fires(w, five, None));
+        run.record(Timestamp(5 * 60_000), false);
+        assert!(!run.fires(w, five, None));
+        assert_eq!(run.count(), 0);
+    }
+
+    #[test]
+    fn aggregations() {
+        let s: Vec<Sample> = [1.0, 3.0, 2.0]
+            .iter()
+            .map(|v| Sample {
+                at: Timestamp(0),
+                value: *v,
+            })
+            .collect();
+        assert_eq!(aggregate(&s, Aggregation::Mean), Some(2.0));
+        assert_eq!(aggregate(&s, Aggregation::Max), Some(3.0));
+        assert_eq!(aggregate(&s, Aggregation::Min), Some(1.0));
+        assert_eq!(aggregate(&s, Aggregation::Last), Some(2.0));
+        assert_eq!(aggregate(&s, Aggregation::Sum), Some(6.0));
+        assert_eq!(aggregate(&[], Aggregation::Mean), None);
+    }
+}

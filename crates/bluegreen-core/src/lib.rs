@@ -1,0 +1,14 @@
+#![doc = include_str!("../README.md")]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+pub mod analysis;
+pub mod color;
+pub mod error;
+pub mod machine;
+pub mod plan;
+pub mod provider;
+
+pub use color::{Color, Timestamp, TrafficSplit};
+pub use error::{Error, ErrorKind, ErrorRecord, ErrorStatus, PlanError, Result};
+pub use plan::{Plan, Release};
+pub use provider::*;

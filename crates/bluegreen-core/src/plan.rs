@@ -1,0 +1,1235 @@
+//! The plan: a validated, serializable description of one deployment.
+//!
+//! Every default here is a number from the reference procedure, defined once
+//! in [`defaults`]. [`Plan::validate`] checks a plan and names the offending
+//! field in its error; [`Plan::from_json`] parses and validates in one step and
+//! never panics.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::color::Color;
+use crate::error::PlanError;
+
+/// The reference procedure's numbers, each defined once.
+pub mod defaults {
+    use std::time::Duration;
+
+    /// Tasks per color ("Blue environment deployed and stable (3 tasks running)").
+    pub const REPLICAS: u32 = 3;
+    /// Success: error rate below 1%.
+    pub const ERROR_RATE_SUCCESS: f64 = 0.01;
+    /// Automatic rollback: error rate above 5% ...
+    pub const ERROR_RATE_ROLLBACK: f64 = 0.05;
+    /// Success: p95 latency below 500 ms.
+    pub const P95_SUCCESS_MS: f64 = 500.0;
+    /// Automatic rollback: p95 latency above 1000 ms ...
+    pub const P95_ROLLBACK_MS: f64 = 1000.0;
+    /// ... for 5 consecutive minutes.
+    pub const SUSTAINED: Duration = Duration::from_secs(5 * 60);
+    /// Automatic rollback: more than 50% of the new color's targets unhealthy.
+    pub const UNHEALTHY_FRACTION: f64 = 0.5;
+    /// "Error rate < 1% for 15 minutes post-deployment".
+    pub const ANALYSIS_WINDOW: Duration = Duration::from_secs(15 * 60);
+    /// "Old version (Green) scaled down after 1 hour soak time".
+    pub const SOAK: Duration = Duration::from_secs(60 * 60);
+    /// No extra delay after the soak unless the plan asks for one.
+    pub const SCALE_DOWN_DELAY: Duration = Duration::ZERO;
+    /// "Rollback must be executed within 30 minutes".
+    pub const ROLLBACK_WINDOW: Duration = Duration::from_secs(30 * 60);
+    /// How often a check is measured.
+    pub const CHECK_INTERVAL: Duration = Duration::from_secs(60);
+    /// How often compute status is polled while waiting for stability.
+    pub const POLL_INTERVAL: Duration = Duration::from_secs(15);
+    /// The fewest samples a measurement needs before it counts as evidence.
+    pub const MIN_SAMPLES: u32 = 1;
+    /// Backup verification: the fewest entries `pg_restore --list` must show.
+    pub const BACKUP_MIN_ENTRIES: u64 = 1;
+    /// Progress deadline: preflight checks.
+    pub const DEADLINE_PREFLIGHT: Duration = Duration::from_secs(5 * 60);
+    /// Progress deadline: backup and its verification.
+    pub const DEADLINE_BACKUP: Duration = Duration::from_secs(30 * 60);
+    /// Progress deadline: migrations and their verification.
+    pub const DEADLINE_MIGRATE: Duration = Duration::from_secs(30 * 60);
+    /// Progress deadline: deploying the new color until stable ("5-10 minutes").
+    pub const DEADLINE_DEPLOY: Duration = Duration::from_secs(10 * 60);
+    /// Progress deadline: smoke tests.
+    pub const DEADLINE_SMOKE: Duration = Duration::from_secs(5 * 60);
+    /// Progress deadline: one traffic change and its read-back ("< 1 minute").
+    pub const DEADLINE_TRAFFIC: Duration = Duration::from_secs(60);
+    /// Progress deadline: scaling the old color down.
+    pub const DEADLINE_SCALE_DOWN: Duration = Duration::from_secs(10 * 60);
+}
+
+/// One deployment of one service: everything the engine needs to decide.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Plan {
+    /// The service being deployed, e.g. `order-api`. The lease is per service.
+    pub service: String,
+    /// What is being deployed.
+    pub release: Release,
+    /// Per-color endpoints for smoke tests and analysis templates.
+    #[serde(default)]
+    pub colors: ColorTargets,
+    /// Instances of the new color to run ("3 tasks").
+    #[serde(default = "default_replicas")]
+    pub replicas: u32,
+    /// How traffic moves to the new color.
+    #[serde(default)]
+    pub strategy: Strategy,
+    /// Checks before anything is changed.
+    #[serde(default)]
+    pub preflight: Preflight,
+    /// Database backup and migrations; absent when the release has none.
+    #[serde(default)]
+    pub migrations: Option<MigrationSettings>,
+    /// Names of the smoke tests run on the new color before it gets traffic,
+    /// and on the old color after a rollback.
+    #[serde(default)]
+    pub smoke_tests: Vec<String>,
+    /// The checks that decide promotion. At least one is required.
+    #[serde(default)]
+    pub analysis: Vec<AnalysisCheck>,
+    /// What rolls back automatically.
+    #[serde(default)]
+    pub rollback_triggers: Vec<RollbackTrigger>,
+    /// Soak, scale-down delay, analysis window and rollback window.
+    #[serde(default)]
+    pub timing: Timing,
+    /// Points at which the deployment waits for a human to promote.
+    #[serde(default)]
+    pub gates: Vec<Gate>,
+    /// The longest each phase may take before the deployment gives up on it.
+    #[serde(default)]
+    pub deadlines: Deadlines,
+    /// What to do when the evidence is inconclusive.
+    #[serde(default)]
+    pub on_inconclusive: InconclusivePolicy,
+}
+
+fn default_replicas() -> u32 {
+    defaults::REPLICAS
+}
+
+/// What is being deployed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Release {
+    /// The version, e.g. `2.5.0`.
+    pub version: String,
+    /// The image or artifact, e.g. `order-api:2.5.0-abc123`.
+    pub image: String,
+    /// The CI build, e.g. `#1234`.
+    #[serde(default)]
+    pub build: Option<String>,
+    /// Plain environment variables for the new color.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Environment variables whose values are secrets, by reference (a secret
+    /// name or ARN), never by value.
+    #[serde(default)]
+    pub secrets: BTreeMap<String, String>,
+}
+
+impl Release {
+    /// A release of `version` from `image`, with no build, environment or secrets.
+    pub fn new(version: impl Into<String>, image: impl Into<String>) -> Self {
+        Release {
+            version: version.into(),
+            image: image.into(),
+            build: None,
+            env: BTreeMap::new(),
+            secrets: BTreeMap::new(),
+        }
+    }
+}
+
+/// Where each color and staging can be reached.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ColorTargets {
+    /// The blue color.
+    #[serde(default)]
+    pub blue: ColorTarget,
+    /// The green color.
+    #[serde(default)]
+    pub green: ColorTarget,
+    /// The staging environment's base URL, for the staging health check.
+    #[serde(default)]
+    pub staging_url: Option<String>,
+}
+
+impl ColorTargets {
+    /// The target of `color`.
+    pub fn get(&self, color: Color) -> &ColorTarget {
+        match color {
+            Color::Blue => &self.blue,
+            Color::Green => &self.green,
+        }
+    }
+}
+
+/// One color's endpoint.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ColorTarget {
+    /// The base URL that reaches this color directly, e.g. `https://blue.order-api.internal`.
+    #[serde(default)]
+    pub base_url: Option<String>,
+}
+
+/// How traffic moves from the old color to the new one.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum Strategy {
+    /// Everything at once, then the analysis window.
+    #[default]
+    AllAtOnce,
+    /// Equal steps of `step_percent`, waiting `step_wait` after each.
+    Linear {
+        /// The percent added at each step; must divide 100.
+        step_percent: u8,
+        /// How long to watch each step before the next.
+        #[serde(with = "humantime_serde")]
+        step_wait: Duration,
+    },
+    /// `percent` first, watched for `wait`, then everything.
+    Canary {
+        /// The canary's share, 1–99.
+        percent: u8,
+        /// How long to watch the canary.
+        #[serde(with = "humantime_serde")]
+        wait: Duration,
+    },
+    /// Explicit steps; percents strictly increase and the last is 100.
+    Steps {
+        /// The steps in order.
+        steps: Vec<TrafficStep>,
+    },
+}
+
+/// One step of a traffic shift.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrafficStep {
+    /// The new color's percent at this step.
+    pub percent: u8,
+    /// How long to watch this step before the next (zero for the last).
+    #[serde(with = "humantime_serde", default)]
+    pub wait: Duration,
+}
+
+impl Strategy {
+    /// The steps this strategy takes; the last is always 100%.
+    pub fn steps(&self) -> Vec<TrafficStep> {
+        match self {
+            Strategy::AllAtOnce => vec![TrafficStep {
+                percent: 100,
+                wait: Duration::ZERO,
+            }],
+            Strategy::Linear {
+                step_percent,
+                step_wait,
+            } => {
+                let step = (*step_percent).max(1);
+                let mut out = Vec::new();
+                let mut p = step;
+                while p < 100 {
+                    out.push(TrafficStep {
+                        percent: p,
+                        wait: *step_wait,
+                    });
+                    p = p.saturating_add(step);
+                }
+                out.push(TrafficStep {
+                    percent: 100,
+                    wait: Duration::ZERO,
+                });
+                out
+            }
+            Strategy::Canary { percent, wait } => vec![
+                TrafficStep {
+                    percent: *percent,
+                    wait: *wait,
+                },
+                TrafficStep {
+                    percent: 100,
+                    wait: Duration::ZERO,
+                },
+            ],
+            Strategy::Steps { steps } => steps.clone(),
+        }
+    }
+}
+
+/// Checks run before anything is changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Preflight {
+    /// Smoke tests (by name) run against staging, e.g. the reference's
+    /// `curl https://staging-api.example.com/health`.
+    #[serde(default)]
+    pub staging_checks: Vec<String>,
+    /// Secrets that must exist and be fresh.
+    #[serde(default)]
+    pub required_secrets: Vec<RequiredSecret>,
+}
+
+/// A secret the release needs, with its rotation policy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequiredSecret {
+    /// The secret's name or ARN, e.g. `prod/order-api/db-password`.
+    pub name: String,
+    /// The longest time since the last rotation; `None` means rotated only on
+    /// compromise (the reference's policy for webhook secrets).
+    #[serde(default, with = "humantime_serde")]
+    pub max_age: Option<Duration>,
+}
+
+/// Backup and migration settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MigrationSettings {
+    /// Take and verify a backup before migrating (the reference does).
+    #[serde(default = "yes")]
+    pub backup: bool,
+    /// Backup verification: the fewest entries the backup must list.
+    #[serde(default = "default_backup_entries")]
+    pub backup_min_entries: u64,
+}
+
+impl Default for MigrationSettings {
+    fn default() -> Self {
+        MigrationSettings {
+            backup: true,
+            backup_min_entries: defaults::BACKUP_MIN_ENTRIES,
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_backup_entries() -> u64 {
+    defaults::BACKUP_MIN_ENTRIES
+}
+
+/// A comparison against a threshold, written `"< 0.01"`, `">= 3"` and so on.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Condition {
+    /// The comparison.
+    pub op: Comparison,
+    /// The threshold.
+    pub threshold: f64,
+}
+
+/// A comparison operator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Comparison {
+    /// `<`
+    Lt,
+    /// `<=`
+    Le,
+    /// `>`
+    Gt,
+    /// `>=`
+    Ge,
+}
+
+impl Condition {
+    /// `value < threshold`.
+    pub fn lt(threshold: f64) -> Self {
+        Condition {
+            op: Comparison::Lt,
+            threshold,
+        }
+    }
+
+    /// `value > threshold`.
+    pub fn gt(threshold: f64) -> Self {
+        Condition {
+            op: Comparison::Gt,
+            threshold,
+        }
+    }
+
+    /// Whether `value` satisfies the condition. NaN satisfies nothing.
+    pub fn holds(&self, value: f64) -> bool {
+        match self.op {
+            Comparison::Lt => value < self.threshold,
+            Comparison::Le => value <= self.threshold,
+            Comparison::Gt => value > self.threshold,
+            Comparison::Ge => value >= self.threshold,
+        }
+    }
+}
+
+impl fmt::Display for Condition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let op = match self.op {
+            Comparison::Lt => "<",
+            Comparison::Le => "<=",
+            Comparison::Gt => ">",
+            Comparison::Ge => ">=",
+        };
+        write!(f, "{op} {}", self.threshold)
+    }
+}
+
+impl FromStr for Condition {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        let (op, rest) = if let Some(r) = s.strip_prefix("<=") {
+            (Comparison::Le, r)
+        } else if let Some(r) = s.strip_prefix(">=") {
+            (Comparison::Ge, r)
+        } else if let Some(r) = s.strip_prefix('<') {
+            (Comparison::Lt, r)
+        } else if let Some(r) = s.strip_prefix('>') {
+            (Comparison::Gt, r)
+        } else {
+            return Err(format!(
+                "condition {s:?} must start with <, <=, > or >=, e.g. \"< 0.01\""
+            ));
+        };
+        let threshold: f64 = rest
+            .trim()
+            .parse()
+            .map_err(|_| format!("condition {s:?}: {:?} is not a number", rest.trim()))?;
+        if !threshold.is_finite() {
+            return Err(format!("condition {s:?}: the threshold must be finite"));
+        }
+        Ok(Condition { op, threshold })
+    }
+}
+
+impl TryFrom<String> for Condition {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl From<Condition> for String {
+    fn from(c: Condition) -> String {
+        c.to_string()
+    }
+}
+
+/// How the samples of one measurement become one value.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Aggregation {
+    /// The arithmetic mean.
+    #[default]
+    Mean,
+    /// The largest sample.
+    Max,
+    /// The smallest sample.
+    Min,
+    /// The newest sample.
+    Last,
+    /// The sum of the samples.
+    Sum,
+}
+
+/// The unit of a check's value, used to range-check its thresholds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Unit {
+    /// A fraction between 0 and 1 (an error rate of 1% is 0.01).
+    Ratio,
+    /// A percentage between 0 and 100.
+    Percent,
+    /// Milliseconds, zero or more.
+    Milliseconds,
+    /// Any number.
+    #[default]
+    Number,
+}
+
+impl Unit {
+    fn check(self, v: f64) -> Result<(), String> {
+        let ok = match self {
+            Unit::Ratio => (0.0..=1.0).contains(&v),
+            Unit::Percent => (0.0..=100.0).contains(&v),
+            Unit::Milliseconds => v >= 0.0,
+            Unit::Number => true,
+        };
+        if ok {
+            Ok(())
+        } else {
+            let range = match self {
+                Unit::Ratio => "between 0 and 1 (1% is 0.01)",
+                Unit::Percent => "between 0 and 100",
+                _ => "zero or more",
+            };
+            Err(format!("threshold {v} is out of range: expected {range}"))
+        }
+    }
+}
+
+/// One metric check: how it is queried, how often, and what passes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AnalysisCheck {
+    /// The check's name, referred to by rollback triggers and reports.
+    pub name: String,
+    /// The query template; `{service}`, `{color}` and `{version}` are filled in.
+    pub query: String,
+    /// Which registered metrics source answers it; the default source if absent.
+    #[serde(default)]
+    pub source: Option<String>,
+    /// How samples become one value.
+    #[serde(default)]
+    pub aggregation: Aggregation,
+    /// The unit of the value.
+    #[serde(default)]
+    pub unit: Unit,
+    /// The success condition over the analysis window, e.g. `"< 0.01"`.
+    pub success: Condition,
+    /// How often the check is measured while traffic is on the new color.
+    #[serde(default = "default_interval", with = "humantime_serde")]
+    pub interval: Duration,
+    /// The window each periodic measurement covers (the interval if absent).
+    #[serde(default, with = "humantime_serde")]
+    pub window: Option<Duration>,
+    /// The fewest samples a measurement needs to count as evidence.
+    #[serde(default = "default_min_samples")]
+    pub min_samples: u32,
+    /// Evaluate and record, but never act on the result.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+fn default_interval() -> Duration {
+    defaults::CHECK_INTERVAL
+}
+
+fn default_min_samples() -> u32 {
+    defaults::MIN_SAMPLES
+}
+
+impl AnalysisCheck {
+    /// A check named `name` on `query` that passes when `success` holds,
+    /// with the default interval and sample count.
+    pub fn new(name: impl Into<String>, query: impl Into<String>, success: Condition) -> Self {
+        AnalysisCheck {
+            name: name.into(),
+            query: query.into(),
+            source: None,
+            aggregation: Aggregation::Mean,
+            unit: Unit::Number,
+            success,
+            interval: defaults::CHECK_INTERVAL,
+            window: None,
+            min_samples: defaults::MIN_SAMPLES,
+            dry_run: false,
+        }
+    }
+
+    /// The reference's error-rate check: a ratio, passing below 1%.
+    pub fn error_rate(query: impl Into<String>) -> Self {
+        AnalysisCheck {
+            unit: Unit::Ratio,
+            ..Self::new(
+                "error-rate",
+                query,
+                Condition::lt(defaults::ERROR_RATE_SUCCESS),
+            )
+        }
+    }
+
+    /// The reference's p95 latency check: milliseconds, passing below 500.
+    pub fn p95_latency(query: impl Into<String>) -> Self {
+        AnalysisCheck {
+            unit: Unit::Milliseconds,
+            aggregation: Aggregation::Max,
+            ..Self::new(
+                "p95-latency",
+                query,
+                Condition::lt(defaults::P95_SUCCESS_MS),
+            )
+        }
+    }
+
+    /// The window one periodic measurement covers.
+    pub fn measurement_window(&self) -> Duration {
+        self.window.unwrap_or(self.interval)
+    }
+}
+
+/// What rolls the deployment back without a human.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum RollbackTrigger {
+    /// A check's measurements breach `breach` for a duration or a count.
+    Metric {
+        /// The name of an analysis check.
+        check: String,
+        /// The breach condition, e.g. `"> 0.05"`.
+        breach: Condition,
+        /// Breached for this long ("for 5 consecutive minutes").
+        #[serde(default, rename = "for", with = "humantime_serde")]
+        for_duration: Option<Duration>,
+        /// Or breached this many measurements in a row.
+        #[serde(default)]
+        consecutive: Option<u32>,
+    },
+    /// More than `above` of the new color's targets are unhealthy.
+    UnhealthyTargets {
+        /// The unhealthy fraction that triggers, 0–1 (the reference: 0.5).
+        above: f64,
+        /// How many readings in a row (1 if absent).
+        #[serde(default)]
+        consecutive: Option<u32>,
+    },
+    /// Any smoke test fails. Always in force; listing it documents it.
+    SmokeTestFailed,
+}
+
+impl RollbackTrigger {
+    /// "`check` above `threshold` for 5 consecutive minutes".
+    pub fn sustained_above(check: impl Into<String>, threshold: f64) -> Self {
+        RollbackTrigger::Metric {
+            check: check.into(),
+            breach: Condition::gt(threshold),
+            for_duration: Some(defaults::SUSTAINED),
+            consecutive: None,
+        }
+    }
+
+    /// A short description, e.g. `error-rate > 0.05 for 5m`.
+    pub fn describe(&self) -> String {
+        match self {
+            RollbackTrigger::Metric {
+                check,
+                breach,
+                for_duration,
+                consecutive,
+            } => match (for_duration, consecutive) {
+                (Some(d), _) => format!("{check} {breach} for {}", humantime::format_duration(*d)),
+                (None, Some(n)) => format!("{check} {breach} for {n} measurements in a row"),
+                (None, None) => format!("{check} {breach}"),
+            },
+            RollbackTrigger::UnhealthyTargets { above, .. } => {
+                format!("more than {}% of the new color's targets unhealthy", above * 100.0)
+            }
+            RollbackTrigger::SmokeTestFailed => "any smoke test fails".into(),
+        }
+    }
+}
+
+/// Soak, scale-down delay and windows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Timing {
+    /// How long success is measured after all traffic is on the new color.
+    #[serde(default = "d_analysis", with = "humantime_serde")]
+    pub analysis_window: Duration,
+    /// How long the new color runs with the old still up, after analysis.
+    #[serde(default = "d_soak", with = "humantime_serde")]
+    pub soak: Duration,
+    /// How long to wait after the soak before scaling the old color down.
+    #[serde(default = "d_scale_down", with = "humantime_serde")]
+    pub scale_down_delay: Duration,
+    /// The longest a rollback may take before it halts for a human.
+    #[serde(default = "d_rollback", with = "humantime_serde")]
+    pub rollback_window: Duration,
+    /// How often compute status is polled while waiting for stability.
+    #[serde(default = "d_poll", with = "humantime_serde")]
+    pub poll_interval: Duration,
+}
+
+fn d_analysis() -> Duration {
+    defaults::ANALYSIS_WINDOW
+}
+fn d_soak() -> Duration {
+    defaults::SOAK
+}
+fn d_scale_down() -> Duration {
+    defaults::SCALE_DOWN_DELAY
+}
+fn d_rollback() -> Duration {
+    defaults::ROLLBACK_WINDOW
+}
+fn d_poll() -> Duration {
+    defaults::POLL_INTERVAL
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Timing {
+            analysis_window: defaults::ANALYSIS_WINDOW,
+            soak: defaults::SOAK,
+            scale_down_delay: defaults::SCALE_DOWN_DELAY,
+            rollback_window: defaults::ROLLBACK_WINDOW,
+            poll_interval: defaults::POLL_INTERVAL,
+        }
+    }
+}
+
+/// A point where the deployment waits for `promote`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Gate {
+    /// After smoke tests, before the new color gets any traffic.
+    BeforeShift,
+    /// Before the last traffic step (100% on the new color).
+    BeforeFullTraffic,
+    /// After the soak, before the old color is scaled down.
+    BeforeScaleDown,
+    /// Before contract migrations, which cannot be undone.
+    BeforeContract,
+}
+
+/// Progress deadlines per phase.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Deadlines {
+    /// Preflight checks.
+    #[serde(default = "dl_preflight", with = "humantime_serde")]
+    pub preflight: Duration,
+    /// Backup and its verification.
+    #[serde(default = "dl_backup", with = "humantime_serde")]
+    pub backup: Duration,
+    /// Each migration phase and its verification.
+    #[serde(default = "dl_migrate", with = "humantime_serde")]
+    pub migrate: Duration,
+    /// Preparing and scaling the new color until it is stable.
+    #[serde(default = "dl_deploy", with = "humantime_serde")]
+    pub deploy: Duration,
+    /// Smoke tests.
+    #[serde(default = "dl_smoke", with = "humantime_serde")]
+    pub smoke: Duration,
+    /// One traffic change and its read-back.
+    #[serde(default = "dl_traffic", with = "humantime_serde")]
+    pub traffic: Duration,
+    /// Scaling the old color down.
+    #[serde(default = "dl_scale_down", with = "humantime_serde")]
+    pub scale_down: Duration,
+}
+
+fn dl_preflight() -> Duration {
+    defaults::DEADLINE_PREFLIGHT
+}
+fn dl_backup() -> Duration {
+    defaults::DEADLINE_BACKUP
+}
+fn dl_migrate() -> Duration {
+    defaults::DEADLINE_MIGRATE
+}
+fn dl_deploy() -> Duration {
+    defaults::DEADLINE_DEPLOY
+}
+fn dl_smoke() -> Duration {
+    defaults::DEADLINE_SMOKE
+}
+fn dl_traffic() -> Duration {
+    defaults::DEADLINE_TRAFFIC
+}
+fn dl_scale_down() -> Duration {
+    defaults::DEADLINE_SCALE_DOWN
+}
+
+impl Default for Deadlines {
+    fn default() -> Self {
+        Deadlines {
+            preflight: defaults::DEADLINE_PREFLIGHT,
+            backup: defaults::DEADLINE_BACKUP,
+            migrate: defaults::DEADLINE_MIGRATE,
+            deploy: defaults::DEADLINE_DEPLOY,
+            smoke: defaults::DEADLINE_SMOKE,
+            traffic: defaults::DEADLINE_TRAFFIC,
+            scale_down: defaults::DEADLINE_SCALE_DOWN,
+        }
+    }
+}
+
+/// What an inconclusive analysis (no data, too few samples) does. It never promotes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum InconclusivePolicy {
+    /// Wait for a human to promote or abort.
+    #[default]
+    Pause,
+    /// Roll back.
+    Rollback,
+}
+
+impl Plan {
+    /// A plan with the reference procedure's numbers: three replicas,
+    /// all-at-once, error rate < 1% and p95 < 500 ms over 15 minutes, automatic
+    /// rollback on error rate > 5% or p95 > 1000 ms for 5 minutes, on more than
+    /// half of the targets unhealthy and on any failed smoke test, an hour of
+    /// soak and a 30-minute rollback window.
+    ///
+    /// `error_rate_query` and `p95_query` are the metric queries for the
+    /// default metrics source, with `{service}`, `{color}`, `{version}` templates.
+    pub fn reference(
+        service: impl Into<String>,
+        release: Release,
+        error_rate_query: impl Into<String>,
+        p95_query: impl Into<String>,
+    ) -> Plan {
+        Plan {
+            service: service.into(),
+            release,
+            colors: ColorTargets::default(),
+            replicas: defaults::REPLICAS,
+            strategy: Strategy::AllAtOnce,
+            preflight: Preflight::default(),
+            migrations: None,
+            smoke_tests: Vec::new(),
+            analysis: vec![
+                AnalysisCheck::error_rate(error_rate_query),
+                AnalysisCheck::p95_latency(p95_query),
+            ],
+            rollback_triggers: vec![
+                RollbackTrigger::sustained_above("error-rate", defaults::ERROR_RATE_ROLLBACK),
+                RollbackTrigger::sustained_above("p95-latency", defaults::P95_ROLLBACK_MS),
+                RollbackTrigger::UnhealthyTargets {
+                    above: defaults::UNHEALTHY_FRACTION,
+                    consecutive: None,
+                },
+                RollbackTrigger::SmokeTestFailed,
+            ],
+            timing: Timing::default(),
+            gates: Vec::new(),
+            deadlines: Deadlines::default(),
+            on_inconclusive: InconclusivePolicy::Pause,
+        }
+    }
+
+    /// Parses a plan from JSON and validates it. Errors name the field.
+    pub fn from_json(text: &str) -> Result<Plan, PlanError> {
+        let de = &mut serde_json::Deserializer::from_str(text);
+        let plan: Plan = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let field = if path == "." { "plan".to_string() } else { path };
+            PlanError::new(field, e.into_inner().to_string())
+        })?;
+        plan.validate()?;
+        Ok(plan)
+    }
+
+    /// The check named `name`.
+    pub fn check(&self, name: &str) -> Option<&AnalysisCheck> {
+        self.analysis.iter().find(|c| c.name == name)
+    }
+
+    /// Checks every rule a plan must follow; the error names the first bad field.
+    pub fn validate(&self) -> Result<(), PlanError> {
+        non_empty("service", &self.service)?;
+        non_empty("release.version", &self.release.version)?;
+        non_empty("release.image", &self.release.image)?;
+        for (k, v) in &self.release.secrets {
+            non_empty(&format!("release.secrets.{k}"), v)?;
+        }
+        if self.replicas == 0 {
+            return Err(PlanError::new(
+                "replicas",
+                "must be at least 1: the new color needs serving capacity",
+            ));
+        }
+        self.validate_strategy()?;
+        for (i, s) in self.preflight.required_secrets.iter().enumerate() {
+            non_empty(&format!("preflight.required_secrets[{i}].name"), &s.name)?;
+            if let Some(age) = s.max_age {
+                positive(&format!("preflight.required_secrets[{i}].max_age"), age)?;
+            }
+        }
+        if let Some(m) = &self.migrations {
+            if m.backup && m.backup_min_entries == 0 {
+                return Err(PlanError::new(
+                    "migrations.backup_min_entries",
+                    "must be at least 1, or a backup with nothing in it would pass",
+                ));
+            }
+        }
+        unique("smoke_tests", self.smoke_tests.iter().map(String::as_str))?;
+        for (i, n) in self.smoke_tests.iter().enumerate() {
+            non_empty(&format!("smoke_tests[{i}]"), n)?;
+        }
+        if self.analysis.is_empty() {
+            return Err(PlanError::new(
+                "analysis",
+                "at least one check is required: a deployment is never promoted without evidence",
+            ));
+        }
+        unique("analysis", self.analysis.iter().map(|c| c.name.as_str()))?;
+        for (i, c) in self.analysis.iter().enumerate() {
+            let f = |name: &str| format!("analysis[{i}].{name}");
+            non_empty(&f("name"), &c.name)?;
+            non_empty(&f("query"), &c.query)?;
+            positive(&f("interval"), c.interval)?;
+            if let Some(w) = c.window {
+                positive(&f("window"), w)?;
+            }
+            if c.min_samples == 0 {
+                return Err(PlanError::new(
+                    f("min_samples"),
+                    "must be at least 1: no samples is no evidence",
+                ));
+            }
+            c.unit
+                .check(c.success.threshold)
+                .map_err(|m| PlanError::new(f("success"), m))?;
+            check_template(&f("query"), &c.query)?;
+        }
+        for (i, t) in self.rollback_triggers.iter().enumerate() {
+            let f = |name: &str| format!("rollback_triggers[{i}].{name}");
+            match t {
+                RollbackTrigger::Metric {
+                    check,
+                    breach,
+                    for_duration,
+                    consecutive,
+                } => {
+                    let Some(c) = self.check(check) else {
+                        let known: Vec<&str> =
+                            self.analysis.iter().map(|c| c.name.as_str()).collect();
+                        return Err(PlanError::new(
+                            f("check"),
+                            format!(
+                                "refers to check {check:?}, which does not exist; known checks: {}",
+                                known.join(", ")
+                            ),
+                        ));
+                    };
+                    c.unit
+                        .check(breach.threshold)
+                        .map_err(|m| PlanError::new(f("breach"), m))?;
+                    match (for_duration, consecutive) {
+                        (Some(d), None) => positive(&f("for"), *d)?,
+                        (None, Some(0)) => {
+                            return Err(PlanError::new(f("consecutive"), "must be at least 1"))
+                        }
+                        (None, Some(_)) => {}
+                        _ => {
+                            return Err(PlanError::new(
+                                f("for"),
+                                "give exactly one of `for` (a duration) and `consecutive` (a count)",
+                            ))
+                        }
+                    }
+                }
+                RollbackTrigger::UnhealthyTargets { above, consecutive } => {
+                    if !(above.is_finite() && *above >= 0.0 && *above < 1.0) {
+                        return Err(PlanError::new(
+                            f("above"),
+                            format!("{above} is out of range: expected a fraction from 0 up to (not including) 1"),
+                        ));
+                    }
+                    if *consecutive == Some(0) {
+                        return Err(PlanError::new(f("consecutive"), "must be at least 1"));
+                    }
+                }
+                RollbackTrigger::SmokeTestFailed => {}
+            }
+        }
+        let t = &self.timing;
+        positive("timing.analysis_window", t.analysis_window)?;
+        positive("timing.rollback_window", t.rollback_window)?;
+        positive("timing.poll_interval", t.poll_interval)?;
+        let d = &self.deadlines;
+        for (name, v) in [
+            ("deadlines.preflight", d.preflight),
+            ("deadlines.backup", d.backup),
+            ("deadlines.migrate", d.migrate),
+            ("deadlines.deploy", d.deploy),
+            ("deadlines.smoke", d.smoke),
+            ("deadlines.traffic", d.traffic),
+            ("deadlines.scale_down", d.scale_down),
+        ] {
+            positive(name, v)?;
+        }
+        let mut seen = BTreeSet::new();
+        for (i, g) in self.gates.iter().enumerate() {
+            if !seen.insert(*g) {
+                return Err(PlanError::new(format!("gates[{i}]"), "listed twice"));
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_strategy(&self) -> Result<(), PlanError> {
+        match &self.strategy {
+            Strategy::AllAtOnce => Ok(()),
+            Strategy::Linear {
+                step_percent,
+                step_wait,
+            } => {
+                if *step_percent == 0 || *step_percent > 100 || 100 % *step_percent != 0 {
+                    return Err(PlanError::new(
+                        "strategy.step_percent",
+                        format!("{step_percent} does not add up to 100 in equal steps: use a divisor of 100 such as 10, 20, 25 or 50"),
+                    ));
+                }
+                positive("strategy.step_wait", *step_wait)
+            }
+            Strategy::Canary { percent, wait } => {
+                if *percent == 0 || *percent >= 100 {
+                    return Err(PlanError::new(
+                        "strategy.percent",
+                        format!("{percent} is out of range: a canary takes 1 to 99 percent"),
+                    ));
+                }
+                positive("strategy.wait", *wait)
+            }
+            Strategy::Steps { steps } => {
+                if steps.is_empty() {
+                    return Err(PlanError::new("strategy.steps", "needs at least one step"));
+                }
+                let mut prev = 0u8;
+                for (i, s) in steps.iter().enumerate() {
+                    if s.percent <= prev || s.percent > 100 {
+                        return Err(PlanError::new(
+                            format!("strategy.steps[{i}].percent"),
+                            format!(
+                                "{} must be greater than the step before ({prev}) and at most 100",
+                                s.percent
+                            ),
+                        ));
+                    }
+                    if s.percent < 100 {
+                        positive(&format!("strategy.steps[{i}].wait"), s.wait)?;
+                    }
+                    prev = s.percent;
+                }
+                if prev != 100 {
+                    return Err(PlanError::new(
+                        format!("strategy.steps[{}].percent", steps.len() - 1),
+                        format!("the steps end at {prev}%; they must add up to 100"),
+                    ));
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+fn non_empty(field: &str, v: &str) -> Result<(), PlanError> {
+    if v.trim().is_empty() {
+        Err(PlanError::new(field, "must not be empty"))
+    } else {
+        Ok(())
+    }
+}
+
+fn positive(field: &str, d: Duration) -> Result<(), PlanError> {
+    if d.is_zero() {
+        Err(PlanError::new(field, "must be a positive duration, e.g. \"5m\""))
+    } else {
+        Ok(())
+    }
+}
+
+fn unique<'a>(field: &str, names: impl Iterator<Item = &'a str>) -> Result<(), PlanError> {
+    let mut seen = BTreeSet::new();
+    for (i, n) in names.enumerate() {
+        if !seen.insert(n) {
+            return Err(PlanError::new(
+                format!("{field}[{i}]"),
+                format!("{n:?} is listed twice"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The variables a query template may name.
+pub const TEMPLATE_VARIABLES: [&str; 3] = ["service", "color", "version"];
+
+fn check_template(field: &str, template: &str) -> Result<(), PlanError> {
+    render_template(template, |_| Some("")).map(|_| ()).map_err(|m| PlanError::new(field, m))
+}
+
+/// Fills `{name}` placeholders from `lookup`.
+///
+/// Datadog scopes use braces too (`{service:order-api}`): only a brace group
+/// that is exactly a variable-like name (letters, digits, `_`, `-`) is a
+/// placeholder; any other brace is kept as written. A variable-like name that
+/// `lookup` does not know is an error naming it.
+pub fn render_template<'a>(
+    template: &str,
+    lookup: impl Fn(&str) -> Option<&'a str>,
+) -> Result<String, String> {
+    let mut out = String::with_capacity(template.len());
+    let mut rest = template;
+    while let Some(start) = rest.find('{') {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 1..];
+        let end = after.find(['{', '}']);
+        match end {
+            Some(end) if after.as_bytes()[end] == b'}' && is_variable_name(&after[..end]) => {
+                let name = &after[..end];
+                match lookup(name) {
+                    Some(v) => out.push_str(v),
+                    None => {
+                        return Err(format!(
+                            "unknown template variable {{{name}}}: expected one of {}",
+                            TEMPLATE_VARIABLES.map(|v| format!("{{{v}}}")).join(", ")
+                        ))
+                    }
+                }
+                rest = &after[end + 1..];
+            }
+            _ => {
+                out.push('{');
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+fn is_variable_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reference() -> Plan {
+        Plan::reference(
+            "order-api",
+            Release::new("2.5.0", "order-api:2.5.0-abc123"),
+            "sum:api.errors{service:{service},color:{color}}.as_rate()",
+            "p95:api.response_time{service:{service},color:{color}}",
+        )
+    }
+
+    #[test]
+    fn the_reference_plan_is_valid_and_carries_the_reference_numbers() {
+        let p = reference();
+        p.validate().unwrap();
+        assert_eq!(p.replicas, 3);
+        assert_eq!(p.timing.soak, Duration::from_secs(3600));
+        assert_eq!(p.check("error-rate").unwrap().success, Condition::lt(0.01));
+        assert_eq!(p.check("p95-latency").unwrap().success, Condition::lt(500.0));
+        assert_eq!(
+            p.rollback_triggers[0].describe(),
+            "error-rate > 0.05 for 5m"
+        );
+        let json = serde_json::to_string(&p).unwrap();
+        assert_eq!(Plan::from_json(&json).unwrap(), p);
+    }
+
+    fn field_of(json: serde_json::Value) -> String {
+        Plan::from_json(&json.to_string()).unwrap_err().field
+    }
+
+    fn reference_json() -> serde_json::Value {
+        serde_json::to_value(reference()).unwrap()
+    }
+
+    #[test]
+    fn an_unknown_field_is_named() {
+        let mut v = reference_json();
+        v["timing"]["soak_time"] = "1h".into();
+        let err = Plan::from_json(&v.to_string()).unwrap_err();
+        assert_eq!(err.field, "timing.soak_time");
+        assert!(err.message.contains("soak_time"), "{err}");
+    }
+
+    #[test]
+    fn a_zero_duration_is_refused_where_it_must_be_positive() {
+        let mut v = reference_json();
+        v["analysis"][1]["interval"] = "0s".into();
+        assert_eq!(field_of(v), "analysis[1].interval");
+        let mut v = reference_json();
+        v["timing"]["rollback_window"] = "0s".into();
+        assert_eq!(field_of(v), "timing.rollback_window");
+    }
+
+    #[test]
+    fn a_negative_duration_does_not_parse_and_names_the_field() {
+        let mut v = reference_json();
+        v["timing"]["soak"] = "-5m".into();
+        assert_eq!(field_of(v), "timing.soak");
+    }
+
+    #[test]
+    fn steps_must_add_up_to_100() {
+        let mut v = reference_json();
+        v["strategy"] = serde_json::json!({"type": "linear", "step_percent": 30, "step_wait": "1m"});
+        assert_eq!(field_of(v), "strategy.step_percent");
+        let mut v = reference_json();
+        v["strategy"] = serde_json::json!({"type": "steps", "steps": [
+            {"percent": 10, "wait": "1m"}, {"percent": 50, "wait": "1m"}]});
+        assert_eq!(field_of(v), "strategy.steps[1].percent");
+    }
+
+    #[test]
+    fn a_threshold_out_of_range_is_refused() {
+        let mut v = reference_json();
+        v["analysis"][0]["success"] = "< 5".into();
+        let err = Plan::from_json(&v.to_string()).unwrap_err();
+        assert_eq!(err.field, "analysis[0].success");
+        assert!(err.message.contains("1% is 0.01"), "{err}");
+        let mut v = reference_json();
+        v["rollback_triggers"][2]["above"] = 1.5.into();
+        assert_eq!(field_of(v), "rollback_triggers[2].above");
+    }
+
+    #[test]
+    fn a_trigger_naming_a_missing_check_is_refused() {
+        let mut v = reference_json();
+        v["rollback_triggers"][0]["check"] = "errors".into();
+        let err = Plan::from_json(&v.to_string()).unwrap_err();
+        assert_eq!(err.field, "rollback_triggers[0].check");
+        assert!(err.message.contains("error-rate, p95-latency"), "{err}");
+    }
+
+    #[test]
+    fn a_plan_without_evidence_is_refused() {
+        let mut v = reference_json();
+        v["analysis"] = serde_json::json!([]);
+        v["rollback_triggers"] = serde_json::json!([]);
+        assert_eq!(field_of(v), "analysis");
+    }
+
+    #[test]
+    fn strategies_expand_to_steps_ending_at_100() {
+        let linear = Strategy::Linear {
+            step_percent: 25,
+            step_wait: Duration::from_secs(60),
+        };
+        let p: Vec<u8> = linear.steps().iter().map(|s| s.percent).collect();
+        assert_eq!(p, [25, 50, 75, 100]);
+        let canary = Strategy::Canary {
+            percent: 10,
+            wait: Duration::from_secs(300),
+        };
+        assert_eq!(canary.steps().len(), 2);
+        assert_eq!(Strategy::AllAtOnce.steps()[0].percent, 100);
+    }
+
+    #[test]
+    fn templates_fill_known_variables_and_keep_datadog_scopes() {
+        let r = render_template("avg:x{service:{service},color:{color}}", |n| match n {
+            "service" => Some("order-api"),
+            "color" => Some("blue"),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(r, "avg:x{service:order-api,color:blue}");
+        let err = render_template("{region}", |_| None).unwrap_err();
+        assert!(err.contains("{region}"), "{err}");
+    }
+}

@@ -1,0 +1,509 @@
+//! The provider traits and the values they exchange with the engine.
+//!
+//! # Contract common to every trait
+//!
+//! * **Idempotent.** Every method may be called again after a crash, a timeout
+//!   or a retry, with the same arguments, and must then have the same effect as
+//!   one call. A deployer killed at any point resumes by repeating the call
+//!   whose result it had not yet recorded.
+//! * **Errors say whether to try again.** Return an [`Error`](crate::Error)
+//!   whose [`ErrorStatus`](crate::ErrorStatus) is `Temporary` when the same
+//!   call may succeed later (throttling, 5xx, a connection reset, a timeout),
+//!   and `Permanent` when it will not (not found, permission denied, invalid
+//!   input, a resource in a state that forbids the call). The driver retries
+//!   temporary errors under its [`RetryPolicy`](crate::RetryPolicy); a
+//!   permanent error goes straight to the state machine, which rolls back or
+//!   halts.
+//! * **Answers must be true.** A provider that cannot make sense of its
+//!   backend's answer (a negative count, an unknown color, weights that do not
+//!   add up) returns [`ErrorKind::InvalidResponse`](crate::ErrorKind) instead
+//!   of guessing.
+//! * **No secrets in errors or logs.** Secret values never appear in messages,
+//!   `Debug` output or tracing fields.
+
+use std::fmt;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::color::{Color, Timestamp, TrafficSplit};
+use crate::error::Result;
+use crate::plan::Release;
+
+// ---------------------------------------------------------------- compute --
+
+/// What a compute provider reports about one color.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ComputeStatus {
+    /// Instances the color should run.
+    pub desired: u32,
+    /// Instances running.
+    pub running: u32,
+    /// Instances starting.
+    pub pending: u32,
+    /// Instances that failed since the last deploy.
+    pub failed: u32,
+    /// Instances passing their health check, when the provider knows.
+    pub healthy: Option<u32>,
+    /// The release version the color runs, when known.
+    pub version: Option<String>,
+    /// The provider's rollout state.
+    pub rollout: Rollout,
+}
+
+/// The provider's view of an ongoing rollout on a color.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Rollout {
+    /// One deployment, settled.
+    Completed,
+    /// A rollout is still going (ECS: more than one deployment, or IN_PROGRESS).
+    InProgress,
+    /// The rollout failed (ECS: the deployment circuit breaker tripped).
+    Failed,
+}
+
+impl ComputeStatus {
+    /// A settled color running `count` healthy instances of `version`.
+    pub fn steady(count: u32, version: Option<String>) -> Self {
+        ComputeStatus {
+            desired: count,
+            running: count,
+            pending: 0,
+            failed: 0,
+            healthy: Some(count),
+            version,
+            rollout: Rollout::Completed,
+        }
+    }
+
+    /// Stable at `desired`: the desired count is `desired`, that many are
+    /// running (and healthy, where known), none pending, and the rollout is complete.
+    pub fn is_stable_at(&self, desired: u32) -> bool {
+        self.desired == desired
+            && self.running == desired
+            && self.pending == 0
+            && self.healthy.is_none_or(|h| h >= desired)
+            && self.rollout == Rollout::Completed
+    }
+}
+
+/// The Application Auto Scaling state of a color, as found before suspending,
+/// so that restoring puts back exactly that.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AutoscalingState {
+    /// Whether the color has a scalable target at all.
+    pub registered: bool,
+    /// Dynamic scale-in was suspended.
+    pub scale_in_suspended: bool,
+    /// Dynamic scale-out was suspended.
+    pub scale_out_suspended: bool,
+    /// Scheduled scaling was suspended.
+    pub scheduled_suspended: bool,
+}
+
+/// Runs the two colors: prepares a release, scales, reports status.
+///
+/// Each color is an independent set of instances (an ECS service per color, a
+/// group of local processes). All methods are idempotent.
+#[cfg_attr(feature = "mocks", mockall::automock)]
+#[async_trait]
+pub trait ComputeProvider: Send + Sync {
+    /// Makes `release` the release `color` runs from its next scale-up
+    /// (registering a task definition, for example) without changing the
+    /// number of instances. Repeating it for the same release must not create
+    /// a second revision the deployment would then use.
+    async fn prepare(&self, color: Color, release: &Release) -> Result<()>;
+
+    /// Sets the number of instances of `color` to `count`. Returns once the
+    /// request is accepted, not once instances run; the engine polls
+    /// [`status`](Self::status) for that.
+    async fn scale(&self, color: Color, count: u32) -> Result<()>;
+
+    /// The current status of `color`. Read-only.
+    async fn status(&self, color: Color) -> Result<ComputeStatus>;
+
+    /// The statuses of several colors at once. The default asks one by one;
+    /// providers whose backend answers several at once (ECS `DescribeServices`)
+    /// override it.
+    async fn statuses(&self, colors: &[Color]) -> Result<Vec<ComputeStatus>> {
+        let mut out = Vec::with_capacity(colors.len());
+        for c in colors {
+            out.push(self.status(*c).await?);
+        }
+        Ok(out)
+    }
+
+    /// The base URL that reaches `color` directly, for smoke tests, when the
+    /// provider knows it (the plan's `colors.<color>.base_url` wins).
+    async fn endpoint(&self, color: Color) -> Result<Option<String>> {
+        let _ = color;
+        Ok(None)
+    }
+
+    /// Suspends dynamic and scheduled scaling of `color` and returns the state
+    /// found before, for [`restore_autoscaling`](Self::restore_autoscaling).
+    /// Repeating it returns the suspended state, so callers keep the first
+    /// answer. Providers without autoscaling return the default state.
+    async fn suspend_autoscaling(&self, color: Color) -> Result<AutoscalingState> {
+        let _ = color;
+        Ok(AutoscalingState::default())
+    }
+
+    /// Puts back exactly `previous`, as returned by `suspend_autoscaling`.
+    async fn restore_autoscaling(&self, color: Color, previous: AutoscalingState) -> Result<()> {
+        let _ = (color, previous);
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------- traffic --
+
+/// How many of a color's targets pass the router's health check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TargetHealth {
+    /// Targets passing.
+    pub healthy: u32,
+    /// All registered targets.
+    pub total: u32,
+}
+
+impl TargetHealth {
+    /// The unhealthy fraction, 0–1; a color with no targets is all unhealthy.
+    pub fn unhealthy_fraction(&self) -> f64 {
+        if self.total == 0 {
+            1.0
+        } else {
+            f64::from(self.total.saturating_sub(self.healthy)) / f64::from(self.total)
+        }
+    }
+}
+
+/// Moves traffic between the colors and reads back what is in force.
+#[cfg_attr(feature = "mocks", mockall::automock)]
+#[async_trait]
+pub trait TrafficRouter: Send + Sync {
+    /// The split in force now, read from the router itself (never from a cache).
+    async fn current_split(&self) -> Result<TrafficSplit>;
+
+    /// Requests `split`. Idempotent. The engine confirms it with
+    /// [`current_split`](Self::current_split) before it relies on it.
+    async fn set_split(&self, split: TrafficSplit) -> Result<()>;
+
+    /// The health of `color`'s targets as the router sees them.
+    async fn target_health(&self, color: Color) -> Result<TargetHealth>;
+}
+
+// ------------------------------------------------------------- migrations --
+
+/// When a migration runs relative to the traffic switch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MigrationPhase {
+    /// Backward-compatible changes, before the new color starts.
+    Expand,
+    /// Removals, only after the old color is at zero.
+    Contract,
+}
+
+impl fmt::Display for MigrationPhase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            MigrationPhase::Expand => "expand",
+            MigrationPhase::Contract => "contract",
+        })
+    }
+}
+
+/// One migration as the runner knows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MigrationInfo {
+    /// Its version; migrations run in version order.
+    pub version: u64,
+    /// Its name, e.g. `add_order_metadata`.
+    pub name: String,
+    /// Expand or contract.
+    pub phase: MigrationPhase,
+    /// Whether it has a down migration.
+    pub reversible: bool,
+}
+
+/// Applied and pending migrations.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MigrationStatus {
+    /// Applied, oldest first.
+    pub applied: Vec<MigrationInfo>,
+    /// Not yet applied, in the order they would run.
+    pub pending: Vec<MigrationInfo>,
+}
+
+/// Who a migration runs for, recorded in the runner's ledger.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MigrationContext {
+    /// The deployment.
+    pub deployment_id: String,
+    /// The backup taken before it, if any.
+    pub backup_id: Option<String>,
+}
+
+/// A verified or unverified backup.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupRecord {
+    /// A stable id for the backup.
+    pub id: String,
+    /// Where it is (a path or URL; never credentials).
+    pub location: String,
+    /// Its size in bytes, when known.
+    pub bytes: Option<u64>,
+    /// When it was taken.
+    pub taken_at: Timestamp,
+}
+
+/// The result of verifying a backup.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupVerification {
+    /// Entries the backup lists (`pg_restore --list`).
+    pub entries: u64,
+    /// Whether it met the plan's threshold.
+    pub passed: bool,
+    /// What was checked.
+    pub detail: String,
+}
+
+/// One verification check's outcome.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerificationCheck {
+    /// What was checked, e.g. `column orders.order_metadata exists`.
+    pub name: String,
+    /// Whether it passed.
+    pub passed: bool,
+    /// The observed value or reason.
+    pub detail: String,
+}
+
+/// Runs schema migrations, backs up the database and verifies both.
+#[cfg_attr(feature = "mocks", mockall::automock)]
+#[async_trait]
+pub trait MigrationRunner: Send + Sync {
+    /// Applied and pending migrations. Read-only. Fails with
+    /// [`ErrorKind::Conflict`](crate::ErrorKind) on a dirty (half-applied)
+    /// migration or a changed applied file.
+    async fn status(&self) -> Result<MigrationStatus>;
+
+    /// Takes a backup. Repeating it may take another; the engine records the
+    /// one it verified.
+    async fn backup(&self, ctx: &MigrationContext) -> Result<BackupRecord>;
+
+    /// Verifies `backup` lists at least `min_entries` entries.
+    async fn verify_backup(&self, backup: &BackupRecord, min_entries: u64)
+        -> Result<BackupVerification>;
+
+    /// Applies every pending migration of `phase`, in order, and returns the
+    /// ones applied by this call. Idempotent: applied migrations are skipped,
+    /// so a repeat after a crash applies nothing twice.
+    async fn apply(&self, phase: MigrationPhase, ctx: &MigrationContext)
+        -> Result<Vec<MigrationInfo>>;
+
+    /// Runs the verification checks of `phase` (user queries, row counts).
+    async fn verify(&self, phase: MigrationPhase, ctx: &MigrationContext)
+        -> Result<Vec<VerificationCheck>>;
+
+    /// Reverts the given applied migrations, newest first. Idempotent: a
+    /// migration already reverted is skipped. Fails with
+    /// [`ErrorKind::Conflict`](crate::ErrorKind), before changing anything, if
+    /// one of them is irreversible.
+    async fn revert(&self, versions: &[u64], ctx: &MigrationContext) -> Result<Vec<MigrationInfo>>;
+}
+
+// ---------------------------------------------------------------- metrics --
+
+/// One data point.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Sample {
+    /// When it was measured.
+    pub at: Timestamp,
+    /// Its value. May be NaN or infinite when the backend says so.
+    pub value: f64,
+}
+
+/// A metric query, rendered for one color and window.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MetricQuery {
+    /// The check it is for.
+    pub check: String,
+    /// The rendered query text.
+    pub query: String,
+    /// The window's start.
+    pub from: Timestamp,
+    /// The window's end.
+    pub to: Timestamp,
+}
+
+impl MetricQuery {
+    /// The window's length.
+    pub fn window(&self) -> Duration {
+        self.to.since(self.from)
+    }
+}
+
+/// What a metrics source answers: the samples, or a distinct "no data".
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum MetricAnswer {
+    /// The samples the answer is based on (nulls and incomplete points left out).
+    Samples {
+        /// The samples.
+        samples: Vec<Sample>,
+    },
+    /// No series at all: never zero, never a pass.
+    NoData {
+        /// Why, as far as the source can tell.
+        reason: String,
+    },
+}
+
+/// Evaluates metric queries over a window.
+#[cfg_attr(feature = "mocks", mockall::automock)]
+#[async_trait]
+pub trait MetricsSource: Send + Sync {
+    /// The samples of `query` in its window. Read-only, so safe to repeat.
+    /// An empty result is [`MetricAnswer::NoData`], never zero samples
+    /// pretending to be evidence.
+    async fn query(&self, query: &MetricQuery) -> Result<MetricAnswer>;
+}
+
+// ------------------------------------------------------------ smoke tests --
+
+/// What a smoke test runs against.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SmokeTarget {
+    /// The service.
+    pub service: String,
+    /// The color, or `None` for staging.
+    pub color: Option<Color>,
+    /// The base URL, when known.
+    pub base_url: Option<String>,
+    /// The version the target should run.
+    pub version: String,
+}
+
+/// The outcome of one smoke test.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SmokeOutcome {
+    /// Whether it passed.
+    pub passed: bool,
+    /// How long it took.
+    #[serde(with = "humantime_serde")]
+    pub duration: Duration,
+    /// What was observed (status, field values); never secret values.
+    pub detail: String,
+}
+
+/// One named check against an endpoint.
+#[cfg_attr(feature = "mocks", mockall::automock)]
+#[async_trait]
+pub trait SmokeTest: Send + Sync {
+    /// The test's name, as plans refer to it.
+    fn name(&self) -> &str;
+
+    /// Runs the test against `target`. A failed check is `Ok` with
+    /// `passed: false`; `Err` is for a test that could not run at all.
+    /// Smoke tests must be safe to repeat (use test customers and tokens).
+    async fn run(&self, target: &SmokeTarget) -> Result<SmokeOutcome>;
+}
+
+// ----------------------------------------------------------------- events --
+
+/// How serious a notification is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// Progress.
+    Info,
+    /// Completed successfully.
+    Success,
+    /// Something needs attention (a rollback).
+    Warning,
+    /// A human is needed now (a halt).
+    Error,
+}
+
+/// A notification about a deployment (the reference's Datadog events).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Notification {
+    /// The deployment.
+    pub deployment_id: String,
+    /// The service.
+    pub service: String,
+    /// The release version.
+    pub version: String,
+    /// A short title, e.g. `Deployment Start`.
+    pub title: String,
+    /// The text.
+    pub text: String,
+    /// How serious.
+    pub severity: Severity,
+    /// Tags, e.g. `deployment:success`, `version:2.5.0`.
+    pub tags: Vec<String>,
+}
+
+/// Receives notifications. Failures are logged by the engine and never block
+/// or fail a deployment, so implementations need not retry forever.
+#[cfg_attr(feature = "mocks", mockall::automock)]
+#[async_trait]
+pub trait EventSink: Send + Sync {
+    /// Sends one notification. Duplicates after a crash are acceptable.
+    async fn notify(&self, notification: &Notification) -> Result<()>;
+}
+
+// ---------------------------------------------------------------- secrets --
+
+/// A secret value that never prints: `Debug` and `Display` show `[redacted]`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretValue(String);
+
+impl SecretValue {
+    /// Wraps a value.
+    pub fn new(value: impl Into<String>) -> Self {
+        SecretValue(value.into())
+    }
+
+    /// The value itself, for the one place that must send it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for SecretValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SecretValue([redacted])")
+    }
+}
+
+impl fmt::Display for SecretValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+/// What a secret store knows about a secret, without its value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretMetadata {
+    /// The name or ARN asked for.
+    pub name: String,
+    /// When it was last rotated (or created, if never rotated).
+    pub last_rotated: Option<Timestamp>,
+}
+
+/// Reads secrets and their metadata.
+#[cfg_attr(feature = "mocks", mockall::automock)]
+#[async_trait]
+pub trait SecretSource: Send + Sync {
+    /// The current value of `name`. Read-only.
+    async fn get(&self, name: &str) -> Result<SecretValue>;
+
+    /// Metadata of `name`, without reading its value. Read-only.
+    /// [`ErrorKind::NotFound`](crate::ErrorKind) if it does not exist.
+    async fn metadata(&self, name: &str) -> Result<SecretMetadata>;
+}
