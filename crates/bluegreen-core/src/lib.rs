@@ -12,3 +12,7 @@ pub use color::{Color, Timestamp, TrafficSplit};
 pub use error::{Error, ErrorKind, ErrorRecord, ErrorStatus, PlanError, Result};
 pub use plan::{Plan, Release};
 pub use provider::*;
+pub mod journal;
+pub use journal::{FileJournal, Journal, JournalEntry, Lease, MemoryJournal, Record};
+#[cfg(feature = "testing")]
+pub mod testing;

@@ -1,0 +1,715 @@
+//! The deployment journal: an append-only record of every input and decision,
+//! written before the driver acts, with a lease per service and a fencing token.
+//!
+//! Two implementations live here: [`MemoryJournal`] and [`FileJournal`]
+//! (append-only JSON lines, fsynced, locked against other processes). The
+//! Postgres crate adds one for deployers on several machines. All pass
+//! [`testing::conformance::journal`](crate::testing) when the `testing`
+//! feature is on.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::color::Timestamp;
+use crate::error::{Error, ErrorKind, Result};
+use crate::machine::{Command, Event, Input};
+use crate::plan::Plan;
+
+/// The exclusive right of one deployer to act on one service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    /// The service.
+    pub service: String,
+    /// Who holds it (a deployer identity such as `host:pid` or a deployment id).
+    pub holder: String,
+    /// The fencing token: strictly increasing per service across takeovers.
+    pub token: u64,
+    /// When it was acquired.
+    pub acquired_at: Timestamp,
+    /// When it lapses unless renewed.
+    pub expires_at: Timestamp,
+}
+
+/// One journal record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "record", rename_all = "snake_case")]
+pub enum Record {
+    /// The deployment began with this plan.
+    Started {
+        /// The plan.
+        plan: Box<Plan>,
+        /// Who started it.
+        holder: String,
+    },
+    /// An input, written before the machine sees it.
+    Input {
+        /// The input.
+        input: Input,
+    },
+    /// Commands, written before the driver executes them.
+    Commands {
+        /// The commands.
+        commands: Vec<Command>,
+    },
+    /// The machine's decisions and observations.
+    Events {
+        /// The events.
+        events: Vec<Event>,
+    },
+}
+
+/// A stored record with its position, time and the lease it was written under.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JournalEntry {
+    /// Position within the deployment, from 1.
+    pub seq: u64,
+    /// The deployment.
+    pub deployment_id: String,
+    /// The service.
+    pub service: String,
+    /// The fencing token of the lease it was written under.
+    pub token: u64,
+    /// When it was written.
+    pub at: Timestamp,
+    /// The record.
+    pub record: Record,
+}
+
+/// A deployment as the journal lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeploymentSummary {
+    /// The deployment.
+    pub id: String,
+    /// The service.
+    pub service: String,
+    /// The first record's time.
+    pub started_at: Timestamp,
+    /// The last record's time.
+    pub last_at: Timestamp,
+    /// The outcome's name, once finished.
+    pub outcome: Option<String>,
+    /// How many records.
+    pub records: u64,
+}
+
+/// An append-only deployment record with a lease per service.
+///
+/// # Contract
+/// * `acquire` grants the lease when it is free, expired, or already held by
+///   the same `holder` (a resume); the token is then greater than any token
+///   granted before for that service. Otherwise it fails with
+///   [`ErrorKind::LeaseHeld`] naming the holder and when it took the lease.
+/// * `append` and `renew` fail with [`ErrorKind::Fenced`] when a newer lease
+///   was granted for the service: a stale holder can never write.
+/// * `append` is durable when it returns (fsynced, committed).
+/// * `read` returns a deployment's records in `seq` order.
+///
+/// Appends are not idempotent by nature; the driver never repeats one that
+/// returned `Ok`. A temporary error means the record may or may not have been
+/// written, and the driver stops rather than guess.
+#[cfg_attr(feature = "mocks", mockall::automock)]
+#[async_trait]
+pub trait Journal: Send + Sync {
+    /// Takes the lease on `service` for `ttl`.
+    async fn acquire(
+        &self,
+        service: &str,
+        holder: &str,
+        ttl: Duration,
+        now: Timestamp,
+    ) -> Result<Lease>;
+
+    /// Extends a held lease by `ttl` from `now`.
+    async fn renew(&self, lease: &Lease, ttl: Duration, now: Timestamp) -> Result<Lease>;
+
+    /// Gives the lease up. Releasing a lease already superseded is not an error.
+    async fn release(&self, lease: &Lease) -> Result<()>;
+
+    /// Appends `record` to `deployment_id` under `lease`; returns its `seq`.
+    async fn append(
+        &self,
+        lease: &Lease,
+        deployment_id: &str,
+        at: Timestamp,
+        record: &Record,
+    ) -> Result<u64>;
+
+    /// Every record of `deployment_id`, in order. Empty if unknown.
+    async fn read(&self, deployment_id: &str) -> Result<Vec<JournalEntry>>;
+
+    /// The deployments recorded, oldest first, optionally of one service.
+    async fn deployments(&self, service: Option<String>) -> Result<Vec<DeploymentSummary>>;
+}
+
+/// The lease and record bookkeeping both local journals share.
+#[derive(Debug, Default)]
+struct Ledger {
+    leases: BTreeMap<String, Lease>,
+    tokens: BTreeMap<String, u64>,
+    entries: Vec<JournalEntry>,
+    next_seq: BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "line", rename_all = "snake_case")]
+enum Line {
+    Lease { lease: Lease },
+    Released { service: String, token: u64 },
+    Entry { entry: JournalEntry },
+}
+
+impl Ledger {
+    fn apply(&mut self, line: Line) {
+        match line {
+            Line::Lease { lease } => {
+                let t = self.tokens.entry(lease.service.clone()).or_insert(0);
+                *t = (*t).max(lease.token);
+                self.leases.insert(lease.service.clone(), lease);
+            }
+            Line::Released { service, token } => {
+                if self.leases.get(&service).is_some_and(|l| l.token == token) {
+                    self.leases.remove(&service);
+                }
+            }
+            Line::Entry { entry } => {
+                let n = self.next_seq.entry(entry.deployment_id.clone()).or_insert(1);
+                *n = (*n).max(entry.seq + 1);
+                self.entries.push(entry);
+            }
+        }
+    }
+
+    fn acquire(&self, service: &str, holder: &str, ttl: Duration, now: Timestamp) -> Result<Line> {
+        if let Some(l) = self.leases.get(service) {
+            if l.holder != holder && l.expires_at > now {
+                return Err(Error::new(
+                    ErrorKind::LeaseHeld,
+                    format!(
+                        "service {service} is being deployed by {} (lease taken at {}, expires at {}, token {})",
+                        l.holder, l.acquired_at, l.expires_at, l.token
+                    ),
+                )
+                .with_operation("acquire lease"));
+            }
+        }
+        let token = self.tokens.get(service).copied().unwrap_or(0) + 1;
+        Ok(Line::Lease {
+            lease: Lease {
+                service: service.into(),
+                holder: holder.into(),
+                token,
+                acquired_at: now,
+                expires_at: now.after(ttl),
+            },
+        })
+    }
+
+    fn check_current(&self, lease: &Lease, op: &'static str) -> Result<()> {
+        let current = self.tokens.get(&lease.service).copied().unwrap_or(0);
+        if lease.token != current || !self.leases.contains_key(&lease.service) {
+            let by = self
+                .leases
+                .get(&lease.service)
+                .map(|l| format!(" by {} (token {})", l.holder, l.token))
+                .unwrap_or_default();
+            return Err(Error::new(
+                ErrorKind::Fenced,
+                format!(
+                    "the lease on {} with token {} was superseded{by}: this deployer must stop",
+                    lease.service, lease.token
+                ),
+            )
+            .with_operation(op));
+        }
+        Ok(())
+    }
+
+    fn renew(&self, lease: &Lease, ttl: Duration, now: Timestamp) -> Result<Line> {
+        self.check_current(lease, "renew lease")?;
+        Ok(Line::Lease {
+            lease: Lease {
+                expires_at: now.after(ttl),
+                ..lease.clone()
+            },
+        })
+    }
+
+    fn append(
+        &self,
+        lease: &Lease,
+        deployment_id: &str,
+        at: Timestamp,
+        record: &Record,
+    ) -> Result<(u64, Line)> {
+        self.check_current(lease, "append")?;
+        if let Some(e) = self.entries.iter().find(|e| e.deployment_id == deployment_id) {
+            if e.service != lease.service {
+                return Err(Error::invalid_input(format!(
+                    "deployment {deployment_id} belongs to service {}, not {}",
+                    e.service, lease.service
+                ))
+                .with_operation("append"));
+            }
+        }
+        let seq = self.next_seq.get(deployment_id).copied().unwrap_or(1);
+        Ok((
+            seq,
+            Line::Entry {
+                entry: JournalEntry {
+                    seq,
+                    deployment_id: deployment_id.into(),
+                    service: lease.service.clone(),
+                    token: lease.token,
+                    at,
+                    record: record.clone(),
+                },
+            },
+        ))
+    }
+
+    fn read(&self, deployment_id: &str) -> Vec<JournalEntry> {
+        self.entries
+            .iter()
+            .filter(|e| e.deployment_id == deployment_id)
+            .cloned()
+            .collect()
+    }
+
+    fn deployments(&self, service: Option<&str>) -> Vec<DeploymentSummary> {
+        let mut out: Vec<DeploymentSummary> = Vec::new();
+        let mut index: BTreeMap<&str, usize> = BTreeMap::new();
+        for e in &self.entries {
+            if service.is_some_and(|s| s != e.service) {
+                continue;
+            }
+            let i = *index.entry(e.deployment_id.as_str()).or_insert_with(|| {
+                out.push(DeploymentSummary {
+                    id: e.deployment_id.clone(),
+                    service: e.service.clone(),
+                    started_at: e.at,
+                    last_at: e.at,
+                    outcome: None,
+                    records: 0,
+                });
+                out.len() - 1
+            });
+            let d = &mut out[i];
+            d.last_at = e.at;
+            d.records += 1;
+            if let Record::Events { events } = &e.record {
+                for ev in events {
+                    if let Event::Finished { outcome, .. } = ev {
+                        d.outcome = Some(outcome.name().into());
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+/// A journal in memory: for tests, simulations and embedded use where the
+/// process's lifetime is the deployment's.
+#[derive(Debug, Default)]
+pub struct MemoryJournal {
+    ledger: Mutex<Ledger>,
+}
+
+impl MemoryJournal {
+    /// An empty journal.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn ledger(&self) -> std::sync::MutexGuard<'_, Ledger> {
+        self.ledger.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[async_trait]
+impl Journal for MemoryJournal {
+    async fn acquire(
+        &self,
+        service: &str,
+        holder: &str,
+        ttl: Duration,
+        now: Timestamp,
+    ) -> Result<Lease> {
+        let mut l = self.ledger();
+        let line = l.acquire(service, holder, ttl, now)?;
+        let Line::Lease { lease } = &line else {
+            unreachable!("acquire yields a lease line")
+        };
+        let lease = lease.clone();
+        l.apply(line);
+        Ok(lease)
+    }
+
+    async fn renew(&self, lease: &Lease, ttl: Duration, now: Timestamp) -> Result<Lease> {
+        let mut l = self.ledger();
+        let line = l.renew(lease, ttl, now)?;
+        let Line::Lease { lease } = &line else {
+            unreachable!("renew yields a lease line")
+        };
+        let lease = lease.clone();
+        l.apply(line);
+        Ok(lease)
+    }
+
+    async fn release(&self, lease: &Lease) -> Result<()> {
+        self.ledger().apply(Line::Released {
+            service: lease.service.clone(),
+            token: lease.token,
+        });
+        Ok(())
+    }
+
+    async fn append(
+        &self,
+        lease: &Lease,
+        deployment_id: &str,
+        at: Timestamp,
+        record: &Record,
+    ) -> Result<u64> {
+        let mut l = self.ledger();
+        let (seq, line) = l.append(lease, deployment_id, at, record)?;
+        l.apply(line);
+        Ok(seq)
+    }
+
+    async fn read(&self, deployment_id: &str) -> Result<Vec<JournalEntry>> {
+        Ok(self.ledger().read(deployment_id))
+    }
+
+    async fn deployments(&self, service: Option<String>) -> Result<Vec<DeploymentSummary>> {
+        Ok(self.ledger().deployments(service.as_deref()))
+    }
+}
+
+/// A damaged last line found when a [`FileJournal`] was opened: the record a
+/// crash cut short. Every record before it is kept; the fragment is cut off
+/// before the next append.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TornTail {
+    /// The 1-based line number of the fragment.
+    pub line: usize,
+    /// Its length in bytes.
+    pub bytes: usize,
+    /// The byte offset where it starts (and where the file is cut).
+    pub offset: u64,
+}
+
+/// A journal in one append-only JSON-lines file, fsynced on every append and
+/// locked (`flock`) against other processes for each operation, so a CLI can
+/// read it while a deployer writes.
+#[derive(Debug)]
+pub struct FileJournal {
+    path: PathBuf,
+    inner: Mutex<FileState>,
+}
+
+#[derive(Debug)]
+struct FileState {
+    ledger: Ledger,
+    offset: u64,
+    lines: usize,
+    torn: Option<TornTail>,
+}
+
+impl FileJournal {
+    /// Opens (or creates) the journal at `path`. A torn last line is reported
+    /// by [`torn_tail`](Self::torn_tail) and logged; a damaged line anywhere
+    /// else is an [`ErrorKind::Corrupt`] error naming the file and line.
+    pub fn open(path: impl AsRef<Path>) -> Result<FileJournal> {
+        let path = path.as_ref().to_path_buf();
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| io_error(&path, "create directory", e))?;
+        }
+        let j = FileJournal {
+            path,
+            inner: Mutex::new(FileState {
+                ledger: Ledger::default(),
+                offset: 0,
+                lines: 0,
+                torn: None,
+            }),
+        };
+        {
+            let mut st = j.state();
+            let f = j.open_file()?;
+            f.lock().map_err(|e| io_error(&j.path, "lock", e))?;
+            let r = j.catch_up(&mut st, &f);
+            let _ = f.unlock();
+            r?;
+            if let Some(t) = &st.torn {
+                tracing::warn!(
+                    path = %j.path.display(),
+                    line = t.line,
+                    bytes = t.bytes,
+                    "journal has a torn last line (a crash cut the last record short); every record before it is kept"
+                );
+            }
+        }
+        Ok(j)
+    }
+
+    /// The path of the file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The torn last line found on open, if any.
+    pub fn torn_tail(&self) -> Option<TornTail> {
+        self.state().torn.clone()
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, FileState> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn open_file(&self) -> Result<File> {
+        OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(&self.path)
+            .map_err(|e| io_error(&self.path, "open", e))
+    }
+
+    /// Reads what other processes appended since the last look.
+    fn catch_up(&self, st: &mut FileState, mut f: &File) -> Result<()> {
+        let len = f
+            .metadata()
+            .map_err(|e| io_error(&self.path, "stat", e))?
+            .len();
+        if len < st.offset {
+            return Err(Error::new(
+                ErrorKind::Corrupt,
+                format!(
+                    "journal {} shrank from {} to {len} bytes: it was modified outside bluegreen",
+                    self.path.display(),
+                    st.offset
+                ),
+            ));
+        }
+        if len == st.offset {
+            return Ok(());
+        }
+        f.seek(SeekFrom::Start(st.offset))
+            .map_err(|e| io_error(&self.path, "seek", e))?;
+        let mut buf = Vec::with_capacity((len - st.offset) as usize);
+        f.read_to_end(&mut buf)
+            .map_err(|e| io_error(&self.path, "read", e))?;
+        let mut pos = 0usize;
+        st.torn = None;
+        while pos < buf.len() {
+            let (line, complete) = match buf[pos..].iter().position(|b| *b == b'\n') {
+                Some(n) => (&buf[pos..pos + n], true),
+                None => (&buf[pos..], false),
+            };
+            let lineno = st.lines + 1;
+            match serde_json::from_slice::<Line>(line) {
+                Ok(parsed) if complete => {
+                    st.ledger.apply(parsed);
+                    pos += line.len() + 1;
+                    st.offset += line.len() as u64 + 1;
+                    st.lines += 1;
+                }
+                _ if !complete => {
+                    st.torn = Some(TornTail {
+                        line: lineno,
+                        bytes: line.len(),
+                        offset: st.offset,
+                    });
+                    break;
+                }
+                Err(e) => {
+                    return Err(Error::new(
+                        ErrorKind::Corrupt,
+                        format!(
+                            "journal {} line {lineno} is damaged ({e}); the records before it are intact",
+                            self.path.display()
+                        ),
+                    ))
+                }
+                Ok(_) => unreachable!("complete lines are handled above"),
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs `op` on an up-to-date ledger with the file locked; writes the line
+    /// it returns, fsynced, before applying it.
+    fn with_locked<T>(&self, op: impl FnOnce(&Ledger) -> Result<(T, Option<Line>)>) -> Result<T> {
+        let mut st = self.state();
+        let f = self.open_file()?;
+        f.lock().map_err(|e| io_error(&self.path, "lock", e))?;
+        let result = (|| {
+            self.catch_up(&mut st, &f)?;
+            let (value, line) = op(&st.ledger)?;
+            if let Some(line) = line {
+                if let Some(t) = st.torn.take() {
+                    f.set_len(t.offset)
+                        .map_err(|e| io_error(&self.path, "cut the torn last line", e))?;
+                    tracing::warn!(path = %self.path.display(), line = t.line, "cut the torn last line of the journal");
+                }
+                let mut bytes = serde_json::to_vec(&line).map_err(|e| {
+                    Error::new(ErrorKind::Other, format!("serialize journal record: {e}"))
+                })?;
+                bytes.push(b'\n');
+                (&f).write_all(&bytes)
+                    .map_err(|e| io_error(&self.path, "append", e))?;
+                f.sync_data().map_err(|e| io_error(&self.path, "fsync", e))?;
+                st.offset += bytes.len() as u64;
+                st.lines += 1;
+                st.ledger.apply(line);
+            }
+            Ok(value)
+        })();
+        let _ = f.unlock();
+        result
+    }
+}
+
+fn io_error(path: &Path, what: &str, e: std::io::Error) -> Error {
+    Error::new(ErrorKind::Unavailable, format!("{what} {}", path.display()))
+        .with_status(crate::ErrorStatus::Permanent)
+        .with_provider("file-journal")
+        .with_source(e)
+}
+
+#[async_trait]
+impl Journal for FileJournal {
+    async fn acquire(
+        &self,
+        service: &str,
+        holder: &str,
+        ttl: Duration,
+        now: Timestamp,
+    ) -> Result<Lease> {
+        self.with_locked(|l| {
+            let line = l.acquire(service, holder, ttl, now)?;
+            let Line::Lease { lease } = &line else {
+                unreachable!("acquire yields a lease line")
+            };
+            Ok((lease.clone(), Some(line)))
+        })
+    }
+
+    async fn renew(&self, lease: &Lease, ttl: Duration, now: Timestamp) -> Result<Lease> {
+        self.with_locked(|l| {
+            let line = l.renew(lease, ttl, now)?;
+            let Line::Lease { lease } = &line else {
+                unreachable!("renew yields a lease line")
+            };
+            Ok((lease.clone(), Some(line)))
+        })
+    }
+
+    async fn release(&self, lease: &Lease) -> Result<()> {
+        self.with_locked(|_| {
+            Ok((
+                (),
+                Some(Line::Released {
+                    service: lease.service.clone(),
+                    token: lease.token,
+                }),
+            ))
+        })
+    }
+
+    async fn append(
+        &self,
+        lease: &Lease,
+        deployment_id: &str,
+        at: Timestamp,
+        record: &Record,
+    ) -> Result<u64> {
+        self.with_locked(|l| {
+            let (seq, line) = l.append(lease, deployment_id, at, record)?;
+            Ok((seq, Some(line)))
+        })
+    }
+
+    async fn read(&self, deployment_id: &str) -> Result<Vec<JournalEntry>> {
+        self.with_locked(|l| Ok((l.read(deployment_id), None)))
+    }
+
+    async fn deployments(&self, service: Option<String>) -> Result<Vec<DeploymentSummary>> {
+        self.with_locked(|l| Ok((l.deployments(service.as_deref()), None)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::machine::Input;
+
+    const TTL: Duration = Duration::from_secs(60);
+
+    #[tokio::test]
+    async fn a_torn_last_line_is_reported_and_the_records_before_it_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.jsonl");
+        {
+            let j = FileJournal::open(&path).unwrap();
+            let lease = j.acquire("svc", "a", TTL, Timestamp(0)).await.unwrap();
+            for _ in 0..3 {
+                j.append(&lease, "d1", Timestamp(1), &Record::Input { input: Input::Tick })
+                    .await
+                    .unwrap();
+            }
+        }
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(br#"{"line":"entry","entry":{"seq":4,"deploym"#).unwrap();
+        drop(f);
+        let j = FileJournal::open(&path).unwrap();
+        let torn = j.torn_tail().expect("torn tail reported");
+        assert_eq!(torn.line, 5);
+        assert_eq!(j.read("d1").await.unwrap().len(), 3);
+        let lease = j.acquire("svc", "a", TTL, Timestamp(2)).await.unwrap();
+        let seq = j
+            .append(&lease, "d1", Timestamp(3), &Record::Input { input: Input::Tick })
+            .await
+            .unwrap();
+        assert_eq!(seq, 4);
+        let again = FileJournal::open(&path).unwrap();
+        assert!(again.torn_tail().is_none());
+        assert_eq!(again.read("d1").await.unwrap().len(), 4);
+    }
+
+    #[tokio::test]
+    async fn a_damaged_middle_line_names_the_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.jsonl");
+        std::fs::write(&path, "{\"line\":\"released\",\"service\":\"s\",\"token\":1}\nnot json\n{}\n").unwrap();
+        let err = FileJournal::open(&path).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Corrupt);
+        assert!(err.to_string().contains("line 2"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn two_file_journals_on_one_file_see_each_others_leases() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.jsonl");
+        let a = FileJournal::open(&path).unwrap();
+        let b = FileJournal::open(&path).unwrap();
+        a.acquire("order-api", "deployer-a", TTL, Timestamp(1_000))
+            .await
+            .unwrap();
+        let err = b
+            .acquire("order-api", "deployer-b", TTL, Timestamp(2_000))
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::LeaseHeld);
+        assert!(err.to_string().contains("deployer-a"), "{err}");
+        assert!(err.to_string().contains("1970-01-01T00:00:01"), "{err}");
+    }
+}
