@@ -48,19 +48,16 @@ pub enum Record {
         /// Who started it.
         holder: String,
     },
-    /// An input, written before the machine sees it.
-    Input {
+    /// One step of the state machine: the input it was given and the
+    /// commands and events it produced, written before any command runs.
+    Step {
         /// The input.
         input: Input,
-    },
-    /// Commands, written before the driver executes them.
-    Commands {
-        /// The commands.
+        /// The commands to execute.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
         commands: Vec<Command>,
-    },
-    /// The machine's decisions and observations.
-    Events {
-        /// The events.
+        /// The decisions and observations.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
         events: Vec<Event>,
     },
 }
@@ -303,7 +300,7 @@ impl Ledger {
             let d = &mut out[i];
             d.last_at = e.at;
             d.records += 1;
-            if let Record::Events { events } = &e.record {
+            if let Record::Step { events, .. } = &e.record {
                 for ev in events {
                     if let Event::Finished { outcome, .. } = ev {
                         d.outcome = Some(outcome.name().into());
@@ -654,6 +651,14 @@ mod tests {
 
     const TTL: Duration = Duration::from_secs(60);
 
+    fn tick() -> Record {
+        Record::Step {
+            input: Input::Tick,
+            commands: vec![],
+            events: vec![],
+        }
+    }
+
     #[tokio::test]
     async fn a_torn_last_line_is_reported_and_the_records_before_it_kept() {
         let dir = tempfile::tempdir().unwrap();
@@ -662,7 +667,7 @@ mod tests {
             let j = FileJournal::open(&path).unwrap();
             let lease = j.acquire("svc", "a", TTL, Timestamp(0)).await.unwrap();
             for _ in 0..3 {
-                j.append(&lease, "d1", Timestamp(1), &Record::Input { input: Input::Tick })
+                j.append(&lease, "d1", Timestamp(1), &tick())
                     .await
                     .unwrap();
             }
@@ -676,7 +681,7 @@ mod tests {
         assert_eq!(j.read("d1").await.unwrap().len(), 3);
         let lease = j.acquire("svc", "a", TTL, Timestamp(2)).await.unwrap();
         let seq = j
-            .append(&lease, "d1", Timestamp(3), &Record::Input { input: Input::Tick })
+            .append(&lease, "d1", Timestamp(3), &tick())
             .await
             .unwrap();
         assert_eq!(seq, 4);

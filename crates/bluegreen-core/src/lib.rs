@@ -16,3 +16,8 @@ pub mod journal;
 pub use journal::{FileJournal, Journal, JournalEntry, Lease, MemoryJournal, Record};
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod driver;
+pub mod report;
+pub use driver::{BlueGreen, Builder, Clock, ControlHandle, RetryPolicy, TokioClock};
+pub use machine::{Control, Outcome};
+pub use report::Report;

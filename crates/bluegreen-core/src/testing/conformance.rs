@@ -274,8 +274,10 @@ pub async fn journal(j: &dyn Journal) {
     let svc = "conformance-svc";
     let ttl = Duration::from_secs(60);
     let t0 = Timestamp(1_700_000_000_000);
-    let rec = |n: u64| Record::Input {
+    let rec = |n: u64| Record::Step {
         input: if n % 2 == 0 { Input::Tick } else { Input::Start },
+        commands: Vec::new(),
+        events: Vec::new(),
     };
 
     let a1 = j.acquire(svc, "deployer-a", ttl, t0).await.expect("a free lease is granted");

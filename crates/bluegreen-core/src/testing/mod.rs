@@ -1,4 +1,231 @@
-//! Test support: conformance suites, in-memory fakes with fault injection,
-//! scripted metrics and a simulation helper. Enabled by the `testing` feature.
+//! Test support, behind the `testing` feature: conformance suites, in-memory
+//! fakes with fault injection, scripted metrics, the reference plan and a
+//! simulation helper that runs a whole deployment under paused time.
+//!
+//! ```
+//! use bluegreen_core::testing::{reference_plan, simulate};
+//! use bluegreen_core::{Color, Outcome};
+//!
+//! // The whole reference procedure, one-hour soak included, in milliseconds.
+//! let (report, fakes) = simulate(|fakes| {
+//!     fakes.metrics.constant("error-rate", 0.002).constant("p95-latency", 180.0);
+//!     fakes.builder(reference_plan())
+//! });
+//! assert_eq!(report.outcome, Some(Outcome::Succeeded));
+//! assert_eq!(fakes.world.split().percent(Color::Blue), 100);
+//! assert_eq!(fakes.world.desired(Color::Green), 0);
+//! ```
 
 pub mod conformance;
+mod fakes;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use fakes::{
+    Change, ColorState, FakeCompute, FakeMigrations, FakeRouter, FakeSecrets, FakeSmokeTest,
+    Fault, Faults, RecordingEvents, ScriptedMetrics, World, WorldState, OPERATIONS,
+};
+
+use crate::color::{Color, Timestamp};
+use crate::driver::{BlueGreen, Builder, RetryPolicy, TokioClock};
+use crate::journal::MemoryJournal;
+use crate::plan::{
+    defaults, MigrationSettings, Plan, Preflight, Release, RequiredSecret,
+};
+use crate::provider::{MigrationInfo, MigrationPhase};
+use crate::report::Report;
+
+/// The time simulations start at: 2026-01-01T00:00:00Z.
+pub const SIMULATION_EPOCH: Timestamp = Timestamp(1_767_225_600_000);
+
+/// The reference procedure as a plan: order-api 2.5.0 onto blue while green
+/// serves 2.4.0; a staging health check and five required secrets in
+/// preflight; a verified backup (at least 100 entries); the four smoke tests;
+/// error rate < 1% and p95 < 500 ms over 15 minutes; automatic rollback on
+/// error rate > 5% or p95 > 1000 ms for 5 minutes, more than half the targets
+/// unhealthy, or a failed smoke test; one hour of soak; three tasks.
+pub fn reference_plan() -> Plan {
+    let mut release = Release::new("2.5.0", "order-api:2.5.0-abc123");
+    release.build = Some("#1234".into());
+    release.env.insert("NODE_ENV".into(), "production".into());
+    release.env.insert("PORT".into(), "8080".into());
+    release
+        .secrets
+        .insert("DB_PASSWORD".into(), "prod/order-api/db-password".into());
+    release
+        .secrets
+        .insert("STRIPE_API_KEY".into(), "prod/order-api/stripe-api-key".into());
+    let mut plan = Plan::reference(
+        "order-api",
+        release,
+        "sum:api.errors{service:{service},color:{color}}.as_rate()",
+        "p95:api.response_time{service:{service},color:{color}}",
+    );
+    let days = |d: u64| Some(Duration::from_secs(d * 24 * 3600));
+    plan.preflight = Preflight {
+        staging_checks: vec!["staging-health".into()],
+        required_secrets: vec![
+            RequiredSecret {
+                name: "prod/order-api/db-password".into(),
+                max_age: days(90),
+            },
+            RequiredSecret {
+                name: "prod/order-api/redis-password".into(),
+                max_age: days(90),
+            },
+            RequiredSecret {
+                name: "prod/order-api/stripe-api-key".into(),
+                max_age: days(180),
+            },
+            RequiredSecret {
+                name: "prod/order-api/stripe-webhook-secret".into(),
+                max_age: None,
+            },
+            RequiredSecret {
+                name: "prod/order-api/datadog-api-key".into(),
+                max_age: days(180),
+            },
+        ],
+    };
+    plan.migrations = Some(MigrationSettings {
+        backup: true,
+        backup_min_entries: 100,
+    });
+    plan.smoke_tests = vec![
+        "health-check".into(),
+        "create-order".into(),
+        "retrieve-order".into(),
+        "db-connectivity".into(),
+    ];
+    plan
+}
+
+/// The fakes of one simulated world, wired together.
+#[derive(Debug, Clone)]
+pub struct Fakes {
+    /// The shared truth.
+    pub world: World,
+    /// Scripted faults for every fake.
+    pub faults: Arc<Faults>,
+    /// Compute.
+    pub compute: Arc<FakeCompute>,
+    /// Router.
+    pub router: Arc<FakeRouter>,
+    /// Migrations: 25 `add_order_metadata` (expand, reversible) and
+    /// 26 `drop_legacy_status` (contract, irreversible).
+    pub migrations: Arc<FakeMigrations>,
+    /// Scripted metrics.
+    pub metrics: Arc<ScriptedMetrics>,
+    /// The reference's five secrets, all rotated a day before the epoch.
+    pub secrets: Arc<FakeSecrets>,
+    /// Notifications received.
+    pub events: Arc<RecordingEvents>,
+    /// The journal.
+    pub journal: Arc<MemoryJournal>,
+}
+
+impl Fakes {
+    /// Green serves three instances of 2.4.0; scaling settles in 30 s.
+    /// Must be called inside a tokio runtime (the fakes use its clock).
+    pub fn new() -> Fakes {
+        let world = World::new(Color::Green, defaults::REPLICAS, "2.4.0", Duration::from_secs(30));
+        world.lock().migrations = vec![
+            MigrationInfo {
+                version: 25,
+                name: "add_order_metadata".into(),
+                phase: MigrationPhase::Expand,
+                reversible: true,
+            },
+            MigrationInfo {
+                version: 26,
+                name: "drop_legacy_status".into(),
+                phase: MigrationPhase::Contract,
+                reversible: false,
+            },
+        ];
+        let faults = Arc::new(Faults::new());
+        let secrets = FakeSecrets::new();
+        let day_before = Timestamp(SIMULATION_EPOCH.0 - 24 * 3600 * 1000);
+        for name in [
+            "prod/order-api/db-password",
+            "prod/order-api/redis-password",
+            "prod/order-api/stripe-api-key",
+            "prod/order-api/stripe-webhook-secret",
+            "prod/order-api/datadog-api-key",
+        ] {
+            secrets.insert(name, "s3cr3t-value", Some(day_before));
+        }
+        Fakes {
+            compute: Arc::new(FakeCompute::new(world.clone(), faults.clone())),
+            router: Arc::new(FakeRouter::new(world.clone(), faults.clone())),
+            migrations: Arc::new(FakeMigrations::new(world.clone(), faults.clone())),
+            metrics: Arc::new(ScriptedMetrics::new(faults.clone())),
+            secrets: Arc::new(secrets),
+            events: Arc::new(RecordingEvents::new(faults.clone())),
+            journal: Arc::new(MemoryJournal::new()),
+            world,
+            faults,
+        }
+    }
+
+    /// A smoke test named `name` that passes on a color running healthy instances.
+    pub fn smoke_test(&self, name: &str) -> Arc<FakeSmokeTest> {
+        Arc::new(FakeSmokeTest::healthy(name, self.world.clone(), self.faults.clone()))
+    }
+
+    /// A builder with every fake wired in, a healthy smoke test for each name
+    /// the plan uses, the simulation clock, quick retries and a fixed id.
+    pub fn builder(&self, plan: Plan) -> Builder {
+        let mut names = plan.smoke_tests.clone();
+        names.extend(plan.preflight.staging_checks.iter().cloned());
+        let mut b = BlueGreen::builder(plan)
+            .compute(self.compute.clone())
+            .router(self.router.clone())
+            .migrations(self.migrations.clone())
+            .metrics(self.metrics.clone())
+            .secrets(self.secrets.clone())
+            .events(self.events.clone())
+            .journal(self.journal.clone())
+            .clock(Arc::new(TokioClock::starting_at(SIMULATION_EPOCH)))
+            .retry(RetryPolicy {
+                max_attempts: 3,
+                initial_backoff: Duration::from_millis(200),
+                max_backoff: Duration::from_secs(2),
+                jitter: false,
+            })
+            .call_timeout(Duration::from_secs(30))
+            .deployment_id("sim-1");
+        for n in names {
+            b = b.smoke_test(self.smoke_test(&n));
+        }
+        b
+    }
+}
+
+/// Runs one deployment to its end on a fresh current-thread runtime under
+/// paused time, and returns its report and the fakes. `build` scripts the
+/// fakes and returns the builder (usually `fakes.builder(plan)`).
+///
+/// # Panics
+/// If the builder is invalid or the driver fails (lease, journal): a
+/// simulation is a test.
+pub fn simulate(build: impl FnOnce(&Fakes) -> Builder) -> (Report, Fakes) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .expect("a current-thread runtime");
+    rt.block_on(async {
+        let fakes = Fakes::new();
+        let deployment = build(&fakes).build().expect("a valid simulation");
+        let report = deployment.run().await.expect("the driver runs to the end");
+        (report, fakes)
+    })
+}
+
+impl Default for Fakes {
+    fn default() -> Self {
+        Self::new()
+    }
+}

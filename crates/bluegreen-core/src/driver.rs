@@ -1,0 +1,963 @@
+//! The async driver: runs the [machine](crate::machine) against providers.
+//!
+//! [`BlueGreen`] executes the machine's commands with a per-call timeout and a
+//! [`RetryPolicy`], appends every machine step (input, commands, events) to the
+//! [`Journal`] before any command of it runs, holds the service's lease while
+//! it works, publishes typed events, and takes [`Control`]s from a
+//! [`ControlHandle`]. Time comes from `tokio::time` and an injectable
+//! [`Clock`], so under `tokio::time::pause` a one-hour soak takes no real time.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use futures::stream::{FuturesUnordered, StreamExt};
+use tokio::sync::{broadcast, mpsc};
+use tracing::Instrument;
+
+use crate::color::{Color, Timestamp};
+use crate::error::{Error, ErrorKind, Result};
+use crate::journal::{Journal, JournalEntry, MemoryJournal, Record};
+use crate::machine::{
+    Action, Command, Control, Event, Input, Machine, Reply, SecretCheck, SmokeResult, SmokeScope,
+};
+use crate::plan::Plan;
+use crate::provider::{
+    ComputeProvider, EventSink, MetricQuery, MetricsSource, MigrationContext, MigrationRunner,
+    SecretSource, SmokeTarget, SmokeTest, TrafficRouter,
+};
+use crate::report::Report;
+
+/// A source of wall-clock time for the machine's timestamps.
+pub trait Clock: Send + Sync {
+    /// Now.
+    fn now(&self) -> Timestamp;
+}
+
+/// Wall time at creation plus `tokio::time` elapsed since: real time normally,
+/// virtual time under `tokio::time::pause`.
+#[derive(Debug, Clone)]
+pub struct TokioClock {
+    base: Timestamp,
+    start: tokio::time::Instant,
+}
+
+impl TokioClock {
+    /// A clock starting at the system's wall time.
+    pub fn new() -> Self {
+        Self::starting_at(Timestamp::from_system_time(SystemTime::now()))
+    }
+
+    /// A clock starting at `base` (useful for reproducible simulations).
+    pub fn starting_at(base: Timestamp) -> Self {
+        TokioClock {
+            base,
+            start: tokio::time::Instant::now(),
+        }
+    }
+}
+
+impl Default for TokioClock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Clock for TokioClock {
+    fn now(&self) -> Timestamp {
+        self.base.after(self.start.elapsed())
+    }
+}
+
+/// Retries of temporary errors: exponential backoff with full jitter.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryPolicy {
+    /// Attempts in all, the first included.
+    pub max_attempts: u32,
+    /// The first backoff.
+    pub initial_backoff: Duration,
+    /// The largest backoff.
+    pub max_backoff: Duration,
+    /// Jitter: each backoff is drawn from `[backoff/2, backoff]`.
+    pub jitter: bool,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_attempts: 5,
+            initial_backoff: Duration::from_millis(500),
+            max_backoff: Duration::from_secs(30),
+            jitter: true,
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// No retries at all.
+    pub fn none() -> Self {
+        RetryPolicy {
+            max_attempts: 1,
+            ..Self::default()
+        }
+    }
+
+    /// The backoff before attempt `attempt + 1` (0-based).
+    pub fn backoff(&self, attempt: u32) -> Duration {
+        let exp = self
+            .initial_backoff
+            .saturating_mul(1u32 << attempt.min(20))
+            .min(self.max_backoff);
+        if self.jitter {
+            let f = 0.5 + rand::random::<f64>() * 0.5;
+            exp.mul_f64(f)
+        } else {
+            exp
+        }
+    }
+
+    /// Whether `error` after `attempt` (0-based) deserves another try.
+    pub fn should_retry(&self, error: &Error, attempt: u32) -> bool {
+        error.is_temporary() && attempt + 1 < self.max_attempts
+    }
+}
+
+/// Runs `call` under `policy`, each attempt bounded by `timeout`. A timeout is
+/// a temporary error; a temporary error that outlives the policy comes back
+/// [`ErrorStatus::Persistent`](crate::ErrorStatus).
+pub async fn with_retry<T, F, Fut>(
+    policy: &RetryPolicy,
+    timeout: Duration,
+    operation: (&'static str, &'static str),
+    mut call: F,
+) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T>>,
+{
+    let mut attempt = 0;
+    loop {
+        let result = match tokio::time::timeout(timeout, call()).await {
+            Ok(r) => r,
+            Err(_) => Err(Error::timeout(format!(
+                "no answer within {}",
+                humantime::format_duration(timeout)
+            ))
+            .with_provider(operation.0)
+            .with_operation(operation.1)),
+        };
+        match result {
+            Ok(v) => return Ok(v),
+            Err(e) if policy.should_retry(&e, attempt) => {
+                tracing::debug!(provider = operation.0, operation = operation.1, attempt, error = %e, "retrying");
+                tokio::time::sleep(policy.backoff(attempt)).await;
+                attempt += 1;
+            }
+            Err(e) => return Err(e.persistent()),
+        }
+    }
+}
+
+/// A published machine event with its deployment and time.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeploymentEvent {
+    /// The deployment.
+    pub deployment_id: String,
+    /// When.
+    pub at: Timestamp,
+    /// What.
+    pub event: Event,
+}
+
+/// Sends [`Control`]s to a running deployment. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct ControlHandle {
+    tx: mpsc::UnboundedSender<Control>,
+}
+
+impl ControlHandle {
+    /// Sends a control; `false` if the deployment has finished.
+    pub fn send(&self, control: Control) -> bool {
+        self.tx.send(control).is_ok()
+    }
+
+    /// Holds at the next phase boundary.
+    pub fn pause(&self) -> bool {
+        self.send(Control::Pause)
+    }
+
+    /// Continues after a pause.
+    pub fn resume(&self) -> bool {
+        self.send(Control::Resume)
+    }
+
+    /// Skips the current wait or passes the current gate.
+    pub fn promote(&self) -> bool {
+        self.send(Control::Promote)
+    }
+
+    /// Rolls back.
+    pub fn abort(&self, reason: impl Into<String>) -> bool {
+        self.send(Control::Abort {
+            reason: reason.into(),
+        })
+    }
+}
+
+/// The metrics source used for checks that do not name one.
+pub const DEFAULT_METRICS: &str = "default";
+
+/// Builds a [`BlueGreen`]. Required: the plan, a compute provider, a router
+/// and a metrics source; a migration runner when the plan migrates, a secret
+/// source when it requires secrets, and every smoke test it names.
+pub struct Builder {
+    plan: Plan,
+    compute: Option<Arc<dyn ComputeProvider>>,
+    router: Option<Arc<dyn TrafficRouter>>,
+    migrations: Option<Arc<dyn MigrationRunner>>,
+    metrics: BTreeMap<String, Arc<dyn MetricsSource>>,
+    smoke: BTreeMap<String, Arc<dyn SmokeTest>>,
+    secrets: Option<Arc<dyn SecretSource>>,
+    events: Vec<Arc<dyn EventSink>>,
+    journal: Option<Arc<dyn Journal>>,
+    clock: Option<Arc<dyn Clock>>,
+    retry: RetryPolicy,
+    call_timeout: Duration,
+    deployment_id: Option<String>,
+    resume: Option<String>,
+    holder: Option<String>,
+    lease_ttl: Duration,
+}
+
+impl Builder {
+    /// The compute provider.
+    pub fn compute(mut self, p: Arc<dyn ComputeProvider>) -> Self {
+        self.compute = Some(p);
+        self
+    }
+
+    /// The traffic router.
+    pub fn router(mut self, r: Arc<dyn TrafficRouter>) -> Self {
+        self.router = Some(r);
+        self
+    }
+
+    /// The migration runner.
+    pub fn migrations(mut self, m: Arc<dyn MigrationRunner>) -> Self {
+        self.migrations = Some(m);
+        self
+    }
+
+    /// The default metrics source.
+    pub fn metrics(self, m: Arc<dyn MetricsSource>) -> Self {
+        self.metrics_named(DEFAULT_METRICS, m)
+    }
+
+    /// A metrics source that checks name in their `source` field.
+    pub fn metrics_named(mut self, name: impl Into<String>, m: Arc<dyn MetricsSource>) -> Self {
+        self.metrics.insert(name.into(), m);
+        self
+    }
+
+    /// A smoke test, registered under its [`SmokeTest::name`].
+    pub fn smoke_test(mut self, t: Arc<dyn SmokeTest>) -> Self {
+        self.smoke.insert(t.name().to_string(), t);
+        self
+    }
+
+    /// The secret source for preflight checks.
+    pub fn secrets(mut self, s: Arc<dyn SecretSource>) -> Self {
+        self.secrets = Some(s);
+        self
+    }
+
+    /// An event sink; several may be added.
+    pub fn events(mut self, e: Arc<dyn EventSink>) -> Self {
+        self.events.push(e);
+        self
+    }
+
+    /// The journal (an in-memory one if not set).
+    pub fn journal(mut self, j: Arc<dyn Journal>) -> Self {
+        self.journal = Some(j);
+        self
+    }
+
+    /// The wall clock ([`TokioClock`] if not set).
+    pub fn clock(mut self, c: Arc<dyn Clock>) -> Self {
+        self.clock = Some(c);
+        self
+    }
+
+    /// The retry policy for provider calls.
+    pub fn retry(mut self, r: RetryPolicy) -> Self {
+        self.retry = r;
+        self
+    }
+
+    /// The timeout of one provider call attempt (default 60 s; backups,
+    /// migrations and smoke tests get their phase deadline).
+    pub fn call_timeout(mut self, d: Duration) -> Self {
+        self.call_timeout = d;
+        self
+    }
+
+    /// The deployment id (a random one if not set).
+    pub fn deployment_id(mut self, id: impl Into<String>) -> Self {
+        self.deployment_id = Some(id.into());
+        self
+    }
+
+    /// Resume deployment `id` from the journal instead of starting a new one.
+    /// The journal's plan must equal this plan.
+    pub fn resume(mut self, id: impl Into<String>) -> Self {
+        self.resume = Some(id.into());
+        self
+    }
+
+    /// Who holds the lease (default: the deployment id).
+    pub fn holder(mut self, h: impl Into<String>) -> Self {
+        self.holder = Some(h.into());
+        self
+    }
+
+    /// The lease's time to live (default 5 minutes; renewed at half).
+    pub fn lease_ttl(mut self, d: Duration) -> Self {
+        self.lease_ttl = d;
+        self
+    }
+
+    /// Validates the plan and the providers against it.
+    pub fn build(self) -> Result<BlueGreen> {
+        self.plan.validate()?;
+        let missing = |what: &str| {
+            Error::invalid_input(format!("{what} is required")).with_operation("build deployment")
+        };
+        let compute = self.compute.ok_or_else(|| missing("a compute provider"))?;
+        let router = self.router.ok_or_else(|| missing("a traffic router"))?;
+        if self.plan.migrations.is_some() && self.migrations.is_none() {
+            return Err(missing(
+                "a migration runner (the plan has a `migrations` section)",
+            ));
+        }
+        if !self.plan.preflight.required_secrets.is_empty() && self.secrets.is_none() {
+            return Err(missing(
+                "a secret source (the plan lists preflight.required_secrets)",
+            ));
+        }
+        let all_smoke = self
+            .plan
+            .smoke_tests
+            .iter()
+            .map(|n| ("smoke_tests", n))
+            .chain(
+                self.plan
+                    .preflight
+                    .staging_checks
+                    .iter()
+                    .map(|n| ("preflight.staging_checks", n)),
+            );
+        for (field, name) in all_smoke {
+            if !self.smoke.contains_key(name) {
+                let known: Vec<&str> = self.smoke.keys().map(String::as_str).collect();
+                return Err(Error::invalid_input(format!(
+                    "{field}: smoke test {name:?} is not registered; registered: [{}]",
+                    known.join(", ")
+                ))
+                .with_operation("build deployment"));
+            }
+        }
+        for (i, c) in self.plan.analysis.iter().enumerate() {
+            let source = c.source.as_deref().unwrap_or(DEFAULT_METRICS);
+            if !self.metrics.contains_key(source) {
+                return Err(Error::invalid_input(format!(
+                    "analysis[{i}].source: metrics source {source:?} is not registered"
+                ))
+                .with_operation("build deployment"));
+            }
+        }
+        let deployment_id = self
+            .resume
+            .clone()
+            .or(self.deployment_id)
+            .unwrap_or_else(new_deployment_id);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (events, _) = broadcast::channel(4096);
+        Ok(BlueGreen {
+            providers: Arc::new(Providers {
+                compute,
+                router,
+                migrations: self.migrations,
+                metrics: self.metrics,
+                smoke: self.smoke,
+                secrets: self.secrets,
+                sinks: self.events,
+            }),
+            plan: Arc::new(self.plan),
+            journal: self
+                .journal
+                .unwrap_or_else(|| Arc::new(MemoryJournal::new())),
+            clock: self
+                .clock
+                .unwrap_or_else(|| Arc::new(TokioClock::new())),
+            retry: self.retry,
+            call_timeout: self.call_timeout,
+            holder: self.holder.unwrap_or_else(|| deployment_id.clone()),
+            deployment_id,
+            resume: self.resume.is_some(),
+            lease_ttl: self.lease_ttl,
+            control_tx: tx,
+            control_rx: rx,
+            events,
+        })
+    }
+}
+
+fn new_deployment_id() -> String {
+    let now = Timestamp::from_system_time(SystemTime::now());
+    format!("dep-{}-{:08x}", now.0, rand::random::<u32>())
+}
+
+struct Providers {
+    compute: Arc<dyn ComputeProvider>,
+    router: Arc<dyn TrafficRouter>,
+    migrations: Option<Arc<dyn MigrationRunner>>,
+    metrics: BTreeMap<String, Arc<dyn MetricsSource>>,
+    smoke: BTreeMap<String, Arc<dyn SmokeTest>>,
+    secrets: Option<Arc<dyn SecretSource>>,
+    sinks: Vec<Arc<dyn EventSink>>,
+}
+
+/// One deployment, ready to run. See the [module docs](self).
+pub struct BlueGreen {
+    plan: Arc<Plan>,
+    providers: Arc<Providers>,
+    journal: Arc<dyn Journal>,
+    clock: Arc<dyn Clock>,
+    retry: RetryPolicy,
+    call_timeout: Duration,
+    deployment_id: String,
+    holder: String,
+    resume: bool,
+    lease_ttl: Duration,
+    control_tx: mpsc::UnboundedSender<Control>,
+    control_rx: mpsc::UnboundedReceiver<Control>,
+    events: broadcast::Sender<DeploymentEvent>,
+}
+
+type Pending = Pin<Box<dyn Future<Output = (u64, Input)> + Send>>;
+type Fire = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+impl BlueGreen {
+    /// Starts building a deployment of `plan`.
+    pub fn builder(plan: Plan) -> Builder {
+        Builder {
+            plan,
+            compute: None,
+            router: None,
+            migrations: None,
+            metrics: BTreeMap::new(),
+            smoke: BTreeMap::new(),
+            secrets: None,
+            events: Vec::new(),
+            journal: None,
+            clock: None,
+            retry: RetryPolicy::default(),
+            call_timeout: Duration::from_secs(60),
+            deployment_id: None,
+            resume: None,
+            holder: None,
+            lease_ttl: Duration::from_secs(300),
+        }
+    }
+
+    /// The deployment id.
+    pub fn deployment_id(&self) -> &str {
+        &self.deployment_id
+    }
+
+    /// The journal this deployment writes to.
+    pub fn journal(&self) -> Arc<dyn Journal> {
+        self.journal.clone()
+    }
+
+    /// A handle to pause, resume, promote or abort while it runs.
+    pub fn control(&self) -> ControlHandle {
+        ControlHandle {
+            tx: self.control_tx.clone(),
+        }
+    }
+
+    /// A stream of the machine's events as they happen.
+    pub fn subscribe(&self) -> broadcast::Receiver<DeploymentEvent> {
+        self.events.subscribe()
+    }
+
+    /// Runs (or resumes) the deployment to its end and returns its report.
+    ///
+    /// `Err` means the deployer itself could not go on (the lease is held by
+    /// someone else or was taken over, the journal failed, the journal belongs
+    /// to another plan); everything recorded until then stays in the journal,
+    /// and `resume` continues from it. A deployment that rolled back or halted
+    /// is `Ok`, with the outcome in the report.
+    pub async fn run(self) -> Result<Report> {
+        let span = tracing::info_span!(
+            "deployment",
+            id = %self.deployment_id,
+            service = %self.plan.service,
+            version = %self.plan.release.version
+        );
+        self.run_inner().instrument(span).await
+    }
+
+    async fn run_inner(mut self) -> Result<Report> {
+        let now = self.clock.now();
+        let mut lease = self
+            .journal
+            .acquire(&self.plan.service, &self.holder, self.lease_ttl, now)
+            .await?;
+        let mut machine = Machine::new(self.plan.clone(), self.deployment_id.clone());
+        let mut first: Vec<Command> = Vec::new();
+        if self.resume {
+            let entries = self.journal.read(&self.deployment_id).await?;
+            first = replay(&mut machine, &self.plan, &self.deployment_id, &entries)?;
+            tracing::info!(
+                records = entries.len(),
+                stage = %machine.stage().name(),
+                reexecuting = first.len(),
+                "resumed from the journal"
+            );
+        } else {
+            let existing = self.journal.read(&self.deployment_id).await?;
+            if !existing.is_empty() {
+                return Err(Error::conflict(format!(
+                    "deployment {} already has {} journal records: resume it instead",
+                    self.deployment_id,
+                    existing.len()
+                )));
+            }
+            self.journal
+                .append(
+                    &lease,
+                    &self.deployment_id,
+                    now,
+                    &Record::Started {
+                        plan: Box::new((*self.plan).clone()),
+                        holder: self.holder.clone(),
+                    },
+                )
+                .await?;
+        }
+
+        let mut inflight: FuturesUnordered<Pending> = FuturesUnordered::new();
+        let mut notifications: FuturesUnordered<Fire> = FuturesUnordered::new();
+        let mut queue: Vec<Input> = Vec::new();
+        if machine.outcome().is_none() {
+            if self.resume {
+                for c in first {
+                    self.dispatch(&machine, c, &mut inflight, &mut notifications);
+                }
+                queue.push(Input::Tick);
+            } else {
+                queue.push(Input::Start);
+            }
+        }
+        while machine.outcome().is_none() {
+            for input in std::mem::take(&mut queue) {
+                let now = self.clock.now();
+                let renewed_at = Timestamp(
+                    lease
+                        .expires_at
+                        .0
+                        .saturating_sub(self.lease_ttl.as_millis() as u64),
+                );
+                if now.since(renewed_at) >= self.lease_ttl / 2 {
+                    lease = self.journal.renew(&lease, self.lease_ttl, now).await?;
+                }
+                let step = machine.handle(now, input.clone());
+                if step.commands.is_empty() && step.events.is_empty() && input == Input::Tick {
+                    continue;
+                }
+                let commands = step.commands.clone();
+                self.journal
+                    .append(
+                        &lease,
+                        &self.deployment_id,
+                        now,
+                        &Record::Step {
+                            input,
+                            commands: step.commands,
+                            events: step.events.clone(),
+                        },
+                    )
+                    .await?;
+                for event in step.events {
+                    log_event(&event);
+                    let _ = self.events.send(DeploymentEvent {
+                        deployment_id: self.deployment_id.clone(),
+                        at: now,
+                        event,
+                    });
+                }
+                for c in commands {
+                    self.dispatch(&machine, c, &mut inflight, &mut notifications);
+                }
+            }
+            if machine.outcome().is_some() {
+                break;
+            }
+            let wake = machine.next_wakeup();
+            let sleep = async {
+                match wake {
+                    Some(at) => {
+                        let d = at.since(self.clock.now());
+                        tokio::time::sleep(d).await
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                biased;
+                Some((_, input)) = inflight.next(), if !inflight.is_empty() => queue.push(input),
+                Some(control) = self.control_rx.recv() => queue.push(Input::Control { control }),
+                _ = sleep => queue.push(Input::Tick),
+                Some(()) = notifications.next(), if !notifications.is_empty() => {}
+            }
+        }
+        // Give notifications already sent a short moment, never blocking long.
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            while notifications.next().await.is_some() {}
+        })
+        .await;
+        let _ = self.journal.release(&lease).await;
+        let entries = self.journal.read(&self.deployment_id).await?;
+        Ok(Report::from_entries(&entries))
+    }
+
+    fn timeout_for(&self, action: &Action) -> Duration {
+        let d = &self.plan.deadlines;
+        match action {
+            Action::Backup | Action::VerifyBackup { .. } => d.backup,
+            Action::Migrate { .. }
+            | Action::VerifyMigrations { .. }
+            | Action::RevertMigrations { .. } => d.migrate,
+            Action::RunSmokeTests { .. } => d.smoke,
+            _ => self.call_timeout,
+        }
+    }
+
+    fn dispatch(
+        &self,
+        machine: &Machine,
+        command: Command,
+        inflight: &mut FuturesUnordered<Pending>,
+        notifications: &mut FuturesUnordered<Fire>,
+    ) {
+        let providers = self.providers.clone();
+        let plan = self.plan.clone();
+        let retry = self.retry.clone();
+        let timeout = self.timeout_for(&command.action);
+        let id = command.id;
+        let ctx = MigrationContext {
+            deployment_id: self.deployment_id.clone(),
+            backup_id: machine.facts().backup.as_ref().map(|b| b.id.clone()),
+        };
+        if let Action::Notify { notification } = command.action {
+            for sink in providers.sinks.iter().cloned() {
+                let n = notification.clone();
+                notifications.push(Box::pin(async move {
+                    match tokio::time::timeout(Duration::from_secs(10), sink.notify(&n)).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => {
+                            tracing::warn!(error = %e, title = %n.title, "notification failed; the deployment goes on")
+                        }
+                        Err(_) => {
+                            tracing::warn!(title = %n.title, "notification timed out; the deployment goes on")
+                        }
+                    }
+                }));
+            }
+            return;
+        }
+        inflight.push(Box::pin(async move {
+            let operation = command.action.operation();
+            let result = execute(&providers, &plan, &retry, timeout, &ctx, command.action).await;
+            let input = match result {
+                Ok(reply) => Input::Reply { id, reply },
+                Err(e) => {
+                    tracing::warn!(provider = operation.0, operation = operation.1, error = %e, "provider call failed");
+                    Input::Failed {
+                        id,
+                        error: e.to_record(),
+                    }
+                }
+            };
+            (id, input)
+        }));
+    }
+}
+
+fn log_event(event: &Event) {
+    match event {
+        Event::Stage { stage } => tracing::info!(stage = %stage.name(), "stage"),
+        Event::RollbackStarted { reason } => {
+            tracing::warn!(reason = %reason.summary, "rollback started")
+        }
+        Event::Finished { outcome, .. } => tracing::info!(outcome = outcome.name(), "finished"),
+        Event::Measured { measurement } => {
+            tracing::debug!(measurement = %measurement.describe(), "measured")
+        }
+        other => tracing::debug!(event = ?other, "event"),
+    }
+}
+
+/// Rebuilds the machine from journal entries and returns the commands that
+/// were issued but never answered.
+fn replay(
+    machine: &mut Machine,
+    plan: &Plan,
+    id: &str,
+    entries: &[JournalEntry],
+) -> Result<Vec<Command>> {
+    let mut started = false;
+    for e in entries {
+        match &e.record {
+            Record::Started { plan: p, .. } => {
+                if **p != *plan {
+                    return Err(Error::invalid_input(format!(
+                        "deployment {id} was started from a different plan (service {}, version {}); resume it with the plan it started with",
+                        p.service, p.release.version
+                    ))
+                    .with_operation("resume"));
+                }
+                started = true;
+            }
+            Record::Step {
+                input,
+                commands,
+                events,
+            } => {
+                let step = machine.handle(e.at, input.clone());
+                if step.commands != *commands || step.events != *events {
+                    return Err(Error::new(
+                        ErrorKind::Corrupt,
+                        format!(
+                            "journal record {} of deployment {id} does not replay to the same decisions: the journal was written by a different version or plan",
+                            e.seq
+                        ),
+                    )
+                    .with_operation("resume"));
+                }
+            }
+        }
+    }
+    if !started {
+        return Err(Error::not_found(format!(
+            "no journal records for deployment {id}"
+        ))
+        .with_operation("resume"));
+    }
+    Ok(machine.outstanding())
+}
+
+async fn execute(
+    p: &Providers,
+    plan: &Plan,
+    retry: &RetryPolicy,
+    timeout: Duration,
+    ctx: &MigrationContext,
+    action: Action,
+) -> Result<Reply> {
+    let op = action.operation();
+    let migrations = || {
+        p.migrations.clone().ok_or_else(|| {
+            Error::invalid_input("the plan migrates but no migration runner is set")
+        })
+    };
+    let r = retry;
+    Ok(match action {
+        Action::ReadSplit => Reply::Split {
+            split: with_retry(r, timeout, op, || p.router.current_split()).await?,
+        },
+        Action::SetSplit { split } => {
+            with_retry(r, timeout, op, || p.router.set_split(split)).await?;
+            Reply::Done
+        }
+        Action::ReadTargetHealth { color } => Reply::Health {
+            health: with_retry(r, timeout, op, || p.router.target_health(color)).await?,
+        },
+        Action::ReadStatus { colors } => {
+            let statuses = with_retry(r, timeout, op, || p.compute.statuses(&colors)).await?;
+            if statuses.len() != colors.len() {
+                return Err(Error::invalid_response(format!(
+                    "asked for {} statuses, got {}",
+                    colors.len(),
+                    statuses.len()
+                ))
+                .with_provider(op.0)
+                .with_operation(op.1));
+            }
+            Reply::Statuses { statuses }
+        }
+        Action::Prepare { color } => {
+            with_retry(r, timeout, op, || p.compute.prepare(color, &plan.release)).await?;
+            Reply::Done
+        }
+        Action::Scale { color, count } => {
+            with_retry(r, timeout, op, || p.compute.scale(color, count)).await?;
+            Reply::Done
+        }
+        Action::SuspendAutoscaling { color } => Reply::Autoscaling {
+            state: with_retry(r, timeout, op, || p.compute.suspend_autoscaling(color)).await?,
+        },
+        Action::RestoreAutoscaling { color, previous } => {
+            with_retry(r, timeout, op, || {
+                p.compute.restore_autoscaling(color, previous)
+            })
+            .await?;
+            Reply::Done
+        }
+        Action::CheckSecrets { secrets } => {
+            let source = p
+                .secrets
+                .clone()
+                .ok_or_else(|| Error::invalid_input("no secret source is set"))?;
+            let mut checks = Vec::with_capacity(secrets.len());
+            for s in secrets {
+                let res = with_retry(r, timeout, op, || source.metadata(&s.name)).await;
+                checks.push(match res {
+                    Ok(m) => SecretCheck {
+                        name: s.name,
+                        metadata: Some(m),
+                        error: None,
+                    },
+                    Err(e) => SecretCheck {
+                        name: s.name,
+                        metadata: None,
+                        error: Some(e.to_record()),
+                    },
+                });
+            }
+            Reply::Secrets { checks }
+        }
+        Action::RunSmokeTests { scope, tests } => {
+            let (color, base_url) = match scope {
+                SmokeScope::Staging => (None, plan.colors.staging_url.clone()),
+                SmokeScope::Color(c) => (Some(c), endpoint(p, plan, c).await),
+            };
+            let target = SmokeTarget {
+                service: plan.service.clone(),
+                color,
+                base_url,
+                version: plan.release.version.clone(),
+            };
+            let mut results = Vec::with_capacity(tests.len());
+            for name in tests {
+                let Some(test) = p.smoke.get(&name).cloned() else {
+                    results.push(SmokeResult {
+                        name: name.clone(),
+                        outcome: None,
+                        error: Some(
+                            Error::invalid_input(format!("smoke test {name:?} is not registered"))
+                                .to_record(),
+                        ),
+                    });
+                    continue;
+                };
+                let res = tokio::time::timeout(timeout, test.run(&target)).await;
+                results.push(match res {
+                    Ok(Ok(outcome)) => SmokeResult {
+                        name,
+                        outcome: Some(outcome),
+                        error: None,
+                    },
+                    Ok(Err(e)) => SmokeResult {
+                        name,
+                        outcome: None,
+                        error: Some(e.to_record()),
+                    },
+                    Err(_) => SmokeResult {
+                        name,
+                        outcome: None,
+                        error: Some(
+                            Error::timeout(format!(
+                                "no result within {}",
+                                humantime::format_duration(timeout)
+                            ))
+                            .to_record(),
+                        ),
+                    },
+                });
+            }
+            Reply::Smoke { results }
+        }
+        Action::Backup => {
+            let m = migrations()?;
+            Reply::Backup {
+                backup: with_retry(r, timeout, op, || m.backup(ctx)).await?,
+            }
+        }
+        Action::VerifyBackup {
+            backup,
+            min_entries,
+        } => {
+            let m = migrations()?;
+            Reply::BackupVerified {
+                verification: with_retry(r, timeout, op, || m.verify_backup(&backup, min_entries))
+                    .await?,
+            }
+        }
+        Action::Migrate { phase } => {
+            let m = migrations()?;
+            Reply::Migrated {
+                applied: with_retry(r, timeout, op, || m.apply(phase, ctx)).await?,
+            }
+        }
+        Action::VerifyMigrations { phase } => {
+            let m = migrations()?;
+            Reply::Verified {
+                checks: with_retry(r, timeout, op, || m.verify(phase, ctx)).await?,
+            }
+        }
+        Action::RevertMigrations { versions } => {
+            let m = migrations()?;
+            Reply::Reverted {
+                reverted: with_retry(r, timeout, op, || m.revert(&versions, ctx)).await?,
+            }
+        }
+        Action::Measure {
+            check,
+            query,
+            from,
+            to,
+            ..
+        } => {
+            let source_name = plan
+                .check(&check)
+                .and_then(|c| c.source.clone())
+                .unwrap_or_else(|| DEFAULT_METRICS.to_string());
+            let source = p.metrics.get(&source_name).cloned().ok_or_else(|| {
+                Error::invalid_input(format!("metrics source {source_name:?} is not registered"))
+            })?;
+            let q = MetricQuery {
+                check,
+                query,
+                from,
+                to,
+            };
+            Reply::Metric {
+                answer: with_retry(r, timeout, op, || source.query(&q)).await?,
+            }
+        }
+        Action::Notify { .. } => Reply::Done,
+    })
+}
+
+async fn endpoint(p: &Providers, plan: &Plan, color: Color) -> Option<String> {
+    if let Some(u) = &plan.colors.get(color).base_url {
+        return Some(u.clone());
+    }
+    p.compute.endpoint(color).await.ok().flatten()
+}

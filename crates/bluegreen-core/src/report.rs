@@ -1,0 +1,371 @@
+//! The deployment report: every step, measurement, decision and timing, and
+//! the outcome, rebuilt from the journal and rendered as JSON or Markdown.
+
+use std::fmt::Write as _;
+
+use serde::{Deserialize, Serialize};
+
+use crate::analysis::Measurement;
+use crate::color::Timestamp;
+use crate::journal::{JournalEntry, Record};
+use crate::machine::{Action, Event, Facts, Input, Outcome, SmokeResult, SmokeScope};
+
+/// A stage and when it started and ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StageRecord {
+    /// The stage's name.
+    pub stage: String,
+    /// When it started.
+    pub started_at: Timestamp,
+    /// When the next stage started.
+    pub ended_at: Option<Timestamp>,
+}
+
+/// A provider call the deployment made and how it ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ActionRecord {
+    /// When it was issued.
+    pub at: Timestamp,
+    /// The command id.
+    pub id: u64,
+    /// `provider operation`, e.g. `router set_split`.
+    pub operation: String,
+    /// What it asked, briefly.
+    pub detail: String,
+    /// `ok`, or the error.
+    pub result: Option<String>,
+}
+
+/// A decision or note, in time order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DecisionRecord {
+    /// When.
+    pub at: Timestamp,
+    /// What.
+    pub text: String,
+}
+
+/// A smoke-test run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SmokeRecord {
+    /// When.
+    pub at: Timestamp,
+    /// Where.
+    pub scope: SmokeScope,
+    /// The results.
+    pub results: Vec<SmokeResult>,
+}
+
+/// The record of one deployment.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    /// The deployment.
+    pub deployment_id: String,
+    /// The service.
+    pub service: String,
+    /// The release version.
+    pub version: String,
+    /// The image.
+    pub image: String,
+    /// The first record's time.
+    pub started_at: Timestamp,
+    /// The finish time.
+    pub finished_at: Option<Timestamp>,
+    /// The outcome, once finished.
+    pub outcome: Option<Outcome>,
+    /// The recorded state at the end.
+    pub facts: Option<Facts>,
+    /// Stages with timings.
+    pub stages: Vec<StageRecord>,
+    /// Every measurement.
+    pub measurements: Vec<Measurement>,
+    /// Smoke-test runs.
+    pub smoke_tests: Vec<SmokeRecord>,
+    /// Provider calls.
+    pub actions: Vec<ActionRecord>,
+    /// Decisions and notes.
+    pub decisions: Vec<DecisionRecord>,
+    /// Journal records read.
+    pub records: usize,
+}
+
+impl Report {
+    /// Rebuilds the report from a deployment's journal entries.
+    pub fn from_entries(entries: &[JournalEntry]) -> Report {
+        let mut r = Report {
+            records: entries.len(),
+            ..Report::default()
+        };
+        for e in entries {
+            if r.deployment_id.is_empty() {
+                r.deployment_id = e.deployment_id.clone();
+                r.started_at = e.at;
+            }
+            match &e.record {
+                Record::Started { plan, .. } => {
+                    r.service = plan.service.clone();
+                    r.version = plan.release.version.clone();
+                    r.image = plan.release.image.clone();
+                }
+                Record::Step {
+                    input,
+                    commands,
+                    events,
+                } => {
+                    match input {
+                        Input::Reply { id, .. } => r.close_action(*id, "ok".into()),
+                        Input::Failed { id, error } => r.close_action(*id, error.message.clone()),
+                        Input::Control { control } => r.decide(e.at, format!("human: {control:?}")),
+                        _ => {}
+                    }
+                    for c in commands {
+                        if let Action::Notify { notification } = &c.action {
+                            r.decide(e.at, format!("notified: {}", notification.title));
+                            continue;
+                        }
+                        let (p, o) = c.action.operation();
+                        r.actions.push(ActionRecord {
+                            at: e.at,
+                            id: c.id,
+                            operation: format!("{p} {o}"),
+                            detail: describe_action(&c.action),
+                            result: None,
+                        });
+                    }
+                    for ev in events {
+                        r.absorb(e.at, ev);
+                    }
+                }
+            }
+        }
+        r
+    }
+
+    fn close_action(&mut self, id: u64, result: String) {
+        if let Some(a) = self.actions.iter_mut().rev().find(|a| a.id == id) {
+            a.result = Some(result);
+        }
+    }
+
+    fn decide(&mut self, at: Timestamp, text: String) {
+        self.decisions.push(DecisionRecord { at, text });
+    }
+
+    fn absorb(&mut self, at: Timestamp, ev: &Event) {
+        match ev {
+            Event::Stage { stage } => {
+                if let Some(last) = self.stages.last_mut() {
+                    last.ended_at.get_or_insert(at);
+                }
+                self.stages.push(StageRecord {
+                    stage: stage.name(),
+                    started_at: at,
+                    ended_at: None,
+                });
+            }
+            Event::Colors { old, new } => {
+                self.decide(at, format!("{old} is live; deploying to {new}"))
+            }
+            Event::TrafficConfirmed { split } => {
+                self.decide(at, format!("read-back confirmed {split}"))
+            }
+            Event::Measured { measurement } => self.measurements.push(measurement.clone()),
+            Event::TargetHealth { color, health } => {
+                if health.healthy < health.total {
+                    self.decide(
+                        at,
+                        format!("{color}: {} of {} targets healthy", health.healthy, health.total),
+                    )
+                }
+            }
+            Event::SmokeTests { scope, results } => self.smoke_tests.push(SmokeRecord {
+                at,
+                scope: *scope,
+                results: results.clone(),
+            }),
+            Event::DryRun { detail } => self.decide(at, detail.clone()),
+            Event::Note { text } => self.decide(at, text.clone()),
+            Event::Control { control, effect } => {
+                self.decide(at, format!("control {control:?}: {effect}"))
+            }
+            Event::RollbackStarted { reason } => {
+                self.decide(at, format!("rollback: {}", reason.summary))
+            }
+            Event::Finished { outcome, facts } => {
+                if let Some(last) = self.stages.last_mut() {
+                    last.ended_at.get_or_insert(at);
+                }
+                self.finished_at = Some(at);
+                self.outcome = Some(outcome.clone());
+                self.facts = Some(facts.clone());
+            }
+        }
+    }
+
+    /// The outcome's name, or `"in progress"`.
+    pub fn outcome_name(&self) -> &'static str {
+        self.outcome.as_ref().map_or("in progress", Outcome::name)
+    }
+
+    /// The report as pretty JSON.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+    }
+
+    /// The report as Markdown: the reference's "deployment documented".
+    pub fn to_markdown(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(s, "# Deployment {} of {} {}\n", self.deployment_id, self.service, self.version);
+        let _ = writeln!(s, "- Image: `{}`", self.image);
+        let _ = writeln!(s, "- Started: {}", self.started_at);
+        if let Some(f) = self.finished_at {
+            let _ = writeln!(
+                s,
+                "- Finished: {f} (took {})",
+                humantime::format_duration(f.since(self.started_at))
+            );
+        }
+        let _ = writeln!(s, "- Outcome: **{}**", self.outcome_name());
+        match &self.outcome {
+            Some(Outcome::RolledBack { reason }) | Some(Outcome::Halted { reason }) => {
+                let _ = writeln!(s, "- Reason: {}", reason.summary);
+                if !reason.evidence.is_empty() {
+                    let _ = writeln!(s, "\n## Evidence behind the decision\n");
+                    for m in &reason.evidence {
+                        let _ = writeln!(s, "- {} at {}", m.describe(), m.to);
+                    }
+                }
+            }
+            _ => {}
+        }
+        if let Some(f) = &self.facts {
+            let _ = writeln!(s, "\n## Recorded state\n");
+            let color = |c: Option<crate::Color>| c.map_or("unknown".to_string(), |c| c.to_string());
+            let _ = writeln!(s, "- Old color: {}, new color: {}", color(f.old), color(f.new));
+            if let Some(split) = f.confirmed_split {
+                let _ = writeln!(s, "- Traffic (read back): {split}");
+            }
+            let _ = writeln!(
+                s,
+                "- Requested counts: new {:?}, old {:?} (old capacity {:?})",
+                f.new_count, f.old_count, f.old_capacity
+            );
+            if let Some(b) = &f.backup {
+                let _ = writeln!(s, "- Backup: {} at {}", b.id, b.location);
+            }
+            for m in &f.applied {
+                let _ = writeln!(
+                    s,
+                    "- Migration applied: {} {} ({}, {})",
+                    m.version,
+                    m.name,
+                    m.phase,
+                    if m.reversible { "reversible" } else { "irreversible" }
+                );
+            }
+            for m in &f.reverted {
+                let _ = writeln!(s, "- Migration reverted: {} {}", m.version, m.name);
+            }
+        }
+        let _ = writeln!(s, "\n## Stages\n\n| stage | started | took |\n|---|---|---|");
+        for st in &self.stages {
+            let took = st
+                .ended_at
+                .map(|e| humantime::format_duration(e.since(st.started_at)).to_string())
+                .unwrap_or_default();
+            let _ = writeln!(s, "| {} | {} | {} |", st.stage, st.started_at, took);
+        }
+        if !self.smoke_tests.is_empty() {
+            let _ = writeln!(s, "\n## Smoke tests\n");
+            for run in &self.smoke_tests {
+                let scope = match run.scope {
+                    SmokeScope::Staging => "staging".to_string(),
+                    SmokeScope::Color(c) => c.to_string(),
+                };
+                let passed = run.results.iter().filter(|r| r.passed()).count();
+                let _ = writeln!(s, "On {scope} at {}: {passed}/{} passed", run.at, run.results.len());
+                for t in &run.results {
+                    match (&t.outcome, &t.error) {
+                        (Some(o), _) => {
+                            let _ = writeln!(
+                                s,
+                                "- {} {} ({} ms): {}",
+                                if o.passed { "✓" } else { "✗" },
+                                t.name,
+                                o.duration.as_millis(),
+                                o.detail
+                            );
+                        }
+                        (None, Some(e)) => {
+                            let _ = writeln!(s, "- ✗ {}: {}", t.name, e.message);
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+        if !self.measurements.is_empty() {
+            let _ = writeln!(
+                s,
+                "\n## Measurements\n\n| at | check | kind | value | samples | verdict | breach |\n|---|---|---|---|---|---|---|"
+            );
+            for m in &self.measurements {
+                let _ = writeln!(
+                    s,
+                    "| {} | {} | {:?} | {} | {} | {:?}{} | {} |",
+                    m.to,
+                    m.check,
+                    m.kind,
+                    m.value.map_or("-".to_string(), |v| format!("{v:.4}")),
+                    m.samples.len(),
+                    m.verdict,
+                    if m.dry_run { " (dry run)" } else { "" },
+                    if m.breach { "yes" } else { "" }
+                );
+            }
+        }
+        let _ = writeln!(s, "\n## Decisions\n");
+        for d in &self.decisions {
+            let _ = writeln!(s, "- {}: {}", d.at, d.text);
+        }
+        let _ = writeln!(s, "\n## Provider calls\n\n| at | call | detail | result |\n|---|---|---|---|");
+        for a in &self.actions {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} |",
+                a.at,
+                a.operation,
+                a.detail,
+                a.result.as_deref().unwrap_or("(no result recorded)")
+            );
+        }
+        s
+    }
+}
+
+fn describe_action(a: &Action) -> String {
+    match a {
+        Action::SetSplit { split } => split.to_string(),
+        Action::Scale { color, count } => format!("{color} to {count}"),
+        Action::Prepare { color } => format!("{color}"),
+        Action::ReadStatus { colors } => {
+            colors.iter().map(|c| c.as_str()).collect::<Vec<_>>().join(", ")
+        }
+        Action::ReadTargetHealth { color }
+        | Action::SuspendAutoscaling { color }
+        | Action::RestoreAutoscaling { color, .. } => color.to_string(),
+        Action::RunSmokeTests { scope, tests } => format!("{scope:?}: {}", tests.join(", ")),
+        Action::Migrate { phase } | Action::VerifyMigrations { phase } => phase.to_string(),
+        Action::RevertMigrations { versions } => format!("{versions:?}"),
+        Action::Measure { check, query, .. } => format!("{check}: {query}"),
+        Action::VerifyBackup { backup, min_entries } => {
+            format!("{} (at least {min_entries} entries)", backup.id)
+        }
+        Action::CheckSecrets { secrets } => secrets
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
+        Action::ReadSplit | Action::Backup | Action::Notify { .. } => String::new(),
+    }
+}

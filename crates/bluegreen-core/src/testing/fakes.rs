@@ -1,0 +1,787 @@
+//! In-memory fake providers sharing one [`World`], with scriptable faults.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::color::{Color, Timestamp, TrafficSplit};
+use crate::error::{Error, ErrorKind, Result};
+use crate::plan::Release;
+use crate::provider::{
+    AutoscalingState, BackupRecord, BackupVerification, ComputeProvider, ComputeStatus,
+    EventSink, MetricAnswer, MetricQuery, MetricsSource, MigrationContext, MigrationInfo,
+    MigrationPhase, MigrationRunner, MigrationStatus, Notification, Rollout, Sample,
+    SecretMetadata, SecretSource, SecretValue, SmokeOutcome, SmokeTarget, SmokeTest,
+    TargetHealth, TrafficRouter, VerificationCheck,
+};
+
+/// A fault to inject into one fake call.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Fault {
+    /// A permanent error of this kind.
+    Error(ErrorKind),
+    /// A temporary error (the driver retries it).
+    Temporary,
+    /// A timeout error (temporary).
+    Timeout,
+    /// The call never returns (the driver's per-call timeout must end it).
+    Hang,
+    /// A read answers something other than the truth (the split before the
+    /// last change, a status one short, no healthy targets).
+    WrongReadBack,
+}
+
+#[derive(Debug, Clone)]
+struct Rule {
+    op: String,
+    call: Option<u32>,
+    fault: Fault,
+}
+
+/// Scripted faults, per operation name (`"router.set_split"`,
+/// `"compute.status"`, `"metrics.query"`, ...) and call index.
+#[derive(Debug, Default)]
+pub struct Faults {
+    rules: Mutex<Vec<Rule>>,
+    calls: Mutex<BTreeMap<String, u32>>,
+}
+
+/// Every operation name the fakes answer to.
+pub const OPERATIONS: &[&str] = &[
+    "compute.prepare",
+    "compute.scale",
+    "compute.status",
+    "compute.suspend_autoscaling",
+    "compute.restore_autoscaling",
+    "router.current_split",
+    "router.set_split",
+    "router.target_health",
+    "migrations.status",
+    "migrations.backup",
+    "migrations.verify_backup",
+    "migrations.apply",
+    "migrations.verify",
+    "migrations.revert",
+    "metrics.query",
+    "smoke.run",
+    "secrets.get",
+    "secrets.metadata",
+    "events.notify",
+];
+
+impl Faults {
+    /// No faults.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Call number `call` (0-based) of `op` gets `fault`.
+    pub fn inject(&self, op: &str, call: u32, fault: Fault) {
+        lock(&self.rules).push(Rule {
+            op: op.into(),
+            call: Some(call),
+            fault,
+        });
+    }
+
+    /// Every call of `op` gets `fault`.
+    pub fn always(&self, op: &str, fault: Fault) {
+        lock(&self.rules).push(Rule {
+            op: op.into(),
+            call: None,
+            fault,
+        });
+    }
+
+    /// Removes every rule.
+    pub fn clear(&self) {
+        lock(&self.rules).clear();
+    }
+
+    /// How many times `op` was called.
+    pub fn calls(&self, op: &str) -> u32 {
+        lock(&self.calls).get(op).copied().unwrap_or(0)
+    }
+
+    /// Counts the call and applies its fault: `Err` for errors, never returns
+    /// for a hang, `Ok(true)` when the read must lie.
+    pub async fn check(&self, op: &str) -> Result<bool> {
+        let n = {
+            let mut c = lock(&self.calls);
+            let n = c.entry(op.to_string()).or_insert(0);
+            *n += 1;
+            *n - 1
+        };
+        let fault = lock(&self.rules)
+            .iter()
+            .find(|r| r.op == op && r.call.is_none_or(|c| c == n))
+            .map(|r| r.fault.clone());
+        let (provider, operation) = op.split_once('.').unwrap_or(("fake", op));
+        let err = |e: Error| {
+            Err(e
+                .with_provider(provider.to_string())
+                .with_operation(operation.to_string()))
+        };
+        match fault {
+            None => Ok(false),
+            Some(Fault::Error(kind)) => err(Error::new(kind, format!("injected fault on call {n}"))),
+            Some(Fault::Temporary) => err(Error::unavailable(format!(
+                "injected temporary fault on call {n}"
+            ))),
+            Some(Fault::Timeout) => err(Error::timeout(format!("injected timeout on call {n}"))),
+            Some(Fault::Hang) => std::future::pending().await,
+            Some(Fault::WrongReadBack) => Ok(true),
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A change the fakes made to the world, in order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    /// A split took effect.
+    Split(TrafficSplit),
+    /// A color's desired count changed.
+    Scaled(Color, u32),
+    /// A release was prepared on a color.
+    Prepared(Color, String),
+    /// A migration was applied.
+    Migrated(u64, MigrationPhase),
+    /// A migration was reverted.
+    Reverted(u64),
+    /// Autoscaling was suspended.
+    AutoscalingSuspended(Color),
+    /// Autoscaling was restored to a state.
+    AutoscalingRestored(Color, AutoscalingState),
+    /// Smoke tests ran on a color (None: staging) and passed or not.
+    Smoke(Option<Color>, String, bool),
+    /// A backup was taken.
+    Backup(String),
+}
+
+/// One color of the fake world.
+#[derive(Debug, Clone)]
+pub struct ColorState {
+    /// Desired instances.
+    pub desired: u32,
+    /// Running at the last change.
+    pub running_before: u32,
+    /// When desired last changed.
+    pub changed_at: tokio::time::Instant,
+    /// The release running or about to run.
+    pub version: Option<String>,
+    /// The prepared release, not yet rolled out.
+    pub prepared: Option<String>,
+    /// Healthy instances override (None: all running are healthy).
+    pub healthy: Option<u32>,
+    /// The rollout state to report.
+    pub rollout: Rollout,
+    /// Autoscaling state.
+    pub autoscaling: AutoscalingState,
+}
+
+/// The shared state of the fakes: the truth the invariants are checked against.
+#[derive(Debug)]
+pub struct WorldState {
+    /// The split in force.
+    pub split: TrafficSplit,
+    /// Each color.
+    pub colors: BTreeMap<Color, ColorState>,
+    /// How long a scaled color takes to reach its desired count.
+    pub settle: Duration,
+    /// Migrations known to the fake runner, by version.
+    pub migrations: Vec<MigrationInfo>,
+    /// Applied versions.
+    pub applied: Vec<u64>,
+    /// Entries the fake backup verification reports.
+    pub backup_entries: u64,
+    /// Phases whose verification fails.
+    pub failing_verification: Vec<MigrationPhase>,
+    /// Every change, in order, with the virtual time it happened.
+    pub changes: Vec<(tokio::time::Instant, Change)>,
+}
+
+impl WorldState {
+    /// Instances running now.
+    pub fn running(&self, c: Color) -> u32 {
+        let s = &self.colors[&c];
+        if s.changed_at.elapsed() >= self.settle {
+            s.desired
+        } else {
+            s.running_before
+        }
+    }
+
+    fn record(&mut self, change: Change) {
+        self.changes.push((tokio::time::Instant::now(), change));
+    }
+}
+
+/// The world the fakes share. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct World(Arc<Mutex<WorldState>>);
+
+impl World {
+    /// `live` serves everything with `count` instances of `version`; the other
+    /// color is at zero. Scaling takes `settle` to take effect.
+    pub fn new(live: Color, count: u32, version: &str, settle: Duration) -> World {
+        let now = tokio::time::Instant::now();
+        let mut colors = BTreeMap::new();
+        for c in Color::ALL {
+            let n = if c == live { count } else { 0 };
+            colors.insert(
+                c,
+                ColorState {
+                    desired: n,
+                    running_before: n,
+                    changed_at: now,
+                    version: (c == live).then(|| version.to_string()),
+                    prepared: None,
+                    healthy: None,
+                    rollout: Rollout::Completed,
+                    autoscaling: AutoscalingState {
+                        registered: true,
+                        ..AutoscalingState::default()
+                    },
+                },
+            );
+        }
+        World(Arc::new(Mutex::new(WorldState {
+            split: TrafficSplit::all_on(live),
+            colors,
+            settle,
+            migrations: Vec::new(),
+            applied: Vec::new(),
+            backup_entries: 120,
+            failing_verification: Vec::new(),
+            changes: Vec::new(),
+        })))
+    }
+
+    /// Locks the state.
+    pub fn lock(&self) -> MutexGuard<'_, WorldState> {
+        lock(&self.0)
+    }
+
+    /// Every change so far.
+    pub fn changes(&self) -> Vec<Change> {
+        self.lock().changes.iter().map(|(_, c)| c.clone()).collect()
+    }
+
+    /// The split in force.
+    pub fn split(&self) -> TrafficSplit {
+        self.lock().split
+    }
+
+    /// A color's desired count.
+    pub fn desired(&self, c: Color) -> u32 {
+        self.lock().colors[&c].desired
+    }
+}
+
+/// A fake [`ComputeProvider`] over the world.
+#[derive(Debug, Clone)]
+pub struct FakeCompute {
+    world: World,
+    faults: Arc<Faults>,
+}
+
+impl FakeCompute {
+    /// A fake on `world` with `faults`.
+    pub fn new(world: World, faults: Arc<Faults>) -> Self {
+        FakeCompute { world, faults }
+    }
+}
+
+#[async_trait]
+impl ComputeProvider for FakeCompute {
+    async fn prepare(&self, color: Color, release: &Release) -> Result<()> {
+        self.faults.check("compute.prepare").await?;
+        let mut w = self.world.lock();
+        let c = w.colors.get_mut(&color).expect("both colors exist");
+        if c.prepared.as_deref() != Some(release.version.as_str()) {
+            c.prepared = Some(release.version.clone());
+            w.record(Change::Prepared(color, release.version.clone()));
+        }
+        Ok(())
+    }
+
+    async fn scale(&self, color: Color, count: u32) -> Result<()> {
+        self.faults.check("compute.scale").await?;
+        let mut w = self.world.lock();
+        let running = w.running(color);
+        let c = w.colors.get_mut(&color).expect("both colors exist");
+        if let Some(p) = c.prepared.take() {
+            c.version = Some(p);
+        }
+        if c.desired != count {
+            c.running_before = running;
+            c.desired = count;
+            c.changed_at = tokio::time::Instant::now();
+            w.record(Change::Scaled(color, count));
+        }
+        Ok(())
+    }
+
+    async fn status(&self, color: Color) -> Result<ComputeStatus> {
+        let lie = self.faults.check("compute.status").await?;
+        let w = self.world.lock();
+        let c = &w.colors[&color];
+        let running = w.running(color);
+        let mut s = ComputeStatus {
+            desired: c.desired,
+            running,
+            pending: c.desired.saturating_sub(running),
+            failed: 0,
+            healthy: Some(c.healthy.unwrap_or(running).min(running)),
+            version: c.version.clone(),
+            rollout: if running == c.desired {
+                c.rollout
+            } else {
+                Rollout::InProgress
+            },
+        };
+        if lie {
+            s.running = s.running.saturating_sub(1);
+            s.healthy = Some(s.running);
+        }
+        Ok(s)
+    }
+
+    async fn suspend_autoscaling(&self, color: Color) -> Result<AutoscalingState> {
+        self.faults.check("compute.suspend_autoscaling").await?;
+        let mut w = self.world.lock();
+        let c = w.colors.get_mut(&color).expect("both colors exist");
+        let before = c.autoscaling;
+        c.autoscaling = AutoscalingState {
+            registered: before.registered,
+            scale_in_suspended: true,
+            scale_out_suspended: true,
+            scheduled_suspended: true,
+        };
+        w.record(Change::AutoscalingSuspended(color));
+        Ok(before)
+    }
+
+    async fn restore_autoscaling(&self, color: Color, previous: AutoscalingState) -> Result<()> {
+        self.faults.check("compute.restore_autoscaling").await?;
+        let mut w = self.world.lock();
+        w.colors.get_mut(&color).expect("both colors exist").autoscaling = previous;
+        w.record(Change::AutoscalingRestored(color, previous));
+        Ok(())
+    }
+}
+
+/// A fake [`TrafficRouter`] over the world.
+#[derive(Debug, Clone)]
+pub struct FakeRouter {
+    world: World,
+    faults: Arc<Faults>,
+    previous: Arc<Mutex<Option<TrafficSplit>>>,
+}
+
+impl FakeRouter {
+    /// A fake on `world` with `faults`.
+    pub fn new(world: World, faults: Arc<Faults>) -> Self {
+        FakeRouter {
+            world,
+            faults,
+            previous: Arc::new(Mutex::new(None)),
+        }
+    }
+}
+
+#[async_trait]
+impl TrafficRouter for FakeRouter {
+    async fn current_split(&self) -> Result<TrafficSplit> {
+        let lie = self.faults.check("router.current_split").await?;
+        let split = self.world.split();
+        if lie {
+            let prev = *lock(&self.previous);
+            return Ok(prev
+                .filter(|p| *p != split)
+                .unwrap_or_else(|| TrafficSplit::with_percent(Color::Blue, 50)));
+        }
+        Ok(split)
+    }
+
+    async fn set_split(&self, split: TrafficSplit) -> Result<()> {
+        self.faults.check("router.set_split").await?;
+        let mut w = self.world.lock();
+        if w.split != split {
+            *lock(&self.previous) = Some(w.split);
+            w.split = split;
+            w.record(Change::Split(split));
+        }
+        Ok(())
+    }
+
+    async fn target_health(&self, color: Color) -> Result<TargetHealth> {
+        let lie = self.faults.check("router.target_health").await?;
+        let w = self.world.lock();
+        let running = w.running(color);
+        let healthy = w.colors[&color].healthy.unwrap_or(running).min(running);
+        Ok(TargetHealth {
+            healthy: if lie { 0 } else { healthy },
+            total: running,
+        })
+    }
+}
+
+/// A fake [`MigrationRunner`] over the world's migrations.
+#[derive(Debug, Clone)]
+pub struct FakeMigrations {
+    world: World,
+    faults: Arc<Faults>,
+}
+
+impl FakeMigrations {
+    /// A fake on `world` with `faults`; its migrations are `world.lock().migrations`.
+    pub fn new(world: World, faults: Arc<Faults>) -> Self {
+        FakeMigrations { world, faults }
+    }
+}
+
+#[async_trait]
+impl MigrationRunner for FakeMigrations {
+    async fn status(&self) -> Result<MigrationStatus> {
+        self.faults.check("migrations.status").await?;
+        let w = self.world.lock();
+        let (applied, pending) = w
+            .migrations
+            .iter()
+            .cloned()
+            .partition(|m| w.applied.contains(&m.version));
+        Ok(MigrationStatus { applied, pending })
+    }
+
+    async fn backup(&self, ctx: &MigrationContext) -> Result<BackupRecord> {
+        self.faults.check("migrations.backup").await?;
+        let mut w = self.world.lock();
+        let id = format!("backup-{}-{}", ctx.deployment_id, w.changes.len());
+        w.record(Change::Backup(id.clone()));
+        Ok(BackupRecord {
+            location: format!("memory://{id}"),
+            id,
+            bytes: Some(4096),
+            taken_at: Timestamp(0),
+        })
+    }
+
+    async fn verify_backup(
+        &self,
+        _backup: &BackupRecord,
+        min_entries: u64,
+    ) -> Result<BackupVerification> {
+        self.faults.check("migrations.verify_backup").await?;
+        let entries = self.world.lock().backup_entries;
+        Ok(BackupVerification {
+            entries,
+            passed: entries >= min_entries,
+            detail: format!("{entries} entries listed"),
+        })
+    }
+
+    async fn apply(
+        &self,
+        phase: MigrationPhase,
+        _ctx: &MigrationContext,
+    ) -> Result<Vec<MigrationInfo>> {
+        self.faults.check("migrations.apply").await?;
+        let mut w = self.world.lock();
+        let mut todo: Vec<MigrationInfo> = w
+            .migrations
+            .iter()
+            .filter(|m| m.phase == phase && !w.applied.contains(&m.version))
+            .cloned()
+            .collect();
+        todo.sort_by_key(|m| m.version);
+        for m in &todo {
+            w.applied.push(m.version);
+            w.record(Change::Migrated(m.version, phase));
+        }
+        Ok(todo)
+    }
+
+    async fn verify(
+        &self,
+        phase: MigrationPhase,
+        _ctx: &MigrationContext,
+    ) -> Result<Vec<VerificationCheck>> {
+        self.faults.check("migrations.verify").await?;
+        let w = self.world.lock();
+        let passed = !w.failing_verification.contains(&phase);
+        Ok(vec![VerificationCheck {
+            name: format!("{phase} row counts unchanged"),
+            passed,
+            detail: if passed {
+                "orders: 1000 rows before and after".into()
+            } else {
+                "orders: 1000 rows before, 990 after".into()
+            },
+        }])
+    }
+
+    async fn revert(&self, versions: &[u64], _ctx: &MigrationContext) -> Result<Vec<MigrationInfo>> {
+        self.faults.check("migrations.revert").await?;
+        let mut w = self.world.lock();
+        let mut out = Vec::new();
+        for v in versions {
+            let m = w
+                .migrations
+                .iter()
+                .find(|m| m.version == *v)
+                .cloned()
+                .ok_or_else(|| Error::not_found(format!("migration {v} is unknown")))?;
+            if !m.reversible {
+                return Err(Error::conflict(format!(
+                    "migration {v} {} has no down migration",
+                    m.name
+                )));
+            }
+            out.push(m);
+        }
+        let mut reverted = Vec::new();
+        for m in out {
+            if let Some(pos) = w.applied.iter().position(|v| *v == m.version) {
+                w.applied.remove(pos);
+                w.record(Change::Reverted(m.version));
+                reverted.push(m);
+            }
+        }
+        Ok(reverted)
+    }
+}
+
+type SeriesFn = dyn Fn(&MetricQuery, Timestamp) -> Option<f64> + Send + Sync;
+
+/// Metrics from scripts: per check, a value at each sample time, or no data.
+pub struct ScriptedMetrics {
+    scripts: Mutex<BTreeMap<String, Arc<SeriesFn>>>,
+    step: Duration,
+    faults: Arc<Faults>,
+}
+
+impl std::fmt::Debug for ScriptedMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ScriptedMetrics")
+            .field("checks", &lock(&self.scripts).keys().collect::<Vec<_>>())
+            .field("step", &self.step)
+            .finish()
+    }
+}
+
+impl ScriptedMetrics {
+    /// No scripts; samples every 10 s.
+    pub fn new(faults: Arc<Faults>) -> Self {
+        ScriptedMetrics {
+            scripts: Mutex::new(BTreeMap::new()),
+            step: Duration::from_secs(10),
+            faults,
+        }
+    }
+
+    /// Sample spacing.
+    pub fn with_step(mut self, step: Duration) -> Self {
+        self.step = step;
+        self
+    }
+
+    /// `check` answers `f(query, sample_time)` at each sample time; `None`
+    /// leaves the point out. A window with no points is no data.
+    pub fn script(
+        &self,
+        check: &str,
+        f: impl Fn(&MetricQuery, Timestamp) -> Option<f64> + Send + Sync + 'static,
+    ) -> &Self {
+        lock(&self.scripts).insert(check.into(), Arc::new(f));
+        self
+    }
+
+    /// `check` answers `value` everywhere.
+    pub fn constant(&self, check: &str, value: f64) -> &Self {
+        self.script(check, move |_, _| Some(value))
+    }
+
+    /// `check` has no data.
+    pub fn no_data(&self, check: &str) -> &Self {
+        self.script(check, |_, _| None)
+    }
+}
+
+#[async_trait]
+impl MetricsSource for ScriptedMetrics {
+    async fn query(&self, q: &MetricQuery) -> Result<MetricAnswer> {
+        self.faults.check("metrics.query").await?;
+        let f = lock(&self.scripts).get(&q.check).cloned();
+        let Some(f) = f else {
+            return Ok(MetricAnswer::NoData {
+                reason: format!("no script for {}", q.check),
+            });
+        };
+        let step = self.step.as_millis().max(1) as u64;
+        let mut samples = Vec::new();
+        let mut t = q.from.0 + step;
+        while t <= q.to.0 {
+            if let Some(value) = f(q, Timestamp(t)) {
+                samples.push(Sample {
+                    at: Timestamp(t),
+                    value,
+                });
+            }
+            t += step;
+        }
+        if samples.is_empty() {
+            return Ok(MetricAnswer::NoData {
+                reason: "no points in the window".into(),
+            });
+        }
+        Ok(MetricAnswer::Samples { samples })
+    }
+}
+
+type SmokeFn = dyn Fn(&SmokeTarget) -> bool + Send + Sync;
+
+/// A smoke test whose verdict comes from a script; it records every run in the world.
+pub struct FakeSmokeTest {
+    name: String,
+    world: World,
+    faults: Arc<Faults>,
+    verdict: Arc<SmokeFn>,
+}
+
+impl std::fmt::Debug for FakeSmokeTest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FakeSmokeTest").field("name", &self.name).finish()
+    }
+}
+
+impl FakeSmokeTest {
+    /// A test that passes when `verdict(target)` is true.
+    pub fn new(
+        name: &str,
+        world: World,
+        faults: Arc<Faults>,
+        verdict: impl Fn(&SmokeTarget) -> bool + Send + Sync + 'static,
+    ) -> Self {
+        FakeSmokeTest {
+            name: name.into(),
+            world,
+            faults,
+            verdict: Arc::new(verdict),
+        }
+    }
+
+    /// A test that passes when the color is running healthy instances of the
+    /// release version it expects.
+    pub fn healthy(name: &str, world: World, faults: Arc<Faults>) -> Self {
+        let w = world.clone();
+        Self::new(name, world, faults, move |t| match t.color {
+            None => true,
+            Some(c) => {
+                let s = w.lock();
+                let running = s.running(c);
+                running > 0 && s.colors[&c].healthy.is_none_or(|h| h > 0)
+            }
+        })
+    }
+}
+
+#[async_trait]
+impl SmokeTest for FakeSmokeTest {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn run(&self, target: &SmokeTarget) -> Result<SmokeOutcome> {
+        self.faults.check("smoke.run").await?;
+        let passed = (self.verdict)(target);
+        self.world
+            .lock()
+            .record(Change::Smoke(target.color, self.name.clone(), passed));
+        Ok(SmokeOutcome {
+            passed,
+            duration: Duration::from_millis(12),
+            detail: if passed {
+                "HTTP 200, status = healthy".into()
+            } else {
+                "HTTP 500".into()
+            },
+        })
+    }
+}
+
+/// Secrets in memory, with their last rotation.
+#[derive(Debug, Default)]
+pub struct FakeSecrets {
+    secrets: Mutex<BTreeMap<String, (SecretValue, Option<Timestamp>)>>,
+}
+
+impl FakeSecrets {
+    /// No secrets.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a secret last rotated at `rotated`.
+    pub fn insert(&self, name: &str, value: &str, rotated: Option<Timestamp>) -> &Self {
+        lock(&self.secrets).insert(name.into(), (SecretValue::new(value), rotated));
+        self
+    }
+}
+
+#[async_trait]
+impl SecretSource for FakeSecrets {
+    async fn get(&self, name: &str) -> Result<SecretValue> {
+        lock(&self.secrets)
+            .get(name)
+            .map(|(v, _)| v.clone())
+            .ok_or_else(|| Error::not_found(format!("secret {name} does not exist")))
+    }
+
+    async fn metadata(&self, name: &str) -> Result<SecretMetadata> {
+        lock(&self.secrets)
+            .get(name)
+            .map(|(_, r)| SecretMetadata {
+                name: name.into(),
+                last_rotated: *r,
+            })
+            .ok_or_else(|| Error::not_found(format!("secret {name} does not exist")))
+    }
+}
+
+/// An event sink that keeps what it was sent (and can be made to fail).
+#[derive(Debug, Default)]
+pub struct RecordingEvents {
+    sent: Mutex<Vec<Notification>>,
+    faults: Arc<Faults>,
+}
+
+impl RecordingEvents {
+    /// A sink with `faults` on `events.notify`.
+    pub fn new(faults: Arc<Faults>) -> Self {
+        RecordingEvents {
+            sent: Mutex::new(Vec::new()),
+            faults,
+        }
+    }
+
+    /// The notifications received.
+    pub fn sent(&self) -> Vec<Notification> {
+        lock(&self.sent).clone()
+    }
+}
+
+#[async_trait]
+impl EventSink for RecordingEvents {
+    async fn notify(&self, n: &Notification) -> Result<()> {
+        self.faults.check("events.notify").await?;
+        lock(&self.sent).push(n.clone());
+        Ok(())
+    }
+}
