@@ -1,0 +1,508 @@
+//! [`LocalProxy`]: an in-process HTTP/1.1 reverse proxy with a weighted,
+//! atomically switched split between the colors.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bluegreen_core::{Color, Error, Result, TargetHealth, TrafficRouter, TrafficSplit};
+use bytes::Bytes;
+use http::header::{self, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Uri};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::{Body, Incoming};
+use hyper::service::service_fn;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::metrics::ProxyMetrics;
+use crate::PROVIDER;
+
+/// The response header naming the color that answered.
+pub const COLOR_HEADER: &str = "x-bluegreen-color";
+
+/// Where the proxy sends each color's requests.
+///
+/// [`LocalCompute`](crate::LocalCompute) implements it with its serving
+/// instances; [`StaticUpstreams`] with fixed addresses.
+pub trait Upstreams: Send + Sync + 'static {
+    /// The `n`-th (modulo their number) address of `color` that may receive a
+    /// request now, or `None` if the color has none.
+    fn pick(&self, color: Color, n: usize) -> Option<SocketAddr>;
+
+    /// How many of `color`'s targets are healthy.
+    fn health(&self, color: Color) -> TargetHealth;
+}
+
+/// Fixed upstream addresses per color, always reported healthy: for
+/// processes bluegreen does not start itself.
+#[derive(Debug, Clone, Default)]
+pub struct StaticUpstreams {
+    blue: Vec<SocketAddr>,
+    green: Vec<SocketAddr>,
+}
+
+impl StaticUpstreams {
+    /// `blue` and `green`'s addresses.
+    pub fn new(blue: Vec<SocketAddr>, green: Vec<SocketAddr>) -> Self {
+        StaticUpstreams { blue, green }
+    }
+
+    fn of(&self, c: Color) -> &[SocketAddr] {
+        match c {
+            Color::Blue => &self.blue,
+            Color::Green => &self.green,
+        }
+    }
+}
+
+impl Upstreams for StaticUpstreams {
+    fn pick(&self, color: Color, n: usize) -> Option<SocketAddr> {
+        let a = self.of(color);
+        (!a.is_empty()).then(|| a[n % a.len()])
+    }
+
+    fn health(&self, color: Color) -> TargetHealth {
+        let n = self.of(color).len() as u32;
+        TargetHealth {
+            healthy: n,
+            total: n,
+        }
+    }
+}
+
+type ProxyBody = BoxBody<Bytes, hyper::Error>;
+
+/// Builds and starts a [`LocalProxy`].
+pub struct LocalProxyBuilder {
+    upstreams: Arc<dyn Upstreams>,
+    listen: SocketAddr,
+    admin: Option<SocketAddr>,
+    split: TrafficSplit,
+    metrics: ProxyMetrics,
+    connect_attempts: u32,
+}
+
+impl std::fmt::Debug for LocalProxyBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalProxyBuilder")
+            .field("listen", &self.listen)
+            .field("admin", &self.admin)
+            .field("split", &self.split)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LocalProxyBuilder {
+    /// The address clients connect to (default `127.0.0.1:0`, a free port).
+    pub fn listen(mut self, addr: SocketAddr) -> Self {
+        self.listen = addr;
+        self
+    }
+
+    /// Also serve the admin endpoint on `addr`: `GET /metrics` (Prometheus
+    /// text), `GET /split` (JSON) and `GET /health`.
+    pub fn admin(mut self, addr: SocketAddr) -> Self {
+        self.admin = Some(addr);
+        self
+    }
+
+    /// The split in force at start (default: all on blue).
+    pub fn initial_split(mut self, split: TrafficSplit) -> Self {
+        self.split = split;
+        self
+    }
+
+    /// Where the measurements go (default: a fresh [`ProxyMetrics`]).
+    pub fn metrics(mut self, metrics: ProxyMetrics) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// Starts listening. Fails with [`ErrorKind::Conflict`](bluegreen_core::ErrorKind)
+    /// naming the address when it is in use.
+    pub async fn start(self) -> Result<LocalProxy> {
+        let bind = |addr: SocketAddr, what: &'static str| async move {
+            TcpListener::bind(addr).await.map_err(|e| {
+                let m = format!("{what} address {addr}: cannot listen on it: {e}");
+                let err = if e.kind() == std::io::ErrorKind::AddrInUse {
+                    Error::conflict(m)
+                } else {
+                    Error::invalid_input(m)
+                };
+                err.with_provider(PROVIDER).with_operation("start")
+            })
+        };
+        let listener = bind(self.listen, "listen").await?;
+        let admin = match self.admin {
+            Some(a) => Some(bind(a, "admin").await?),
+            None => None,
+        };
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(Duration::from_secs(2)));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .pool_max_idle_per_host(1024)
+            .build(connector);
+        let (split_tx, _) = watch::channel((self.split, Instant::now()));
+        let inner = Arc::new(ProxyInner {
+            blue: AtomicU8::new(self.split.percent(Color::Blue)),
+            sequence: AtomicUsize::new(0),
+            round_robin: [AtomicUsize::new(0), AtomicUsize::new(0)],
+            upstreams: self.upstreams,
+            client,
+            metrics: self.metrics,
+            connect_attempts: self.connect_attempts,
+            split_tx,
+        });
+        let (stop_tx, stop_rx) = watch::channel(());
+        let addr = listener.local_addr().map_err(|e| {
+            Error::unavailable(format!("listen address: {e}")).with_provider(PROVIDER)
+        })?;
+        tokio::spawn(serve(listener, stop_rx.clone(), {
+            let inner = inner.clone();
+            move |req| {
+                let inner = inner.clone();
+                async move { Ok::<_, Infallible>(inner.forward(req).await) }
+            }
+        }));
+        let admin_addr = match admin {
+            Some(l) => {
+                let a = l.local_addr().ok();
+                let inner = inner.clone();
+                tokio::spawn(serve(l, stop_rx, move |req| {
+                    let inner = inner.clone();
+                    async move { Ok::<_, Infallible>(inner.admin(req)) }
+                }));
+                a
+            }
+            None => None,
+        };
+        Ok(LocalProxy {
+            inner,
+            addr,
+            admin_addr,
+            _stop: Arc::new(stop_tx),
+        })
+    }
+}
+
+/// An in-process HTTP/1.1 reverse proxy in front of both colors.
+///
+/// * **Per request, not per connection.** Each request picks its color from
+///   the split in force when it arrives, so keep-alive client connections
+///   move with the split and are never pinned to a drained color.
+/// * **Exact weights.** Of every 100 consecutive requests, exactly the
+///   split's percent go to each color (interleaved, not in runs).
+/// * **Atomic switch.** The split is one atomic value: a request sees the
+///   old split or the new one, never a mix, and a request in flight finishes
+///   on the backend that started it.
+/// * **Failures.** A request whose backend cannot be connected to is
+///   retried on the next instance when it has no body; a backend that fails
+///   mid-request gives that one client a 502 (counted as a 5xx of its color);
+///   a color without a serving instance gives 503.
+/// * **Measurements.** Every answered request is recorded in
+///   [`metrics`](Self::metrics) under the color that answered.
+///
+/// Dropping the last handle stops listening.
+#[derive(Clone)]
+pub struct LocalProxy {
+    inner: Arc<ProxyInner>,
+    addr: SocketAddr,
+    admin_addr: Option<SocketAddr>,
+    _stop: Arc<watch::Sender<()>>,
+}
+
+impl std::fmt::Debug for LocalProxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalProxy")
+            .field("addr", &self.addr)
+            .field("admin_addr", &self.admin_addr)
+            .field("split", &self.inner.split())
+            .finish()
+    }
+}
+
+impl LocalProxy {
+    /// A builder forwarding to `upstreams`.
+    pub fn builder(upstreams: Arc<dyn Upstreams>) -> LocalProxyBuilder {
+        LocalProxyBuilder {
+            upstreams,
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            admin: None,
+            split: TrafficSplit::all_on(Color::Blue),
+            metrics: ProxyMetrics::default(),
+            connect_attempts: 3,
+        }
+    }
+
+    /// The address clients connect to.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://<addr>`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The admin endpoint's address, if started with one.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
+    /// The proxy's measurements (also a [`MetricsSource`](bluegreen_core::MetricsSource)).
+    pub fn metrics(&self) -> ProxyMetrics {
+        self.inner.metrics.clone()
+    }
+
+    /// Every split change with the instant it took effect, starting with the
+    /// one in force.
+    pub fn split_changes(&self) -> watch::Receiver<(TrafficSplit, Instant)> {
+        self.inner.split_tx.subscribe()
+    }
+}
+
+struct ProxyInner {
+    /// Blue's percent; green has the rest. One atomic, so a switch is atomic.
+    blue: AtomicU8,
+    sequence: AtomicUsize,
+    round_robin: [AtomicUsize; 2],
+    upstreams: Arc<dyn Upstreams>,
+    client: Client<HttpConnector, ProxyBody>,
+    metrics: ProxyMetrics,
+    connect_attempts: u32,
+    split_tx: watch::Sender<(TrafficSplit, Instant)>,
+}
+
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::UPGRADE,
+];
+
+fn strip_hop_by_hop(h: &mut http::HeaderMap) {
+    for name in &HOP_BY_HOP {
+        h.remove(name);
+    }
+}
+
+fn text(status: StatusCode, body: String) -> Response<ProxyBody> {
+    let mut r = Response::new(Full::new(Bytes::from(body)).map_err(|n| match n {}).boxed());
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+impl ProxyInner {
+    fn split(&self) -> TrafficSplit {
+        TrafficSplit::with_percent(Color::Blue, self.blue.load(Ordering::Acquire))
+    }
+
+    /// The color of the next request: of every 100 consecutive requests,
+    /// exactly `blue` percent go to blue, spread out (61 is coprime to 100).
+    fn choose(&self) -> Color {
+        let blue = usize::from(self.blue.load(Ordering::Acquire));
+        let n = self.sequence.fetch_add(1, Ordering::Relaxed);
+        if (n % 100 * 61) % 100 < blue {
+            Color::Blue
+        } else {
+            Color::Green
+        }
+    }
+
+    async fn forward(&self, req: Request<Incoming>) -> Response<ProxyBody> {
+        let start = Instant::now();
+        let color = self.choose();
+        let (mut parts, body) = req.into_parts();
+        let path = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str().to_string())
+            .unwrap_or_else(|| "/".into());
+        strip_hop_by_hop(&mut parts.headers);
+        let empty = body.is_end_stream();
+        let mut body = Some(body.boxed());
+        let rr = &self.round_robin[usize::from(color == Color::Green)];
+        let mut last_error = String::new();
+        for _ in 0..self.connect_attempts {
+            let Some(addr) = self
+                .upstreams
+                .pick(color, rr.fetch_add(1, Ordering::Relaxed))
+            else {
+                let r = text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("bluegreen proxy: {color} has no serving instance\n"),
+                );
+                self.metrics.record(color, 503, start.elapsed());
+                return r;
+            };
+            let uri: Uri = match format!("http://{addr}{path}").parse() {
+                Ok(u) => u,
+                Err(e) => {
+                    return text(
+                        StatusCode::BAD_REQUEST,
+                        format!("bluegreen proxy: bad request target {path:?}: {e}\n"),
+                    )
+                }
+            };
+            let mut out = Request::builder()
+                .method(parts.method.clone())
+                .uri(uri)
+                .version(http::Version::HTTP_11)
+                .body(match body.take() {
+                    Some(b) => b,
+                    None => Empty::new().map_err(|n| match n {}).boxed(),
+                })
+                .expect("a request built from a valid request");
+            *out.headers_mut() = parts.headers.clone();
+            match self.client.request(out).await {
+                Ok(resp) => {
+                    let (mut rparts, rbody) = resp.into_parts();
+                    strip_hop_by_hop(&mut rparts.headers);
+                    rparts
+                        .headers
+                        .insert(COLOR_HEADER, HeaderValue::from_static(color.as_str()));
+                    self.metrics
+                        .record(color, rparts.status.as_u16(), start.elapsed());
+                    return Response::from_parts(rparts, rbody.boxed());
+                }
+                Err(e) => {
+                    last_error = format!("{addr} ({color}): {e}");
+                    let mut source: Option<&dyn std::error::Error> = std::error::Error::source(&e);
+                    while let Some(s) = source {
+                        last_error.push_str(&format!(": {s}"));
+                        source = s.source();
+                    }
+                    // Only a request that never reached the backend, and has
+                    // no body to replay, may go to another instance.
+                    if !(e.is_connect() && empty) {
+                        break;
+                    }
+                }
+            }
+        }
+        tracing::warn!(%color, "bad gateway: {last_error}");
+        self.metrics.record(color, 502, start.elapsed());
+        let mut r = text(
+            StatusCode::BAD_GATEWAY,
+            format!("bluegreen proxy: upstream {last_error}\n"),
+        );
+        r.headers_mut()
+            .insert(COLOR_HEADER, HeaderValue::from_static(color.as_str()));
+        r
+    }
+
+    fn admin(&self, req: Request<Incoming>) -> Response<ProxyBody> {
+        match req.uri().path() {
+            "/metrics" => {
+                let mut r = text(
+                    StatusCode::OK,
+                    self.metrics.prometheus_text(Some(self.split())),
+                );
+                r.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                );
+                r
+            }
+            "/split" => {
+                let s = self.split();
+                let mut r = text(
+                    StatusCode::OK,
+                    format!(
+                        "{{\"blue\":{},\"green\":{}}}\n",
+                        s.percent(Color::Blue),
+                        s.percent(Color::Green)
+                    ),
+                );
+                r.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                );
+                r
+            }
+            "/health" => text(StatusCode::OK, "ok\n".into()),
+            other => text(
+                StatusCode::NOT_FOUND,
+                format!("no admin endpoint {other:?}: try /metrics, /split or /health\n"),
+            ),
+        }
+    }
+}
+
+/// Accepts HTTP/1.1 connections on `listener` until `stop` is dropped, then
+/// lets open connections finish their current request.
+async fn serve<F, Fut>(listener: TcpListener, mut stop: watch::Receiver<()>, handler: F)
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = std::result::Result<Response<ProxyBody>, Infallible>>
+        + Send
+        + 'static,
+{
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                };
+                let _ = stream.set_nodelay(true);
+                let handler = handler.clone();
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .keep_alive(true)
+                    .serve_connection(TokioIo::new(stream), service_fn(handler));
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+            }
+            _ = stop.changed() => break,
+        }
+    }
+    drop(listener);
+    let _ = tokio::time::timeout(Duration::from_secs(5), graceful.shutdown()).await;
+}
+
+#[async_trait]
+impl TrafficRouter for LocalProxy {
+    /// The split in force, read from the proxy's atomic weight itself.
+    async fn current_split(&self) -> Result<TrafficSplit> {
+        Ok(self.inner.split())
+    }
+
+    /// Switches atomically: every request arriving afterwards uses `split`;
+    /// requests in flight finish where they are. Idempotent.
+    async fn set_split(&self, split: TrafficSplit) -> Result<()> {
+        let old = self
+            .inner
+            .blue
+            .swap(split.percent(Color::Blue), Ordering::AcqRel);
+        if old != split.percent(Color::Blue) {
+            tracing::info!(%split, "traffic split changed");
+            self.inner.split_tx.send_replace((split, Instant::now()));
+        }
+        Ok(())
+    }
+
+    /// The color's instances, healthy and in all, as the compute reports them.
+    async fn target_health(&self, color: Color) -> Result<TargetHealth> {
+        Ok(self.inner.upstreams.health(color))
+    }
+}
