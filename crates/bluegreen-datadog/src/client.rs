@@ -1,0 +1,393 @@
+//! HTTP to Datadog: keys, status codes, rate limits and transport failures,
+//! all mapped into [`bluegreen_core::Error`] in this one place.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bluegreen_core::{Error, ErrorKind, ErrorStatus, Result, SecretSource, SecretValue};
+use reqwest::header::{HeaderMap, HeaderValue};
+use reqwest::{Method, StatusCode};
+
+pub(crate) const PROVIDER: &str = "datadog";
+
+/// Where the keys come from.
+#[derive(Clone)]
+pub(crate) struct Keys {
+    pub secrets: Arc<dyn SecretSource>,
+    pub api_key: String,
+    pub app_key: String,
+}
+
+/// Which keys a request needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Auth {
+    /// API key only (events, validate).
+    Api,
+    /// API key and application key (queries).
+    ApiAndApp,
+}
+
+/// How 429 answers are handled.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RateLimitPolicy {
+    /// Waits for `X-RateLimit-Reset` at most this many times per call.
+    pub retries: u32,
+    /// Never waits longer than this; a longer reset is returned at once.
+    pub max_wait: Duration,
+}
+
+pub(crate) struct Http {
+    pub client: reqwest::Client,
+    pub base_url: String,
+    pub keys: Keys,
+}
+
+/// One request to Datadog.
+pub(crate) struct Call<'a> {
+    /// The operation, for errors.
+    pub op: &'static str,
+    pub method: Method,
+    /// The path below the base URL, e.g. `/api/v1/query`.
+    pub path: &'a str,
+    pub query: &'a [(&'a str, String)],
+    /// A JSON body.
+    pub json: Option<Vec<u8>>,
+    pub auth: Auth,
+    pub timeout: Duration,
+    pub rate: RateLimitPolicy,
+}
+
+/// A successful answer's body.
+pub(crate) struct Body(pub Vec<u8>);
+
+fn error(kind: ErrorKind, op: &'static str, message: impl Into<String>) -> Error {
+    Error::new(kind, message)
+        .with_provider(PROVIDER)
+        .with_operation(op)
+}
+
+impl Http {
+    fn host(&self) -> &str {
+        let rest = self
+            .base_url
+            .split_once("://")
+            .map_or(self.base_url.as_str(), |(_, r)| r);
+        rest.split('/').next().unwrap_or(rest)
+    }
+
+    async fn key(&self, op: &'static str, which: &'static str, name: &str) -> Result<HeaderValue> {
+        let value: SecretValue = self.keys.secrets.get(name).await.map_err(|e| {
+            error(
+                e.kind(),
+                op,
+                format!(
+                    "cannot read the Datadog {which} key from secret {name}: {}",
+                    e.message()
+                ),
+            )
+            .with_status(e.status())
+        })?;
+        let mut header = HeaderValue::from_str(value.expose().trim()).map_err(|_| {
+            error(
+                ErrorKind::InvalidInput,
+                op,
+                format!("the Datadog {which} key (secret {name}) contains characters not allowed in an HTTP header"),
+            )
+        })?;
+        header.set_sensitive(true);
+        Ok(header)
+    }
+
+    async fn headers(&self, op: &'static str, auth: Auth) -> Result<HeaderMap> {
+        let mut h = HeaderMap::new();
+        h.insert("DD-API-KEY", self.key(op, "API", &self.keys.api_key).await?);
+        if auth == Auth::ApiAndApp {
+            h.insert(
+                "DD-APPLICATION-KEY",
+                self.key(op, "application", &self.keys.app_key).await?,
+            );
+        }
+        h.insert("Accept", HeaderValue::from_static("application/json"));
+        Ok(h)
+    }
+
+    /// Sends one request (again after a 429, under `rate`), and returns the
+    /// body of a 2xx answer or the mapped error.
+    pub(crate) async fn send(&self, call: Call<'_>) -> Result<Body> {
+        let Call {
+            op,
+            method,
+            path,
+            query,
+            json,
+            auth,
+            timeout,
+            rate,
+        } = call;
+        let url = format!("{}{}", self.base_url.trim_end_matches('/'), path);
+        let headers = self.headers(op, auth).await?;
+        let mut waited = 0;
+        loop {
+            let mut req = self
+                .client
+                .request(method.clone(), &url)
+                .headers(headers.clone())
+                .query(query)
+                .timeout(timeout);
+            if let Some(body) = &json {
+                req = req
+                    .header("Content-Type", "application/json")
+                    .body(body.clone());
+            }
+            let resp = req.send().await.map_err(|e| self.transport(op, e))?;
+            let status = resp.status();
+            let resp_headers = resp.headers().clone();
+            let body = resp.bytes().await.map_err(|e| self.transport(op, e))?;
+            if status.is_success() {
+                return Ok(Body(body.to_vec()));
+            }
+            if status == StatusCode::TOO_MANY_REQUESTS {
+                let limit = RateLimit::from_headers(&resp_headers);
+                if waited < rate.retries && limit.reset <= rate.max_wait {
+                    tracing::info!(
+                        operation = op,
+                        reset_s = limit.reset.as_secs_f64(),
+                        limit_name = limit.name.as_deref().unwrap_or(""),
+                        "Datadog rate limit reached; waiting for X-RateLimit-Reset"
+                    );
+                    tokio::time::sleep(limit.reset).await;
+                    waited += 1;
+                    continue;
+                }
+                return Err(error(
+                    ErrorKind::RateLimited,
+                    op,
+                    format!(
+                        "Datadog rate limit {}reached; it resets in {}s{}",
+                        limit
+                            .name
+                            .as_deref()
+                            .map(|n| format!("{n:?} "))
+                            .unwrap_or_default(),
+                        limit.reset.as_secs(),
+                        if waited > 0 {
+                            format!(" (already waited {waited} time(s))")
+                        } else {
+                            String::new()
+                        }
+                    ),
+                )
+                .with_status(ErrorStatus::Temporary));
+            }
+            return Err(self.status_error(op, status, &body, auth).await);
+        }
+    }
+
+    async fn status_error(
+        &self,
+        op: &'static str,
+        status: StatusCode,
+        body: &[u8],
+        auth: Auth,
+    ) -> Error {
+        let text = error_text(body);
+        let code = status.as_u16();
+        match code {
+            401 | 403 => {
+                let which = self.which_key(auth).await;
+                error(
+                    ErrorKind::PermissionDenied,
+                    op,
+                    format!("Datadog refused the request (HTTP {code}: {text}): {which}"),
+                )
+            }
+            400 | 422 => error(
+                ErrorKind::InvalidInput,
+                op,
+                format!("Datadog rejected the request (HTTP {code}): {text}"),
+            ),
+            404 => error(
+                ErrorKind::NotFound,
+                op,
+                format!(
+                    "Datadog answered HTTP 404 for {} (is the base URL right?): {text}",
+                    self.base_url
+                ),
+            ),
+            408 => error(
+                ErrorKind::Timeout,
+                op,
+                format!("Datadog answered HTTP 408: {text}"),
+            ),
+            500..=599 => error(
+                ErrorKind::Unavailable,
+                op,
+                format!("Datadog is unavailable (HTTP {code}): {text}"),
+            ),
+            _ => error(
+                ErrorKind::Other,
+                op,
+                format!("Datadog answered HTTP {code}: {text}"),
+            ),
+        }
+    }
+
+    /// After a 403: which key was refused, found by asking `GET /api/v1/validate`,
+    /// which checks the API key alone. Never prints a key.
+    async fn which_key(&self, auth: Auth) -> String {
+        let api = format!("the API key (secret {})", self.keys.api_key);
+        if auth == Auth::Api {
+            return format!("{api} is wrong or revoked");
+        }
+        let app = format!("the application key (secret {})", self.keys.app_key);
+        let Ok(headers) = self.headers("validate", Auth::Api).await else {
+            return format!("{api} or {app} is wrong");
+        };
+        let url = format!("{}/api/v1/validate", self.base_url.trim_end_matches('/'));
+        match self
+            .client
+            .get(url)
+            .headers(headers)
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await
+        {
+            Ok(r) if r.status().is_success() => format!(
+                "{api} is valid, so {app} is wrong, revoked, or lacks the timeseries_query permission"
+            ),
+            Ok(r) if matches!(r.status().as_u16(), 401 | 403) => {
+                format!("{api} is wrong or revoked (GET /api/v1/validate refused it)")
+            }
+            Ok(r) => format!(
+                "{api} or {app} is wrong (GET /api/v1/validate answered HTTP {})",
+                r.status().as_u16()
+            ),
+            Err(e) => format!(
+                "{api} or {app} is wrong (could not ask GET /api/v1/validate: {})",
+                chain(&e)
+            ),
+        }
+    }
+
+    /// A transport failure: TLS (permanent), timeout, or an unreachable host (temporary).
+    pub(crate) fn transport(&self, op: &'static str, e: reqwest::Error) -> Error {
+        let host = self.host().to_string();
+        let e = e.without_url();
+        let cause = chain(&e);
+        if is_tls(&e) {
+            error(
+                ErrorKind::Unavailable,
+                op,
+                format!("TLS with {host} failed: {cause}"),
+            )
+            .with_status(ErrorStatus::Permanent)
+        } else if e.is_timeout() {
+            error(
+                ErrorKind::Timeout,
+                op,
+                format!("no answer from {host} in time: {cause}"),
+            )
+        } else if e.is_connect() {
+            error(
+                ErrorKind::Unavailable,
+                op,
+                format!("cannot reach {host}: {cause}"),
+            )
+        } else {
+            error(
+                ErrorKind::Unavailable,
+                op,
+                format!("request to {host} failed: {cause}"),
+            )
+        }
+    }
+}
+
+/// The rate-limit headers of a 429.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RateLimit {
+    pub reset: Duration,
+    pub name: Option<String>,
+}
+
+impl RateLimit {
+    fn from_headers(h: &HeaderMap) -> RateLimit {
+        let get = |n: &str| h.get(n).and_then(|v| v.to_str().ok()).map(str::trim);
+        let secs = |n: &str| {
+            get(n)
+                .and_then(|v| v.parse::<f64>().ok())
+                .filter(|s| s.is_finite() && *s >= 0.0)
+        };
+        // X-RateLimit-Reset is the time in seconds until the limit resets; without
+        // it, the period is the longest we could have to wait.
+        let reset = secs("X-RateLimit-Reset")
+            .or_else(|| secs("Retry-After"))
+            .or_else(|| secs("X-RateLimit-Period"))
+            .unwrap_or(1.0);
+        RateLimit {
+            reset: Duration::from_secs_f64(reset.min(86_400.0)),
+            name: get("X-RateLimit-Name").map(str::to_string),
+        }
+    }
+}
+
+/// Datadog's error text from a body: `{"errors": [..]}`, `{"errors": ".."}`,
+/// `{"error": ".."}`, or the start of the body.
+pub(crate) fn error_text(body: &[u8]) -> String {
+    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) {
+        let pick = |v: &serde_json::Value| match v {
+            serde_json::Value::String(s) if !s.is_empty() => Some(s.clone()),
+            serde_json::Value::Array(a) if !a.is_empty() => Some(
+                a.iter()
+                    .map(|e| e.as_str().map_or_else(|| e.to_string(), str::to_string))
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            ),
+            _ => None,
+        };
+        if let Some(s) = v
+            .get("errors")
+            .and_then(pick)
+            .or_else(|| v.get("error").and_then(pick))
+        {
+            return s;
+        }
+    }
+    let s = String::from_utf8_lossy(body);
+    let s = s.trim();
+    if s.is_empty() {
+        "(empty body)".into()
+    } else {
+        s.chars().take(300).collect()
+    }
+}
+
+/// The error and its causes, joined.
+pub(crate) fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let t = s.to_string();
+        if !parts.iter().any(|p| p.contains(&t)) {
+            parts.push(t);
+        }
+        cur = s.source();
+    }
+    parts.join(": ")
+}
+
+fn is_tls(e: &(dyn std::error::Error + 'static)) -> bool {
+    // io::Error::source skips the wrapped error, so wrapped io::Errors are
+    // opened by hand (hyper-rustls wraps tokio-rustls' io::Error around rustls').
+    if e.is::<rustls::Error>() {
+        return true;
+    }
+    if let Some(io) = e.downcast_ref::<std::io::Error>() {
+        if let Some(inner) = io.get_ref() {
+            if is_tls(inner) {
+                return true;
+            }
+        }
+    }
+    e.source().is_some_and(is_tls)
+}
