@@ -2,12 +2,18 @@
 
 pub mod compute;
 pub mod demo;
+pub mod load;
 pub mod metrics;
 pub mod proxy;
+pub mod smoke;
 
 pub use compute::{InstanceInfo, LocalCompute, LocalComputeBuilder};
+pub use load::{Load, LoadTally};
 pub use metrics::{ColorFigures, ProxyMetrics};
-pub use proxy::{LocalProxy, LocalProxyBuilder, StaticUpstreams, Upstreams, COLOR_HEADER};
+pub use proxy::{
+    LocalProxy, LocalProxyBuilder, StaticUpstreams, Upstreams, COLOR_HEADER, PROXY_ERROR_HEADER,
+};
+pub use smoke::HttpCheck;
 
 /// The provider name in errors.
 pub(crate) const PROVIDER: &str = "local";

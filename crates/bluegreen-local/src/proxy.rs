@@ -28,6 +28,10 @@ use crate::PROVIDER;
 /// The response header naming the color that answered.
 pub const COLOR_HEADER: &str = "x-bluegreen-color";
 
+/// The response header marking an answer the proxy produced itself (502, 503)
+/// rather than the application.
+pub const PROXY_ERROR_HEADER: &str = "x-bluegreen-proxy-error";
+
 /// Where the proxy sends each color's requests.
 ///
 /// [`LocalCompute`](crate::LocalCompute) implements it with its serving
@@ -309,6 +313,15 @@ fn text(status: StatusCode, body: String) -> Response<ProxyBody> {
     r
 }
 
+fn proxy_error(status: StatusCode, color: Color, body: String) -> Response<ProxyBody> {
+    let mut r = text(status, body);
+    r.headers_mut()
+        .insert(COLOR_HEADER, HeaderValue::from_static(color.as_str()));
+    r.headers_mut()
+        .insert(PROXY_ERROR_HEADER, HeaderValue::from_static("1"));
+    r
+}
+
 impl ProxyInner {
     fn split(&self) -> TrafficSplit {
         TrafficSplit::with_percent(Color::Blue, self.blue.load(Ordering::Acquire))
@@ -345,8 +358,9 @@ impl ProxyInner {
                 .upstreams
                 .pick(color, rr.fetch_add(1, Ordering::Relaxed))
             else {
-                let r = text(
+                let r = proxy_error(
                     StatusCode::SERVICE_UNAVAILABLE,
+                    color,
                     format!("bluegreen proxy: {color} has no serving instance\n"),
                 );
                 self.metrics.record(color, 503, start.elapsed());
@@ -399,13 +413,11 @@ impl ProxyInner {
         }
         tracing::warn!(%color, "bad gateway: {last_error}");
         self.metrics.record(color, 502, start.elapsed());
-        let mut r = text(
+        proxy_error(
             StatusCode::BAD_GATEWAY,
+            color,
             format!("bluegreen proxy: upstream {last_error}\n"),
-        );
-        r.headers_mut()
-            .insert(COLOR_HEADER, HeaderValue::from_static(color.as_str()));
-        r
+        )
     }
 
     fn admin(&self, req: Request<Incoming>) -> Response<ProxyBody> {
