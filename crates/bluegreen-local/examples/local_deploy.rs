@@ -23,7 +23,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bluegreen_core::machine::{Event, Outcome};
-use bluegreen_core::{BlueGreen, Color, ComputeProvider, Plan, Release, TrafficRouter, TrafficSplit};
+use bluegreen_core::{
+    BlueGreen, Color, ComputeProvider, Plan, Release, TrafficRouter, TrafficSplit,
+};
 use bluegreen_local::demo::{self, DEMO_APP_ARG};
 use bluegreen_local::{HttpCheck, Load, LocalCompute, LocalProxy};
 
@@ -98,8 +100,15 @@ async fn run() -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     let admin = proxy.admin_addr().expect("started with an admin endpoint");
     println!("   v1.0.0 runs on green ({REPLICAS} instances)");
-    println!("   proxy: {}   metrics: http://{admin}/metrics   split: http://{admin}/split", proxy.url());
-    let load = Load::start(&format!("{}/", proxy.url()), 4, Some(Duration::from_millis(1)));
+    println!(
+        "   proxy: {}   metrics: http://{admin}/metrics   split: http://{admin}/split",
+        proxy.url()
+    );
+    let load = Load::start(
+        &format!("{}/", proxy.url()),
+        4,
+        Some(Duration::from_millis(1)),
+    );
     println!("   load: 4 clients on keep-alive connections through the proxy\n");
 
     let out_dir = PathBuf::from("target/local_deploy");
@@ -108,7 +117,10 @@ async fn run() -> Result<(), String> {
     // v2 to blue: succeeds.
     println!("== deploying v2.0.0 (healthy) to blue");
     let (v2, _) = deploy(&compute, &proxy, plan("2.0.0", 0.0)?, &out_dir).await?;
-    expect(matches!(v2, Outcome::Succeeded), "v2.0.0 should have succeeded")?;
+    expect(
+        matches!(v2, Outcome::Succeeded),
+        "v2.0.0 should have succeeded",
+    )?;
 
     // v3 to green: fails 10% of requests, rolls back.
     println!("\n== deploying v3.0.0 (fails 10% of requests) to green");
@@ -127,7 +139,10 @@ async fn run() -> Result<(), String> {
     }
     let split = proxy.current_split().await.map_err(|e| e.to_string())?;
     println!("   split now: {split}");
-    expect(split == TrafficSplit::all_on(Color::Blue), "all traffic back on blue")?;
+    expect(
+        split == TrafficSplit::all_on(Color::Blue),
+        "all traffic back on blue",
+    )?;
 
     let tally = load.stop().await;
     println!("\n== load through the proxy, whole run");
@@ -151,14 +166,27 @@ async fn run() -> Result<(), String> {
         );
     }
     compute.shutdown().await;
-    expect(tally.failed() == 0, "no request failed in the proxy or the network")?;
+    expect(
+        tally.failed() == 0,
+        "no request failed in the proxy or the network",
+    )?;
     println!("\n== done in {:.1?}", started.elapsed());
     Ok(())
 }
 
-async fn start_color(compute: &LocalCompute, color: Color, release: &Release) -> Result<(), String> {
-    compute.prepare(color, release).await.map_err(|e| e.to_string())?;
-    compute.scale(color, REPLICAS).await.map_err(|e| e.to_string())?;
+async fn start_color(
+    compute: &LocalCompute,
+    color: Color,
+    release: &Release,
+) -> Result<(), String> {
+    compute
+        .prepare(color, release)
+        .await
+        .map_err(|e| e.to_string())?;
+    compute
+        .scale(color, REPLICAS)
+        .await
+        .map_err(|e| e.to_string())?;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let s = compute.status(color).await.map_err(|e| e.to_string())?;
@@ -166,7 +194,10 @@ async fn start_color(compute: &LocalCompute, color: Color, release: &Release) ->
             return Ok(());
         }
         if Instant::now() > deadline {
-            return Err(format!("{color} did not become ready: {s:?}; logs in {}", compute.log_dir().display()));
+            return Err(format!(
+                "{color} did not become ready: {s:?}; logs in {}",
+                compute.log_dir().display()
+            ));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -215,7 +246,13 @@ async fn deploy(
                         let detail = r
                             .outcome
                             .as_ref()
-                            .map(|o| format!("{} ({})", if o.passed { "passed" } else { "FAILED" }, o.detail))
+                            .map(|o| {
+                                format!(
+                                    "{} ({})",
+                                    if o.passed { "passed" } else { "FAILED" },
+                                    o.detail
+                                )
+                            })
                             .or(r.error.as_ref().map(|e| e.message.clone()))
                             .unwrap_or_default();
                         println!("  [{t:5.1}s] smoke test {}: {detail}", r.name);
