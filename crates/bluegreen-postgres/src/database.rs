@@ -1,0 +1,540 @@
+//! Where the database is and how to reach it: a connection URL, TLS through
+//! rustls, and a label for messages that never contains the password.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bluegreen_core::{ErrorKind, Result};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use tokio_postgres::config::{Host, SslMode};
+use tokio_postgres::Client;
+
+use crate::error::{err, map_pg, redact};
+
+/// The default time allowed to open a connection.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How the connection is protected, as libpq's `sslmode` says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsMode {
+    /// No TLS.
+    Disable,
+    /// TLS when the server offers it, without verifying the certificate (libpq's default).
+    Prefer,
+    /// TLS required; the certificate is not verified unless `sslrootcert` is
+    /// given, in which case it is verified as for `VerifyCa`.
+    Require,
+    /// TLS required; the certificate chain is verified, the host name is not.
+    VerifyCa,
+    /// TLS required; the certificate chain and the host name are verified.
+    VerifyFull,
+}
+
+impl TlsMode {
+    fn parse(value: &str) -> Result<TlsMode> {
+        Ok(match value {
+            "disable" => TlsMode::Disable,
+            "allow" | "prefer" => TlsMode::Prefer,
+            "require" => TlsMode::Require,
+            "verify-ca" => TlsMode::VerifyCa,
+            "verify-full" => TlsMode::VerifyFull,
+            other => {
+                return Err(err(
+                    ErrorKind::InvalidInput,
+                    "connect",
+                    format!(
+                        "sslmode `{other}` is not one of disable, allow, prefer, require, verify-ca, verify-full"
+                    ),
+                ))
+            }
+        })
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            TlsMode::Disable => "disable",
+            TlsMode::Prefer => "prefer",
+            TlsMode::Require => "require",
+            TlsMode::VerifyCa => "verify-ca",
+            TlsMode::VerifyFull => "verify-full",
+        }
+    }
+}
+
+/// A PostgreSQL database to connect to.
+///
+/// Built from a libpq-style URL (`postgres://user:password@host:port/dbname?sslmode=verify-full&sslrootcert=/path/ca.pem`)
+/// or key/value string. `Debug`, [`label`](Self::label) and every error show
+/// the user, host, port and database, never the password.
+#[derive(Clone)]
+pub struct Database {
+    config: tokio_postgres::Config,
+    tls: TlsMode,
+    root_cert: Option<PathBuf>,
+    label: String,
+}
+
+impl fmt::Debug for Database {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Database")
+            .field("target", &self.label)
+            .field("sslmode", &self.tls.as_str())
+            .field("sslrootcert", &self.root_cert)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Database {
+    /// Parses a connection URL or key/value string. `sslmode` and
+    /// `sslrootcert` are understood as libpq does; the connect timeout
+    /// defaults to [`DEFAULT_CONNECT_TIMEOUT`].
+    ///
+    /// Fails with [`ErrorKind::InvalidInput`] on a malformed string; the
+    /// message never repeats the string (it may hold a password).
+    pub fn from_url(url: &str) -> Result<Database> {
+        let (rest, ssl) = take_tls_params(url);
+        let mut config: tokio_postgres::Config = rest.parse().map_err(|e| {
+            err(
+                ErrorKind::InvalidInput,
+                "connect",
+                format!("the database connection string is malformed: {e}"),
+            )
+        })?;
+        let tls = match &ssl.mode {
+            Some(m) => TlsMode::parse(m)?,
+            None => TlsMode::Prefer,
+        };
+        let root_cert = ssl.root_cert.map(PathBuf::from);
+        config.ssl_mode(match tls {
+            TlsMode::Disable => SslMode::Disable,
+            TlsMode::Prefer => SslMode::Prefer,
+            _ => SslMode::Require,
+        });
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(DEFAULT_CONNECT_TIMEOUT);
+        }
+        if config.get_application_name().is_none() {
+            config.application_name("bluegreen");
+        }
+        if config.get_hosts().is_empty() {
+            config.host("localhost");
+        }
+        let label = label_of(&config);
+        Ok(Database {
+            config,
+            tls,
+            root_cert,
+            label,
+        })
+    }
+
+    /// The same database under another name (`CREATE DATABASE`'d ones, for example).
+    pub fn with_dbname(&self, dbname: &str) -> Database {
+        let mut d = self.clone();
+        d.config.dbname(dbname);
+        d.label = label_of(&d.config);
+        d
+    }
+
+    /// The same database reached with `application_name` set to `name`, as
+    /// `pg_stat_activity` shows it.
+    pub fn with_application_name(&self, name: &str) -> Database {
+        let mut d = self.clone();
+        d.config.application_name(name);
+        d
+    }
+
+    /// `postgres://user@host:port/dbname`: what messages call this database.
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    /// The database name.
+    pub fn dbname(&self) -> &str {
+        self.config
+            .get_dbname()
+            .or(self.config.get_user())
+            .unwrap_or("postgres")
+    }
+
+    /// The TLS mode in force.
+    pub fn tls_mode(&self) -> TlsMode {
+        self.tls
+    }
+
+    pub(crate) fn password(&self) -> Option<String> {
+        self.config
+            .get_password()
+            .map(|p| String::from_utf8_lossy(p).into_owned())
+    }
+
+    /// Opens a connection (TLS as `sslmode` says) and spawns its driver
+    /// task. Errors name the database by its [`label`](Self::label), never
+    /// with the password.
+    pub async fn connect(&self) -> Result<Client> {
+        self.connect_for("connect").await
+    }
+
+    pub(crate) async fn connect_for(&self, operation: &'static str) -> Result<Client> {
+        let context = format!("cannot connect to {}", self.label);
+        let secret = self.password();
+        let fix = |e: bluegreen_core::Error| {
+            let msg = redact(e.message(), secret.as_deref());
+            bluegreen_core::Error::new(e.kind(), msg)
+                .with_status(e.status())
+                .with_provider(crate::error::PROVIDER)
+                .with_operation(operation)
+        };
+        match self.tls {
+            TlsMode::Disable => {
+                let (client, conn) = self
+                    .config
+                    .connect(tokio_postgres::NoTls)
+                    .await
+                    .map_err(|e| fix(map_pg(e, operation, &context)))?;
+                spawn_connection(conn, self.label.clone());
+                Ok(client)
+            }
+            _ => {
+                let tls = tokio_postgres_rustls::MakeRustlsConnect::new(self.rustls_config()?);
+                let (client, conn) = self
+                    .config
+                    .connect(tls)
+                    .await
+                    .map_err(|e| fix(map_pg(e, operation, &context)))?;
+                spawn_connection(conn, self.label.clone());
+                Ok(client)
+            }
+        }
+    }
+
+    fn rustls_config(&self) -> Result<rustls::ClientConfig> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| err(ErrorKind::Other, "connect", format!("TLS setup: {e}")))?;
+        let verify = match (self.tls, &self.root_cert) {
+            (TlsMode::Disable | TlsMode::Prefer, _) | (TlsMode::Require, None) => None,
+            (TlsMode::Require | TlsMode::VerifyCa, _) => Some(false),
+            (TlsMode::VerifyFull, _) => Some(true),
+        };
+        let config = match verify {
+            None => builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(EncryptOnly(provider)))
+                .with_no_client_auth(),
+            Some(check_name) => {
+                let roots = self.roots()?;
+                let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
+                    .build()
+                    .map_err(|e| {
+                        err(
+                            ErrorKind::InvalidInput,
+                            "connect",
+                            format!("sslrootcert: {e}"),
+                        )
+                    })?;
+                if check_name {
+                    builder.with_webpki_verifier(inner).with_no_client_auth()
+                } else {
+                    builder
+                        .dangerous()
+                        .with_custom_certificate_verifier(Arc::new(ChainOnly(inner)))
+                        .with_no_client_auth()
+                }
+            }
+        };
+        Ok(config)
+    }
+
+    fn roots(&self) -> Result<RootCertStore> {
+        let mut roots = RootCertStore::empty();
+        match &self.root_cert {
+            Some(path) => {
+                let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+                    .and_then(|it| it.collect::<std::result::Result<Vec<_>, _>>())
+                    .map_err(|e| {
+                        err(
+                            ErrorKind::InvalidInput,
+                            "connect",
+                            format!("sslrootcert {}: {e}", path.display()),
+                        )
+                    })?;
+                let (added, _) = roots.add_parsable_certificates(certs);
+                if added == 0 {
+                    return Err(err(
+                        ErrorKind::InvalidInput,
+                        "connect",
+                        format!("sslrootcert {} holds no usable certificate", path.display()),
+                    ));
+                }
+            }
+            None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+        }
+        Ok(roots)
+    }
+
+    /// The libpq environment that makes `pg_dump` reach this database
+    /// (the password goes in `PGPASSWORD`, never on a command line).
+    pub(crate) fn libpq_env(&self) -> Vec<(&'static str, String)> {
+        let mut env = Vec::new();
+        if let Some(h) = self.config.get_hosts().first() {
+            env.push((
+                "PGHOST",
+                match h {
+                    Host::Tcp(h) => h.clone(),
+                    Host::Unix(p) => p.display().to_string(),
+                },
+            ));
+        }
+        if let Some(p) = self.config.get_ports().first() {
+            env.push(("PGPORT", p.to_string()));
+        }
+        if let Some(u) = self.config.get_user() {
+            env.push(("PGUSER", u.to_string()));
+        }
+        if let Some(p) = self.password() {
+            env.push(("PGPASSWORD", p));
+        }
+        env.push(("PGDATABASE", self.dbname().to_string()));
+        env.push(("PGSSLMODE", self.tls.as_str().to_string()));
+        if let Some(r) = &self.root_cert {
+            env.push(("PGSSLROOTCERT", r.display().to_string()));
+        }
+        if let Some(t) = self.config.get_connect_timeout() {
+            env.push(("PGCONNECT_TIMEOUT", t.as_secs().max(1).to_string()));
+        }
+        if let Some(a) = self.config.get_application_name() {
+            env.push(("PGAPPNAME", a.to_string()));
+        }
+        env
+    }
+}
+
+fn spawn_connection<S, T>(conn: tokio_postgres::Connection<S, T>, label: String)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    T: tokio_postgres::tls::TlsStream + Unpin + Send + 'static,
+{
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(target_db = %label, error = %e, "postgres connection ended");
+        }
+    });
+}
+
+fn label_of(config: &tokio_postgres::Config) -> String {
+    let host = match config.get_hosts().first() {
+        Some(Host::Tcp(h)) => h.clone(),
+        Some(Host::Unix(p)) => p.display().to_string(),
+        None => "localhost".into(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    let user = config.get_user().unwrap_or("");
+    let db = config.get_dbname().or(config.get_user()).unwrap_or("");
+    let at = if user.is_empty() {
+        String::new()
+    } else {
+        format!("{user}@")
+    };
+    format!("postgres://{at}{host}:{port}/{db}")
+}
+
+#[derive(Default)]
+struct TlsParams {
+    mode: Option<String>,
+    root_cert: Option<String>,
+}
+
+/// Takes `sslmode` and `sslrootcert` out of a URL's query or a key/value
+/// string (tokio-postgres knows neither `verify-*` nor `sslrootcert`).
+fn take_tls_params(url: &str) -> (String, TlsParams) {
+    let mut p = TlsParams::default();
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let Some((base, query)) = url.split_once('?') else {
+            return (url.to_string(), p);
+        };
+        let mut kept = Vec::new();
+        for pair in query.split('&').filter(|s| !s.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            match k {
+                "sslmode" => p.mode = Some(percent_decode(v)),
+                "sslrootcert" => p.root_cert = Some(percent_decode(v)),
+                _ => kept.push(pair),
+            }
+        }
+        let rest = if kept.is_empty() {
+            base.to_string()
+        } else {
+            format!("{base}?{}", kept.join("&"))
+        };
+        (rest, p)
+    } else {
+        let mut kept = Vec::new();
+        for token in url.split_whitespace() {
+            if let Some(v) = token.strip_prefix("sslmode=") {
+                p.mode = Some(v.trim_matches('\'').to_string());
+            } else if let Some(v) = token.strip_prefix("sslrootcert=") {
+                p.root_cert = Some(v.trim_matches('\'').to_string());
+            } else {
+                kept.push(token);
+            }
+        }
+        (kept.join(" "), p)
+    }
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            let hex = std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("");
+            if let Ok(v) = u8::from_str_radix(hex, 16) {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// `sslmode=require` without a root certificate: encrypt, do not verify the
+/// certificate (libpq's meaning), but do check the handshake signatures.
+#[derive(Debug)]
+struct EncryptOnly(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for EncryptOnly {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> std::result::Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// `sslmode=verify-ca`: the chain must verify, the name need not match.
+#[derive(Debug)]
+struct ChainOnly(Arc<WebPkiServerVerifier>);
+
+impl ServerCertVerifier for ChainOnly {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> std::result::Result<ServerCertVerified, rustls::Error> {
+        match self
+            .0
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+        {
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) => Ok(ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tls_params_are_taken_out_of_the_url() {
+        let (rest, p) =
+            take_tls_params("postgres://u:pw@h:5/db?sslmode=verify-full&sslrootcert=%2Ftmp%2Fca.pem&application_name=x");
+        assert_eq!(rest, "postgres://u:pw@h:5/db?application_name=x");
+        assert_eq!(p.mode.as_deref(), Some("verify-full"));
+        assert_eq!(p.root_cert.as_deref(), Some("/tmp/ca.pem"));
+    }
+
+    #[test]
+    fn the_label_and_debug_never_show_the_password() {
+        let d = Database::from_url(
+            "postgres://app:hunter2-secret@db.internal:6543/orders?sslmode=require",
+        )
+        .unwrap();
+        assert_eq!(d.label(), "postgres://app@db.internal:6543/orders");
+        assert!(!format!("{d:?}").contains("hunter2"));
+        assert_eq!(d.tls_mode(), TlsMode::Require);
+    }
+
+    #[test]
+    fn an_unknown_sslmode_is_named() {
+        let e = Database::from_url("postgres://app:pw@h/db?sslmode=sometimes").unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidInput);
+        assert!(e.to_string().contains("sslmode `sometimes`"), "{e}");
+    }
+}

@@ -1,0 +1,21 @@
+#![doc = include_str!("../README.md")]
+
+mod backup;
+mod database;
+mod error;
+mod journal;
+mod ledger;
+mod runner;
+mod source;
+
+pub use backup::{count_list_entries, parse_tool_version};
+pub use database::{Database, TlsMode, DEFAULT_CONNECT_TIMEOUT};
+pub use journal::PostgresJournal;
+pub use ledger::{LedgerEntry, LedgerState, BACKUPS_TABLE, MIGRATIONS_TABLE, ROW_COUNTS_TABLE};
+pub use runner::{
+    BackupSettings, Expectation, MigrationSettings, PlannedMigration, PostgresMigrations,
+    Resolution, VerificationQuery, MIGRATION_LOCK_KEY,
+};
+pub use source::{
+    checksum, split_statements, Migration, MigrationFile, MigrationSource, Statement,
+};

@@ -1,0 +1,1113 @@
+//! [`PostgresMigrations`]: the [`MigrationRunner`] on PostgreSQL.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bluegreen_core::{
+    BackupRecord, BackupVerification, ErrorKind, MigrationContext, MigrationInfo, MigrationPhase,
+    MigrationRunner, MigrationStatus, Result, VerificationCheck,
+};
+use serde::{Deserialize, Serialize};
+use tokio_postgres::error::ErrorPosition;
+use tokio_postgres::{Client, SimpleQueryMessage};
+
+use crate::database::Database;
+use crate::error::{describe_db_error, err, is_lock_not_available, map_pg};
+use crate::ledger::{ensure_schema, read_ledger, LedgerEntry, LedgerState};
+use crate::source::{line_col, split_statements, Migration, MigrationFile, MigrationSource};
+
+/// The advisory lock key that serialises runners on one database ("bgmigrat").
+pub const MIGRATION_LOCK_KEY: i64 = 0x6267_6d69_6772_6174;
+
+/// How migrations run: time limits, retries, the wait for the runner lock,
+/// and where backups go. One place for every default.
+#[derive(Debug, Clone)]
+pub struct MigrationSettings {
+    /// `lock_timeout` for every migration statement (a file header may override it).
+    pub lock_timeout: Duration,
+    /// `statement_timeout` for every migration statement (a file header may override it).
+    pub statement_timeout: Duration,
+    /// Extra attempts after `lock_not_available` (SQLSTATE 55P03).
+    pub lock_retries: u32,
+    /// The first backoff after `lock_not_available`; doubled each time.
+    pub retry_backoff: Duration,
+    /// The longest backoff.
+    pub retry_backoff_max: Duration,
+    /// How long a runner waits for another runner's advisory lock before failing.
+    pub lock_wait: Duration,
+    /// How often it polls `pg_try_advisory_lock` meanwhile.
+    pub lock_poll: Duration,
+    /// Backups.
+    pub backup: BackupSettings,
+}
+
+impl Default for MigrationSettings {
+    fn default() -> Self {
+        MigrationSettings {
+            lock_timeout: Duration::from_secs(5),
+            statement_timeout: Duration::from_secs(15 * 60),
+            lock_retries: 5,
+            retry_backoff: Duration::from_millis(500),
+            retry_backoff_max: Duration::from_secs(10),
+            lock_wait: Duration::from_secs(60),
+            lock_poll: Duration::from_millis(250),
+            backup: BackupSettings::default(),
+        }
+    }
+}
+
+/// Where backups go and which tools take them.
+#[derive(Debug, Clone)]
+pub struct BackupSettings {
+    /// The directory backups are written to (created when missing).
+    pub dir: PathBuf,
+    /// The `pg_dump` binary.
+    pub pg_dump: PathBuf,
+    /// The `pg_restore` binary.
+    pub pg_restore: PathBuf,
+    /// `pg_dump --lock-wait-timeout`: how long it waits for a shared lock on a table.
+    pub lock_wait_timeout: Duration,
+}
+
+impl Default for BackupSettings {
+    fn default() -> Self {
+        BackupSettings {
+            dir: PathBuf::from("backups"),
+            pg_dump: PathBuf::from("pg_dump"),
+            pg_restore: PathBuf::from("pg_restore"),
+            lock_wait_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What a verification query must return.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Expectation {
+    /// At least one row (e.g. the information_schema row of a new column).
+    Rows,
+    /// No row (e.g. after a column was dropped).
+    NoRows,
+    /// The first column of the first row, as text, equals this.
+    Value(String),
+}
+
+/// A query the user supplies to verify a phase, such as the reference's
+/// `SELECT column_name FROM information_schema.columns WHERE table_name = 'orders' AND column_name = 'order_metadata'`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerificationQuery {
+    /// What it checks, e.g. `column orders.order_metadata exists`.
+    pub name: String,
+    /// The phase after which it runs.
+    pub phase: MigrationPhase,
+    /// The SQL (read-only; run in a read-only transaction).
+    pub sql: String,
+    /// What it must return.
+    pub expect: Expectation,
+}
+
+/// A migration that would run, as [`PostgresMigrations::dry_run`] lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlannedMigration {
+    /// The version.
+    pub version: u64,
+    /// The name.
+    pub name: String,
+    /// The phase it runs in.
+    pub phase: MigrationPhase,
+    /// The up file.
+    pub file_name: String,
+    /// Whether it runs statement by statement outside a transaction.
+    pub no_transaction: bool,
+    /// How many statements the file holds.
+    pub statements: usize,
+    /// Whether it has a down file.
+    pub reversible: bool,
+}
+
+impl fmt::Display for PlannedMigration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} {} [{}] {}, {} statement{}{}{}",
+            self.version,
+            self.name,
+            self.phase,
+            self.file_name,
+            self.statements,
+            if self.statements == 1 { "" } else { "s" },
+            if self.no_transaction {
+                ", no transaction"
+            } else {
+                ""
+            },
+            if self.reversible {
+                ""
+            } else {
+                ", irreversible"
+            },
+        )
+    }
+}
+
+/// How a human resolved a dirty migration (see [`PostgresMigrations::resolve_dirty`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resolution {
+    /// The migration's effect is fully in place: record it as applied.
+    Applied,
+    /// The migration's effect was undone by hand: record it as not applied.
+    NotApplied,
+}
+
+/// The [`MigrationRunner`] on PostgreSQL.
+///
+/// * Each migration runs in its own transaction, with `lock_timeout` and
+///   `statement_timeout` set; a `no-transaction` file runs statement by
+///   statement (for `CREATE INDEX CONCURRENTLY`), its progress recorded after
+///   each one, so an interruption leaves a *dirty* row that blocks every
+///   later run until [`resolve_dirty`](Self::resolve_dirty).
+/// * `lock_not_available` (55P03) is retried with exponential backoff.
+/// * One runner at a time per database: a session advisory lock, polled
+///   with `pg_try_advisory_lock` (never a blocking wait, which could deadlock
+///   with `CREATE INDEX CONCURRENTLY`), for at most
+///   [`MigrationSettings::lock_wait`]; then an [`ErrorKind::LeaseHeld`] error
+///   naming the holder's pid and `application_name`.
+/// * The ledger keeps the SHA-256 of each applied file (a changed file is
+///   refused, naming it), the deployment and backup each ran under.
+pub struct PostgresMigrations {
+    db: Database,
+    source: MigrationSource,
+    settings: MigrationSettings,
+    checks: Vec<VerificationQuery>,
+    invariants: Vec<(MigrationPhase, String)>,
+}
+
+impl fmt::Debug for PostgresMigrations {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PostgresMigrations")
+            .field("db", &self.db)
+            .field("migrations", &self.source.migrations().len())
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PostgresMigrations {
+    /// A runner for `source` on `db`, with default settings. Touches nothing
+    /// until called.
+    pub fn new(db: Database, source: MigrationSource) -> Self {
+        PostgresMigrations {
+            db,
+            source,
+            settings: MigrationSettings::default(),
+            checks: Vec::new(),
+            invariants: Vec::new(),
+        }
+    }
+
+    /// Replaces the settings.
+    pub fn with_settings(mut self, settings: MigrationSettings) -> Self {
+        self.settings = settings;
+        self
+    }
+
+    /// Adds a verification query.
+    pub fn with_check(mut self, check: VerificationQuery) -> Self {
+        self.checks.push(check);
+        self
+    }
+
+    /// Requires `table` to keep its row count across the migrations of
+    /// `phase`: counted when `apply(phase)` starts (first count per
+    /// deployment wins, so a repeat after a crash keeps it) and compared by
+    /// `verify(phase)`.
+    pub fn with_row_count_invariant(mut self, phase: MigrationPhase, table: &str) -> Self {
+        self.invariants.push((phase, table.to_string()));
+        self
+    }
+
+    /// The database.
+    pub fn database(&self) -> &Database {
+        &self.db
+    }
+
+    /// The migrations.
+    pub fn source(&self) -> &MigrationSource {
+        &self.source
+    }
+
+    /// The settings.
+    pub fn settings(&self) -> &MigrationSettings {
+        &self.settings
+    }
+
+    pub(crate) fn secret(&self) -> Option<String> {
+        self.db.password()
+    }
+
+    /// Connects with an `application_name` that names the deployment, so a
+    /// waiting runner's error can say who holds the lock.
+    pub(crate) async fn connect(
+        &self,
+        op: &'static str,
+        ctx: Option<&MigrationContext>,
+    ) -> Result<Client> {
+        let client = self.db.connect_for(op).await?;
+        let mut name = match ctx {
+            Some(c) => format!("bluegreen migrations (deployment {})", c.deployment_id),
+            None => "bluegreen migrations".to_string(),
+        };
+        while name.len() > 63 {
+            name.pop();
+        }
+        client
+            .execute("SELECT set_config('application_name', $1, false)", &[&name])
+            .await
+            .map_err(|e| {
+                map_pg(
+                    e,
+                    op,
+                    &format!("cannot configure the session on {}", self.db.label()),
+                )
+            })?;
+        Ok(client)
+    }
+
+    /// The ledger, oldest version first (empty before the first run). Reports
+    /// dirty and interrupted attempts through [`LedgerEntry::is_dirty`] and
+    /// [`LedgerEntry::was_interrupted`].
+    pub async fn ledger(&self) -> Result<Vec<LedgerEntry>> {
+        let client = self.connect("ledger", None).await?;
+        read_ledger(&client, self.db.label()).await
+    }
+
+    /// Lists what `apply` would run, in order (expand, then contract), with
+    /// the phase of each. Read-only; fails like [`status`](MigrationRunner::status)
+    /// on a dirty migration or a changed file.
+    pub async fn dry_run(&self) -> Result<Vec<PlannedMigration>> {
+        let client = self.connect("dry run", None).await?;
+        let ledger = read_ledger(&client, self.db.label()).await?;
+        self.check_integrity(&ledger, "dry run")?;
+        let mut out = Vec::new();
+        for phase in [MigrationPhase::Expand, MigrationPhase::Contract] {
+            for m in self.pending(&ledger, phase) {
+                out.push(PlannedMigration {
+                    version: m.version,
+                    name: m.name.clone(),
+                    phase: m.phase,
+                    file_name: m.up.file_name.clone(),
+                    no_transaction: m.up.no_transaction,
+                    statements: split_statements(&m.up.sql).len(),
+                    reversible: m.down.is_some(),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Records how a human resolved the dirty migration `version` after
+    /// repairing the database by hand. Fails with [`ErrorKind::NotFound`] if
+    /// `version` is not dirty.
+    pub async fn resolve_dirty(&self, version: u64, resolution: Resolution) -> Result<()> {
+        let op = "resolve dirty migration";
+        let mut client = self.connect(op, None).await?;
+        ensure_schema(&mut client, self.db.label()).await?;
+        self.lock(&client, op).await?;
+        let ledger = read_ledger(&client, self.db.label()).await?;
+        let Some(entry) = ledger.iter().find(|e| e.version == version && e.is_dirty()) else {
+            self.unlock(&client).await;
+            return Err(err(
+                ErrorKind::NotFound,
+                op,
+                format!("migration {version} is not dirty in {}", self.db.label()),
+            ));
+        };
+        let state = match (resolution, entry.state) {
+            (Resolution::Applied, _) => LedgerState::Applied,
+            (Resolution::NotApplied, LedgerState::Reverting) => LedgerState::Reverted,
+            (Resolution::NotApplied, _) => LedgerState::Failed,
+        };
+        let note = format!(
+            "resolved by hand as {} (was {} after {} of {} statements)",
+            match resolution {
+                Resolution::Applied => "applied",
+                Resolution::NotApplied => "not applied",
+            },
+            entry.state,
+            entry.statements_done,
+            entry.statements_total
+        );
+        let r = client
+            .execute(
+                "UPDATE bluegreen_migrations SET state = $2, no_transaction = false, last_error = $3, finished_at = now() WHERE version = $1",
+                &[&(version as i64), &state.as_str(), &note],
+            )
+            .await
+            .map_err(|e| map_pg(e, op, &format!("cannot update the ledger of {}", self.db.label())));
+        self.unlock(&client).await;
+        r.map(|_| ())
+    }
+
+    fn check_integrity(&self, ledger: &[LedgerEntry], op: &'static str) -> Result<()> {
+        for e in ledger {
+            if e.is_dirty() {
+                let action = if e.state == LedgerState::Reverting {
+                    "revert"
+                } else {
+                    "apply"
+                };
+                let file = if e.state == LedgerState::Reverting {
+                    self.source
+                        .get(e.version)
+                        .and_then(|m| m.down.as_ref())
+                        .map(|d| d.file_name.clone())
+                        .unwrap_or_else(|| format!("the down file of {}", e.file_name))
+                } else {
+                    e.file_name.clone()
+                };
+                return Err(err(
+                    ErrorKind::Conflict,
+                    op,
+                    format!(
+                        "migration {} ({file}) is dirty in {}: a no-transaction {action} under deployment {} stopped after {} of {} statements{}; the schema may be half-migrated. Repair it by hand, then record the outcome with resolve_dirty({}, Applied|NotApplied)",
+                        e.version,
+                        self.db.label(),
+                        e.deployment_id.as_deref().unwrap_or("(unknown)"),
+                        e.statements_done,
+                        e.statements_total,
+                        e.last_error
+                            .as_deref()
+                            .map(|m| format!(" (last error: {m})"))
+                            .unwrap_or_else(|| " (the session was cut off)".to_string()),
+                        e.version,
+                    ),
+                ));
+            }
+            if let (true, Some(m)) = (e.is_applied(), self.source.get(e.version)) {
+                if m.up.checksum != e.checksum {
+                    return Err(err(
+                        ErrorKind::Conflict,
+                        op,
+                        format!(
+                            "applied migration file {} was changed after it was applied to {} (ledger checksum {}, file checksum {}); restore the file, or add a new migration instead",
+                            m.up.file_name,
+                            self.db.label(),
+                            &e.checksum[..12.min(e.checksum.len())],
+                            &m.up.checksum[..12],
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn pending<'a>(&'a self, ledger: &[LedgerEntry], phase: MigrationPhase) -> Vec<&'a Migration> {
+        self.source
+            .migrations()
+            .iter()
+            .filter(|m| m.phase == phase)
+            .filter(|m| {
+                !ledger
+                    .iter()
+                    .any(|e| e.version == m.version && e.is_applied())
+            })
+            .collect()
+    }
+
+    async fn lock(&self, client: &Client, op: &'static str) -> Result<()> {
+        let ctx = format!("cannot take the migration lock on {}", self.db.label());
+        let start = Instant::now();
+        loop {
+            let got: bool = client
+                .query_one("SELECT pg_try_advisory_lock($1)", &[&MIGRATION_LOCK_KEY])
+                .await
+                .map_err(|e| map_pg(e, op, &ctx))?
+                .get(0);
+            if got {
+                return Ok(());
+            }
+            let waited = start.elapsed();
+            if waited >= self.settings.lock_wait {
+                let holder = self.lock_holder(client).await;
+                return Err(err(
+                    ErrorKind::LeaseHeld,
+                    op,
+                    format!(
+                        "another migration runner holds the lock on {}: {holder}; gave up after waiting {}",
+                        self.db.label(),
+                        humantime::format_duration(Duration::from_millis(waited.as_millis() as u64)),
+                    ),
+                )
+                .with_status(bluegreen_core::ErrorStatus::Temporary));
+            }
+            tokio::time::sleep(
+                self.settings
+                    .lock_poll
+                    .min(self.settings.lock_wait - waited),
+            )
+            .await;
+        }
+    }
+
+    async fn lock_holder(&self, client: &Client) -> String {
+        let rows = client
+            .query(
+                "SELECT a.pid, coalesce(a.application_name, ''), coalesce(host(a.client_addr), 'local socket'),
+                        to_char(a.backend_start AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), coalesce(a.state, '')
+                 FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+                 WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+                   AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+                   AND ((l.classid::bigint << 32) | l.objid::bigint) = $1",
+                &[&MIGRATION_LOCK_KEY],
+            )
+            .await;
+        match rows {
+            Ok(rows) if !rows.is_empty() => rows
+                .iter()
+                .map(|r| {
+                    format!(
+                        "pid {} (application_name '{}', client {}, connected since {}, {})",
+                        r.get::<_, i32>(0),
+                        r.get::<_, String>(1),
+                        r.get::<_, String>(2),
+                        r.get::<_, String>(3),
+                        r.get::<_, String>(4),
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("; "),
+            Ok(_) => "a session that released it a moment ago".to_string(),
+            Err(e) => format!("a session that could not be identified ({e})"),
+        }
+    }
+
+    async fn unlock(&self, client: &Client) {
+        if let Err(e) = client
+            .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK_KEY])
+            .await
+        {
+            tracing::warn!(db = %self.db.label(), error = %e, "could not release the migration lock; it ends with the session");
+        }
+    }
+
+    fn backoff(&self, attempt: u32) -> Duration {
+        let factor = 1u32 << attempt.min(16);
+        (self.settings.retry_backoff * factor).min(self.settings.retry_backoff_max)
+    }
+
+    fn timeouts_sql(&self, file: &MigrationFile, local: bool) -> String {
+        let lock = file.lock_timeout.unwrap_or(self.settings.lock_timeout);
+        let stmt = file
+            .statement_timeout
+            .unwrap_or(self.settings.statement_timeout);
+        let scope = if local { "SET LOCAL" } else { "SET" };
+        format!(
+            "{scope} lock_timeout = '{}ms'; {scope} statement_timeout = '{}ms'",
+            lock.as_millis(),
+            stmt.as_millis()
+        )
+    }
+
+    /// The error for a statement of `file` (starting at character `offset`)
+    /// that the server refused: names the file and the server's position.
+    fn sql_error(
+        &self,
+        op: &'static str,
+        file: &MigrationFile,
+        offset: usize,
+        e: tokio_postgres::Error,
+    ) -> bluegreen_core::Error {
+        let Some(db) = e.as_db_error() else {
+            return map_pg(
+                e,
+                op,
+                &format!("migration file {} on {}", file.file_name, self.db.label()),
+            );
+        };
+        let at = match db.position() {
+            Some(ErrorPosition::Original(p)) => {
+                let (line, col) = line_col(&file.sql, offset + (*p as usize).saturating_sub(1));
+                format!("line {line}, column {col}")
+            }
+            _ => {
+                let (line, _) = line_col(&file.sql, offset);
+                format!("statement starting at line {line}")
+            }
+        };
+        let described = describe_db_error(db);
+        let base = map_pg(e, op, "");
+        err(
+            base.kind(),
+            op,
+            format!(
+                "migration file {} failed at {at}: {described}",
+                file.file_name
+            ),
+        )
+        .with_status(base.status())
+    }
+
+    async fn record_row_counts(
+        &self,
+        client: &Client,
+        phase: MigrationPhase,
+        ctx: &MigrationContext,
+    ) -> Result<()> {
+        for (p, table) in &self.invariants {
+            if *p != phase {
+                continue;
+            }
+            let count = self.count_rows(client, table, "apply").await?;
+            client
+                .execute(
+                    "INSERT INTO bluegreen_row_counts (deployment_id, phase, table_name, row_count) VALUES ($1, $2, $3, $4)
+                     ON CONFLICT DO NOTHING",
+                    &[&ctx.deployment_id, &phase.to_string(), table, &count],
+                )
+                .await
+                .map_err(|e| map_pg(e, "apply", &format!("cannot record the row count of {table}")))?;
+        }
+        Ok(())
+    }
+
+    async fn count_rows(&self, client: &Client, table: &str, op: &'static str) -> Result<i64> {
+        let sql = format!("SELECT count(*) FROM {}", quote_qualified(table));
+        client
+            .query_one(&sql, &[])
+            .await
+            .map(|r| r.get(0))
+            .map_err(|e| {
+                map_pg(
+                    e,
+                    op,
+                    &format!(
+                        "cannot count the rows of row-count invariant table {table} in {}",
+                        self.db.label()
+                    ),
+                )
+            })
+    }
+
+    async fn mark(
+        &self,
+        client: &Client,
+        m: &Migration,
+        ctx: &MigrationContext,
+        state: LedgerState,
+        no_tx: bool,
+        total: usize,
+    ) -> Result<()> {
+        client
+            .execute(
+                "INSERT INTO bluegreen_migrations
+                   (version, name, file_name, checksum, phase, reversible, state, no_transaction,
+                    statements_done, statements_total, attempts, deployment_id, backup_id, started_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 0, $9, 1, $10, $11, now())
+                 ON CONFLICT (version) DO UPDATE SET
+                   name = EXCLUDED.name, file_name = EXCLUDED.file_name, checksum = EXCLUDED.checksum,
+                   phase = EXCLUDED.phase, reversible = EXCLUDED.reversible, state = EXCLUDED.state,
+                   no_transaction = EXCLUDED.no_transaction, statements_done = 0,
+                   statements_total = EXCLUDED.statements_total,
+                   attempts = bluegreen_migrations.attempts + (CASE WHEN EXCLUDED.state = 'applying' THEN 1 ELSE 0 END),
+                   deployment_id = CASE WHEN EXCLUDED.state = 'applying' THEN EXCLUDED.deployment_id ELSE bluegreen_migrations.deployment_id END,
+                   backup_id = CASE WHEN EXCLUDED.state = 'applying' THEN EXCLUDED.backup_id ELSE bluegreen_migrations.backup_id END,
+                   reverted_by = CASE WHEN EXCLUDED.state = 'reverting' THEN EXCLUDED.deployment_id ELSE NULL END,
+                   started_at = now(), finished_at = NULL, last_error = NULL",
+                &[
+                    &(m.version as i64),
+                    &m.name,
+                    &m.up.file_name,
+                    &m.up.checksum,
+                    &m.phase.to_string(),
+                    &m.down.is_some(),
+                    &state.as_str(),
+                    &no_tx,
+                    &(total as i32),
+                    &ctx.deployment_id,
+                    &ctx.backup_id,
+                ],
+            )
+            .await
+            .map(|_| ())
+            .map_err(|e| map_pg(e, "ledger", &format!("cannot record migration {} in the ledger of {}", m.version, self.db.label())))
+    }
+
+    async fn note_failure(&self, client: &Client, version: u64, state: LedgerState, message: &str) {
+        let r = client
+            .execute(
+                "UPDATE bluegreen_migrations SET state = $2, last_error = $3, finished_at = now() WHERE version = $1",
+                &[&(version as i64), &state.as_str(), &message],
+            )
+            .await;
+        if let Err(e) = r {
+            tracing::warn!(version, error = %e, "could not record a failed migration in the ledger");
+        }
+    }
+
+    /// Runs `file` of `m` as one step (`up` or `down`), in a transaction or
+    /// statement by statement, with retries on `lock_not_available`.
+    async fn run_file(
+        &self,
+        client: &mut Client,
+        m: &Migration,
+        file: &MigrationFile,
+        up: bool,
+        ctx: &MigrationContext,
+    ) -> Result<()> {
+        let op: &'static str = if up { "apply" } else { "revert" };
+        let (running, done, failed) = if up {
+            (
+                LedgerState::Applying,
+                LedgerState::Applied,
+                LedgerState::Failed,
+            )
+        } else {
+            (
+                LedgerState::Reverting,
+                LedgerState::Reverted,
+                LedgerState::Applied,
+            )
+        };
+        let started = Instant::now();
+        let finish_sql = "UPDATE bluegreen_migrations SET state = $2, finished_at = now(), duration_ms = $3,
+                            statements_done = statements_total, last_error = NULL WHERE version = $1";
+        if !file.no_transaction {
+            let mut attempt = 0u32;
+            loop {
+                self.mark(
+                    client,
+                    m,
+                    ctx,
+                    running,
+                    false,
+                    split_statements(&file.sql).len(),
+                )
+                .await?;
+                let tx = client.transaction().await.map_err(|e| {
+                    map_pg(
+                        e,
+                        op,
+                        &format!("cannot begin the transaction of {}", file.file_name),
+                    )
+                })?;
+                tx.batch_execute(&self.timeouts_sql(file, true))
+                    .await
+                    .map_err(|e| map_pg(e, op, "cannot set the migration timeouts"))?;
+                match tx.batch_execute(&file.sql).await {
+                    Ok(()) => {
+                        let ms = started.elapsed().as_millis() as i64;
+                        tx.execute(finish_sql, &[&(m.version as i64), &done.as_str(), &ms])
+                            .await
+                            .map_err(|e| {
+                                map_pg(e, op, "cannot record the migration in the ledger")
+                            })?;
+                        return tx.commit().await.map_err(|e| {
+                            map_pg(
+                                e,
+                                op,
+                                &format!("cannot commit migration file {}", file.file_name),
+                            )
+                        });
+                    }
+                    Err(e) => {
+                        drop(tx);
+                        if e.is_closed() {
+                            return Err(self.sql_error(op, file, 0, e));
+                        }
+                        if is_lock_not_available(&e) && attempt < self.settings.lock_retries {
+                            let wait = self.backoff(attempt);
+                            attempt += 1;
+                            tracing::info!(file = %file.file_name, attempt, ?wait, "lock_not_available; retrying the migration");
+                            tokio::time::sleep(wait).await;
+                            continue;
+                        }
+                        let error = self.sql_error(op, file, 0, e);
+                        let state = if up { failed } else { LedgerState::Applied };
+                        self.note_failure(client, m.version, state, error.message())
+                            .await;
+                        return Err(error);
+                    }
+                }
+            }
+        }
+
+        let statements = split_statements(&file.sql);
+        self.mark(client, m, ctx, running, true, statements.len())
+            .await?;
+        client
+            .batch_execute(&self.timeouts_sql(file, false))
+            .await
+            .map_err(|e| map_pg(e, op, "cannot set the migration timeouts"))?;
+        for (i, st) in statements.iter().enumerate() {
+            let mut attempt = 0u32;
+            loop {
+                match client.batch_execute(&st.text).await {
+                    Ok(()) => break,
+                    Err(e) if is_lock_not_available(&e) && attempt < self.settings.lock_retries => {
+                        let wait = self.backoff(attempt);
+                        attempt += 1;
+                        tracing::info!(file = %file.file_name, statement = i + 1, attempt, ?wait, "lock_not_available; retrying the statement");
+                        tokio::time::sleep(wait).await;
+                    }
+                    Err(e) => {
+                        let closed = e.is_closed();
+                        let error = self.sql_error(op, file, st.offset, e);
+                        if !closed {
+                            self.note_failure(client, m.version, running, error.message())
+                                .await;
+                            let _ = client
+                                .batch_execute("RESET lock_timeout; RESET statement_timeout")
+                                .await;
+                        }
+                        return Err(error);
+                    }
+                }
+            }
+            client
+                .execute(
+                    "UPDATE bluegreen_migrations SET statements_done = $2 WHERE version = $1",
+                    &[&(m.version as i64), &((i + 1) as i32)],
+                )
+                .await
+                .map_err(|e| map_pg(e, op, "cannot record migration progress in the ledger"))?;
+        }
+        let ms = started.elapsed().as_millis() as i64;
+        client
+            .execute(finish_sql, &[&(m.version as i64), &done.as_str(), &ms])
+            .await
+            .map_err(|e| map_pg(e, op, "cannot record the migration in the ledger"))?;
+        client
+            .batch_execute("RESET lock_timeout; RESET statement_timeout")
+            .await
+            .map_err(|e| map_pg(e, op, "cannot reset the session timeouts"))?;
+        Ok(())
+    }
+
+    /// A fresh connection holding the migration lock, and the ledger read
+    /// and checked under it.
+    async fn open_locked(
+        &self,
+        op: &'static str,
+        ctx: &MigrationContext,
+    ) -> Result<(Client, Vec<LedgerEntry>)> {
+        let mut client = self.connect(op, Some(ctx)).await?;
+        ensure_schema(&mut client, self.db.label()).await?;
+        self.lock(&client, op).await?;
+        let ledger = async {
+            let ledger = read_ledger(&client, self.db.label()).await?;
+            self.check_integrity(&ledger, op)?;
+            Ok(ledger)
+        }
+        .await;
+        match ledger {
+            Ok(l) => Ok((client, l)),
+            Err(e) => {
+                self.unlock(&client).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn apply_locked(
+        &self,
+        client: &mut Client,
+        ledger: &[LedgerEntry],
+        phase: MigrationPhase,
+        ctx: &MigrationContext,
+    ) -> Result<Vec<MigrationInfo>> {
+        for e in ledger
+            .iter()
+            .filter(|e| e.was_interrupted() && !e.is_applied())
+        {
+            tracing::warn!(
+                version = e.version,
+                file = %e.file_name,
+                deployment = e.deployment_id.as_deref().unwrap_or(""),
+                error = e.last_error.as_deref().unwrap_or("the session was cut off"),
+                "an earlier attempt was interrupted and rolled back; running it again"
+            );
+        }
+        self.record_row_counts(client, phase, ctx).await?;
+        let mut applied = Vec::new();
+        for m in self.pending(ledger, phase) {
+            self.run_file(client, m, &m.up, true, ctx).await?;
+            tracing::info!(version = m.version, file = %m.up.file_name, %phase, "migration applied");
+            applied.push(m.info());
+        }
+        Ok(applied)
+    }
+
+    async fn revert_locked(
+        &self,
+        client: &mut Client,
+        ledger: &[LedgerEntry],
+        wanted: &[u64],
+        ctx: &MigrationContext,
+    ) -> Result<Vec<MigrationInfo>> {
+        let op = "revert";
+        let todo: Vec<&Migration> = wanted
+            .iter()
+            .filter_map(|v| self.source.get(*v))
+            .filter(|m| {
+                ledger
+                    .iter()
+                    .any(|e| e.version == m.version && e.is_applied())
+            })
+            .collect();
+        let irreversible: Vec<&str> = todo
+            .iter()
+            .filter(|m| m.down.is_none())
+            .map(|m| m.up.file_name.as_str())
+            .collect();
+        if !irreversible.is_empty() {
+            return Err(err(
+                ErrorKind::Conflict,
+                op,
+                format!(
+                    "cannot revert: {} {} irreversible (no down file); nothing was reverted",
+                    irreversible.join(", "),
+                    if irreversible.len() == 1 { "is" } else { "are" }
+                ),
+            ));
+        }
+        let mut reverted = Vec::new();
+        for m in todo {
+            let Some(down) = m.down.as_ref() else {
+                continue;
+            };
+            self.run_file(client, m, down, false, ctx).await?;
+            tracing::info!(version = m.version, file = %down.file_name, "migration reverted");
+            reverted.push(m.info());
+        }
+        Ok(reverted)
+    }
+}
+
+/// Quotes a possibly schema-qualified table name; simple lowercase names stay as written.
+fn quote_qualified(table: &str) -> String {
+    table
+        .split('.')
+        .map(|part| {
+            let simple = part
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+                && part
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '$');
+            if simple {
+                part.to_string()
+            } else {
+                format!("\"{}\"", part.replace('"', "\"\""))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+#[async_trait]
+impl MigrationRunner for PostgresMigrations {
+    async fn status(&self) -> Result<MigrationStatus> {
+        let client = self.connect("status", None).await?;
+        let ledger = read_ledger(&client, self.db.label()).await?;
+        self.check_integrity(&ledger, "status")?;
+        let applied = ledger
+            .iter()
+            .filter(|e| e.is_applied())
+            .map(|e| match self.source.get(e.version) {
+                Some(m) => m.info(),
+                None => MigrationInfo {
+                    version: e.version,
+                    name: e.name.clone(),
+                    phase: e.phase,
+                    reversible: false,
+                },
+            })
+            .collect();
+        let pending = self
+            .source
+            .migrations()
+            .iter()
+            .filter(|m| {
+                !ledger
+                    .iter()
+                    .any(|e| e.version == m.version && e.is_applied())
+            })
+            .map(Migration::info)
+            .collect();
+        Ok(MigrationStatus { applied, pending })
+    }
+
+    async fn backup(&self, ctx: &MigrationContext) -> Result<BackupRecord> {
+        crate::backup::take(self, ctx).await
+    }
+
+    async fn verify_backup(
+        &self,
+        backup: &BackupRecord,
+        min_entries: u64,
+    ) -> Result<BackupVerification> {
+        crate::backup::verify(self, backup, min_entries).await
+    }
+
+    async fn apply(
+        &self,
+        phase: MigrationPhase,
+        ctx: &MigrationContext,
+    ) -> Result<Vec<MigrationInfo>> {
+        let (mut client, ledger) = self.open_locked("apply", ctx).await?;
+        let result = self.apply_locked(&mut client, &ledger, phase, ctx).await;
+        if !client.is_closed() {
+            self.unlock(&client).await;
+        }
+        result
+    }
+
+    async fn verify(
+        &self,
+        phase: MigrationPhase,
+        ctx: &MigrationContext,
+    ) -> Result<Vec<VerificationCheck>> {
+        let op = "verify";
+        let client = self.connect(op, Some(ctx)).await?;
+        let ledger = read_ledger(&client, self.db.label()).await?;
+        let mut checks = Vec::new();
+        let integrity = self.check_integrity(&ledger, op);
+        let pending: Vec<String> = self
+            .pending(&ledger, phase)
+            .iter()
+            .map(|m| m.up.file_name.clone())
+            .collect();
+        checks.push(VerificationCheck {
+            name: format!("every {phase} migration is applied"),
+            passed: integrity.is_ok() && pending.is_empty(),
+            detail: match (&integrity, pending.is_empty()) {
+                (Err(e), _) => e.message().to_string(),
+                (Ok(()), true) => "none pending".to_string(),
+                (Ok(()), false) => format!("pending: {}", pending.join(", ")),
+            },
+        });
+        for q in self.checks.iter().filter(|q| q.phase == phase) {
+            checks.push(self.run_check(&client, q).await?);
+        }
+        for (p, table) in &self.invariants {
+            if *p != phase {
+                continue;
+            }
+            let before: Option<i64> = client
+                .query_opt(
+                    "SELECT row_count FROM bluegreen_row_counts WHERE deployment_id = $1 AND phase = $2 AND table_name = $3",
+                    &[&ctx.deployment_id, &phase.to_string(), table],
+                )
+                .await
+                .ok()
+                .flatten()
+                .map(|r| r.get(0));
+            let name = format!("row count of {table} unchanged by the {phase} migrations");
+            let check = match (before, self.count_rows(&client, table, op).await) {
+                (None, _) => VerificationCheck {
+                    name,
+                    passed: false,
+                    detail: format!("no row count of {table} was recorded before apply({phase}) of deployment {}", ctx.deployment_id),
+                },
+                (Some(b), Ok(a)) => VerificationCheck {
+                    name,
+                    passed: a == b,
+                    detail: format!("{table}: {b} rows before, {a} after"),
+                },
+                (Some(b), Err(e)) if !e.is_temporary() => VerificationCheck {
+                    name,
+                    passed: false,
+                    detail: format!("{table}: {b} rows before; counting now failed: {}", e.message()),
+                },
+                (Some(_), Err(e)) => return Err(e),
+            };
+            checks.push(check);
+        }
+        Ok(checks)
+    }
+
+    async fn revert(&self, versions: &[u64], ctx: &MigrationContext) -> Result<Vec<MigrationInfo>> {
+        let op = "revert";
+        for v in versions {
+            if self.source.get(*v).is_none() {
+                return Err(err(
+                    ErrorKind::InvalidInput,
+                    op,
+                    format!("cannot revert migration {v}: no migration file has that version"),
+                ));
+            }
+        }
+        let mut wanted: Vec<u64> = versions.to_vec();
+        wanted.sort_unstable_by(|a, b| b.cmp(a));
+        wanted.dedup();
+        let (mut client, ledger) = self.open_locked(op, ctx).await?;
+        let result = self.revert_locked(&mut client, &ledger, &wanted, ctx).await;
+        if !client.is_closed() {
+            self.unlock(&client).await;
+        }
+        result
+    }
+}
+
+impl PostgresMigrations {
+    async fn run_check(&self, client: &Client, q: &VerificationQuery) -> Result<VerificationCheck> {
+        let sql = format!(
+            "BEGIN READ ONLY; {}; COMMIT",
+            q.sql.trim().trim_end_matches(';')
+        );
+        let result = client.simple_query(&sql).await;
+        let messages = match result {
+            Ok(m) => m,
+            Err(e) => {
+                let _ = client.batch_execute("ROLLBACK").await;
+                if e.as_db_error().is_none() {
+                    return Err(map_pg(
+                        e,
+                        "verify",
+                        &format!("verification query `{}`", q.name),
+                    ));
+                }
+                let detail = e.as_db_error().map(describe_db_error).unwrap_or_default();
+                return Ok(VerificationCheck {
+                    name: q.name.clone(),
+                    passed: false,
+                    detail: format!("the query failed: {detail}"),
+                });
+            }
+        };
+        let rows: Vec<Option<String>> = messages
+            .iter()
+            .filter_map(|m| match m {
+                SimpleQueryMessage::Row(r) => Some(r.get(0).map(str::to_string)),
+                _ => None,
+            })
+            .collect();
+        let (passed, detail) = match &q.expect {
+            Expectation::Rows => (!rows.is_empty(), format!("{} row(s)", rows.len())),
+            Expectation::NoRows => (rows.is_empty(), format!("{} row(s)", rows.len())),
+            Expectation::Value(want) => {
+                let got = rows.first().cloned().flatten();
+                (
+                    got.as_deref() == Some(want.as_str()),
+                    format!(
+                        "expected {want}, got {}",
+                        match (&got, rows.is_empty()) {
+                            (_, true) => "no row".to_string(),
+                            (None, false) => "NULL".to_string(),
+                            (Some(v), false) => v.clone(),
+                        }
+                    ),
+                )
+            }
+        };
+        Ok(VerificationCheck {
+            name: q.name.clone(),
+            passed,
+            detail,
+        })
+    }
+}

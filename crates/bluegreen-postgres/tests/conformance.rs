@@ -1,0 +1,81 @@
+//! The core conformance suites, run against a real PostgreSQL server.
+
+mod common;
+
+use std::time::Duration;
+
+use bluegreen_core::testing::conformance;
+use bluegreen_core::{ErrorKind, Journal, Timestamp};
+use bluegreen_postgres::PostgresJournal;
+use common::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migration_runner_passes_the_core_conformance_suite() {
+    let db = fresh_database("conformance_migrations").await;
+    let backups = tempfile::tempdir().unwrap();
+    let runner = runner(&db, ORDERS, &backups);
+    let ctx = ctx("conformance-deploy");
+    conformance::migrations(&runner, &ctx).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn journal_passes_the_core_conformance_suite() {
+    let db = fresh_database("conformance_journal").await;
+    let journal = PostgresJournal::connect(db)
+        .await
+        .expect("journal connects");
+    conformance::journal(&journal).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_deployers_on_two_connections_share_one_lease_and_the_stale_one_is_fenced() {
+    let db = fresh_database("journal_two_deployers").await;
+    let a = PostgresJournal::connect(db.clone()).await.unwrap();
+    let b = PostgresJournal::connect(db).await.unwrap();
+    let ttl = Duration::from_secs(30);
+    let t0 = Timestamp(1_700_000_000_000);
+    let lease_a = a.acquire("order-api", "host-a:41", ttl, t0).await.unwrap();
+    let held = b
+        .acquire(
+            "order-api",
+            "host-b:77",
+            ttl,
+            t0.after(Duration::from_secs(5)),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(held.kind(), ErrorKind::LeaseHeld);
+    assert!(held.to_string().contains("host-a:41"), "{held}");
+
+    let lease_b = b
+        .acquire(
+            "order-api",
+            "host-b:77",
+            ttl,
+            t0.after(Duration::from_secs(31)),
+        )
+        .await
+        .expect("takeover after expiry");
+    assert_eq!(lease_b.token, lease_a.token + 1);
+    let rec = bluegreen_core::Record::Step {
+        input: bluegreen_core::machine::Input::Tick,
+        commands: vec![],
+        events: vec![],
+    };
+    let fenced = a
+        .append(&lease_a, "dep-1", t0.after(Duration::from_secs(32)), &rec)
+        .await
+        .unwrap_err();
+    assert_eq!(fenced.kind(), ErrorKind::Fenced);
+    assert!(fenced.to_string().contains("host-b:77"), "{fenced}");
+    assert_eq!(
+        b.append(&lease_b, "dep-1", t0.after(Duration::from_secs(33)), &rec)
+            .await
+            .unwrap(),
+        1
+    );
+    let entries = a.read("dep-1").await.unwrap();
+    assert_eq!(entries.len(), 1);
+    assert_eq!(entries[0].token, lease_b.token);
+    assert_eq!(entries[0].record, rec);
+}
