@@ -1,0 +1,445 @@
+#![doc = include_str!("../README.md")]
+
+mod check;
+mod suite;
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bluegreen_core::{
+    Error, ErrorKind, Result, SecretSource, SmokeOutcome, SmokeTarget, SmokeTest,
+};
+
+pub use check::{defaults, FieldExpectation, HeaderValueSpec, HttpCheck, Rule, VARIABLES};
+pub use suite::{SmokeSuite, SuiteReport, TestResult};
+
+const PROVIDER: &str = "http";
+const REDACTED: &str = "[redacted]";
+
+/// An [`HttpCheck`] ready to run: a [`SmokeTest`] over reqwest (rustls).
+///
+/// Smoke tests must be safe to repeat; the check itself sends exactly what it
+/// describes, once per attempt.
+#[derive(Clone)]
+pub struct HttpSmokeTest {
+    check: Arc<HttpCheck>,
+    secrets: Option<Arc<dyn SecretSource>>,
+    client: reqwest::Client,
+}
+
+impl fmt::Debug for HttpSmokeTest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The check holds secret names only, never values.
+        f.debug_struct("HttpSmokeTest")
+            .field("check", &self.check)
+            .field("secrets", &self.secrets.is_some())
+            .finish()
+    }
+}
+
+fn invalid(check: &str, message: impl fmt::Display) -> Error {
+    Error::invalid_input(format!("smoke test {check}: {message}"))
+        .with_provider(PROVIDER)
+        .with_operation("smoke_test")
+}
+
+impl HttpSmokeTest {
+    /// Validates `check` (see [`HttpCheck::validate`]) and prepares its client.
+    pub fn new(check: HttpCheck) -> Result<Self> {
+        check.validate().map_err(|m| invalid(&check.name, m))?;
+        let client = reqwest::Client::builder()
+            .user_agent(concat!("bluegreen-http/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| {
+                Error::new(
+                    ErrorKind::Other,
+                    format!("cannot build the HTTP client: {e}"),
+                )
+                .with_provider(PROVIDER)
+                .with_operation("configure")
+            })?;
+        Ok(HttpSmokeTest {
+            check: Arc::new(check),
+            secrets: None,
+            client,
+        })
+    }
+
+    /// Where header secrets are read.
+    #[must_use]
+    pub fn with_secrets(mut self, secrets: Arc<dyn SecretSource>) -> Self {
+        self.secrets = Some(secrets);
+        self
+    }
+
+    /// The check.
+    pub fn check(&self) -> &HttpCheck {
+        &self.check
+    }
+
+    /// The URL this check calls for `target`.
+    pub fn url_for(&self, target: &SmokeTarget) -> Result<String> {
+        let c = &self.check;
+        let base = target.base_url.as_deref().map(|b| b.trim_end_matches('/'));
+        let color = target.color.map(|c| c.as_str());
+        check::render("url", &c.url, |name| match name {
+            "base_url" => base,
+            "service" => Some(target.service.as_str()),
+            "color" => color,
+            "version" => Some(target.version.as_str()),
+            _ => None,
+        })
+        .map_err(|m| {
+            let m = if base.is_none() && c.url.contains("{base_url}") {
+                format!(
+                    "url: no base URL is known for {} (set colors.<color>.base_url in the plan)",
+                    color.unwrap_or("staging")
+                )
+            } else {
+                m
+            };
+            invalid(&c.name, m)
+        })
+    }
+
+    async fn prepare(&self, target: &SmokeTarget) -> Result<Prepared> {
+        let c = &self.check;
+        let url = self.url_for(target)?;
+        let base = target.base_url.as_deref().map(|b| b.trim_end_matches('/'));
+        let color = target.color.map(|c| c.as_str());
+        let vars = |name: &str| match name {
+            "base_url" => base,
+            "service" => Some(target.service.as_str()),
+            "color" => color,
+            "version" => Some(target.version.as_str()),
+            _ => None,
+        };
+        let mut headers = reqwest::header::HeaderMap::new();
+        let mut secrets = Vec::new();
+        for (name, spec) in &c.headers {
+            let header_name = reqwest::header::HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| invalid(&c.name, format!("headers: {name:?} is not a header name")))?;
+            let (value, sensitive) = match spec {
+                HeaderValueSpec::Value(v) => (
+                    check::render(&format!("headers.{name}"), v, vars)
+                        .map_err(|m| invalid(&c.name, m))?,
+                    false,
+                ),
+                HeaderValueSpec::Secret { secret, format } => {
+                    let source = self.secrets.as_ref().ok_or_else(|| {
+                        invalid(
+                            &c.name,
+                            format!("headers.{name} needs secret {secret}, but no SecretSource was given"),
+                        )
+                    })?;
+                    let value = source.get(secret).await.map_err(|e| {
+                        Error::new(
+                            e.kind(),
+                            format!(
+                                "smoke test {}: headers.{name}: cannot read secret {secret}: {}",
+                                c.name,
+                                e.message()
+                            ),
+                        )
+                        .with_status(e.status())
+                        .with_provider(PROVIDER)
+                        .with_operation("smoke_test")
+                    })?;
+                    let exposed = value.expose().to_string();
+                    if !exposed.is_empty() {
+                        secrets.push(exposed.clone());
+                    }
+                    let full = match format {
+                        Some(f) => f.replace("{secret}", &exposed),
+                        None => exposed,
+                    };
+                    (full, true)
+                }
+            };
+            let mut hv = reqwest::header::HeaderValue::from_str(&value).map_err(|_| {
+                invalid(
+                    &c.name,
+                    format!(
+                        "headers.{name}: the value has characters not allowed in an HTTP header"
+                    ),
+                )
+            })?;
+            hv.set_sensitive(sensitive);
+            headers.insert(header_name, hv);
+        }
+        let body = match &c.body {
+            Some(b) => Some(
+                serde_json::to_vec(
+                    &check::render_json("body", b, &vars).map_err(|m| invalid(&c.name, m))?,
+                )
+                .map_err(|e| invalid(&c.name, format!("body: {e}")))?,
+            ),
+            None => None,
+        };
+        let mut expectations = Vec::with_capacity(c.expect_json.len());
+        for (i, e) in c.expect_json.iter().enumerate() {
+            let rule = match &e.rule {
+                Rule::Equals(v) => Rule::Equals(
+                    check::render_json(&format!("expect_json[{i}].equals"), v, &vars)
+                        .map_err(|m| invalid(&c.name, m))?,
+                ),
+                other => other.clone(),
+            };
+            expectations.push(FieldExpectation {
+                field: e.field.clone(),
+                rule,
+            });
+        }
+        let method = reqwest::Method::from_bytes(c.method.as_bytes()).map_err(|_| {
+            invalid(
+                &c.name,
+                format!("method: {:?} is not an HTTP method", c.method),
+            )
+        })?;
+        Ok(Prepared {
+            method,
+            url,
+            headers,
+            body,
+            expectations,
+            secrets,
+        })
+    }
+
+    /// One attempt: `Ok(detail)` when it passed, `Err(reason)` when not.
+    async fn attempt(&self, p: &Prepared) -> (Duration, std::result::Result<String, String>) {
+        let c = &self.check;
+        let mut req = self
+            .client
+            .request(p.method.clone(), &p.url)
+            .headers(p.headers.clone())
+            .timeout(c.timeout);
+        if let Some(body) = &p.body {
+            req = req
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body.clone());
+        }
+        let start = Instant::now();
+        let resp = match req.send().await {
+            Ok(r) => r,
+            Err(e) => {
+                let took = start.elapsed();
+                let why = if e.is_timeout() {
+                    format!("no answer within {}", humantime::format_duration(c.timeout))
+                } else if e.is_connect() {
+                    format!("cannot connect: {}", chain(&e.without_url()))
+                } else {
+                    format!("request failed: {}", chain(&e.without_url()))
+                };
+                return (took, Err(why));
+            }
+        };
+        let status = resp.status().as_u16();
+        let body = resp.bytes().await;
+        let took = start.elapsed();
+        let body = match body {
+            Ok(b) => b,
+            Err(e) => {
+                return (
+                    took,
+                    Err(format!(
+                        "HTTP {status}, reading the body failed: {}",
+                        chain(&e.without_url())
+                    )),
+                )
+            }
+        };
+        if status != c.expect_status {
+            return (
+                took,
+                Err(format!(
+                    "expected HTTP {}, got {status}: {}",
+                    c.expect_status,
+                    snippet(&body)
+                )),
+            );
+        }
+        let mut observed = vec![format!("HTTP {status}")];
+        if !p.expectations.is_empty() {
+            let json: serde_json::Value = match serde_json::from_slice(&body) {
+                Ok(v) => v,
+                Err(e) => {
+                    return (
+                        took,
+                        Err(format!(
+                            "HTTP {status}, but the body is not JSON ({e}): {}",
+                            snippet(&body)
+                        )),
+                    )
+                }
+            };
+            for e in &p.expectations {
+                match judge(&json, e) {
+                    Ok(seen) => observed.push(seen),
+                    Err(why) => return (took, Err(format!("HTTP {status}, but {why}"))),
+                }
+            }
+        }
+        if let Some(budget) = c.latency_budget {
+            if took > budget {
+                return (
+                    took,
+                    Err(format!(
+                        "HTTP {status} in {}ms, over its latency budget of {}ms",
+                        took.as_millis(),
+                        budget.as_millis()
+                    )),
+                );
+            }
+        }
+        (took, Ok(observed.join(", ")))
+    }
+}
+
+struct Prepared {
+    method: reqwest::Method,
+    url: String,
+    headers: reqwest::header::HeaderMap,
+    body: Option<Vec<u8>>,
+    expectations: Vec<FieldExpectation>,
+    /// Secret values sent with this request, to redact from every text.
+    secrets: Vec<String>,
+}
+
+impl Prepared {
+    fn redact(&self, text: &str) -> String {
+        let mut out = text.to_string();
+        for s in &self.secrets {
+            out = out.replace(s.as_str(), REDACTED);
+        }
+        out
+    }
+}
+
+fn judge(json: &serde_json::Value, e: &FieldExpectation) -> std::result::Result<String, String> {
+    let found = check::lookup_path(json, &e.field);
+    match (&e.rule, found) {
+        (Rule::Exists(true), Some(v)) => Ok(format!("{} = {}", e.field, short(v))),
+        (Rule::Exists(true), None) => Err(format!("{} is missing", e.field)),
+        (Rule::Exists(false), None) => Ok(format!("{} absent", e.field)),
+        (Rule::Exists(false), Some(v)) => {
+            Err(format!("{} should be absent, got {}", e.field, short(v)))
+        }
+        (_, None) => Err(format!("{} is missing (expected {e})", e.field)),
+        (Rule::Equals(want), Some(v)) if v == want => Ok(format!("{} = {}", e.field, short(v))),
+        (Rule::Equals(want), Some(v)) => {
+            Err(format!("{}: expected {want}, got {}", e.field, short(v)))
+        }
+        (Rule::LessThan(n), Some(v)) => match v.as_f64() {
+            Some(x) if x < *n => Ok(format!("{} = {x}", e.field)),
+            Some(x) => Err(format!("{}: expected < {n}, got {x}", e.field)),
+            None => Err(format!(
+                "{}: expected a number < {n}, got {}",
+                e.field,
+                short(v)
+            )),
+        },
+        (Rule::GreaterThan(n), Some(v)) => match v.as_f64() {
+            Some(x) if x > *n => Ok(format!("{} = {x}", e.field)),
+            Some(x) => Err(format!("{}: expected > {n}, got {x}", e.field)),
+            None => Err(format!(
+                "{}: expected a number > {n}, got {}",
+                e.field,
+                short(v)
+            )),
+        },
+    }
+}
+
+fn short(v: &serde_json::Value) -> String {
+    let s = v.to_string();
+    if s.chars().count() > 80 {
+        format!("{}…", s.chars().take(80).collect::<String>())
+    } else {
+        s
+    }
+}
+
+fn snippet(body: &[u8]) -> String {
+    let s = String::from_utf8_lossy(body);
+    let s = s.trim();
+    if s.is_empty() {
+        "(empty body)".into()
+    } else if s.chars().count() > 200 {
+        format!("{}…", s.chars().take(200).collect::<String>())
+    } else {
+        s.to_string()
+    }
+}
+
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let t = s.to_string();
+        if !parts.iter().any(|p| p.contains(&t)) {
+            parts.push(t);
+        }
+        cur = s.source();
+    }
+    parts.join(": ")
+}
+
+#[async_trait]
+impl SmokeTest for HttpSmokeTest {
+    fn name(&self) -> &str {
+        &self.check.name
+    }
+
+    /// Runs the check against `target`, retrying a failed attempt up to
+    /// `retries` times with doubling backoff. A failed check is `Ok` with
+    /// `passed: false` and the last reason; `Err` is for a check that cannot
+    /// run (an unknown template variable, no base URL, a missing secret).
+    /// The duration is the latency of the last attempt; secrets are redacted
+    /// from every detail.
+    async fn run(&self, target: &SmokeTarget) -> Result<SmokeOutcome> {
+        let c = &self.check;
+        let p = self.prepare(target).await?;
+        let attempts = c.retries.saturating_add(1);
+        let mut wait = c.backoff;
+        let mut last = (Duration::ZERO, String::new());
+        for n in 1..=attempts {
+            let (took, result) = self.attempt(&p).await;
+            match result {
+                Ok(detail) => {
+                    let detail = if n > 1 {
+                        format!("{detail} (attempt {n} of {attempts})")
+                    } else {
+                        detail
+                    };
+                    return Ok(SmokeOutcome {
+                        passed: true,
+                        duration: took,
+                        detail: p.redact(&detail),
+                    });
+                }
+                Err(why) => {
+                    let why = p.redact(&why);
+                    tracing::info!(check = %c.name, attempt = n, attempts, reason = %why, "smoke test attempt failed");
+                    last = (took, why);
+                }
+            }
+            if n < attempts {
+                tokio::time::sleep(wait).await;
+                wait = wait.saturating_mul(2);
+            }
+        }
+        let (took, why) = last;
+        Ok(SmokeOutcome {
+            passed: false,
+            duration: took,
+            detail: if attempts > 1 {
+                format!("{why} (after {attempts} attempts)")
+            } else {
+                why
+            },
+        })
+    }
+}
