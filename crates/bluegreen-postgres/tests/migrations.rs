@@ -1,0 +1,452 @@
+//! The migration runner against a real PostgreSQL server: phases, the
+//! ledger, dirty detection, the runner lock, CONCURRENTLY, changed files,
+//! verification and revert.
+
+mod common;
+
+use std::time::Duration;
+
+use bluegreen_core::{ErrorKind, MigrationPhase, MigrationRunner};
+use bluegreen_postgres::{
+    Expectation, LedgerState, PostgresMigrations, Resolution, VerificationQuery,
+};
+use common::*;
+use tokio_postgres::Client;
+
+async fn admin(db: &bluegreen_postgres::Database) -> Client {
+    db.connect().await.expect("connect to the test database")
+}
+
+async fn scalar_i64(c: &Client, sql: &str) -> i64 {
+    c.query_one(sql, &[]).await.unwrap().get(0)
+}
+
+/// Waits until a backend of `db` runs a query containing `needle`; returns its pid.
+async fn backend_running(c: &Client, db: &str, needle: &str) -> i32 {
+    for _ in 0..600 {
+        let row = c
+            .query_opt(
+                "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND state = 'active' AND query LIKE $2 AND pid <> pg_backend_pid()",
+                &[&db, &format!("%{needle}%")],
+            )
+            .await
+            .unwrap();
+        if let Some(r) = row {
+            return r.get(0);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no backend of {db} ran a query containing {needle} within 30s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expand_runs_only_expand_and_contract_only_contract_with_ids_in_the_ledger() {
+    let db = fresh_database("phases").await;
+    let backups = tempfile::tempdir().unwrap();
+    let r = runner(&db, ORDERS, &backups);
+
+    let plan = r.dry_run().await.unwrap();
+    let listed: Vec<(u64, MigrationPhase)> = plan.iter().map(|p| (p.version, p.phase)).collect();
+    assert_eq!(listed, vec![(1, EXPAND), (25, EXPAND), (26, CONTRACT)]);
+    assert!(plan[2].to_string().contains("irreversible"), "{}", plan[2]);
+
+    let mut ctx = ctx("order-api-2.5.0");
+    ctx.backup_id = Some("orders-20240501T120000000Z".into());
+    assert_eq!(versions(&r.apply(EXPAND, &ctx).await.unwrap()), vec![1, 25]);
+    let status = r.status().await.unwrap();
+    assert_eq!(versions(&status.applied), vec![1, 25]);
+    assert_eq!(versions(&status.pending), vec![26]);
+    let c = admin(&db).await;
+    assert_eq!(
+        scalar_i64(&c, "SELECT count(*) FROM information_schema.columns WHERE table_name = 'orders' AND column_name = 'legacy_status'").await,
+        1,
+        "the contract step has not run during expand"
+    );
+
+    assert_eq!(versions(&r.apply(CONTRACT, &ctx).await.unwrap()), vec![26]);
+    assert_eq!(r.dry_run().await.unwrap(), vec![]);
+    let ledger = r.ledger().await.unwrap();
+    assert_eq!(ledger.len(), 3);
+    for e in &ledger {
+        assert_eq!(e.state, LedgerState::Applied);
+        assert_eq!(e.deployment_id.as_deref(), Some("order-api-2.5.0"));
+        assert_eq!(e.backup_id.as_deref(), Some("orders-20240501T120000000Z"));
+        assert_eq!(e.checksum.len(), 64);
+    }
+    let e26 = ledger.iter().find(|e| e.version == 26).unwrap();
+    assert!(!e26.reversible);
+    assert_eq!(e26.phase, CONTRACT);
+
+    let refused = r.revert(&[26, 25], &ctx).await.unwrap_err();
+    assert_eq!(refused.kind(), ErrorKind::Conflict);
+    assert!(
+        refused
+            .to_string()
+            .contains("0026_drop_legacy_status.up.sql is irreversible"),
+        "{refused}"
+    );
+    assert_eq!(
+        versions(&r.status().await.unwrap().applied),
+        vec![1, 25, 26],
+        "nothing was reverted"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_killed_mid_migration_leaves_a_dirty_state_the_next_run_reports() {
+    let db = fresh_database("killed_no_tx").await;
+    let backups = tempfile::tempdir().unwrap();
+    let files = [
+        ("0001_orders.up.sql", "CREATE TABLE orders (id bigint PRIMARY KEY);"),
+        (
+            "0002_slow_backfill.up.sql",
+            "-- bluegreen: no-transaction\nCREATE TABLE audit (id bigint);\nSELECT pg_sleep(60);\nCREATE TABLE audit_done (id bigint);",
+        ),
+    ];
+    let r = runner(&db, &files, &backups);
+    let c = admin(&db).await;
+    let dbname = db.dbname().to_string();
+    let run = tokio::spawn(async move {
+        let ctx = ctx("deploy-killed");
+        r.apply(EXPAND, &ctx).await
+    });
+    let pid = backend_running(&c, &dbname, "pg_sleep(60)").await;
+    let killed: bool = c
+        .query_one("SELECT pg_terminate_backend($1)", &[&pid])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(killed);
+    let err = run.await.unwrap().expect_err("the killed run fails");
+    assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
+
+    let next = runner(&db, &files, &backups);
+    let dirty = next
+        .status()
+        .await
+        .expect_err("the next run detects the dirty migration");
+    assert_eq!(dirty.kind(), ErrorKind::Conflict);
+    let msg = dirty.to_string();
+    assert!(
+        msg.contains("0002_slow_backfill.up.sql") && msg.contains("dirty"),
+        "{msg}"
+    );
+    assert!(msg.contains("after 1 of 3 statements"), "{msg}");
+    assert!(msg.contains("deploy-killed"), "{msg}");
+    let refused = next.apply(EXPAND, &ctx("deploy-next")).await.unwrap_err();
+    assert_eq!(
+        refused.kind(),
+        ErrorKind::Conflict,
+        "apply refuses too: {refused}"
+    );
+    let ledger = next.ledger().await.unwrap();
+    let row = ledger.iter().find(|e| e.version == 2).unwrap();
+    assert!(row.is_dirty());
+    assert_eq!((row.statements_done, row.statements_total), (1, 3));
+
+    // A human repairs it and records the outcome; the migration is pending again.
+    c.batch_execute("DROP TABLE audit").await.unwrap();
+    next.resolve_dirty(2, Resolution::NotApplied).await.unwrap();
+    assert_eq!(versions(&next.status().await.unwrap().pending), vec![2]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transactional_migration_killed_mid_way_rolls_back_and_is_reported_as_interrupted() {
+    let db = fresh_database("killed_tx").await;
+    let backups = tempfile::tempdir().unwrap();
+    let files = [(
+        "0001_orders.up.sql",
+        "CREATE TABLE orders (id bigint PRIMARY KEY);\nSELECT pg_sleep(60);",
+    )];
+    let r = runner(&db, &files, &backups);
+    let c = admin(&db).await;
+    let dbname = db.dbname().to_string();
+    let run = tokio::spawn(async move { r.apply(EXPAND, &ctx("deploy-killed")).await });
+    let pid = backend_running(&c, &dbname, "pg_sleep(60)").await;
+    c.execute("SELECT pg_terminate_backend($1)", &[&pid])
+        .await
+        .unwrap();
+    run.await.unwrap().expect_err("the killed run fails");
+
+    let next = runner(&db, &files, &backups);
+    let row = next
+        .ledger()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|e| e.version == 1)
+        .unwrap();
+    assert!(row.was_interrupted() && !row.is_dirty(), "{row:?}");
+    assert_eq!(row.state, LedgerState::Applying);
+    assert_eq!(row.deployment_id.as_deref(), Some("deploy-killed"));
+    assert_eq!(
+        scalar_i64(
+            &c,
+            "SELECT count(*) FROM pg_tables WHERE tablename = 'orders'"
+        )
+        .await,
+        0,
+        "the transaction was rolled back"
+    );
+    assert_eq!(versions(&next.status().await.unwrap().pending), vec![1]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_runner_waits_for_the_lock_then_fails_naming_the_holder() {
+    let db = fresh_database("two_runners").await;
+    let backups = tempfile::tempdir().unwrap();
+    let files = [(
+        "0001_slow.up.sql",
+        "CREATE TABLE t (id int);\nSELECT pg_sleep(4);",
+    )];
+    let first = runner(&db, &files, &backups);
+    let second = runner(&db, &files, &backups);
+    let c = admin(&db).await;
+    let dbname = db.dbname().to_string();
+    let run = tokio::spawn(async move { first.apply(EXPAND, &ctx("deploy-first")).await });
+    let holder_pid = backend_running(&c, &dbname, "pg_sleep(4)").await;
+
+    let err = second
+        .apply(EXPAND, &ctx("deploy-second"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::LeaseHeld, "{err}");
+    let msg = err.to_string();
+    assert!(msg.contains(&format!("pid {holder_pid}")), "{msg}");
+    assert!(
+        msg.contains("deployment deploy-first"),
+        "names the holder's application_name: {msg}"
+    );
+    assert!(msg.contains("gave up after waiting 2s"), "{msg}");
+
+    assert_eq!(
+        versions(&run.await.unwrap().unwrap()),
+        vec![1],
+        "the first runner finished"
+    );
+    assert!(second
+        .apply(EXPAND, &ctx("deploy-second"))
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_index_concurrently_runs_statement_by_statement() {
+    let db = fresh_database("concurrently").await;
+    let backups = tempfile::tempdir().unwrap();
+    let files = [
+        ("0001_orders.up.sql", "CREATE TABLE orders (id bigint PRIMARY KEY, customer bigint);\nINSERT INTO orders SELECT g, g % 10 FROM generate_series(1, 1000) g;"),
+        (
+            "0002_orders_customer_idx.up.sql",
+            "-- bluegreen: no-transaction, reversible\nCREATE INDEX CONCURRENTLY orders_customer_idx ON orders (customer);\nANALYZE orders;",
+        ),
+        ("0002_orders_customer_idx.down.sql", "-- bluegreen: no-transaction\nDROP INDEX CONCURRENTLY orders_customer_idx;"),
+    ];
+    let r = runner(&db, &files, &backups);
+    let ctx = ctx("deploy-idx");
+    assert_eq!(versions(&r.apply(EXPAND, &ctx).await.unwrap()), vec![1, 2]);
+    let c = admin(&db).await;
+    let valid: bool = c
+        .query_one(
+            "SELECT indisvalid FROM pg_index WHERE indexrelid = 'orders_customer_idx'::regclass",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(valid, "the concurrently built index is valid");
+    let row = r
+        .ledger()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|e| e.version == 2)
+        .unwrap();
+    assert!(row.no_transaction);
+    assert_eq!((row.statements_done, row.statements_total), (2, 2));
+
+    assert_eq!(versions(&r.revert(&[2], &ctx).await.unwrap()), vec![2]);
+    assert_eq!(
+        scalar_i64(
+            &c,
+            "SELECT count(*) FROM pg_indexes WHERE indexname = 'orders_customer_idx'"
+        )
+        .await,
+        0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_applied_file_is_refused_naming_the_file() {
+    let db = fresh_database("changed_file").await;
+    let backups = tempfile::tempdir().unwrap();
+    let v1 = [(
+        "0001_orders.up.sql",
+        "CREATE TABLE orders (id bigint PRIMARY KEY);",
+    )];
+    runner(&db, &v1, &backups)
+        .apply(EXPAND, &ctx("d1"))
+        .await
+        .unwrap();
+
+    let v2 = [
+        (
+            "0001_orders.up.sql",
+            "CREATE TABLE orders (id bigint PRIMARY KEY, note text);",
+        ),
+        ("0002_more.up.sql", "CREATE TABLE more (id int);"),
+    ];
+    let changed = runner(&db, &v2, &backups);
+    for e in [
+        changed.status().await.unwrap_err(),
+        changed.apply(EXPAND, &ctx("d2")).await.unwrap_err(),
+    ] {
+        assert_eq!(e.kind(), ErrorKind::Conflict);
+        assert!(
+            e.to_string()
+                .contains("applied migration file 0001_orders.up.sql was changed"),
+            "{e}"
+        );
+    }
+    let c = admin(&db).await;
+    assert_eq!(
+        scalar_i64(
+            &c,
+            "SELECT count(*) FROM pg_tables WHERE tablename = 'more'"
+        )
+        .await,
+        0,
+        "nothing ran"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_row_count_invariant_fails_verification_and_the_migration_reverts() {
+    let db = fresh_database("row_count").await;
+    let backups = tempfile::tempdir().unwrap();
+    runner(&db, &ORDERS[..2], &backups)
+        .apply(EXPAND, &ctx("order-api-2.4.0"))
+        .await
+        .unwrap();
+
+    let files = [
+        ORDERS[0],
+        ORDERS[1],
+        (
+            "0025_add_order_metadata.up.sql",
+            "-- bluegreen: reversible\nALTER TABLE orders ADD COLUMN order_metadata jsonb;\nDELETE FROM orders WHERE id = 3;",
+        ),
+        ("0025_add_order_metadata.down.sql", "ALTER TABLE orders DROP COLUMN order_metadata;"),
+    ];
+    let column_check = |phase, expect| {
+        VerificationQuery {
+        name: "column orders.order_metadata exists".into(),
+        phase,
+        sql: "SELECT column_name FROM information_schema.columns WHERE table_name = 'orders' AND column_name = 'order_metadata'".into(),
+        expect,
+    }
+    };
+    let r: PostgresMigrations = runner(&db, &files, &backups)
+        .with_check(column_check(EXPAND, Expectation::Rows))
+        .with_check(VerificationQuery {
+            name: "orders count".into(),
+            phase: EXPAND,
+            sql: "SELECT count(*) FROM orders".into(),
+            expect: Expectation::Value("3".into()),
+        })
+        .with_row_count_invariant(EXPAND, "orders");
+    let ctx = ctx("order-api-2.5.0");
+    assert_eq!(versions(&r.apply(EXPAND, &ctx).await.unwrap()), vec![25]);
+    let checks = r.verify(EXPAND, &ctx).await.unwrap();
+    let by = |name: &str| {
+        checks
+            .iter()
+            .find(|c| c.name.contains(name))
+            .unwrap_or_else(|| panic!("{name} in {checks:?}"))
+    };
+    assert!(by("every expand migration is applied").passed);
+    assert!(by("column orders.order_metadata exists").passed);
+    let inv = by("row count of orders");
+    assert!(!inv.passed, "{inv:?}");
+    assert_eq!(inv.detail, "orders: 3 rows before, 2 after");
+    let value = by("orders count");
+    assert!(!value.passed);
+    assert_eq!(value.detail, "expected 3, got 2");
+
+    // The rollback path: revert the expand migration, newest first.
+    assert_eq!(versions(&r.revert(&[25], &ctx).await.unwrap()), vec![25]);
+    let c = admin(&db).await;
+    assert_eq!(
+        scalar_i64(&c, "SELECT count(*) FROM information_schema.columns WHERE table_name = 'orders' AND column_name = 'order_metadata'").await,
+        0
+    );
+    let row = r
+        .ledger()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|e| e.version == 25)
+        .unwrap();
+    assert_eq!(row.state, LedgerState::Reverted);
+    assert_eq!(row.reverted_by.as_deref(), Some("order-api-2.5.0"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lock_not_available_is_retried_with_backoff_until_the_lock_frees() {
+    let db = fresh_database("lock_retry").await;
+    let backups = tempfile::tempdir().unwrap();
+    let files = [
+        (
+            "0001_orders.up.sql",
+            "CREATE TABLE orders (id bigint PRIMARY KEY);",
+        ),
+        (
+            "0002_add_col.up.sql",
+            "-- bluegreen: lock_timeout=100ms\nALTER TABLE orders ADD COLUMN note text;",
+        ),
+    ];
+    let r = runner(&db, &files[..1], &backups);
+    r.apply(EXPAND, &ctx("d1")).await.unwrap();
+
+    // Another session holds a lock on orders for a while.
+    let mut blocker = admin(&db).await;
+    let tx = blocker.transaction().await.unwrap();
+    tx.batch_execute("LOCK TABLE orders IN ACCESS SHARE MODE")
+        .await
+        .unwrap();
+    let r = runner(&db, &files, &backups);
+    let run = tokio::spawn(async move { r.apply(EXPAND, &ctx("d2")).await.map(|m| (m, r)) });
+    let watcher = admin(&db).await;
+    // Wait until the runner has failed at least once on the lock, then free it.
+    for _ in 0..600 {
+        let attempts = watcher
+            .query_opt(
+                "SELECT attempts FROM bluegreen_migrations WHERE version = 2",
+                &[],
+            )
+            .await
+            .unwrap()
+            .map(|r| r.get::<_, i32>(0))
+            .unwrap_or(0);
+        if attempts >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tx.rollback().await.unwrap();
+    let (applied, r) = run
+        .await
+        .unwrap()
+        .expect("the migration succeeds once the lock is free");
+    assert_eq!(versions(&applied), vec![2]);
+    let row = r
+        .ledger()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|e| e.version == 2)
+        .unwrap();
+    assert_eq!(row.state, LedgerState::Applied);
+    assert!(row.attempts >= 2, "it was retried: {row:?}");
+}
