@@ -7,7 +7,7 @@
 # Exports:
 #   BLUEGREEN_TEST_PG_URL  postgres://bluegreen:...@127.0.0.1:PORT/bluegreen
 #                          (superuser: each test creates a database of its own)
-#   BLUEGREEN_TEST_PG_CA   the PEM certificate the server presents (CN=localhost)
+#   BLUEGREEN_TEST_PG_CA   the PEM CA certificate that signed the server's (CN=localhost)
 
 pg_bin_dir() {
   local d
@@ -67,10 +67,15 @@ if [ ! -f "$PG_DATA/PG_VERSION" ]; then
     -E UTF8 --locale=C.UTF-8 >"$PG_DIR/initdb.log" 2>&1 ||
     { cat "$PG_DIR/initdb.log" >&2; return 1; }
 fi
-if [ ! -f "$PG_TLS/server.crt" ]; then
-  openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=localhost" \
-    -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
-    -keyout "$PG_TLS/server.key" -out "$PG_TLS/server.crt" >/dev/null 2>&1
+if [ ! -f "$PG_TLS/ca.crt" ] || [ ! -f "$PG_TLS/server.crt" ]; then
+  # A private CA and a server certificate it signs (CN=localhost, SAN localhost and 127.0.0.1).
+  openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=bluegreen test CA" \
+    -keyout "$PG_TLS/ca.key" -out "$PG_TLS/ca.crt" >/dev/null 2>&1
+  openssl req -newkey rsa:2048 -nodes -subj "/CN=localhost" \
+    -keyout "$PG_TLS/server.key" -out "$PG_TLS/server.csr" >/dev/null 2>&1
+  printf 'basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\nsubjectAltName=DNS:localhost,IP:127.0.0.1\n' >"$PG_TLS/server.ext"
+  openssl x509 -req -in "$PG_TLS/server.csr" -CA "$PG_TLS/ca.crt" -CAkey "$PG_TLS/ca.key" -CAcreateserial \
+    -days 3650 -extfile "$PG_TLS/server.ext" -out "$PG_TLS/server.crt" >/dev/null 2>&1
   if [ "$PG_OS_USER" = postgres ]; then chown postgres: "$PG_TLS/server.key" "$PG_TLS/server.crt"; fi
   chmod 600 "$PG_TLS/server.key"
 fi
@@ -95,4 +100,4 @@ SELECT 'CREATE DATABASE bluegreen OWNER bluegreen'
 SQL
 
 export BLUEGREEN_TEST_PG_URL="postgres://bluegreen:$PG_PASSWORD@127.0.0.1:$PG_PORT/bluegreen"
-export BLUEGREEN_TEST_PG_CA="$PG_TLS/server.crt"
+export BLUEGREEN_TEST_PG_CA="$PG_TLS/ca.crt"
