@@ -119,7 +119,7 @@ async fn inconsistent_migration_files_are_refused_before_anything_runs() {
 
 fn with_password(url: &str, password: &str) -> String {
     // postgres://user:password@host:port/db
-    let (scheme_user, rest) = url.split_once(':').map(|(s, r)| (s, r)).unwrap();
+    let (scheme_user, rest) = url.split_once(':').unwrap();
     let rest = rest.trim_start_matches("//");
     let (user, after) = rest.split_once(':').unwrap();
     let (_, hostpart) = after.split_once('@').unwrap();
