@@ -1,6 +1,6 @@
 #![doc = include_str!("../README.md")]
 
-mod client;
+pub(crate) mod client;
 pub mod query;
 mod secrets;
 pub mod series;
@@ -17,7 +17,7 @@ use bluegreen_core::{
 use reqwest::Method;
 use serde::Serialize;
 
-use client::{error_text, Auth, Call, Http, Keys, RateLimitPolicy, PROVIDER};
+use client::{Auth, Call, Http, Keys, RateLimitPolicy, PROVIDER};
 pub use query::QueryApi;
 pub use secrets::{EnvSecrets, API_KEY_ENV, APP_KEY_ENV};
 pub use site::{Site, SITE_ENV};
@@ -280,23 +280,9 @@ impl Datadog {
             })
             .await?
             .0;
-        let resp: series::V1Response = parse(op, "GET /api/v1/query", &body)?;
-        if resp.status.as_deref() == Some("error")
-            || resp.error.as_deref().is_some_and(|e| !e.is_empty())
-        {
-            return Err(rejected(
-                op,
-                &q.check,
-                resp.error.as_deref().unwrap_or("status error"),
-            ));
-        }
-        let points = resp.into_points().map_err(|m| {
-            invalid(
-                op,
-                format!("GET /api/v1/query answered an impossible series: {m}"),
-            )
-        })?;
-        Ok(self.finish(q, &points))
+        let answer = series::decode_v1(&body, q, self.inner.settle)?;
+        log_answer(q, &answer);
+        Ok(answer)
     }
 
     async fn query_v2(
@@ -344,67 +330,27 @@ impl Datadog {
             })
             .await?
             .0;
-        let resp: series::V2Response = parse(op, "POST /api/v2/query/timeseries", &body)?;
-        let errors = resp
-            .errors
-            .as_ref()
-            .map(|e| error_text(e.to_string().as_bytes()))
-            .map(|e| e.trim_matches('"').to_string())
-            .filter(|e| !e.is_empty() && e != "null");
-        let attributes = resp.data.and_then(|d| d.attributes);
-        let has_series = attributes.as_ref().is_some_and(|a| !a.series.is_empty());
-        if let Some(e) = &errors {
-            if !has_series {
-                return Err(rejected(op, &q.check, e));
-            }
-            tracing::warn!(check = %q.check, error = %e, "Datadog answered with an error beside its series");
-        }
-        let points = match attributes {
-            Some(a) => a.into_points(interval).map_err(|m| {
-                invalid(
-                    op,
-                    format!("POST /api/v2/query/timeseries answered an impossible series: {m}"),
-                )
-            })?,
-            None => Vec::new(),
-        };
-        Ok(self.finish(q, &points))
-    }
-
-    fn finish(&self, q: &MetricQuery, points: &[series::Points]) -> MetricAnswer {
-        let (answer, dropped) = series::answer(points, q.to, self.inner.settle);
-        tracing::debug!(
-            check = %q.check,
-            series = points.len(),
-            null = dropped.null,
-            incomplete = dropped.incomplete,
-            samples = match &answer {
-                MetricAnswer::Samples { samples } => samples.len(),
-                MetricAnswer::NoData { .. } => 0,
-            },
-            "Datadog answer"
-        );
-        answer
+        let answer = series::decode_v2(&body, q, interval, self.inner.settle)?;
+        log_answer(q, &answer);
+        Ok(answer)
     }
 }
 
-fn parse<'a, T: serde::Deserialize<'a>>(op: &'static str, what: &str, body: &'a [u8]) -> Result<T> {
-    serde_json::from_slice(body)
-        .map_err(|e| invalid(op, format!("{what} answered malformed JSON: {e}")))
+fn log_answer(q: &MetricQuery, answer: &MetricAnswer) {
+    match answer {
+        MetricAnswer::Samples { samples } => {
+            tracing::debug!(check = %q.check, samples = samples.len(), "Datadog answer")
+        }
+        MetricAnswer::NoData { reason } => {
+            tracing::debug!(check = %q.check, reason = %reason, "Datadog answer: no data")
+        }
+    }
 }
 
 fn invalid(op: &'static str, message: String) -> Error {
     Error::invalid_response(message)
         .with_provider(PROVIDER)
         .with_operation(op)
-}
-
-fn rejected(op: &'static str, check: &str, text: &str) -> Error {
-    Error::invalid_input(format!(
-        "Datadog rejected the query of check {check}: {text}"
-    ))
-    .with_provider(PROVIDER)
-    .with_operation(op)
 }
 
 #[async_trait]

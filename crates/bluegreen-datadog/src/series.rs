@@ -22,7 +22,7 @@
 
 use std::time::Duration;
 
-use bluegreen_core::{MetricAnswer, Sample, Timestamp};
+use bluegreen_core::{Error, MetricAnswer, MetricQuery, Result, Sample, Timestamp};
 use serde::{Deserialize, Serialize};
 
 /// `GET /api/v1/query`: the parts of the response that are used.
@@ -216,6 +216,97 @@ impl V2Attributes {
         }
         Ok(out)
     }
+}
+
+fn invalid(message: String) -> Error {
+    Error::invalid_response(message)
+        .with_provider(crate::client::PROVIDER)
+        .with_operation("query")
+}
+
+fn rejected(check: &str, text: &str) -> Error {
+    Error::invalid_input(format!(
+        "Datadog rejected the query of check {check}: {text}"
+    ))
+    .with_provider(crate::client::PROVIDER)
+    .with_operation("query")
+}
+
+/// Decodes a `GET /api/v1/query` response body into the answer to `query`,
+/// applying the rules above. The client uses it for every v1 answer; it also
+/// replays recorded answers (in tests, or simulations under paused time,
+/// where no network call can be made).
+///
+/// Errors: malformed JSON or an impossible series is
+/// [`ErrorKind::InvalidResponse`](bluegreen_core::ErrorKind::InvalidResponse);
+/// `status: "error"` is [`ErrorKind::InvalidInput`](bluegreen_core::ErrorKind::InvalidInput)
+/// with Datadog's error text.
+pub fn decode_v1(body: &[u8], query: &MetricQuery, settle: Duration) -> Result<MetricAnswer> {
+    let resp: V1Response = serde_json::from_slice(body)
+        .map_err(|e| invalid(format!("GET /api/v1/query answered malformed JSON: {e}")))?;
+    if resp.status.as_deref() == Some("error")
+        || resp.error.as_deref().is_some_and(|e| !e.is_empty())
+    {
+        return Err(rejected(
+            &query.check,
+            resp.error.as_deref().unwrap_or("status error"),
+        ));
+    }
+    let points = resp.into_points().map_err(|m| {
+        invalid(format!(
+            "GET /api/v1/query answered an impossible series: {m}"
+        ))
+    })?;
+    Ok(logged(query, answer(&points, query.to, settle)))
+}
+
+/// Decodes a `POST /api/v2/query/timeseries` response body into the answer
+/// to `query`, as [`decode_v1`] does; `interval_ms` is the rollup interval
+/// the request asked for, if any.
+pub fn decode_v2(
+    body: &[u8],
+    query: &MetricQuery,
+    interval_ms: Option<u64>,
+    settle: Duration,
+) -> Result<MetricAnswer> {
+    let resp: V2Response = serde_json::from_slice(body).map_err(|e| {
+        invalid(format!(
+            "POST /api/v2/query/timeseries answered malformed JSON: {e}"
+        ))
+    })?;
+    let errors = resp
+        .errors
+        .as_ref()
+        .map(|e| crate::client::error_text(e.to_string().as_bytes()))
+        .map(|e| e.trim_matches('"').to_string())
+        .filter(|e| !e.is_empty() && e != "null");
+    let attributes = resp.data.and_then(|d| d.attributes);
+    let has_series = attributes.as_ref().is_some_and(|a| !a.series.is_empty());
+    if let Some(e) = &errors {
+        if !has_series {
+            return Err(rejected(&query.check, e));
+        }
+        tracing::warn!(check = %query.check, error = %e, "Datadog answered with an error beside its series");
+    }
+    let points = match attributes {
+        Some(a) => a.into_points(interval_ms).map_err(|m| {
+            invalid(format!(
+                "POST /api/v2/query/timeseries answered an impossible series: {m}"
+            ))
+        })?,
+        None => Vec::new(),
+    };
+    Ok(logged(query, answer(&points, query.to, settle)))
+}
+
+fn logged(query: &MetricQuery, (answer, dropped): (MetricAnswer, Dropped)) -> MetricAnswer {
+    tracing::debug!(
+        check = %query.check,
+        null = dropped.null,
+        incomplete = dropped.incomplete,
+        "Datadog points left out"
+    );
+    answer
 }
 
 /// What was left out of an answer, for logs and the `NoData` reason.
