@@ -326,9 +326,13 @@ fn the_reference_deployment_expands_before_scale_up_and_contracts_after_the_old_
             .find(|d| d.id == "sim-1")
             .expect("the deployment is journaled in Postgres");
         assert_eq!(d.outcome.as_deref(), Some("succeeded"));
-        assert_eq!(
-            d.records as usize,
-            s.journal.read("sim-1").await.unwrap().len()
+        let entries = s.journal.read("sim-1").await.unwrap();
+        assert_eq!(d.records as usize, entries.len());
+        assert!(
+            entries.iter().any(|e| serde_json::to_string(&e.record)
+                .unwrap()
+                .contains(backup_id.as_str())),
+            "the backup is recorded in the deployment journal"
         );
     });
 }
