@@ -422,8 +422,8 @@ pub fn event_tags(n: &Notification) -> Vec<String> {
 impl EventSink for Datadog {
     /// Posts the notification to `POST /api/v1/events` with its `alert_type`
     /// and tags, aggregated by deployment id. Never waits on a rate limit and
-    /// gives up after the event timeout. A failure is logged here (without
-    /// keys) and returned; the engine never fails a deployment for it.
+    /// gives up after the event timeout. A failure is returned (without
+    /// keys); the engine logs it and never fails or holds a deployment for it.
     async fn notify(&self, n: &Notification) -> Result<()> {
         let op = "notify";
         let body = EventBody {
@@ -455,7 +455,7 @@ impl EventSink for Datadog {
         match result {
             Ok(_) => Ok(()),
             Err(e) => {
-                tracing::warn!(
+                tracing::debug!(
                     deployment = %n.deployment_id,
                     title = %n.title,
                     error = %e,

@@ -274,12 +274,18 @@ pub fn decode_v2(
             "POST /api/v2/query/timeseries answered malformed JSON: {e}"
         ))
     })?;
-    let errors = resp
-        .errors
-        .as_ref()
-        .map(|e| crate::client::error_text(e.to_string().as_bytes()))
-        .map(|e| e.trim_matches('"').to_string())
-        .filter(|e| !e.is_empty() && e != "null");
+    let errors = match &resp.errors {
+        Some(serde_json::Value::String(e)) => Some(e.clone()),
+        Some(serde_json::Value::Array(a)) => Some(
+            a.iter()
+                .map(|e| e.as_str().map_or_else(|| e.to_string(), str::to_string))
+                .collect::<Vec<_>>()
+                .join("; "),
+        ),
+        Some(serde_json::Value::Null) | None => None,
+        Some(other) => Some(other.to_string()),
+    }
+    .filter(|e| !e.trim().is_empty());
     let attributes = resp.data.and_then(|d| d.attributes);
     let has_series = attributes.as_ref().is_some_and(|a| !a.series.is_empty());
     if let Some(e) = &errors {

@@ -638,3 +638,22 @@ async fn a_failed_event_is_an_error_without_waiting_or_leaking() {
     assert_eq!(e.operation(), "notify");
     assert_no_keys(&e);
 }
+
+#[tokio::test]
+async fn v2_an_error_text_without_series_is_a_rejected_query() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/api/v2/query/timeseries"))
+        .respond_with(json(200, "v2_rejected.json"))
+        .mount(&server)
+        .await;
+    let e = client(&server)
+        .query(&q("a = p96:x{*}; b = sum:y{*}; a / b"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidInput);
+    assert_eq!(
+        e.message(),
+        "Datadog rejected the query of check error-rate: Error parsing query: unknown metric aggregator 'p96'"
+    );
+}

@@ -129,6 +129,12 @@ fn an_incomplete_last_point_above_the_threshold_does_not_roll_back() {
         "{served} open points served"
     );
     for m in &report.measurements {
+        // The engine filled the plan's template into Datadog's tag scope.
+        assert!(
+            m.query.contains("{service:order-api,color:blue}"),
+            "{}",
+            m.query
+        );
         assert!(
             m.samples.iter().all(|s| s.value == healthy(&m.check)),
             "{}: used {:?}",
