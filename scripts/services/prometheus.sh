@@ -47,14 +47,21 @@ if ! wait_for_port "$PROM_PORT" 60 prometheus; then
   exit 1
 fi
 # Listening is not ready: wait for /-/ready (bounded).
+PROM_READY=no
 for ((i = 0; i < 300; i++)); do
   if (exec 3<>"/dev/tcp/127.0.0.1/$PROM_PORT" &&
     printf 'GET /-/ready HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n' >&3 &&
     head -n 1 <&3 | grep -q ' 200') 2>/dev/null; then
+    PROM_READY=yes
     break
   fi
   sleep 0.1
 done
+if [ "$PROM_READY" != yes ]; then
+  echo "scripts/test: prometheus on 127.0.0.1:$PROM_PORT was not ready within 30s" >&2
+  tail -n 20 "$PROM_DIR/prometheus.log" >&2 || true
+  exit 1
+fi
 export BLUEGREEN_TEST_PROMETHEUS_URL="http://127.0.0.1:${PROM_PORT}"
 export BLUEGREEN_TEST_PROM_SCRAPE_PORT
 echo "scripts/test: prometheus at $BLUEGREEN_TEST_PROMETHEUS_URL scraping 127.0.0.1:$BLUEGREEN_TEST_PROM_SCRAPE_PORT"
