@@ -126,7 +126,7 @@ impl EcsComputeBuilder {
             container: self.container,
             poll_interval: self.poll_interval,
             prepared: Mutex::new(HashMap::new()),
-            versions: Mutex::new(HashMap::new()),
+            task_definitions: Mutex::new(HashMap::new()),
         })
     }
 }
@@ -175,8 +175,9 @@ pub struct EcsCompute {
     container: Option<String>,
     poll_interval: Duration,
     prepared: Mutex<HashMap<Color, Prepared>>,
-    /// Task-definition ARN -> release version (from [`VERSION_TAG`]), or None.
-    versions: Mutex<HashMap<String, Option<String>>>,
+    /// Task definitions by ARN, with their tags. A revision never changes, so
+    /// each is described once.
+    task_definitions: Mutex<HashMap<String, (TaskDefinition, Vec<Tag>)>>,
 }
 
 impl std::fmt::Debug for EcsCompute {
@@ -327,6 +328,14 @@ impl EcsCompute {
         arn: &str,
         operation: &'static str,
     ) -> Result<(TaskDefinition, Vec<Tag>)> {
+        if let Some(found) = self
+            .task_definitions
+            .lock()
+            .expect("task definitions lock")
+            .get(arn)
+        {
+            return Ok(found.clone());
+        }
         let out = self
             .ecs
             .describe_task_definition()
@@ -350,25 +359,21 @@ impl EcsCompute {
             .with_provider(PROVIDER)
             .with_operation(operation)
         })?;
+        self.task_definitions
+            .lock()
+            .expect("task definitions lock")
+            .insert(arn.to_string(), (td.clone(), tags.clone()));
         Ok((td, tags))
     }
 
     /// The release version the task definition `arn` carries, from its
-    /// [`VERSION_TAG`] tag; looked up once per ARN, then remembered.
+    /// [`VERSION_TAG`] tag (described once per ARN).
     async fn version_of(&self, arn: &str, operation: &'static str) -> Result<Option<String>> {
-        if let Some(v) = self.versions.lock().expect("versions lock").get(arn) {
-            return Ok(v.clone());
-        }
         let (_, tags) = self.describe_task_definition(arn, operation).await?;
-        let version = tags
+        Ok(tags
             .iter()
             .find(|t| t.key.as_deref() == Some(VERSION_TAG))
-            .and_then(|t| t.value.clone());
-        self.versions
-            .lock()
-            .expect("versions lock")
-            .insert(arn.to_string(), version.clone());
-        Ok(version)
+            .and_then(|t| t.value.clone()))
     }
 
     async fn status_from(
@@ -661,6 +666,7 @@ impl ComputeProvider for EcsCompute {
                         .value(&release.version)
                         .build(),
                 );
+                let registered_tags = new_tags.clone();
                 let family = td.family.clone().unwrap_or_default();
                 let out = self
                     .ecs
@@ -702,10 +708,12 @@ impl ComputeProvider for EcsCompute {
                         .with_provider(PROVIDER)
                         .with_operation(OP)
                     })?;
-                self.versions
-                    .lock()
-                    .expect("versions lock")
-                    .insert(arn.clone(), Some(release.version.clone()));
+                if let Some(registered) = out.task_definition.clone() {
+                    self.task_definitions
+                        .lock()
+                        .expect("task definitions lock")
+                        .insert(arn.clone(), (registered, registered_tags));
+                }
                 tracing::info!(provider = PROVIDER, %color, task_definition = %arn, version = %release.version, "registered task definition");
                 Prepared {
                     arn,

@@ -370,11 +370,17 @@ fn a_good_release_promotes_and_leaves_blue_live_green_at_zero_and_autoscaling_as
     let blue = on_aws(stage.provider.status(Color::Blue)).unwrap();
     assert_eq!(blue.version.as_deref(), Some("2.5.0"));
     assert!(blue.is_stable_at(3), "{blue:?}");
-    assert!(
-        stage.calls.count("ecs:RegisterTaskDefinition") == 1,
-        "{:?}",
-        stage.calls.counts()
-    );
+    // Each write once; each revision described once.
+    for (op, n) in [
+        ("ecs:RegisterTaskDefinition", 1),
+        ("ecs:DescribeTaskDefinition", 1),
+        ("ecs:UpdateService", 3), // prepare (at zero), scale blue up, scale green down
+        ("elasticloadbalancing:ModifyRule", 1),
+        ("application-autoscaling:RegisterScalableTarget", 4), // suspend and restore, both colors
+        ("secretsmanager:DescribeSecret", 5),
+    ] {
+        assert_eq!(stage.calls.count(op), n, "{op}: {:?}", stage.calls.counts());
+    }
     assert_eq!(
         stage.calls.count("secretsmanager:GetSecretValue"),
         0,
