@@ -555,7 +555,7 @@ impl BlueGreen {
         let mut notifications: FuturesUnordered<Fire> = FuturesUnordered::new();
         let mut queue: Vec<Input> = Vec::new();
         if machine.outcome().is_none() {
-            if self.resume {
+            if self.resume && *machine.stage() != crate::machine::Stage::Pending {
                 for c in first {
                     self.dispatch(&machine, c, &mut inflight, &mut notifications);
                 }
@@ -612,7 +612,9 @@ impl BlueGreen {
             let sleep = async {
                 match wake {
                     Some(at) => {
-                        let d = at.since(self.clock.now());
+                        // At least a millisecond, so a timer the machine has
+                        // nothing to do for yet can never spin the loop.
+                        let d = at.since(self.clock.now()).max(Duration::from_millis(1));
                         tokio::time::sleep(d).await
                     }
                     None => std::future::pending::<()>().await,

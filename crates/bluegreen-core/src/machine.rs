@@ -495,7 +495,12 @@ impl Stage {
             Stage::ScaleUp => "scale_up".into(),
             Stage::WaitStable => "wait_stable".into(),
             Stage::SmokeTests => "smoke_tests".into(),
-            Stage::Shift { percent, .. } => format!("shift_{percent}"),
+            Stage::Shift {
+                percent,
+                confirming: false,
+                ..
+            } => format!("shift_{percent}"),
+            Stage::Shift { percent, .. } => format!("confirm_shift_{percent}"),
             Stage::Watch { step, .. } => format!("watch_step_{step}"),
             Stage::Evaluate { point, .. } => match point {
                 EvalPoint::Step { step } => format!("evaluate_step_{step}"),
@@ -849,7 +854,9 @@ impl Machine {
             }
         };
         consider(self.deadline.map(|d| d.0));
-        consider(self.next_poll);
+        if !self.stage_pending() {
+            consider(self.next_poll);
+        }
         match &self.stage {
             Stage::Watch { until, .. }
             | Stage::Analysis { until }
@@ -859,11 +866,11 @@ impl Machine {
         }
         if self.monitoring_since.is_some() && !self.rolling_back() {
             for (i, at) in self.next_measure.iter().enumerate() {
-                if !self.monitor_pending(&Monitor::Check(i)) {
+                if self.has_metric_trigger(i) && !self.monitor_pending(&Monitor::Check(i)) {
                     consider(Some(*at));
                 }
             }
-            if !self.monitor_pending(&Monitor::Health) {
+            if self.has_health_trigger() && !self.monitor_pending(&Monitor::Health) {
                 consider(self.next_health);
             }
         }
@@ -1148,12 +1155,17 @@ impl Machine {
             | Stage::ScaleDownDelay { .. } => {}
             Stage::Evaluate { from, .. } => {
                 self.final_results.clear();
+                // The window is the phase's; a wait cut short by a human is
+                // still judged on at least one measurement window of evidence.
                 let to = self.now;
-                let from = if to > from {
-                    from
-                } else {
-                    Timestamp(to.0.saturating_sub(1))
-                };
+                let longest = self
+                    .plan
+                    .analysis
+                    .iter()
+                    .map(|c| c.measurement_window())
+                    .max()
+                    .unwrap_or_default();
+                let from = from.min(to.since_start(longest));
                 for i in 0..self.plan.analysis.len() {
                     let query = self.render_query(i);
                     self.issue(Action::Measure {
@@ -1563,10 +1575,7 @@ impl Machine {
         let now = self.now;
         let new = self.new_color();
         for i in 0..self.plan.analysis.len() {
-            let has_trigger = self.plan.rollback_triggers.iter().any(
-                |t| matches!(t, RollbackTrigger::Metric { check, .. } if *check == self.plan.analysis[i].name),
-            );
-            if !has_trigger
+            if !self.has_metric_trigger(i)
                 || now < self.next_measure[i]
                 || self.monitor_pending(&Monitor::Check(i))
             {
@@ -1588,12 +1597,7 @@ impl Machine {
                 },
             );
         }
-        let health_trigger = self
-            .plan
-            .rollback_triggers
-            .iter()
-            .any(|t| matches!(t, RollbackTrigger::UnhealthyTargets { .. }));
-        if health_trigger
+        if self.has_health_trigger()
             && self.next_health.is_some_and(|t| now >= t)
             && !self.monitor_pending(&Monitor::Health)
         {
@@ -1603,6 +1607,21 @@ impl Machine {
                 Action::ReadTargetHealth { color: new },
             );
         }
+    }
+
+    fn has_metric_trigger(&self, check: usize) -> bool {
+        let name = &self.plan.analysis[check].name;
+        self.plan
+            .rollback_triggers
+            .iter()
+            .any(|t| matches!(t, RollbackTrigger::Metric { check, .. } if check == name))
+    }
+
+    fn has_health_trigger(&self) -> bool {
+        self.plan
+            .rollback_triggers
+            .iter()
+            .any(|t| matches!(t, RollbackTrigger::UnhealthyTargets { .. }))
     }
 
     fn start_monitoring(&mut self) {
@@ -2004,7 +2023,7 @@ impl Machine {
                             None => problems.push(format!(
                                 "{}: its last rotation is unknown; the policy is every {}",
                                 s.name,
-                                humantime::format_duration(max)
+                                days(max)
                             )),
                             Some(at) => {
                                 let age = self.now.since(at);
@@ -2012,10 +2031,8 @@ impl Machine {
                                     problems.push(format!(
                                         "{}: last rotated {} ago, the policy is every {}",
                                         s.name,
-                                        humantime::format_duration(Duration::from_secs(
-                                            age.as_secs() / 3600 * 3600
-                                        )),
-                                        humantime::format_duration(max)
+                                        days(age),
+                                        days(max)
                                     ));
                                 }
                             }
@@ -2243,6 +2260,16 @@ impl Machine {
             }
         }
         self.advance();
+    }
+}
+
+/// A duration in whole days (or hours below a day), for rotation policies.
+fn days(d: Duration) -> String {
+    let h = d.as_secs() / 3600;
+    if h >= 24 {
+        format!("{} days", h / 24)
+    } else {
+        format!("{h} hours")
     }
 }
 

@@ -37,6 +37,7 @@ pub enum Fault {
 struct Rule {
     op: String,
     call: Option<u32>,
+    onwards: bool,
     fault: Fault,
 }
 
@@ -82,6 +83,17 @@ impl Faults {
         lock(&self.rules).push(Rule {
             op: op.into(),
             call: Some(call),
+            onwards: false,
+            fault,
+        });
+    }
+
+    /// Call number `first` (0-based) of `op` and every later one get `fault`.
+    pub fn inject_from(&self, op: &str, first: u32, fault: Fault) {
+        lock(&self.rules).push(Rule {
+            op: op.into(),
+            call: Some(first),
+            onwards: true,
             fault,
         });
     }
@@ -91,6 +103,7 @@ impl Faults {
         lock(&self.rules).push(Rule {
             op: op.into(),
             call: None,
+            onwards: false,
             fault,
         });
     }
@@ -116,7 +129,7 @@ impl Faults {
         };
         let fault = lock(&self.rules)
             .iter()
-            .find(|r| r.op == op && r.call.is_none_or(|c| c == n))
+            .find(|r| r.op == op && r.call.is_none_or(|c| c == n || (r.onwards && n >= c)))
             .map(|r| r.fault.clone());
         let (provider, operation) = op.split_once('.').unwrap_or(("fake", op));
         let err = |e: Error| {

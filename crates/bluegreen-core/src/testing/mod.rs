@@ -28,7 +28,8 @@ pub use fakes::{
 };
 
 use crate::color::{Color, Timestamp};
-use crate::driver::{BlueGreen, Builder, RetryPolicy, TokioClock};
+use crate::driver::{BlueGreen, Builder, ControlHandle, RetryPolicy, TokioClock};
+use crate::machine::Event;
 use crate::journal::MemoryJournal;
 use crate::plan::{
     defaults, MigrationSettings, Plan, Preflight, Release, RequiredSecret,
@@ -123,6 +124,9 @@ pub struct Fakes {
     pub events: Arc<RecordingEvents>,
     /// The journal.
     pub journal: Arc<MemoryJournal>,
+    /// The simulation clock, shared by every deployment built from these fakes
+    /// (so a resumed deployment continues in the same time line).
+    pub clock: Arc<TokioClock>,
 }
 
 impl Fakes {
@@ -164,6 +168,7 @@ impl Fakes {
             secrets: Arc::new(secrets),
             events: Arc::new(RecordingEvents::new(faults.clone())),
             journal: Arc::new(MemoryJournal::new()),
+            clock: Arc::new(TokioClock::starting_at(SIMULATION_EPOCH)),
             world,
             faults,
         }
@@ -187,7 +192,7 @@ impl Fakes {
             .secrets(self.secrets.clone())
             .events(self.events.clone())
             .journal(self.journal.clone())
-            .clock(Arc::new(TokioClock::starting_at(SIMULATION_EPOCH)))
+            .clock(self.clock.clone())
             .retry(RetryPolicy {
                 max_attempts: 3,
                 initial_backoff: Duration::from_millis(200),
@@ -211,6 +216,15 @@ impl Fakes {
 /// If the builder is invalid or the driver fails (lease, journal): a
 /// simulation is a test.
 pub fn simulate(build: impl FnOnce(&Fakes) -> Builder) -> (Report, Fakes) {
+    simulate_with(build, |_, _| {})
+}
+
+/// Like [`simulate`], calling `on_event` with every event as it happens and a
+/// handle to pause, resume, promote or abort: a human, scripted.
+pub fn simulate_with(
+    build: impl FnOnce(&Fakes) -> Builder,
+    mut on_event: impl FnMut(&Event, &ControlHandle),
+) -> (Report, Fakes) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .start_paused(true)
@@ -219,8 +233,26 @@ pub fn simulate(build: impl FnOnce(&Fakes) -> Builder) -> (Report, Fakes) {
     rt.block_on(async {
         let fakes = Fakes::new();
         let deployment = build(&fakes).build().expect("a valid simulation");
-        let report = deployment.run().await.expect("the driver runs to the end");
-        (report, fakes)
+        let control = deployment.control();
+        let mut events = deployment.subscribe();
+        let run = deployment.run();
+        tokio::pin!(run);
+        loop {
+            tokio::select! {
+                biased;
+                ev = events.recv() => {
+                    if let Ok(ev) = ev {
+                        on_event(&ev.event, &control);
+                    }
+                }
+                report = &mut run => {
+                    while let Ok(ev) = events.try_recv() {
+                        on_event(&ev.event, &control);
+                    }
+                    return (report.expect("the driver runs to the end"), fakes);
+                }
+            }
+        }
     })
 }
 

@@ -1,0 +1,165 @@
+//! Invariant 6: a deployer killed at any journal append resumes to the same
+//! outcome without repeating a non-idempotent action.
+#![cfg(feature = "testing")]
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bluegreen_core::journal::{DeploymentSummary, Journal, JournalEntry, Lease, Record};
+use bluegreen_core::testing::{reference_plan, Change, Fakes};
+use bluegreen_core::{Error, Outcome, Result, Timestamp};
+
+/// A journal that "kills the process" after `allowed` appends: every later
+/// call fails, as if the deployer had died right there.
+struct Killed {
+    inner: Arc<dyn Journal>,
+    allowed: AtomicUsize,
+}
+
+#[async_trait]
+impl Journal for Killed {
+    async fn acquire(&self, s: &str, h: &str, ttl: Duration, now: Timestamp) -> Result<Lease> {
+        self.inner.acquire(s, h, ttl, now).await
+    }
+    async fn renew(&self, l: &Lease, ttl: Duration, now: Timestamp) -> Result<Lease> {
+        self.inner.renew(l, ttl, now).await
+    }
+    async fn release(&self, _l: &Lease) -> Result<()> {
+        Ok(()) // a killed process releases nothing
+    }
+    async fn append(&self, l: &Lease, d: &str, at: Timestamp, r: &Record) -> Result<u64> {
+        if self
+            .allowed
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_err()
+        {
+            return Err(Error::unavailable("killed"));
+        }
+        self.inner.append(l, d, at, r).await
+    }
+    async fn read(&self, d: &str) -> Result<Vec<JournalEntry>> {
+        self.inner.read(d).await
+    }
+    async fn deployments(&self, s: Option<String>) -> Result<Vec<DeploymentSummary>> {
+        self.inner.deployments(s).await
+    }
+}
+
+/// The changes that must happen exactly as often as in an uninterrupted run.
+fn effects(f: &Fakes) -> Vec<Change> {
+    f.world
+        .changes()
+        .into_iter()
+        .filter(|c| {
+            matches!(
+                c,
+                Change::Split(_)
+                    | Change::Scaled(..)
+                    | Change::Prepared(..)
+                    | Change::Migrated(..)
+                    | Change::Reverted(_)
+            )
+        })
+        .collect()
+}
+
+fn scenario(bad: bool) -> impl Fn(&Fakes) {
+    move |f: &Fakes| {
+        f.metrics.constant("p95-latency", 200.0);
+        f.metrics.script("error-rate", move |q, _| {
+            Some(if bad && q.query.contains("color:blue") { 0.08 } else { 0.002 })
+        });
+    }
+}
+
+fn run(script: &dyn Fn(&Fakes), crash_after: Option<usize>) -> (Option<Outcome>, Vec<Change>, usize) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let f = Fakes::new();
+        script(&f);
+        if let Some(allowed) = crash_after {
+            let killed = Arc::new(Killed {
+                inner: f.journal.clone(),
+                allowed: AtomicUsize::new(allowed),
+            });
+            let first = f.builder(reference_plan()).journal(killed).build().unwrap().run().await;
+            assert!(first.is_err(), "the deployer was killed after {allowed} appends");
+            // Some time passes before the operator runs `resume`.
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            let report = f
+                .builder(reference_plan())
+                .resume("sim-1")
+                .build()
+                .unwrap()
+                .run()
+                .await
+                .expect("resume runs to the end");
+            (report.outcome, effects(&f), report.records)
+        } else {
+            let report = f.builder(reference_plan()).build().unwrap().run().await.unwrap();
+            (report.outcome, effects(&f), report.records)
+        }
+    })
+}
+
+fn killed_at_every_append_point_resumes_to_the_same_outcome(bad: bool) {
+    let script = scenario(bad);
+    let (outcome, baseline, records) = run(&script, None);
+    assert!(records > 20, "{records}");
+    let expected = if bad { "rolled_back" } else { "succeeded" };
+    assert_eq!(outcome.as_ref().unwrap().name(), expected);
+    for allowed in 1..records {
+        let (o, changes, _) = run(&script, Some(allowed));
+        assert_eq!(
+            o.as_ref().map(Outcome::name),
+            Some(expected),
+            "killed after {allowed} of {records} appends: {o:?}"
+        );
+        assert_eq!(
+            changes, baseline,
+            "killed after {allowed} of {records} appends: every effect exactly once"
+        );
+    }
+}
+
+#[test]
+fn a_good_release_killed_at_every_append_point_resumes_to_success() {
+    killed_at_every_append_point_resumes_to_the_same_outcome(false);
+}
+
+#[test]
+fn a_bad_release_killed_at_every_append_point_resumes_to_the_same_rollback() {
+    killed_at_every_append_point_resumes_to_the_same_outcome(true);
+}
+
+#[test]
+fn resume_refuses_a_journal_of_a_different_plan() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let f = Fakes::new();
+        scenario(false)(&f);
+        let killed = Arc::new(Killed {
+            inner: f.journal.clone(),
+            allowed: AtomicUsize::new(10),
+        });
+        let _ = f.builder(reference_plan()).journal(killed).build().unwrap().run().await;
+        let mut other = reference_plan();
+        other.release.version = "2.6.0".into();
+        let err = match f.builder(other).resume("sim-1").build().unwrap().run().await {
+            Err(e) => e,
+            Ok(_) => panic!("resume with another plan must be refused"),
+        };
+        assert!(err.to_string().contains("different plan"), "{err}");
+        assert!(err.to_string().contains("2.5.0"), "{err}");
+    });
+}
