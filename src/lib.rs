@@ -1,1 +1,39 @@
+#![doc = include_str!("../README.md")]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub use bluegreen_core::*;
+
+/// The core crate, under its own name.
+pub use bluegreen_core as core;
+
+/// ECS `ComputeProvider` (feature `ecs`).
+#[cfg(feature = "ecs")]
+pub use bluegreen_ecs as ecs;
+
+/// ALB `TrafficRouter` (feature `alb`).
+#[cfg(feature = "alb")]
+pub use bluegreen_alb as alb;
+
+/// Secrets Manager `SecretSource` (feature `secretsmanager`).
+#[cfg(feature = "secretsmanager")]
+pub use bluegreen_secretsmanager as secretsmanager;
+
+/// Postgres migrations, backups and journal (feature `postgres`).
+#[cfg(feature = "postgres")]
+pub use bluegreen_postgres as postgres;
+
+/// Datadog metrics and events (feature `datadog`).
+#[cfg(feature = "datadog")]
+pub use bluegreen_datadog as datadog;
+
+/// Prometheus metrics (feature `prometheus`).
+#[cfg(feature = "prometheus")]
+pub use bluegreen_prometheus as prometheus;
+
+/// HTTP smoke tests and health checks (feature `http`).
+#[cfg(feature = "http")]
+pub use bluegreen_http as http;
+
+/// The embedded local provider (feature `local`).
+#[cfg(feature = "local")]
+pub use bluegreen_local as local;

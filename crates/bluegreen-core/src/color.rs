@@ -229,8 +229,17 @@ mod tests {
 
     #[test]
     fn live_color_only_when_one_color_has_everything() {
-        assert_eq!(TrafficSplit::all_on(Color::Green).live_color(), Some(Color::Green));
-        assert_eq!(TrafficSplit::with_percent(Color::Blue, 10).live_color(), None);
-        assert_eq!(TrafficSplit::with_percent(Color::Blue, 10).percent(Color::Green), 90);
+        assert_eq!(
+            TrafficSplit::all_on(Color::Green).live_color(),
+            Some(Color::Green)
+        );
+        assert_eq!(
+            TrafficSplit::with_percent(Color::Blue, 10).live_color(),
+            None
+        );
+        assert_eq!(
+            TrafficSplit::with_percent(Color::Blue, 10).percent(Color::Green),
+            90
+        );
     }
 }

@@ -399,9 +399,7 @@ impl Builder {
             journal: self
                 .journal
                 .unwrap_or_else(|| Arc::new(MemoryJournal::new())),
-            clock: self
-                .clock
-                .unwrap_or_else(|| Arc::new(TokioClock::new())),
+            clock: self.clock.unwrap_or_else(|| Arc::new(TokioClock::new())),
             retry: self.retry,
             call_timeout: self.call_timeout,
             holder: self.holder.unwrap_or_else(|| deployment_id.clone()),
@@ -667,8 +665,9 @@ impl BlueGreen {
             backup_id: machine.facts().backup.as_ref().map(|b| b.id.clone()),
         };
         if let Action::Notify { notification } = command.action {
-            for sink in providers.sinks.iter().cloned() {
+            for sink in providers.sinks.iter() {
                 let n = notification.clone();
+                let sink = sink.clone();
                 notifications.push(Box::pin(async move {
                     match tokio::time::timeout(Duration::from_secs(10), sink.notify(&n)).await {
                         Ok(Ok(())) => {}
@@ -756,10 +755,10 @@ fn replay(
         }
     }
     if !started {
-        return Err(Error::not_found(format!(
-            "no journal records for deployment {id}"
-        ))
-        .with_operation("resume"));
+        return Err(
+            Error::not_found(format!("no journal records for deployment {id}"))
+                .with_operation("resume"),
+        );
     }
     Ok(machine.outstanding())
 }
@@ -774,9 +773,9 @@ async fn execute(
 ) -> Result<Reply> {
     let op = action.operation();
     let migrations = || {
-        p.migrations.clone().ok_or_else(|| {
-            Error::invalid_input("the plan migrates but no migration runner is set")
-        })
+        p.migrations
+            .clone()
+            .ok_or_else(|| Error::invalid_input("the plan migrates but no migration runner is set"))
     };
     let r = retry;
     Ok(match action {

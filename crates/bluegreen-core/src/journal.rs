@@ -176,7 +176,10 @@ impl Ledger {
                 }
             }
             Line::Entry { entry } => {
-                let n = self.next_seq.entry(entry.deployment_id.clone()).or_insert(1);
+                let n = self
+                    .next_seq
+                    .entry(entry.deployment_id.clone())
+                    .or_insert(1);
                 *n = (*n).max(entry.seq + 1);
                 self.entries.push(entry);
             }
@@ -246,7 +249,11 @@ impl Ledger {
         record: &Record,
     ) -> Result<(u64, Line)> {
         self.check_current(lease, "append")?;
-        if let Some(e) = self.entries.iter().find(|e| e.deployment_id == deployment_id) {
+        if let Some(e) = self
+            .entries
+            .iter()
+            .find(|e| e.deployment_id == deployment_id)
+        {
             if e.service != lease.service {
                 return Err(Error::invalid_input(format!(
                     "deployment {deployment_id} belongs to service {}, not {}",
@@ -563,7 +570,8 @@ impl FileJournal {
                 bytes.push(b'\n');
                 (&f).write_all(&bytes)
                     .map_err(|e| io_error(&self.path, "append", e))?;
-                f.sync_data().map_err(|e| io_error(&self.path, "fsync", e))?;
+                f.sync_data()
+                    .map_err(|e| io_error(&self.path, "fsync", e))?;
                 st.offset += bytes.len() as u64;
                 st.lines += 1;
                 st.ledger.apply(line);
@@ -667,23 +675,19 @@ mod tests {
             let j = FileJournal::open(&path).unwrap();
             let lease = j.acquire("svc", "a", TTL, Timestamp(0)).await.unwrap();
             for _ in 0..3 {
-                j.append(&lease, "d1", Timestamp(1), &tick())
-                    .await
-                    .unwrap();
+                j.append(&lease, "d1", Timestamp(1), &tick()).await.unwrap();
             }
         }
         let mut f = OpenOptions::new().append(true).open(&path).unwrap();
-        f.write_all(br#"{"line":"entry","entry":{"seq":4,"deploym"#).unwrap();
+        f.write_all(br#"{"line":"entry","entry":{"seq":4,"deploym"#)
+            .unwrap();
         drop(f);
         let j = FileJournal::open(&path).unwrap();
         let torn = j.torn_tail().expect("torn tail reported");
         assert_eq!(torn.line, 5);
         assert_eq!(j.read("d1").await.unwrap().len(), 3);
         let lease = j.acquire("svc", "a", TTL, Timestamp(2)).await.unwrap();
-        let seq = j
-            .append(&lease, "d1", Timestamp(3), &tick())
-            .await
-            .unwrap();
+        let seq = j.append(&lease, "d1", Timestamp(3), &tick()).await.unwrap();
         assert_eq!(seq, 4);
         let again = FileJournal::open(&path).unwrap();
         assert!(again.torn_tail().is_none());
@@ -694,7 +698,11 @@ mod tests {
     async fn a_damaged_middle_line_names_the_line() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("j.jsonl");
-        std::fs::write(&path, "{\"line\":\"released\",\"service\":\"s\",\"token\":1}\nnot json\n{}\n").unwrap();
+        std::fs::write(
+            &path,
+            "{\"line\":\"released\",\"service\":\"s\",\"token\":1}\nnot json\n{}\n",
+        )
+        .unwrap();
         let err = FileJournal::open(&path).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Corrupt);
         assert!(err.to_string().contains("line 2"), "{err}");

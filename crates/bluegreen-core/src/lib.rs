@@ -14,10 +14,10 @@ pub use plan::{Plan, Release};
 pub use provider::*;
 pub mod journal;
 pub use journal::{FileJournal, Journal, JournalEntry, Lease, MemoryJournal, Record};
-#[cfg(feature = "testing")]
-pub mod testing;
 pub mod driver;
 pub mod report;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub use driver::{BlueGreen, Builder, Clock, ControlHandle, RetryPolicy, TokioClock};
 pub use machine::{Control, Outcome};
 pub use report::Report;

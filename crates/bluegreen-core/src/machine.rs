@@ -30,9 +30,9 @@ use crate::plan::{
     render_template, Gate, InconclusivePolicy, Plan, RequiredSecret, RollbackTrigger, TrafficStep,
 };
 use crate::provider::{
-    AutoscalingState, BackupRecord, BackupVerification, ComputeStatus, MetricAnswer,
-    MigrationInfo, MigrationPhase, Notification, Rollout, Severity, SecretMetadata, SmokeOutcome,
-    TargetHealth, VerificationCheck,
+    AutoscalingState, BackupRecord, BackupVerification, ComputeStatus, MetricAnswer, MigrationInfo,
+    MigrationPhase, Notification, Rollout, SecretMetadata, Severity, SmokeOutcome, TargetHealth,
+    VerificationCheck,
 };
 
 /// A command id, unique within one deployment.
@@ -1436,10 +1436,16 @@ impl Machine {
         self.next_poll = None;
         self.monitoring_since = None;
         let (title, severity, tag) = match &outcome {
-            Outcome::Succeeded => ("Deployment Complete", Severity::Success, "deployment:success"),
-            Outcome::RolledBack { .. } => {
-                ("Deployment Rolled Back", Severity::Warning, "deployment:rolled_back")
-            }
+            Outcome::Succeeded => (
+                "Deployment Complete",
+                Severity::Success,
+                "deployment:success",
+            ),
+            Outcome::RolledBack { .. } => (
+                "Deployment Rolled Back",
+                Severity::Warning,
+                "deployment:rolled_back",
+            ),
             Outcome::Halted { .. } => ("Deployment Halted", Severity::Error, "deployment:halted"),
         };
         let text = match &outcome {
@@ -1601,7 +1607,7 @@ impl Machine {
             && self.next_health.is_some_and(|t| now >= t)
             && !self.monitor_pending(&Monitor::Health)
         {
-            self.next_health = Some(now.after(self.plan.timing.poll_interval));
+            self.next_health = Some(now.after(self.plan.timing.health_interval));
             self.issue_as(
                 Pending::Monitor(Monitor::Health),
                 Action::ReadTargetHealth { color: new },
@@ -1638,9 +1644,7 @@ impl Machine {
 
     fn on_control(&mut self, control: Control) {
         let effect: String = match &control {
-            Control::Pause if self.rolling_back() => {
-                "refused: a rollback is never paused".into()
-            }
+            Control::Pause if self.rolling_back() => "refused: a rollback is never paused".into(),
             Control::Pause => {
                 self.paused = true;
                 "paused: the deployment holds at the next phase boundary; monitoring and rollback triggers stay active".into()
@@ -1862,7 +1866,16 @@ impl Machine {
             | (Action::Prepare { .. }, Reply::Done)
             | (Action::RestoreAutoscaling { .. }, Reply::Done) => {}
             (Action::Scale { .. }, Reply::Done) => {}
-            (Action::Measure { check, query, from, to, kind }, Reply::Metric { answer }) => {
+            (
+                Action::Measure {
+                    check,
+                    query,
+                    from,
+                    to,
+                    kind,
+                },
+                Reply::Metric { answer },
+            ) => {
                 let Some(c) = self.plan.check(&check).cloned() else {
                     return;
                 };
@@ -1986,7 +1999,6 @@ impl Machine {
     }
 }
 
-
 impl Machine {
     fn finish_preflight(&mut self) {
         let Some(old) = self.facts.old else {
@@ -2012,9 +2024,9 @@ impl Machine {
         for s in secrets {
             match checks.iter().find(|c| c.name == s.name) {
                 None => problems.push(format!("{}: not checked", s.name)),
-                Some(SecretCheck {
-                    error: Some(e), ..
-                }) => problems.push(format!("{}: {}", s.name, e.message)),
+                Some(SecretCheck { error: Some(e), .. }) => {
+                    problems.push(format!("{}: {}", s.name, e.message))
+                }
                 Some(SecretCheck {
                     metadata: Some(m), ..
                 }) => {
@@ -2075,7 +2087,9 @@ impl Machine {
             SmokeScope::Color(c) if Some(c) == self.facts.new => {
                 format!("smoke tests on the new color {c}")
             }
-            SmokeScope::Color(c) => format!("smoke tests on the old color {c} after restoring traffic"),
+            SmokeScope::Color(c) => {
+                format!("smoke tests on the old color {c} after restoring traffic")
+            }
         };
         self.fail(Reason::new(format!(
             "{what}: {} of {} failed: {}",
@@ -2206,13 +2220,18 @@ impl Machine {
     fn decide_evaluation(&mut self, point: EvalPoint) {
         let results = std::mem::take(&mut self.final_results);
         let acted: Vec<&Measurement> = results.iter().filter(|m| !m.dry_run).collect();
-        for m in results.iter().filter(|m| m.dry_run && m.verdict != Verdict::Pass) {
+        for m in results
+            .iter()
+            .filter(|m| m.dry_run && m.verdict != Verdict::Pass)
+        {
             self.event(Event::DryRun {
                 detail: format!("dry run, not acted on: {}", m.describe()),
             });
         }
         let where_ = match point {
-            EvalPoint::Step { step } => format!("traffic step {} ({}%)", step + 1, self.steps[step].percent),
+            EvalPoint::Step { step } => {
+                format!("traffic step {} ({}%)", step + 1, self.steps[step].percent)
+            }
             EvalPoint::Analysis => "the analysis window".into(),
             EvalPoint::Soak => "the soak".into(),
         };
@@ -2224,7 +2243,10 @@ impl Machine {
         if !failed.is_empty() {
             let evidence = acted.iter().map(|m| (*m).clone()).collect();
             return self.fail(Reason {
-                summary: format!("analysis failed at the end of {where_}: {}", failed.join("; ")),
+                summary: format!(
+                    "analysis failed at the end of {where_}: {}",
+                    failed.join("; ")
+                ),
                 evidence,
             });
         }
@@ -2250,7 +2272,10 @@ impl Machine {
                     let then = self.next_stage();
                     self.notify(
                         "Deployment Paused",
-                        format!("{} {}: {detail}", self.plan.service, self.plan.release.version),
+                        format!(
+                            "{} {}: {detail}",
+                            self.plan.service, self.plan.release.version
+                        ),
                         Severity::Warning,
                         &["deployment:paused"],
                     );

@@ -45,6 +45,10 @@ pub mod defaults {
     pub const CHECK_INTERVAL: Duration = Duration::from_secs(60);
     /// How often compute status is polled while waiting for stability.
     pub const POLL_INTERVAL: Duration = Duration::from_secs(15);
+    /// How often the new color's target health is read while it holds traffic
+    /// (an ALB checks its targets every 30 s by default; reading more often
+    /// feeds the decision nothing new).
+    pub const HEALTH_INTERVAL: Duration = Duration::from_secs(30);
     /// The fewest samples a measurement needs before it counts as evidence.
     pub const MIN_SAMPLES: u32 = 1;
     /// Backup verification: the fewest entries `pg_restore --list` must show.
@@ -622,7 +626,10 @@ impl RollbackTrigger {
                 (None, None) => format!("{check} {breach}"),
             },
             RollbackTrigger::UnhealthyTargets { above, .. } => {
-                format!("more than {}% of the new color's targets unhealthy", above * 100.0)
+                format!(
+                    "more than {}% of the new color's targets unhealthy",
+                    above * 100.0
+                )
             }
             RollbackTrigger::SmokeTestFailed => "any smoke test fails".into(),
         }
@@ -648,6 +655,9 @@ pub struct Timing {
     /// How often compute status is polled while waiting for stability.
     #[serde(default = "d_poll", with = "humantime_serde")]
     pub poll_interval: Duration,
+    /// How often target health is read while the new color holds traffic.
+    #[serde(default = "d_health", with = "humantime_serde")]
+    pub health_interval: Duration,
 }
 
 fn d_analysis() -> Duration {
@@ -665,6 +675,9 @@ fn d_rollback() -> Duration {
 fn d_poll() -> Duration {
     defaults::POLL_INTERVAL
 }
+fn d_health() -> Duration {
+    defaults::HEALTH_INTERVAL
+}
 
 impl Default for Timing {
     fn default() -> Self {
@@ -674,6 +687,7 @@ impl Default for Timing {
             scale_down_delay: defaults::SCALE_DOWN_DELAY,
             rollback_window: defaults::ROLLBACK_WINDOW,
             poll_interval: defaults::POLL_INTERVAL,
+            health_interval: defaults::HEALTH_INTERVAL,
         }
     }
 }
@@ -815,7 +829,11 @@ impl Plan {
         let de = &mut serde_json::Deserializer::from_str(text);
         let plan: Plan = serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
-            let field = if path == "." { "plan".to_string() } else { path };
+            let field = if path == "." {
+                "plan".to_string()
+            } else {
+                path
+            };
             PlanError::new(field, e.into_inner().to_string())
         })?;
         plan.validate()?;
@@ -915,12 +933,10 @@ impl Plan {
                             return Err(PlanError::new(f("consecutive"), "must be at least 1"))
                         }
                         (None, Some(_)) => {}
-                        _ => {
-                            return Err(PlanError::new(
-                                f("for"),
-                                "give exactly one of `for` (a duration) and `consecutive` (a count)",
-                            ))
-                        }
+                        _ => return Err(PlanError::new(
+                            f("for"),
+                            "give exactly one of `for` (a duration) and `consecutive` (a count)",
+                        )),
                     }
                 }
                 RollbackTrigger::UnhealthyTargets { above, consecutive } => {
@@ -941,6 +957,7 @@ impl Plan {
         positive("timing.analysis_window", t.analysis_window)?;
         positive("timing.rollback_window", t.rollback_window)?;
         positive("timing.poll_interval", t.poll_interval)?;
+        positive("timing.health_interval", t.health_interval)?;
         let d = &self.deadlines;
         for (name, v) in [
             ("deadlines.preflight", d.preflight),
@@ -1028,7 +1045,10 @@ fn non_empty(field: &str, v: &str) -> Result<(), PlanError> {
 
 fn positive(field: &str, d: Duration) -> Result<(), PlanError> {
     if d.is_zero() {
-        Err(PlanError::new(field, "must be a positive duration, e.g. \"5m\""))
+        Err(PlanError::new(
+            field,
+            "must be a positive duration, e.g. \"5m\"",
+        ))
     } else {
         Ok(())
     }
@@ -1051,7 +1071,9 @@ fn unique<'a>(field: &str, names: impl Iterator<Item = &'a str>) -> Result<(), P
 pub const TEMPLATE_VARIABLES: [&str; 3] = ["service", "color", "version"];
 
 fn check_template(field: &str, template: &str) -> Result<(), PlanError> {
-    render_template(template, |_| Some("")).map(|_| ()).map_err(|m| PlanError::new(field, m))
+    render_template(template, |_| Some(""))
+        .map(|_| ())
+        .map_err(|m| PlanError::new(field, m))
 }
 
 /// Fills `{name}` placeholders from `lookup`.
@@ -1121,7 +1143,10 @@ mod tests {
         assert_eq!(p.replicas, 3);
         assert_eq!(p.timing.soak, Duration::from_secs(3600));
         assert_eq!(p.check("error-rate").unwrap().success, Condition::lt(0.01));
-        assert_eq!(p.check("p95-latency").unwrap().success, Condition::lt(500.0));
+        assert_eq!(
+            p.check("p95-latency").unwrap().success,
+            Condition::lt(500.0)
+        );
         assert_eq!(
             p.rollback_triggers[0].describe(),
             "error-rate > 0.05 for 5m"
@@ -1167,7 +1192,8 @@ mod tests {
     #[test]
     fn steps_must_add_up_to_100() {
         let mut v = reference_json();
-        v["strategy"] = serde_json::json!({"type": "linear", "step_percent": 30, "step_wait": "1m"});
+        v["strategy"] =
+            serde_json::json!({"type": "linear", "step_percent": 30, "step_wait": "1m"});
         assert_eq!(field_of(v), "strategy.step_percent");
         let mut v = reference_json();
         v["strategy"] = serde_json::json!({"type": "steps", "steps": [

@@ -296,18 +296,29 @@ pub trait MigrationRunner: Send + Sync {
     async fn backup(&self, ctx: &MigrationContext) -> Result<BackupRecord>;
 
     /// Verifies `backup` lists at least `min_entries` entries.
-    async fn verify_backup(&self, backup: &BackupRecord, min_entries: u64)
-        -> Result<BackupVerification>;
+    async fn verify_backup(
+        &self,
+        backup: &BackupRecord,
+        min_entries: u64,
+    ) -> Result<BackupVerification>;
 
-    /// Applies every pending migration of `phase`, in order, and returns the
-    /// ones applied by this call. Idempotent: applied migrations are skipped,
-    /// so a repeat after a crash applies nothing twice.
-    async fn apply(&self, phase: MigrationPhase, ctx: &MigrationContext)
-        -> Result<Vec<MigrationInfo>>;
+    /// Applies every pending migration of `phase`, in order, and returns every
+    /// migration of `phase` applied under `ctx.deployment_id`, including those
+    /// an earlier call of the same deployment applied (so a deployer resumed
+    /// after a crash still knows what to revert). Idempotent: applied
+    /// migrations are skipped, so a repeat applies nothing twice.
+    async fn apply(
+        &self,
+        phase: MigrationPhase,
+        ctx: &MigrationContext,
+    ) -> Result<Vec<MigrationInfo>>;
 
     /// Runs the verification checks of `phase` (user queries, row counts).
-    async fn verify(&self, phase: MigrationPhase, ctx: &MigrationContext)
-        -> Result<Vec<VerificationCheck>>;
+    async fn verify(
+        &self,
+        phase: MigrationPhase,
+        ctx: &MigrationContext,
+    ) -> Result<Vec<VerificationCheck>>;
 
     /// Reverts the given applied migrations, newest first. Idempotent: a
     /// migration already reverted is skipped. Fails with

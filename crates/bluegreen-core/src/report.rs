@@ -174,7 +174,10 @@ impl Report {
                 if health.healthy < health.total {
                     self.decide(
                         at,
-                        format!("{color}: {} of {} targets healthy", health.healthy, health.total),
+                        format!(
+                            "{color}: {} of {} targets healthy",
+                            health.healthy, health.total
+                        ),
                     )
                 }
             }
@@ -215,7 +218,11 @@ impl Report {
     /// The report as Markdown: the reference's "deployment documented".
     pub fn to_markdown(&self) -> String {
         let mut s = String::new();
-        let _ = writeln!(s, "# Deployment {} of {} {}\n", self.deployment_id, self.service, self.version);
+        let _ = writeln!(
+            s,
+            "# Deployment {} of {} {}\n",
+            self.deployment_id, self.service, self.version
+        );
         let _ = writeln!(s, "- Image: `{}`", self.image);
         let _ = writeln!(s, "- Started: {}", self.started_at);
         if let Some(f) = self.finished_at {
@@ -240,8 +247,14 @@ impl Report {
         }
         if let Some(f) = &self.facts {
             let _ = writeln!(s, "\n## Recorded state\n");
-            let color = |c: Option<crate::Color>| c.map_or("unknown".to_string(), |c| c.to_string());
-            let _ = writeln!(s, "- Old color: {}, new color: {}", color(f.old), color(f.new));
+            let color =
+                |c: Option<crate::Color>| c.map_or("unknown".to_string(), |c| c.to_string());
+            let _ = writeln!(
+                s,
+                "- Old color: {}, new color: {}",
+                color(f.old),
+                color(f.new)
+            );
             if let Some(split) = f.confirmed_split {
                 let _ = writeln!(s, "- Traffic (read back): {split}");
             }
@@ -260,14 +273,21 @@ impl Report {
                     m.version,
                     m.name,
                     m.phase,
-                    if m.reversible { "reversible" } else { "irreversible" }
+                    if m.reversible {
+                        "reversible"
+                    } else {
+                        "irreversible"
+                    }
                 );
             }
             for m in &f.reverted {
                 let _ = writeln!(s, "- Migration reverted: {} {}", m.version, m.name);
             }
         }
-        let _ = writeln!(s, "\n## Stages\n\n| stage | started | took |\n|---|---|---|");
+        let _ = writeln!(
+            s,
+            "\n## Stages\n\n| stage | started | took |\n|---|---|---|"
+        );
         for st in &self.stages {
             let took = st
                 .ended_at
@@ -283,7 +303,12 @@ impl Report {
                     SmokeScope::Color(c) => c.to_string(),
                 };
                 let passed = run.results.iter().filter(|r| r.passed()).count();
-                let _ = writeln!(s, "On {scope} at {}: {passed}/{} passed", run.at, run.results.len());
+                let _ = writeln!(
+                    s,
+                    "On {scope} at {}: {passed}/{} passed",
+                    run.at,
+                    run.results.len()
+                );
                 for t in &run.results {
                     match (&t.outcome, &t.error) {
                         (Some(o), _) => {
@@ -328,7 +353,10 @@ impl Report {
         for d in &self.decisions {
             let _ = writeln!(s, "- {}: {}", d.at, d.text);
         }
-        let _ = writeln!(s, "\n## Provider calls\n\n| at | call | detail | result |\n|---|---|---|---|");
+        let _ = writeln!(
+            s,
+            "\n## Provider calls\n\n| at | call | detail | result |\n|---|---|---|---|"
+        );
         for a in &self.actions {
             let _ = writeln!(
                 s,
@@ -348,9 +376,11 @@ fn describe_action(a: &Action) -> String {
         Action::SetSplit { split } => split.to_string(),
         Action::Scale { color, count } => format!("{color} to {count}"),
         Action::Prepare { color } => format!("{color}"),
-        Action::ReadStatus { colors } => {
-            colors.iter().map(|c| c.as_str()).collect::<Vec<_>>().join(", ")
-        }
+        Action::ReadStatus { colors } => colors
+            .iter()
+            .map(|c| c.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
         Action::ReadTargetHealth { color }
         | Action::SuspendAutoscaling { color }
         | Action::RestoreAutoscaling { color, .. } => color.to_string(),
@@ -358,7 +388,10 @@ fn describe_action(a: &Action) -> String {
         Action::Migrate { phase } | Action::VerifyMigrations { phase } => phase.to_string(),
         Action::RevertMigrations { versions } => format!("{versions:?}"),
         Action::Measure { check, query, .. } => format!("{check}: {query}"),
-        Action::VerifyBackup { backup, min_entries } => {
+        Action::VerifyBackup {
+            backup,
+            min_entries,
+        } => {
             format!("{} (at least {min_entries} entries)", backup.id)
         }
         Action::CheckSecrets { secrets } => secrets

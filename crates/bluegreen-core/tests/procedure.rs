@@ -22,7 +22,11 @@ fn healthy(f: &Fakes) {
 /// Blue (the new color) answers `bad`, green `good`.
 fn on_blue(f: &Fakes, check: &str, bad: f64, good: f64) {
     f.metrics.script(check, move |q, _| {
-        Some(if q.query.contains("color:blue") { bad } else { good })
+        Some(if q.query.contains("color:blue") {
+            bad
+        } else {
+            good
+        })
     });
 }
 
@@ -46,7 +50,12 @@ fn the_reference_procedure_promotes_a_good_release_in_order() {
         healthy(f);
         f.builder(reference_plan())
     });
-    assert_eq!(report.outcome, Some(Outcome::Succeeded), "{}", report.to_markdown());
+    assert_eq!(
+        report.outcome,
+        Some(Outcome::Succeeded),
+        "{}",
+        report.to_markdown()
+    );
     assert_eq!(f.world.split(), TrafficSplit::all_on(Color::Blue));
     assert_eq!(f.world.desired(Color::Blue), 3);
     assert_eq!(f.world.desired(Color::Green), 0);
@@ -55,8 +64,12 @@ fn the_reference_procedure_promotes_a_good_release_in_order() {
     let backup = index_of(&c, |x| matches!(x, Change::Backup(_)));
     let expand = index_of(&c, |x| *x == Change::Migrated(25, MigrationPhase::Expand));
     let scale_up = index_of(&c, |x| *x == Change::Scaled(Color::Blue, 3));
-    let smoke = index_of(&c, |x| matches!(x, Change::Smoke(Some(Color::Blue), _, true)));
-    let shift = index_of(&c, |x| *x == Change::Split(TrafficSplit::all_on(Color::Blue)));
+    let smoke = index_of(&c, |x| {
+        matches!(x, Change::Smoke(Some(Color::Blue), _, true))
+    });
+    let shift = index_of(&c, |x| {
+        *x == Change::Split(TrafficSplit::all_on(Color::Blue))
+    });
     let scale_down = index_of(&c, |x| *x == Change::Scaled(Color::Green, 0));
     let contract = index_of(&c, |x| *x == Change::Migrated(26, MigrationPhase::Contract));
     assert!(backup < expand && expand < scale_up && scale_up < smoke);
@@ -75,14 +88,21 @@ fn the_reference_procedure_promotes_a_good_release_in_order() {
         soak.ended_at.unwrap().since(soak.started_at),
         Duration::from_secs(3600)
     );
-    let analysis = report.stages.iter().find(|s| s.stage == "analysis").unwrap();
+    let analysis = report
+        .stages
+        .iter()
+        .find(|s| s.stage == "analysis")
+        .unwrap();
     assert_eq!(
         analysis.ended_at.unwrap().since(analysis.started_at),
         Duration::from_secs(15 * 60)
     );
     let titles: Vec<String> = f.events.sent().iter().map(|n| n.title.clone()).collect();
     assert_eq!(titles.first().map(String::as_str), Some("Deployment Start"));
-    assert_eq!(titles.last().map(String::as_str), Some("Deployment Complete"));
+    assert_eq!(
+        titles.last().map(String::as_str),
+        Some("Deployment Complete")
+    );
     let done = f.events.sent().last().cloned().unwrap();
     assert!(done.tags.contains(&"deployment:success".to_string()));
     assert!(done.tags.contains(&"version:2.5.0".to_string()));
@@ -104,12 +124,21 @@ fn error_rate_above_5_percent_for_five_minutes_rolls_back_traffic_first() {
     let Some(Outcome::RolledBack { reason }) = &report.outcome else {
         unreachable!()
     };
-    assert_eq!(reason.evidence.len(), 5, "five one-minute breaches cover five minutes");
-    assert!(reason.evidence.iter().all(|m| m.value == Some(0.07) && m.breach));
+    assert_eq!(
+        reason.evidence.len(),
+        5,
+        "five one-minute breaches cover five minutes"
+    );
+    assert!(reason
+        .evidence
+        .iter()
+        .all(|m| m.value == Some(0.07) && m.breach));
 
     // Traffic is restored before anything else is touched.
     let c = f.world.changes();
-    let back = index_of(&c, |x| *x == Change::Split(TrafficSplit::all_on(Color::Green)));
+    let back = index_of(&c, |x| {
+        *x == Change::Split(TrafficSplit::all_on(Color::Green))
+    });
     let revert = index_of(&c, |x| *x == Change::Reverted(25));
     let down = index_of(&c, |x| *x == Change::Scaled(Color::Blue, 0));
     assert!(back < revert && revert < down, "{c:#?}");
@@ -139,11 +168,20 @@ fn a_short_error_spike_does_not_roll_back() {
         let end = start.after(Duration::from_secs(4 * 60));
         f.metrics.script("error-rate", move |q, t| {
             let spike = t > start && t <= end;
-            Some(if q.query.contains("color:blue") && spike { 0.07 } else { 0.002 })
+            Some(if q.query.contains("color:blue") && spike {
+                0.07
+            } else {
+                0.002
+            })
         });
         f.builder(reference_plan())
     });
-    assert_eq!(report.outcome, Some(Outcome::Succeeded), "{}", report.to_markdown());
+    assert_eq!(
+        report.outcome,
+        Some(Outcome::Succeeded),
+        "{}",
+        report.to_markdown()
+    );
     assert_eq!(report.measurements.iter().filter(|m| m.breach).count(), 4);
     assert_eq!(f.world.desired(Color::Green), 0);
 }
@@ -181,7 +219,10 @@ fn more_than_half_the_targets_unhealthy_rolls_back() {
         },
     );
     let why = reason(&report);
-    assert!(why.contains("more than 50% of the new color's targets unhealthy"), "{why}");
+    assert!(
+        why.contains("more than 50% of the new color's targets unhealthy"),
+        "{why}"
+    );
     assert!(why.contains("2 of 3 targets of blue unhealthy"), "{why}");
     assert_eq!(f.world.split(), TrafficSplit::all_on(Color::Green));
     assert_eq!(f.world.desired(Color::Blue), 0);
@@ -198,7 +239,10 @@ fn more_than_half_the_targets_unhealthy_rolls_back() {
         .find(|d| d.text.starts_with("rollback:"))
         .unwrap()
         .at;
-    assert!(rolled.since(shifted) <= Duration::from_secs(15), "within one health poll");
+    assert!(
+        rolled.since(shifted) <= Duration::from_secs(15),
+        "within one health poll"
+    );
 }
 
 #[test]
@@ -218,10 +262,16 @@ fn a_failed_smoke_test_rolls_back_before_any_traffic_moves() {
         b
     });
     let why = reason(&report);
-    assert!(why.contains("smoke tests on the new color blue: 1 of 4 failed"), "{why}");
+    assert!(
+        why.contains("smoke tests on the new color blue: 1 of 4 failed"),
+        "{why}"
+    );
     assert!(why.contains("create-order failed"), "{why}");
     assert!(
-        !f.world.changes().iter().any(|c| matches!(c, Change::Split(_))),
+        !f.world
+            .changes()
+            .iter()
+            .any(|c| matches!(c, Change::Split(_))),
         "no traffic ever moved"
     );
     assert_eq!(f.world.desired(Color::Blue), 0);
@@ -234,7 +284,9 @@ fn no_data_pauses_and_never_promotes() {
     let mut held = false;
     let (report, f) = simulate_with(
         |f| {
-            f.metrics.no_data("error-rate").constant("p95-latency", 200.0);
+            f.metrics
+                .no_data("error-rate")
+                .constant("p95-latency", 200.0);
             f.builder(reference_plan())
         },
         |ev, ctl| {
@@ -262,13 +314,18 @@ fn no_data_pauses_and_never_promotes() {
 #[test]
 fn no_data_with_the_rollback_policy_rolls_back() {
     let (report, f) = simulate(|f| {
-        f.metrics.no_data("error-rate").constant("p95-latency", 200.0);
+        f.metrics
+            .no_data("error-rate")
+            .constant("p95-latency", 200.0);
         let mut plan = reference_plan();
         plan.on_inconclusive = InconclusivePolicy::Rollback;
         f.builder(plan)
     });
     let why = reason(&report);
-    assert!(why.contains("analysis inconclusive at the end of the analysis window"), "{why}");
+    assert!(
+        why.contains("analysis inconclusive at the end of the analysis window"),
+        "{why}"
+    );
     assert_eq!(f.world.split(), TrafficSplit::all_on(Color::Green));
 }
 
@@ -282,10 +339,9 @@ fn a_dry_run_check_is_recorded_but_never_acted_on() {
         f.builder(plan)
     });
     assert_eq!(report.outcome, Some(Outcome::Succeeded));
-    assert!(report
-        .decisions
-        .iter()
-        .any(|d| d.text.contains("dry run, not acted on: automatic rollback: p95-latency > 1000 for 5m")));
+    assert!(report.decisions.iter().any(|d| d
+        .text
+        .contains("dry run, not acted on: automatic rollback: p95-latency > 1000 for 5m")));
     assert_eq!(f.world.desired(Color::Green), 0);
 }
 
@@ -297,7 +353,10 @@ fn a_failed_expand_verification_rolls_back_before_the_new_color_starts() {
         f.builder(reference_plan())
     });
     let why = reason(&report);
-    assert!(why.contains("expand migration verification failed"), "{why}");
+    assert!(
+        why.contains("expand migration verification failed"),
+        "{why}"
+    );
     assert!(why.contains("1000 rows before, 990 after"), "{why}");
     assert!(f.world.changes().contains(&Change::Reverted(25)));
     assert!(!f.world.changes().contains(&Change::Scaled(Color::Blue, 3)));
@@ -311,7 +370,10 @@ fn a_backup_that_lists_too_few_entries_stops_before_migrating() {
         f.builder(reference_plan())
     });
     let why = reason(&report);
-    assert!(why.contains("backup lists 40 entries (at least 100 required)"), "{why}");
+    assert!(
+        why.contains("backup lists 40 entries (at least 100 required)"),
+        "{why}"
+    );
     assert!(!f
         .world
         .changes()
@@ -330,13 +392,26 @@ fn a_rollback_after_an_irreversible_migration_halts_with_the_state_recorded() {
     let Some(Outcome::Halted { reason }) = &report.outcome else {
         panic!("expected a halt: {:?}", report.outcome)
     };
-    assert!(reason.summary.contains("irreversible migration(s) applied: 25 add_order_metadata"));
-    assert!(reason.summary.contains("error-rate > 0.05"), "{}", reason.summary);
+    assert!(reason
+        .summary
+        .contains("irreversible migration(s) applied: 25 add_order_metadata"));
+    assert!(
+        reason.summary.contains("error-rate > 0.05"),
+        "{}",
+        reason.summary
+    );
     // Traffic went back first; the schema was not touched.
     assert_eq!(f.world.split(), TrafficSplit::all_on(Color::Green));
-    assert!(!f.world.changes().iter().any(|c| matches!(c, Change::Reverted(_))));
+    assert!(!f
+        .world
+        .changes()
+        .iter()
+        .any(|c| matches!(c, Change::Reverted(_))));
     let facts = report.facts.unwrap();
-    assert_eq!(facts.confirmed_split, Some(TrafficSplit::all_on(Color::Green)));
+    assert_eq!(
+        facts.confirmed_split,
+        Some(TrafficSplit::all_on(Color::Green))
+    );
     assert_eq!(facts.applied.len(), 1);
     assert!(facts.reverted.is_empty());
 }
@@ -351,7 +426,9 @@ fn a_failure_after_the_old_color_is_scaled_down_halts_instead_of_pretending() {
     let Some(Outcome::Halted { reason }) = &report.outcome else {
         panic!("expected a halt: {:?}", report.outcome)
     };
-    assert!(reason.summary.contains("contract migration verification failed"));
+    assert!(reason
+        .summary
+        .contains("contract migration verification failed"));
     assert!(reason.summary.contains("traffic cannot return"));
     assert_eq!(f.world.split(), TrafficSplit::all_on(Color::Blue));
     assert_eq!(f.world.desired(Color::Green), 0);
@@ -362,13 +439,21 @@ fn a_color_that_never_becomes_stable_rolls_back_at_the_progress_deadline() {
     let (report, f) = simulate(|f| {
         healthy(f);
         // Every status after the preflight ones (blue, green) reports a color one short.
-        f.faults.inject_from("compute.status", 2, Fault::WrongReadBack);
+        f.faults
+            .inject_from("compute.status", 2, Fault::WrongReadBack);
         f.builder(reference_plan())
     });
     let why = reason(&report);
-    assert!(why.contains("progress deadline of 10m exceeded in deploy"), "{why}");
+    assert!(
+        why.contains("progress deadline of 10m exceeded in deploy"),
+        "{why}"
+    );
     assert_eq!(f.world.desired(Color::Blue), 0);
-    assert!(!f.world.changes().iter().any(|c| matches!(c, Change::Split(_))));
+    assert!(!f
+        .world
+        .changes()
+        .iter()
+        .any(|c| matches!(c, Change::Split(_))));
 }
 
 #[test]
@@ -376,11 +461,15 @@ fn a_read_back_that_disagrees_is_read_again_and_then_rolls_back() {
     let (report, f) = simulate(|f| {
         healthy(f);
         // The first read-back after the shift lies; the second tells the truth.
-        f.faults.inject("router.current_split", 1, Fault::WrongReadBack);
+        f.faults
+            .inject("router.current_split", 1, Fault::WrongReadBack);
         f.builder(reference_plan())
     });
     assert_eq!(report.outcome, Some(Outcome::Succeeded));
-    assert!(report.decisions.iter().any(|d| d.text.contains("reading again")));
+    assert!(report
+        .decisions
+        .iter()
+        .any(|d| d.text.contains("reading again")));
     drop(f);
     let (report, f) = simulate(|f| {
         healthy(f);
@@ -391,10 +480,20 @@ fn a_read_back_that_disagrees_is_read_again_and_then_rolls_back() {
     });
     // Persistent disagreement: the traffic deadline passes and it rolls back,
     // and the rollback's own read-back disagrees too: a human is needed.
-    assert!(matches!(report.outcome, Some(Outcome::Halted { .. })), "{:?}", report.outcome);
+    assert!(
+        matches!(report.outcome, Some(Outcome::Halted { .. })),
+        "{:?}",
+        report.outcome
+    );
     let why = reason(&report);
-    assert!(why.contains("progress deadline of 1m exceeded in traffic"), "{why}");
-    assert!(why.contains("progress deadline of 30m exceeded in rollback"), "{why}");
+    assert!(
+        why.contains("progress deadline of 1m exceeded in traffic"),
+        "{why}"
+    );
+    assert!(
+        why.contains("progress deadline of 30m exceeded in rollback"),
+        "{why}"
+    );
     // The router was told to restore traffic, again and again.
     assert_eq!(f.world.split(), TrafficSplit::all_on(Color::Green));
 }
@@ -406,7 +505,12 @@ fn a_hanging_router_is_cut_by_the_call_timeout_and_retried() {
         f.faults.inject("router.set_split", 0, Fault::Hang);
         f.builder(reference_plan())
     });
-    assert_eq!(report.outcome, Some(Outcome::Succeeded), "{}", report.to_markdown());
+    assert_eq!(
+        report.outcome,
+        Some(Outcome::Succeeded),
+        "{}",
+        report.to_markdown()
+    );
     assert_eq!(f.faults.calls("router.set_split"), 2, "one hang, one retry");
 }
 
@@ -421,7 +525,9 @@ fn a_provider_failing_past_its_retries_rolls_back_and_the_journal_keeps_every_re
     assert!(why.contains("compute prepare failed"), "{why}");
     assert!(why.contains("persistent"), "{why}");
     assert_eq!(f.faults.calls("compute.prepare"), 3, "three attempts");
-    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
     let entries = rt.block_on(f.journal.read("sim-1")).unwrap();
     assert_eq!(entries.len(), report.records);
     assert_eq!(Report::from_entries(&entries), report);
@@ -466,7 +572,10 @@ fn the_canary_takes_ten_percent_first_and_its_failure_rolls_back() {
         f.builder(plan)
     });
     let why = reason(&report);
-    assert!(why.contains("analysis failed at the end of traffic step 1 (10%)"), "{why}");
+    assert!(
+        why.contains("analysis failed at the end of traffic step 1 (10%)"),
+        "{why}"
+    );
     assert_eq!(f.world.split(), TrafficSplit::all_on(Color::Green));
     assert!(!f
         .world
@@ -638,12 +747,21 @@ fn a_secret_older_than_its_rotation_policy_fails_preflight_naming_it() {
     let (report, f) = simulate(|f| {
         healthy(f);
         let old = Timestamp(SIMULATION_EPOCH.0 - 120 * 24 * 3600 * 1000);
-        f.secrets.insert("prod/order-api/db-password", "x", Some(old));
+        f.secrets
+            .insert("prod/order-api/db-password", "x", Some(old));
         f.builder(reference_plan())
     });
     let why = reason(&report);
-    assert!(why.contains("prod/order-api/db-password: last rotated 120 days ago, the policy is every 90 days"), "{why}");
-    assert!(!why.contains("stripe-webhook-secret"), "rotated only on compromise: {why}");
+    assert!(
+        why.contains(
+            "prod/order-api/db-password: last rotated 120 days ago, the policy is every 90 days"
+        ),
+        "{why}"
+    );
+    assert!(
+        !why.contains("stripe-webhook-secret"),
+        "rotated only on compromise: {why}"
+    );
     assert!(f
         .world
         .changes()

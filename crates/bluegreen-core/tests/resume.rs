@@ -69,12 +69,19 @@ fn scenario(bad: bool) -> impl Fn(&Fakes) {
     move |f: &Fakes| {
         f.metrics.constant("p95-latency", 200.0);
         f.metrics.script("error-rate", move |q, _| {
-            Some(if bad && q.query.contains("color:blue") { 0.08 } else { 0.002 })
+            Some(if bad && q.query.contains("color:blue") {
+                0.08
+            } else {
+                0.002
+            })
         });
     }
 }
 
-fn run(script: &dyn Fn(&Fakes), crash_after: Option<usize>) -> (Option<Outcome>, Vec<Change>, usize) {
+fn run(
+    script: &dyn Fn(&Fakes),
+    crash_after: Option<usize>,
+) -> (Option<Outcome>, Vec<Change>, usize) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .start_paused(true)
@@ -88,8 +95,17 @@ fn run(script: &dyn Fn(&Fakes), crash_after: Option<usize>) -> (Option<Outcome>,
                 inner: f.journal.clone(),
                 allowed: AtomicUsize::new(allowed),
             });
-            let first = f.builder(reference_plan()).journal(killed).build().unwrap().run().await;
-            assert!(first.is_err(), "the deployer was killed after {allowed} appends");
+            let first = f
+                .builder(reference_plan())
+                .journal(killed)
+                .build()
+                .unwrap()
+                .run()
+                .await;
+            assert!(
+                first.is_err(),
+                "the deployer was killed after {allowed} appends"
+            );
             // Some time passes before the operator runs `resume`.
             tokio::time::sleep(Duration::from_secs(5)).await;
             let report = f
@@ -102,7 +118,13 @@ fn run(script: &dyn Fn(&Fakes), crash_after: Option<usize>) -> (Option<Outcome>,
                 .expect("resume runs to the end");
             (report.outcome, effects(&f), report.records)
         } else {
-            let report = f.builder(reference_plan()).build().unwrap().run().await.unwrap();
+            let report = f
+                .builder(reference_plan())
+                .build()
+                .unwrap()
+                .run()
+                .await
+                .unwrap();
             (report.outcome, effects(&f), report.records)
         }
     })
@@ -152,10 +174,23 @@ fn resume_refuses_a_journal_of_a_different_plan() {
             inner: f.journal.clone(),
             allowed: AtomicUsize::new(10),
         });
-        let _ = f.builder(reference_plan()).journal(killed).build().unwrap().run().await;
+        let _ = f
+            .builder(reference_plan())
+            .journal(killed)
+            .build()
+            .unwrap()
+            .run()
+            .await;
         let mut other = reference_plan();
         other.release.version = "2.6.0".into();
-        let err = match f.builder(other).resume("sim-1").build().unwrap().run().await {
+        let err = match f
+            .builder(other)
+            .resume("sim-1")
+            .build()
+            .unwrap()
+            .run()
+            .await
+        {
             Err(e) => e,
             Ok(_) => panic!("resume with another plan must be refused"),
         };

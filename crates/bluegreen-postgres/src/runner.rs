@@ -831,12 +831,21 @@ impl PostgresMigrations {
             );
         }
         self.record_row_counts(client, phase, ctx).await?;
-        let mut applied = Vec::new();
+        // Migrations of this phase an earlier call of the same deployment
+        // applied (before a crash, say) count as applied by this deployment.
+        let mut applied: Vec<MigrationInfo> = ledger
+            .iter()
+            .filter(|e| e.is_applied() && e.deployment_id.as_deref() == Some(&ctx.deployment_id))
+            .filter_map(|e| self.source.get(e.version))
+            .filter(|m| m.phase == phase)
+            .map(|m| m.info())
+            .collect();
         for m in self.pending(ledger, phase) {
             self.run_file(client, m, &m.up, true, ctx).await?;
             tracing::info!(version = m.version, file = %m.up.file_name, %phase, "migration applied");
             applied.push(m.info());
         }
+        applied.sort_by_key(|m| m.version);
         Ok(applied)
     }
 

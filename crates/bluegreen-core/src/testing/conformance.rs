@@ -42,7 +42,12 @@ impl Default for Patience {
     }
 }
 
-async fn settle(p: &dyn ComputeProvider, color: Color, count: u32, patience: Patience) -> ComputeStatus {
+async fn settle(
+    p: &dyn ComputeProvider,
+    color: Color,
+    count: u32,
+    patience: Patience,
+) -> ComputeStatus {
     let start = tokio::time::Instant::now();
     loop {
         let s = p
@@ -149,7 +154,12 @@ pub async fn router(r: &dyn TrafficRouter) {
             .target_health(c)
             .await
             .unwrap_or_else(|e| panic!("target_health({c}) failed: {e}"));
-        assert!(h.healthy <= h.total, "{c}: {} healthy of {}", h.healthy, h.total);
+        assert!(
+            h.healthy <= h.total,
+            "{c}: {} healthy of {}",
+            h.healthy,
+            h.total
+        );
     }
 }
 
@@ -158,7 +168,10 @@ pub async fn router(r: &dyn TrafficRouter) {
 /// applies them once (a repeat applies nothing); verification passes;
 /// reverting returns them to pending (a repeat reverts nothing).
 pub async fn migrations(r: &dyn MigrationRunner, ctx: &MigrationContext) {
-    let before = r.status().await.unwrap_or_else(|e| panic!("status failed: {e}"));
+    let before = r
+        .status()
+        .await
+        .unwrap_or_else(|e| panic!("status failed: {e}"));
     let expand: Vec<_> = before
         .pending
         .iter()
@@ -179,7 +192,10 @@ pub async fn migrations(r: &dyn MigrationRunner, ctx: &MigrationContext) {
         .unwrap_or_else(|e| panic!("verify_backup failed: {e}"));
     assert!(v.passed && v.entries >= 1, "backup verification: {v:?}");
     let too_many = r.verify_backup(&backup, u64::MAX).await.unwrap();
-    assert!(!too_many.passed, "a threshold above the entry count must fail");
+    assert!(
+        !too_many.passed,
+        "a threshold above the entry count must fail"
+    );
 
     let applied = r
         .apply(MigrationPhase::Expand, ctx)
@@ -187,24 +203,49 @@ pub async fn migrations(r: &dyn MigrationRunner, ctx: &MigrationContext) {
         .unwrap_or_else(|e| panic!("apply(expand) failed: {e}"));
     let versions: Vec<u64> = applied.iter().map(|m| m.version).collect();
     let expected: Vec<u64> = expand.iter().map(|m| m.version).collect();
-    assert_eq!(versions, expected, "apply(expand) applies the pending expand migrations in order");
+    assert_eq!(
+        versions, expected,
+        "apply(expand) applies the pending expand migrations in order"
+    );
     let again = r.apply(MigrationPhase::Expand, ctx).await.unwrap();
-    assert!(again.is_empty(), "a repeated apply applied {again:?} twice");
+    let again: Vec<u64> = again.iter().map(|m| m.version).collect();
+    assert_eq!(
+        again, expected,
+        "a repeated apply of the same deployment reports what that deployment applied"
+    );
     let after = r.status().await.unwrap();
     for m in &expand {
-        assert!(
-            after.applied.iter().any(|a| a.version == m.version),
-            "{} is listed as applied",
+        assert_eq!(
+            after
+                .applied
+                .iter()
+                .filter(|a| a.version == m.version)
+                .count(),
+            1,
+            "{} is listed as applied exactly once",
             m.version
         );
     }
+    let other = MigrationContext {
+        deployment_id: format!("{}-other", ctx.deployment_id),
+        backup_id: None,
+    };
+    let theirs = r.apply(MigrationPhase::Expand, &other).await.unwrap();
+    assert!(
+        theirs.is_empty(),
+        "another deployment applied nothing and owns nothing: {theirs:?}"
+    );
     let checks = r
         .verify(MigrationPhase::Expand, ctx)
         .await
         .unwrap_or_else(|e| panic!("verify(expand) failed: {e}"));
     assert!(checks.iter().all(|c| c.passed), "verification: {checks:?}");
 
-    let mut reversible: Vec<u64> = expand.iter().filter(|m| m.reversible).map(|m| m.version).collect();
+    let mut reversible: Vec<u64> = expand
+        .iter()
+        .filter(|m| m.reversible)
+        .map(|m| m.version)
+        .collect();
     reversible.sort_unstable_by(|a, b| b.cmp(a));
     if !reversible.is_empty() {
         let reverted = r
@@ -214,10 +255,16 @@ pub async fn migrations(r: &dyn MigrationRunner, ctx: &MigrationContext) {
         let got: Vec<u64> = reverted.iter().map(|m| m.version).collect();
         assert_eq!(got, reversible, "revert reverts newest first");
         let again = r.revert(&reversible, ctx).await.unwrap();
-        assert!(again.is_empty(), "a repeated revert reverted {again:?} twice");
+        assert!(
+            again.is_empty(),
+            "a repeated revert reverted {again:?} twice"
+        );
         let end = r.status().await.unwrap();
         for v in &reversible {
-            assert!(end.pending.iter().any(|m| m.version == *v), "{v} pending again");
+            assert!(
+                end.pending.iter().any(|m| m.version == *v),
+                "{v} pending again"
+            );
         }
     }
 }
@@ -233,9 +280,15 @@ pub async fn metrics(s: &dyn MetricsSource, with_data: &MetricQuery, without_dat
             .unwrap_or_else(|e| panic!("query {:?} failed: {e}", with_data.query))
         {
             MetricAnswer::Samples { samples } => {
-                assert!(!samples.is_empty(), "Samples with no samples must be NoData instead")
+                assert!(
+                    !samples.is_empty(),
+                    "Samples with no samples must be NoData instead"
+                )
             }
-            other => panic!("query {:?} should have data, got {other:?}", with_data.query),
+            other => panic!(
+                "query {:?} should have data, got {other:?}",
+                with_data.query
+            ),
         }
         let none = s
             .query(without_data)
@@ -261,10 +314,16 @@ pub async fn secrets(s: &dyn SecretSource, existing: &str, missing: &str) {
         .await
         .unwrap_or_else(|e| panic!("metadata({existing}) failed: {e}"));
     assert!(!m.name.is_empty());
-    let e = s.get(missing).await.expect_err("a missing secret is an error");
+    let e = s
+        .get(missing)
+        .await
+        .expect_err("a missing secret is an error");
     assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
     assert!(!e.to_string().is_empty());
-    let e = s.metadata(missing).await.expect_err("a missing secret is an error");
+    let e = s
+        .metadata(missing)
+        .await
+        .expect_err("a missing secret is an error");
     assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
 }
 
@@ -275,24 +334,39 @@ pub async fn journal(j: &dyn Journal) {
     let ttl = Duration::from_secs(60);
     let t0 = Timestamp(1_700_000_000_000);
     let rec = |n: u64| Record::Step {
-        input: if n % 2 == 0 { Input::Tick } else { Input::Start },
+        input: if n.is_multiple_of(2) {
+            Input::Tick
+        } else {
+            Input::Start
+        },
         commands: Vec::new(),
         events: Vec::new(),
     };
 
-    let a1 = j.acquire(svc, "deployer-a", ttl, t0).await.expect("a free lease is granted");
+    let a1 = j
+        .acquire(svc, "deployer-a", ttl, t0)
+        .await
+        .expect("a free lease is granted");
     let held = j
         .acquire(svc, "deployer-b", ttl, t0.after(Duration::from_secs(1)))
         .await
         .expect_err("a held lease is refused");
     assert_eq!(held.kind(), ErrorKind::LeaseHeld, "{held}");
-    assert!(held.to_string().contains("deployer-a"), "the error names the holder: {held}");
+    assert!(
+        held.to_string().contains("deployer-a"),
+        "the error names the holder: {held}"
+    );
 
     let a2 = j
         .acquire(svc, "deployer-a", ttl, t0.after(Duration::from_secs(2)))
         .await
         .expect("the same holder re-acquires (resume)");
-    assert!(a2.token > a1.token, "tokens increase: {} then {}", a1.token, a2.token);
+    assert!(
+        a2.token > a1.token,
+        "tokens increase: {} then {}",
+        a1.token,
+        a2.token
+    );
     let stale = j
         .append(&a1, "dep-1", t0, &rec(1))
         .await
@@ -308,9 +382,14 @@ pub async fn journal(j: &dyn Journal) {
     }
     let entries = j.read("dep-1").await.expect("read");
     assert_eq!(entries.len(), 3);
-    assert!(entries.windows(2).all(|w| w[0].seq < w[1].seq), "read is in seq order");
+    assert!(
+        entries.windows(2).all(|w| w[0].seq < w[1].seq),
+        "read is in seq order"
+    );
     assert_eq!(entries[0].record, rec(1));
-    assert!(entries.iter().all(|e| e.service == svc && e.token == a2.token));
+    assert!(entries
+        .iter()
+        .all(|e| e.service == svc && e.token == a2.token));
     assert!(j.read("no-such-deployment").await.unwrap().is_empty());
 
     let a3 = j
@@ -331,17 +410,30 @@ pub async fn journal(j: &dyn Journal) {
         .await
         .expect_err("after a takeover the old holder's writes are rejected");
     assert_eq!(fenced.kind(), ErrorKind::Fenced, "{fenced}");
-    let fenced = j.renew(&a3, ttl, after_expiry).await.expect_err("no renew after takeover");
+    let fenced = j
+        .renew(&a3, ttl, after_expiry)
+        .await
+        .expect_err("no renew after takeover");
     assert_eq!(fenced.kind(), ErrorKind::Fenced);
     assert_eq!(
-        j.append(&b, "dep-1", after_expiry, &rec(4)).await.expect("new holder appends"),
+        j.append(&b, "dep-1", after_expiry, &rec(4))
+            .await
+            .expect("new holder appends"),
         4
     );
 
-    let list = j.deployments(Some(svc.to_string())).await.expect("deployments");
+    let list = j
+        .deployments(Some(svc.to_string()))
+        .await
+        .expect("deployments");
     let d = list.iter().find(|d| d.id == "dep-1").expect("dep-1 listed");
     assert_eq!(d.records, 4);
-    assert!(j.deployments(Some("another-service".to_string())).await.unwrap().iter().all(|d| d.id != "dep-1"));
+    assert!(j
+        .deployments(Some("another-service".to_string()))
+        .await
+        .unwrap()
+        .iter()
+        .all(|d| d.id != "dep-1"));
 
     j.release(&b).await.expect("release");
     let c = j

@@ -10,11 +10,11 @@ use crate::color::{Color, Timestamp, TrafficSplit};
 use crate::error::{Error, ErrorKind, Result};
 use crate::plan::Release;
 use crate::provider::{
-    AutoscalingState, BackupRecord, BackupVerification, ComputeProvider, ComputeStatus,
-    EventSink, MetricAnswer, MetricQuery, MetricsSource, MigrationContext, MigrationInfo,
-    MigrationPhase, MigrationRunner, MigrationStatus, Notification, Rollout, Sample,
-    SecretMetadata, SecretSource, SecretValue, SmokeOutcome, SmokeTarget, SmokeTest,
-    TargetHealth, TrafficRouter, VerificationCheck,
+    AutoscalingState, BackupRecord, BackupVerification, ComputeProvider, ComputeStatus, EventSink,
+    MetricAnswer, MetricQuery, MetricsSource, MigrationContext, MigrationInfo, MigrationPhase,
+    MigrationRunner, MigrationStatus, Notification, Rollout, Sample, SecretMetadata, SecretSource,
+    SecretValue, SmokeOutcome, SmokeTarget, SmokeTest, TargetHealth, TrafficRouter,
+    VerificationCheck,
 };
 
 /// A fault to inject into one fake call.
@@ -139,7 +139,9 @@ impl Faults {
         };
         match fault {
             None => Ok(false),
-            Some(Fault::Error(kind)) => err(Error::new(kind, format!("injected fault on call {n}"))),
+            Some(Fault::Error(kind)) => {
+                err(Error::new(kind, format!("injected fault on call {n}")))
+            }
             Some(Fault::Temporary) => err(Error::unavailable(format!(
                 "injected temporary fault on call {n}"
             ))),
@@ -211,6 +213,8 @@ pub struct WorldState {
     pub migrations: Vec<MigrationInfo>,
     /// Applied versions.
     pub applied: Vec<u64>,
+    /// The deployment each applied version ran under.
+    pub applied_by: BTreeMap<u64, String>,
     /// Entries the fake backup verification reports.
     pub backup_entries: u64,
     /// Phases whose verification fails.
@@ -270,6 +274,7 @@ impl World {
             settle,
             migrations: Vec::new(),
             applied: Vec::new(),
+            applied_by: BTreeMap::new(),
             backup_entries: 120,
             failing_verification: Vec::new(),
             changes: Vec::new(),
@@ -384,7 +389,10 @@ impl ComputeProvider for FakeCompute {
     async fn restore_autoscaling(&self, color: Color, previous: AutoscalingState) -> Result<()> {
         self.faults.check("compute.restore_autoscaling").await?;
         let mut w = self.world.lock();
-        w.colors.get_mut(&color).expect("both colors exist").autoscaling = previous;
+        w.colors
+            .get_mut(&color)
+            .expect("both colors exist")
+            .autoscaling = previous;
         w.record(Change::AutoscalingRestored(color, previous));
         Ok(())
     }
@@ -503,7 +511,7 @@ impl MigrationRunner for FakeMigrations {
     async fn apply(
         &self,
         phase: MigrationPhase,
-        _ctx: &MigrationContext,
+        ctx: &MigrationContext,
     ) -> Result<Vec<MigrationInfo>> {
         self.faults.check("migrations.apply").await?;
         let mut w = self.world.lock();
@@ -516,9 +524,21 @@ impl MigrationRunner for FakeMigrations {
         todo.sort_by_key(|m| m.version);
         for m in &todo {
             w.applied.push(m.version);
+            w.applied_by.insert(m.version, ctx.deployment_id.clone());
             w.record(Change::Migrated(m.version, phase));
         }
-        Ok(todo)
+        let mut ours: Vec<MigrationInfo> = w
+            .migrations
+            .iter()
+            .filter(|m| {
+                m.phase == phase
+                    && w.applied.contains(&m.version)
+                    && w.applied_by.get(&m.version) == Some(&ctx.deployment_id)
+            })
+            .cloned()
+            .collect();
+        ours.sort_by_key(|m| m.version);
+        Ok(ours)
     }
 
     async fn verify(
@@ -540,7 +560,11 @@ impl MigrationRunner for FakeMigrations {
         }])
     }
 
-    async fn revert(&self, versions: &[u64], _ctx: &MigrationContext) -> Result<Vec<MigrationInfo>> {
+    async fn revert(
+        &self,
+        versions: &[u64],
+        _ctx: &MigrationContext,
+    ) -> Result<Vec<MigrationInfo>> {
         self.faults.check("migrations.revert").await?;
         let mut w = self.world.lock();
         let mut out = Vec::new();
@@ -563,6 +587,7 @@ impl MigrationRunner for FakeMigrations {
         for m in out {
             if let Some(pos) = w.applied.iter().position(|v| *v == m.version) {
                 w.applied.remove(pos);
+                w.applied_by.remove(&m.version);
                 w.record(Change::Reverted(m.version));
                 reverted.push(m);
             }
@@ -670,7 +695,9 @@ pub struct FakeSmokeTest {
 
 impl std::fmt::Debug for FakeSmokeTest {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FakeSmokeTest").field("name", &self.name).finish()
+        f.debug_struct("FakeSmokeTest")
+            .field("name", &self.name)
+            .finish()
     }
 }
 

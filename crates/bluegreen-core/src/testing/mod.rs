@@ -23,17 +23,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use fakes::{
-    Change, ColorState, FakeCompute, FakeMigrations, FakeRouter, FakeSecrets, FakeSmokeTest,
-    Fault, Faults, RecordingEvents, ScriptedMetrics, World, WorldState, OPERATIONS,
+    Change, ColorState, FakeCompute, FakeMigrations, FakeRouter, FakeSecrets, FakeSmokeTest, Fault,
+    Faults, RecordingEvents, ScriptedMetrics, World, WorldState, OPERATIONS,
 };
 
 use crate::color::{Color, Timestamp};
 use crate::driver::{BlueGreen, Builder, ControlHandle, RetryPolicy, TokioClock};
-use crate::machine::Event;
 use crate::journal::MemoryJournal;
-use crate::plan::{
-    defaults, MigrationSettings, Plan, Preflight, Release, RequiredSecret,
-};
+use crate::machine::Event;
+use crate::plan::{defaults, MigrationSettings, Plan, Preflight, Release, RequiredSecret};
 use crate::provider::{MigrationInfo, MigrationPhase};
 use crate::report::Report;
 
@@ -54,9 +52,10 @@ pub fn reference_plan() -> Plan {
     release
         .secrets
         .insert("DB_PASSWORD".into(), "prod/order-api/db-password".into());
-    release
-        .secrets
-        .insert("STRIPE_API_KEY".into(), "prod/order-api/stripe-api-key".into());
+    release.secrets.insert(
+        "STRIPE_API_KEY".into(),
+        "prod/order-api/stripe-api-key".into(),
+    );
     let mut plan = Plan::reference(
         "order-api",
         release,
@@ -133,7 +132,12 @@ impl Fakes {
     /// Green serves three instances of 2.4.0; scaling settles in 30 s.
     /// Must be called inside a tokio runtime (the fakes use its clock).
     pub fn new() -> Fakes {
-        let world = World::new(Color::Green, defaults::REPLICAS, "2.4.0", Duration::from_secs(30));
+        let world = World::new(
+            Color::Green,
+            defaults::REPLICAS,
+            "2.4.0",
+            Duration::from_secs(30),
+        );
         world.lock().migrations = vec![
             MigrationInfo {
                 version: 25,
@@ -176,7 +180,11 @@ impl Fakes {
 
     /// A smoke test named `name` that passes on a color running healthy instances.
     pub fn smoke_test(&self, name: &str) -> Arc<FakeSmokeTest> {
-        Arc::new(FakeSmokeTest::healthy(name, self.world.clone(), self.faults.clone()))
+        Arc::new(FakeSmokeTest::healthy(
+            name,
+            self.world.clone(),
+            self.faults.clone(),
+        ))
     }
 
     /// A builder with every fake wired in, a healthy smoke test for each name
