@@ -2,6 +2,8 @@
 //! time (target: 1 ms median or less), and the state machine's transitions
 //! per second, replaying the inputs of a recorded deployment.
 
+#![allow(missing_docs)] // criterion_group! generates undocumented functions
+
 use std::sync::Arc;
 
 use bluegreen_core::journal::Record;

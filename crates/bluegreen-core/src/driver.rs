@@ -843,7 +843,11 @@ async fn execute(
             }
             Reply::Secrets { checks }
         }
-        Action::RunSmokeTests { scope, tests } => {
+        Action::RunSmokeTests {
+            scope,
+            tests,
+            version,
+        } => {
             let (color, base_url) = match scope {
                 SmokeScope::Staging => (None, plan.colors.staging_url.clone()),
                 SmokeScope::Color(c) => (Some(c), endpoint(p, plan, c).await),
@@ -852,7 +856,7 @@ async fn execute(
                 service: plan.service.clone(),
                 color,
                 base_url,
-                version: plan.release.version.clone(),
+                version,
             };
             let mut results = Vec::with_capacity(tests.len());
             for name in tests {

@@ -113,6 +113,10 @@ pub enum Action {
         scope: SmokeScope,
         /// Which, in order.
         tests: Vec<String>,
+        /// The version the target should run: the release for staging and
+        /// the new color, the version the old color reported at preflight for
+        /// the old color (empty when its provider did not say).
+        version: String,
     },
     /// `MigrationRunner::backup`.
     Backup,
@@ -610,6 +614,8 @@ pub struct Facts {
     pub new: Option<Color>,
     /// The old color's desired count at the start: its serving capacity.
     pub old_capacity: Option<u32>,
+    /// The version the old color ran at the start, when its provider said.
+    pub old_version: Option<String>,
     /// The split last confirmed by read-back.
     pub confirmed_split: Option<TrafficSplit>,
     /// Whether any split was requested by this deployment.
@@ -1081,6 +1087,7 @@ impl Machine {
                     self.issue(Action::RunSmokeTests {
                         scope: SmokeScope::Staging,
                         tests: self.plan.preflight.staging_checks.clone(),
+                        version: self.plan.release.version.clone(),
                     });
                 }
             }
@@ -1132,6 +1139,7 @@ impl Machine {
                     self.issue(Action::RunSmokeTests {
                         scope: SmokeScope::Color(new),
                         tests: self.plan.smoke_tests.clone(),
+                        version: self.plan.release.version.clone(),
                     });
                 }
             }
@@ -1223,6 +1231,7 @@ impl Machine {
                     self.issue(Action::RunSmokeTests {
                         scope: SmokeScope::Color(old),
                         tests: self.plan.smoke_tests.clone(),
+                        version: self.facts.old_version.clone().unwrap_or_default(),
                     });
                 }
             }
@@ -1263,7 +1272,8 @@ impl Machine {
                 if polling {
                     self.issue(Action::ReadStatus { colors: vec![new] });
                 } else if self.facts.new_count.is_none() {
-                    self.advance();
+                    // The new color was never scaled: nothing to scale down.
+                    self.enter(Stage::RollbackRestoreAutoscaling);
                 } else {
                     self.facts.new_count = Some(0);
                     self.issue(Action::Scale {
@@ -2015,6 +2025,7 @@ impl Machine {
             )));
         }
         self.facts.old_capacity = Some(status.desired);
+        self.facts.old_version = status.version.clone();
         self.facts.old_count = Some(status.desired);
         self.advance();
     }
@@ -2306,5 +2317,142 @@ trait WindowStart {
 impl WindowStart for Timestamp {
     fn since_start(self, window: Duration) -> Timestamp {
         Timestamp(self.0.saturating_sub(window.as_millis() as u64))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::{Plan, Release};
+
+    fn plan() -> Arc<Plan> {
+        let mut p = Plan::reference("svc", Release::new("2.0.0", "svc:2"), "errors", "p95");
+        p.gates = vec![Gate::BeforeShift];
+        Arc::new(p)
+    }
+
+    fn reply(m: &mut Machine, at: u64, id: CommandId, reply: Reply) -> Step {
+        m.handle(Timestamp(at), Input::Reply { id, reply })
+    }
+
+    #[test]
+    fn start_reads_the_split_and_both_colors_before_changing_anything() {
+        let mut m = Machine::new(plan(), "d");
+        let step = m.handle(Timestamp(0), Input::Start);
+        let actions: Vec<&Action> = step.commands.iter().map(|c| &c.action).collect();
+        assert!(matches!(actions[0], Action::Notify { .. }));
+        assert_eq!(actions[1], &Action::ReadSplit);
+        assert_eq!(
+            actions[2],
+            &Action::ReadStatus {
+                colors: vec![Color::Blue, Color::Green]
+            }
+        );
+        assert!(actions.iter().all(|a| !a.is_mutating()));
+        assert_eq!(m.stage(), &Stage::Preflight);
+    }
+
+    #[test]
+    fn preflight_picks_the_live_color_as_old_and_suspends_autoscaling_next() {
+        let mut m = Machine::new(plan(), "d");
+        m.handle(Timestamp(0), Input::Start);
+        reply(
+            &mut m,
+            1,
+            1,
+            Reply::Split {
+                split: TrafficSplit::all_on(Color::Blue),
+            },
+        );
+        let step = reply(
+            &mut m,
+            2,
+            2,
+            Reply::Statuses {
+                statuses: vec![
+                    ComputeStatus::steady(3, Some("1.0".into())),
+                    ComputeStatus::steady(0, None),
+                ],
+            },
+        );
+        assert_eq!(m.facts().old, Some(Color::Blue));
+        assert_eq!(m.facts().new, Some(Color::Green));
+        assert_eq!(m.facts().old_capacity, Some(3));
+        assert_eq!(m.stage(), &Stage::SuspendAutoscaling);
+        assert_eq!(step.commands.len(), 2);
+    }
+
+    #[test]
+    fn an_unstable_old_color_fails_preflight_with_nothing_to_undo() {
+        let mut m = Machine::new(plan(), "d");
+        m.handle(Timestamp(0), Input::Start);
+        reply(
+            &mut m,
+            1,
+            1,
+            Reply::Split {
+                split: TrafficSplit::all_on(Color::Green),
+            },
+        );
+        let mut unstable = ComputeStatus::steady(3, None);
+        unstable.running = 1;
+        let step = reply(
+            &mut m,
+            2,
+            2,
+            Reply::Statuses {
+                statuses: vec![ComputeStatus::steady(0, None), unstable],
+            },
+        );
+        let Some(Outcome::RolledBack { reason }) = m.outcome() else {
+            panic!("{:?}", m.outcome())
+        };
+        assert!(reason.summary.contains("not stable"), "{}", reason.summary);
+        assert!(step.commands.iter().all(|c| !c.action.is_mutating()));
+    }
+
+    #[test]
+    fn a_late_reply_to_an_abandoned_command_is_ignored() {
+        let mut m = Machine::new(plan(), "d");
+        m.handle(Timestamp(0), Input::Start);
+        m.handle(
+            Timestamp(1),
+            Input::Control {
+                control: Control::Abort { reason: "x".into() },
+            },
+        );
+        assert!(m.outcome().is_some());
+        let step = reply(
+            &mut m,
+            2,
+            1,
+            Reply::Split {
+                split: TrafficSplit::all_on(Color::Blue),
+            },
+        );
+        assert_eq!(step, Step::default());
+    }
+
+    #[test]
+    fn a_wrong_reply_kind_is_nonsense_and_rolls_back() {
+        let mut m = Machine::new(plan(), "d");
+        m.handle(Timestamp(0), Input::Start);
+        reply(&mut m, 1, 1, Reply::Done);
+        let Some(Outcome::RolledBack { reason }) = m.outcome() else {
+            panic!("{:?}", m.outcome())
+        };
+        assert!(reason.summary.contains("nonsense"), "{}", reason.summary);
+    }
+
+    #[test]
+    fn next_wakeup_is_the_earliest_timer_and_none_when_done() {
+        let mut m = Machine::new(plan(), "d");
+        m.handle(Timestamp(0), Input::Start);
+        // The preflight deadline is the only timer.
+        assert_eq!(m.next_wakeup(), Some(Timestamp(5 * 60 * 1000)));
+        m.handle(Timestamp(1), Input::Tick);
+        m.handle(Timestamp(5 * 60 * 1000), Input::Tick);
+        assert!(m.outcome().is_some(), "the deadline rolled it back");
+        assert_eq!(m.next_wakeup(), None);
     }
 }

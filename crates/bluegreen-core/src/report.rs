@@ -384,7 +384,11 @@ fn describe_action(a: &Action) -> String {
         Action::ReadTargetHealth { color }
         | Action::SuspendAutoscaling { color }
         | Action::RestoreAutoscaling { color, .. } => color.to_string(),
-        Action::RunSmokeTests { scope, tests } => format!("{scope:?}: {}", tests.join(", ")),
+        Action::RunSmokeTests {
+            scope,
+            tests,
+            version,
+        } => format!("{scope:?} ({version}): {}", tests.join(", ")),
         Action::Migrate { phase } | Action::VerifyMigrations { phase } => phase.to_string(),
         Action::RevertMigrations { versions } => format!("{versions:?}"),
         Action::Measure { check, query, .. } => format!("{check}: {query}"),

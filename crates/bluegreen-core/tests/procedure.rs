@@ -822,3 +822,77 @@ fn a_second_deployer_of_the_same_service_is_refused_naming_the_holder() {
         assert!(f.world.changes().is_empty());
     });
 }
+
+#[test]
+fn the_old_color_is_smoke_tested_against_the_version_it_runs() {
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = seen.clone();
+    let (report, _f) = simulate(|f| {
+        healthy(f);
+        on_blue(f, "error-rate", 0.07, 0.001);
+        f.builder(reference_plan()).smoke_test(std::sync::Arc::new(
+            bluegreen_core::testing::FakeSmokeTest::new(
+                "health-check",
+                f.world.clone(),
+                f.faults.clone(),
+                move |t| {
+                    record.lock().unwrap().push((t.color, t.version.clone()));
+                    true
+                },
+            ),
+        ))
+    });
+    assert!(matches!(report.outcome, Some(Outcome::RolledBack { .. })));
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(
+        seen,
+        [
+            (Some(Color::Blue), "2.5.0".to_string()),
+            (Some(Color::Green), "2.4.0".to_string())
+        ]
+    );
+}
+
+/// A router whose target-health answers cannot be true.
+struct NonsenseRouter(bluegreen_core::testing::FakeRouter);
+
+#[async_trait::async_trait]
+impl bluegreen_core::TrafficRouter for NonsenseRouter {
+    async fn current_split(&self) -> bluegreen_core::Result<TrafficSplit> {
+        self.0.current_split().await
+    }
+    async fn set_split(&self, split: TrafficSplit) -> bluegreen_core::Result<()> {
+        self.0.set_split(split).await
+    }
+    async fn target_health(
+        &self,
+        _c: Color,
+    ) -> bluegreen_core::Result<bluegreen_core::TargetHealth> {
+        Ok(bluegreen_core::TargetHealth {
+            healthy: 5,
+            total: 3,
+        })
+    }
+}
+
+#[test]
+fn a_provider_answering_nonsense_rolls_back_and_the_journal_keeps_every_record() {
+    let (report, f) = simulate(|f| {
+        healthy(f);
+        let router = NonsenseRouter(bluegreen_core::testing::FakeRouter::new(
+            f.world.clone(),
+            f.faults.clone(),
+        ));
+        f.builder(reference_plan())
+            .router(std::sync::Arc::new(router))
+    });
+    let why = reason(&report);
+    assert!(why.contains("provider answered nonsense"), "{why}");
+    assert!(why.contains("5 healthy targets of 3"), "{why}");
+    assert_eq!(f.world.split(), TrafficSplit::all_on(Color::Green));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let entries = rt.block_on(f.journal.read("sim-1")).unwrap();
+    assert_eq!(Report::from_entries(&entries), report);
+}
