@@ -240,8 +240,8 @@ fn more_than_half_the_targets_unhealthy_rolls_back() {
         .unwrap()
         .at;
     assert!(
-        rolled.since(shifted) <= Duration::from_secs(15),
-        "within one health poll"
+        rolled.since(shifted) <= bluegreen_core::plan::defaults::HEALTH_INTERVAL,
+        "within one health reading"
     );
 }
 

@@ -215,11 +215,9 @@ fn check_world(f: &Fakes, plan: &Plan, report: &Report) -> Result<(), String> {
                     all_on_new_at = None;
                 }
             }
-            Change::Reverted(v) => {
-                // Invariant 4: no revert while the new color holds traffic.
-                if split.percent(new) > 0 {
-                    return Err(format!("migration {v} reverted while {split}"));
-                }
+            // Invariant 4: no revert while the new color holds traffic.
+            Change::Reverted(v) if split.percent(new) > 0 => {
+                return Err(format!("migration {v} reverted while {split}"));
             }
             Change::Migrated(v, MigrationPhase::Contract) => {
                 if desired[&old] != 0 {
