@@ -1,0 +1,694 @@
+//! The commands of the `bluegreen` binary.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bluegreen_core::driver::DeploymentEvent;
+use bluegreen_core::machine::{Event, Stage};
+use bluegreen_core::plan::Comparison;
+use bluegreen_core::testing::{simulate_with, SIMULATION_EPOCH};
+use bluegreen_core::{Control, Error, Journal, Outcome, Report, Timestamp};
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::acceptance;
+use crate::journal;
+use crate::providers;
+use crate::spec::{LoadedSpec, SpecError, TargetKind};
+
+/// Exit code: the deployment succeeded (or the command did its job).
+pub const EXIT_SUCCEEDED: i32 = 0;
+/// Exit code: the deployment rolled back.
+pub const EXIT_ROLLED_BACK: i32 = 1;
+/// Exit code: the deployment halted and needs a human.
+pub const EXIT_HALTED: i32 = 2;
+/// Exit code: the deployer could not go on (lease held, journal failure,
+/// a provider could not be built); the journal keeps everything recorded.
+pub const EXIT_ERROR: i32 = 3;
+/// Exit code: the spec (or the command line) is bad (`EX_USAGE`).
+pub const EXIT_BAD_SPEC: i32 = 64;
+
+/// Runs blue-green deployments from a spec file.
+#[derive(Debug, Parser)]
+#[command(name = "bluegreen", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+    /// Output: human-readable text, or JSON for machines.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Text, global = true)]
+    pub output: OutputFormat,
+    /// The journal file (default: the spec's `[journal] path`).
+    #[arg(long, global = true)]
+    pub journal: Option<PathBuf>,
+}
+
+/// Output formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    /// Text; live progress on a terminal, plain lines otherwise.
+    Text,
+    /// JSON lines for events, a JSON object at the end.
+    Json,
+}
+
+/// Report formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ReportFormat {
+    /// Markdown.
+    Markdown,
+    /// JSON.
+    Json,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Checks a spec and prints what it deploys.
+    Validate {
+        /// The spec file (TOML, or YAML by extension).
+        spec: PathBuf,
+    },
+    /// A dry run: prints each step and the provider calls it would make; changes nothing.
+    Plan {
+        /// The spec file.
+        spec: PathBuf,
+    },
+    /// Runs the deployment to its end.
+    Deploy {
+        /// The spec file.
+        spec: PathBuf,
+        /// The deployment id (a new one if absent).
+        #[arg(long)]
+        id: Option<String>,
+    },
+    /// Shows the latest (or the given) deployment of the spec's service.
+    Status {
+        /// The spec file.
+        spec: PathBuf,
+        /// The deployment id.
+        #[arg(long)]
+        id: Option<String>,
+    },
+    /// Continues an interrupted deployment from its journal.
+    Resume {
+        /// The spec file (must be the one the deployment started with).
+        spec: PathBuf,
+        /// The deployment id (the latest unfinished one if absent).
+        #[arg(long)]
+        id: Option<String>,
+    },
+    /// Asks the running deployment to roll back.
+    Abort {
+        /// The spec file.
+        spec: PathBuf,
+        /// The deployment id (the latest unfinished one if absent).
+        #[arg(long)]
+        id: Option<String>,
+        /// Why.
+        #[arg(long, default_value = "aborted by an operator")]
+        reason: String,
+    },
+    /// Passes the current gate or skips the current wait of the running deployment.
+    Promote {
+        /// The spec file.
+        spec: PathBuf,
+        /// The deployment id (the latest unfinished one if absent).
+        #[arg(long)]
+        id: Option<String>,
+    },
+    /// Prints a deployment's report from the journal.
+    Report {
+        /// The spec file.
+        spec: PathBuf,
+        /// The deployment id (the latest if absent).
+        #[arg(long)]
+        id: Option<String>,
+        /// Markdown or JSON.
+        #[arg(long, value_enum, default_value_t = ReportFormat::Markdown)]
+        format: ReportFormat,
+    },
+}
+
+/// Parses the command line and runs it; returns the exit code.
+pub fn main() -> i32 {
+    bluegreen_local::demo::run_if_requested();
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { EXIT_BAD_SPEC } else { 0 };
+        }
+    };
+    run(cli)
+}
+
+fn spec_of(cmd: &Command) -> &Path {
+    match cmd {
+        Command::Validate { spec }
+        | Command::Plan { spec }
+        | Command::Deploy { spec, .. }
+        | Command::Status { spec, .. }
+        | Command::Resume { spec, .. }
+        | Command::Abort { spec, .. }
+        | Command::Promote { spec, .. }
+        | Command::Report { spec, .. } => spec,
+    }
+}
+
+/// Runs a parsed command line; returns the exit code.
+pub fn run(cli: Cli) -> i32 {
+    let loaded = match LoadedSpec::load(spec_of(&cli.command)) {
+        Ok(l) => l,
+        Err(e) => return bad_spec(&cli, &e),
+    };
+    let paused = loaded
+        .spec
+        .target
+        .fake
+        .as_ref()
+        .is_some_and(|f| f.paused_time);
+    let rt = if paused {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+    };
+    let rt = match rt {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("bluegreen: cannot start the runtime: {e}");
+            return EXIT_ERROR;
+        }
+    };
+    let journal_path = cli.journal.clone().unwrap_or_else(|| loaded.journal_path());
+    let out = cli.output;
+    rt.block_on(async move {
+        let r = match cli.command {
+            Command::Validate { .. } => validate(&loaded, out),
+            Command::Plan { .. } => dry_run(&loaded, out),
+            Command::Deploy { id, .. } => deploy(&loaded, &journal_path, id, None, out).await,
+            Command::Resume { id, .. } => match pick(&journal_path, &loaded, id, true).await {
+                Ok(id) => deploy(&loaded, &journal_path, None, Some(id), out).await,
+                Err(e) => Err(e),
+            },
+            Command::Status { id, .. } => status(&loaded, &journal_path, id, out).await,
+            Command::Abort { id, reason, .. } => {
+                control(&loaded, &journal_path, id, Control::Abort { reason }, out).await
+            }
+            Command::Promote { id, .. } => {
+                control(&loaded, &journal_path, id, Control::Promote, out).await
+            }
+            Command::Report { id, format, .. } => report(&loaded, &journal_path, id, format).await,
+        };
+        match r {
+            Ok(code) => code,
+            Err(e) => {
+                if out == OutputFormat::Json {
+                    println!(
+                        "{}",
+                        serde_json::json!({"error": e.to_string(), "kind": e.kind().as_str()})
+                    );
+                } else {
+                    eprintln!("bluegreen: {e}");
+                }
+                EXIT_ERROR
+            }
+        }
+    })
+}
+
+fn bad_spec(cli: &Cli, e: &SpecError) -> i32 {
+    if cli.output == OutputFormat::Json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "error": e.message, "file": e.file, "line": e.line,
+                "column": e.column, "field": e.field
+            })
+        );
+    } else {
+        eprintln!("bluegreen: bad spec: {e}");
+    }
+    EXIT_BAD_SPEC
+}
+
+fn validate(l: &LoadedSpec, out: OutputFormat) -> Result<i32, Error> {
+    let s = &l.spec;
+    let target = match s.target_kind() {
+        TargetKind::Local => "local",
+        TargetKind::EcsAlb => "ecs+alb",
+        TargetKind::Fake => "fake",
+    };
+    if out == OutputFormat::Json {
+        println!(
+            "{}",
+            serde_json::json!({"valid": true, "service": s.scope.service,
+                "version": s.scope.version, "target": target,
+                "journal": l.journal_path()})
+        );
+    } else {
+        println!(
+            "{}: valid — {} {} to {target}, {} smoke tests, {} checks, {} rollback triggers, {} acceptance criteria; journal {}",
+            l.path.display(),
+            s.scope.service,
+            s.scope.version,
+            s.smoke_tests.len(),
+            s.monitoring.checks.len(),
+            s.rollback_triggers.len(),
+            s.acceptance.len(),
+            l.journal_path().display()
+        );
+    }
+    Ok(EXIT_SUCCEEDED)
+}
+
+/// A value that satisfies a condition (for the dry run's metrics).
+fn passing(op: Comparison, t: f64) -> f64 {
+    match op {
+        Comparison::Lt => {
+            if t > 0.0 {
+                t / 2.0
+            } else {
+                t - 1.0
+            }
+        }
+        Comparison::Le | Comparison::Ge => t,
+        Comparison::Gt => {
+            if t > 0.0 {
+                t * 2.0
+            } else {
+                t + 1.0
+            }
+        }
+    }
+}
+
+fn provider_label(l: &LoadedSpec, provider: &str) -> String {
+    let s = &l.spec;
+    let kind = s.target_kind();
+    match provider {
+        "compute" => match (&s.target.ecs, kind) {
+            (Some(e), _) => format!(
+                "ECS {} ({}: blue {}, green {})",
+                e.cluster, e.region, e.services.blue, e.services.green
+            ),
+            (_, TargetKind::Local) => "local processes".into(),
+            _ => "fake compute".into(),
+        },
+        "router" => match &s.target.alb {
+            Some(a) => format!(
+                "ALB {}",
+                a.rule_arn
+                    .as_deref()
+                    .or(a.listener_arn.as_deref())
+                    .unwrap_or("")
+            ),
+            None if kind == TargetKind::Local => "local proxy".into(),
+            None => "fake router".into(),
+        },
+        "migrations" => s.migrations.as_ref().map_or("migrations".into(), |m| {
+            format!("{:?} runner", m.runner).to_lowercase()
+        }),
+        "metrics" => format!("{:?} metrics", s.monitoring.provider).to_lowercase(),
+        "smoke" => "HTTP checks".into(),
+        "secrets" => match kind {
+            TargetKind::EcsAlb => "Secrets Manager".into(),
+            _ => "secret store".into(),
+        },
+        other => other.to_string(),
+    }
+}
+
+fn dry_run(l: &LoadedSpec, out: OutputFormat) -> Result<i32, Error> {
+    let plan = l
+        .spec
+        .plan()
+        .map_err(|e| Error::invalid_input(e.to_string()))?;
+    let p2 = plan.clone();
+    // The happy path on the core fakes, under paused time, on a thread of its
+    // own (it runs its own runtime). Nothing outside this process is touched.
+    let handle = std::thread::spawn(move || {
+        simulate_with(
+            move |fakes| {
+                fakes.world.lock().migrations.clear();
+                for c in &p2.analysis {
+                    fakes
+                        .metrics
+                        .constant(&c.name, passing(c.success.op, c.success.threshold));
+                }
+                let day_before = Timestamp(SIMULATION_EPOCH.0 - 24 * 3600 * 1000);
+                for s in &p2.preflight.required_secrets {
+                    fakes.secrets.insert(&s.name, "dry-run", Some(day_before));
+                }
+                fakes.builder(p2.clone())
+            },
+            |ev, ctl| {
+                if let Event::Stage {
+                    stage: Stage::Hold { .. },
+                } = ev
+                {
+                    ctl.promote();
+                }
+            },
+        )
+        .0
+    });
+    let report = handle
+        .join()
+        .map_err(|_| Error::invalid_input("the dry run failed"))?;
+    if out == OutputFormat::Json {
+        println!("{}", report.to_json());
+        return Ok(EXIT_SUCCEEDED);
+    }
+    println!(
+        "Dry run of {} {} ({}): nothing is changed. Assumes green serves now; the deployment reads the real split first.\n",
+        plan.service,
+        plan.release.version,
+        l.path.display()
+    );
+    let mut items: Vec<(Timestamp, u8, String)> = Vec::new();
+    for s in &report.stages {
+        items.push((s.started_at, 0, format!("[{}]", s.stage)));
+    }
+    for a in &report.actions {
+        let (prov, op) = a.operation.split_once('.').unwrap_or((&a.operation, ""));
+        items.push((
+            a.at,
+            1,
+            format!(
+                "    {prov}.{op} via {}: {}",
+                provider_label(l, prov),
+                a.detail
+            ),
+        ));
+    }
+    items.sort_by_key(|(at, k, _)| (*at, *k));
+    let start = report.started_at;
+    for (at, _, line) in items {
+        println!(
+            "+{:>8}  {line}",
+            humantime::format_duration(Duration::from_secs(at.since(start).as_secs())).to_string()
+        );
+    }
+    println!(
+        "\nSimulated outcome on healthy providers: {}.",
+        report.outcome_name()
+    );
+    Ok(EXIT_SUCCEEDED)
+}
+
+async fn open_journal(path: &Path) -> Result<Arc<dyn Journal>, Error> {
+    Ok(Arc::new(journal::open(path)?))
+}
+
+/// The deployment to act on: `id`, or the service's latest (unfinished, if `unfinished`).
+async fn pick(
+    path: &Path,
+    l: &LoadedSpec,
+    id: Option<String>,
+    unfinished: bool,
+) -> Result<String, Error> {
+    if let Some(id) = id {
+        return Ok(id);
+    }
+    if !path.exists() {
+        return Err(Error::not_found(format!(
+            "no journal at {}: nothing has been deployed with this spec",
+            path.display()
+        )));
+    }
+    let j = open_journal(path).await?;
+    let mut all = j.deployments(Some(l.spec.scope.service.clone())).await?;
+    all.sort_by_key(|d| d.started_at);
+    let found = all
+        .iter()
+        .rev()
+        .find(|d| !unfinished || d.outcome.is_none())
+        .map(|d| d.id.clone());
+    found.ok_or_else(|| {
+        Error::not_found(format!(
+            "no {}deployment of {} in {}",
+            if unfinished { "unfinished " } else { "" },
+            l.spec.scope.service,
+            path.display()
+        ))
+    })
+}
+
+fn exit_code(r: &Report) -> i32 {
+    match r.outcome {
+        Some(Outcome::Succeeded) => EXIT_SUCCEEDED,
+        Some(Outcome::RolledBack { .. }) => EXIT_ROLLED_BACK,
+        Some(Outcome::Halted { .. }) | None => EXIT_HALTED,
+    }
+}
+
+fn describe(e: &Event) -> Option<String> {
+    Some(match e {
+        Event::Stage { stage } => format!("stage {}", stage.name()),
+        Event::Colors { old, new } => format!("{old} serves; deploying to {new}"),
+        Event::TrafficConfirmed { split } => format!("traffic confirmed: {split}"),
+        Event::Measured { measurement } => format!("measured {}", measurement.describe()),
+        Event::SmokeTests { results, .. } => format!(
+            "smoke tests: {}/{} passed",
+            results
+                .iter()
+                .filter(|r| r.outcome.as_ref().is_some_and(|o| o.passed))
+                .count(),
+            results.len()
+        ),
+        Event::Note { text } => format!("note: {text}"),
+        Event::Control { control, effect } => format!("control {control:?}: {effect}"),
+        Event::RollbackStarted { reason } => format!("ROLLBACK: {}", reason.summary),
+        Event::Finished { outcome, .. } => format!("finished: {}", outcome.name()),
+        Event::DryRun { detail } => format!("dry-run check: {detail}"),
+        _ => return None,
+    })
+}
+
+fn show(ev: &DeploymentEvent, out: OutputFormat, bar: Option<&indicatif::ProgressBar>) {
+    match out {
+        OutputFormat::Json => {
+            println!(
+                "{}",
+                serde_json::json!({"deployment_id": ev.deployment_id, "at": ev.at, "event": ev.event})
+            );
+        }
+        OutputFormat::Text => {
+            let Some(line) = describe(&ev.event) else {
+                return;
+            };
+            match bar {
+                Some(b) => {
+                    if let Event::Stage { stage } = &ev.event {
+                        b.set_message(stage.name());
+                    }
+                    b.println(format!("{}  {line}", ev.at));
+                }
+                None => println!("{}  {line}", ev.at),
+            }
+        }
+    }
+}
+
+async fn deploy(
+    l: &LoadedSpec,
+    journal_path: &Path,
+    id: Option<String>,
+    resume: Option<String>,
+    out: OutputFormat,
+) -> Result<i32, Error> {
+    let plan = l
+        .spec
+        .plan()
+        .map_err(|e| Error::invalid_input(e.to_string()))?;
+    let journal = open_journal(journal_path).await?;
+    let assembled = providers::assemble(l).await?;
+    let mut b = assembled.builder(plan).journal(journal);
+    if let Some(r) = &resume {
+        b = b.resume(r.clone());
+    } else if let Some(id) = id {
+        b = b.deployment_id(id);
+    }
+    let dep = match b.build() {
+        Ok(d) => d,
+        Err(e) => {
+            assembled.shutdown().await;
+            return Err(e);
+        }
+    };
+    let id = dep.deployment_id().to_string();
+    let forward = journal::forward_controls(journal_path, id.clone(), dep.control());
+    let mut events = dep.subscribe();
+    let bar = (out == OutputFormat::Text && std::io::stderr().is_terminal()).then(|| {
+        let b = indicatif::ProgressBar::new_spinner();
+        b.enable_steady_tick(Duration::from_millis(120));
+        b
+    });
+    if out == OutputFormat::Text {
+        let verb = if resume.is_some() {
+            "resuming"
+        } else {
+            "deploying"
+        };
+        let line = format!(
+            "{verb} {} {} as {id} (journal {})",
+            l.spec.scope.service,
+            l.spec.scope.version,
+            journal_path.display()
+        );
+        match &bar {
+            Some(b) => b.println(line),
+            None => println!("{line}"),
+        }
+    }
+    let run = dep.run();
+    tokio::pin!(run);
+    let result = loop {
+        tokio::select! {
+            biased;
+            ev = events.recv() => {
+                if let Ok(ev) = ev {
+                    show(&ev, out, bar.as_ref());
+                }
+            }
+            r = &mut run => {
+                while let Ok(ev) = events.try_recv() {
+                    show(&ev, out, bar.as_ref());
+                }
+                break r;
+            }
+        }
+    };
+    forward.abort();
+    if let Some(b) = &bar {
+        b.finish_and_clear();
+    }
+    assembled.shutdown().await;
+    let report = result?;
+    let criteria = acceptance::evaluate(&l.spec, &report);
+    match out {
+        OutputFormat::Json => println!(
+            "{}",
+            serde_json::json!({
+                "deployment_id": report.deployment_id,
+                "outcome": report.outcome_name(),
+                "acceptance": criteria,
+                "report": report,
+            })
+        ),
+        OutputFormat::Text => {
+            println!("\n{id}: {}", report.outcome_name());
+            if let Some(Outcome::RolledBack { reason } | Outcome::Halted { reason }) =
+                &report.outcome
+            {
+                println!("reason: {}", reason.summary);
+            }
+            if !criteria.is_empty() {
+                print!("{}", acceptance::to_markdown(&criteria));
+            }
+        }
+    }
+    Ok(exit_code(&report))
+}
+
+async fn read_report(path: &Path, id: &str) -> Result<Report, Error> {
+    let j = open_journal(path).await?;
+    let entries = j.read(id).await?;
+    if entries.is_empty() {
+        return Err(Error::not_found(format!(
+            "no records of deployment {id} in {}",
+            path.display()
+        )));
+    }
+    Ok(Report::from_entries(&entries))
+}
+
+async fn status(
+    l: &LoadedSpec,
+    path: &Path,
+    id: Option<String>,
+    out: OutputFormat,
+) -> Result<i32, Error> {
+    let id = pick(path, l, id, false).await?;
+    let r = read_report(path, &id).await?;
+    let stage = r
+        .stages
+        .last()
+        .map_or("pending".into(), |s| s.stage.clone());
+    if out == OutputFormat::Json {
+        println!(
+            "{}",
+            serde_json::json!({"deployment_id": id, "service": r.service, "version": r.version,
+                "outcome": r.outcome_name(), "stage": stage, "records": r.records,
+                "started_at": r.started_at, "finished_at": r.finished_at})
+        );
+    } else {
+        println!(
+            "{id}: {} {} — {} (stage {stage}, {} journal records)",
+            r.service,
+            r.version,
+            r.outcome_name(),
+            r.records
+        );
+        if r.outcome.is_none() {
+            println!(
+                "not finished: if its deployer is gone, run `bluegreen resume {}`",
+                l.path.display()
+            );
+        }
+    }
+    Ok(match r.outcome {
+        None => EXIT_SUCCEEDED,
+        Some(_) => exit_code(&r),
+    })
+}
+
+async fn control(
+    l: &LoadedSpec,
+    path: &Path,
+    id: Option<String>,
+    c: Control,
+    out: OutputFormat,
+) -> Result<i32, Error> {
+    let id = pick(path, l, id, true).await?;
+    journal::send_control(path, &id, c.clone())?;
+    if out == OutputFormat::Json {
+        println!("{}", serde_json::json!({"deployment_id": id, "sent": c}));
+    } else {
+        println!(
+            "sent {c:?} to {id}; its deployer applies it within a second (see `bluegreen status`)"
+        );
+    }
+    Ok(EXIT_SUCCEEDED)
+}
+
+async fn report(
+    l: &LoadedSpec,
+    path: &Path,
+    id: Option<String>,
+    format: ReportFormat,
+) -> Result<i32, Error> {
+    let id = pick(path, l, id, false).await?;
+    let r = read_report(path, &id).await?;
+    let criteria = acceptance::evaluate(&l.spec, &r);
+    match format {
+        ReportFormat::Json => println!(
+            "{}",
+            serde_json::json!({"report": r, "acceptance": criteria})
+        ),
+        ReportFormat::Markdown => {
+            print!("{}", r.to_markdown());
+            if !criteria.is_empty() {
+                print!("{}", acceptance::to_markdown(&criteria));
+            }
+        }
+    }
+    Ok(EXIT_SUCCEEDED)
+}

@@ -1,0 +1,12 @@
+#![doc = include_str!("../README.md")]
+
+pub mod acceptance;
+pub mod cli;
+pub mod fake;
+pub mod journal;
+pub mod providers;
+pub mod slack;
+pub mod spec;
+
+pub use cli::main;
+pub use spec::{LoadedSpec, Spec, SpecError};

@@ -1,0 +1,5 @@
+//! The `bluegreen` binary.
+
+fn main() {
+    std::process::exit(bluegreen_cli::main());
+}

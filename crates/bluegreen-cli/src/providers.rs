@@ -1,0 +1,366 @@
+//! From a spec to providers: the target's compute and router, the migration
+//! runner, the metrics source, smoke tests, the secret source and the event
+//! sinks, wired into a core [`Builder`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bluegreen_core::provider::{
+    ComputeProvider, EventSink, MetricsSource, MigrationRunner, SecretMetadata, SecretSource,
+    SecretValue, SmokeTest, TrafficRouter,
+};
+use bluegreen_core::{
+    BlueGreen, Builder, Color, Error, ErrorKind, Plan, Release, Result, TrafficSplit,
+};
+use bluegreen_http::HttpSmokeTest;
+use bluegreen_local::{Load, LocalCompute, LocalProxy, ProxyMetrics};
+
+use crate::fake::{ConstantMetrics, FakeProviders, FakeSmoke, FakeWorld};
+use crate::slack::SlackWebhook;
+use crate::spec::{LoadedSpec, MetricsKind, MigrationRunnerKind, SecretRef, TargetKind};
+
+/// Resolves [`SecretRef`]s: `env:NAME` from the deploying process's
+/// environment, anything else from the target's secret store.
+#[derive(Clone)]
+pub struct RefSecrets {
+    store: Option<Arc<dyn SecretSource>>,
+    store_name: &'static str,
+}
+
+impl std::fmt::Debug for RefSecrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RefSecrets")
+            .field("store", &self.store_name)
+            .finish()
+    }
+}
+
+impl RefSecrets {
+    /// The name under which `r` is looked up in this source.
+    pub fn name_of(r: &SecretRef) -> String {
+        match r {
+            SecretRef::Store(n) => n.clone(),
+            SecretRef::Env(v) => format!("env:{v}"),
+        }
+    }
+
+    fn store(&self, name: &str) -> Result<&Arc<dyn SecretSource>> {
+        self.store.as_ref().ok_or_else(|| {
+            Error::new(
+                ErrorKind::Unsupported,
+                format!(
+                    "secret {name:?}: the {} target has no secret store; refer to an environment variable instead (env:VARIABLE)",
+                    self.store_name
+                ),
+            )
+            .with_provider("secrets")
+            .with_operation("get")
+        })
+    }
+}
+
+#[async_trait]
+impl SecretSource for RefSecrets {
+    async fn get(&self, name: &str) -> Result<SecretValue> {
+        if let Some(var) = name.strip_prefix("env:") {
+            return std::env::var(var).map(SecretValue::new).map_err(|_| {
+                Error::not_found(format!("environment variable {var} is not set"))
+                    .with_provider("env")
+                    .with_operation("get")
+            });
+        }
+        self.store(name)?.get(name).await
+    }
+
+    async fn metadata(&self, name: &str) -> Result<SecretMetadata> {
+        if let Some(var) = name.strip_prefix("env:") {
+            if std::env::var_os(var).is_none() {
+                return Err(
+                    Error::not_found(format!("environment variable {var} is not set"))
+                        .with_provider("env")
+                        .with_operation("metadata"),
+                );
+            }
+            return Ok(SecretMetadata {
+                name: name.into(),
+                last_rotated: None,
+            });
+        }
+        self.store(name)?.metadata(name).await
+    }
+}
+
+/// The local target's running pieces, kept to shut them down at the end.
+pub struct LocalRuntime {
+    /// The instances.
+    pub compute: LocalCompute,
+    /// The proxy.
+    pub proxy: LocalProxy,
+    /// The load sent through the proxy.
+    pub load: Option<Load>,
+}
+
+/// Every provider a spec needs.
+pub struct Assembled {
+    /// Compute.
+    pub compute: Arc<dyn ComputeProvider>,
+    /// Router.
+    pub router: Arc<dyn TrafficRouter>,
+    /// Migrations.
+    pub migrations: Option<Arc<dyn MigrationRunner>>,
+    /// Metrics.
+    pub metrics: Arc<dyn MetricsSource>,
+    /// Smoke tests and staging checks.
+    pub smoke: Vec<Arc<dyn SmokeTest>>,
+    /// Secrets.
+    pub secrets: Arc<RefSecrets>,
+    /// Event sinks.
+    pub sinks: Vec<Arc<dyn EventSink>>,
+    /// The local target's runtime.
+    pub local: Option<LocalRuntime>,
+    /// The fake world.
+    pub fake: Option<FakeWorld>,
+}
+
+impl Assembled {
+    /// A builder for `plan` with every provider wired in.
+    pub fn builder(&self, plan: Plan) -> Builder {
+        let mut b = BlueGreen::builder(plan)
+            .compute(self.compute.clone())
+            .router(self.router.clone())
+            .metrics(self.metrics.clone())
+            .secrets(self.secrets.clone());
+        if let Some(m) = &self.migrations {
+            b = b.migrations(m.clone());
+        }
+        for s in &self.smoke {
+            b = b.smoke_test(s.clone());
+        }
+        for e in &self.sinks {
+            b = b.events(e.clone());
+        }
+        b
+    }
+
+    /// Stops what the local target started.
+    pub async fn shutdown(self) {
+        if let Some(l) = self.local {
+            if let Some(load) = l.load {
+                let _ = load.stop().await;
+            }
+            l.compute.shutdown().await;
+        }
+    }
+}
+
+type TargetProviders = (
+    Arc<dyn ComputeProvider>,
+    Arc<dyn TrafficRouter>,
+    Option<Arc<dyn SecretSource>>,
+    &'static str,
+);
+
+fn unsupported(what: &str) -> Error {
+    Error::new(
+        ErrorKind::Unsupported,
+        format!("{what} is described by the spec but this bluegreen binary does not include its provider yet; run `bluegreen plan` for a dry run"),
+    )
+    .with_operation("assemble providers")
+}
+
+/// Builds the providers of `loaded`. For the local target this starts the
+/// serving color and the proxy.
+pub async fn assemble(loaded: &LoadedSpec) -> Result<Assembled> {
+    let spec = &loaded.spec;
+    let mut local = None;
+    let mut fake = None;
+    let (compute, router, store, store_name): TargetProviders = match spec.target_kind() {
+        TargetKind::Fake => {
+            let f = spec.target.fake.as_ref().expect("validated");
+            let world = FakeWorld::open(
+                &loaded.resolve(&f.state),
+                &f.initial_version,
+                spec.deployment.replicas,
+                &f.migrations,
+            )?;
+            fake = Some(world.clone());
+            let p = Arc::new(FakeProviders::new(world));
+            (
+                p.clone(),
+                p.clone(),
+                Some(p as Arc<dyn SecretSource>),
+                "fake",
+            )
+        }
+        TargetKind::Local => {
+            let l = spec.target.local.as_ref().expect("validated");
+            let command = match &l.command {
+                Some(c) => c.clone(),
+                None => {
+                    let exe = std::env::current_exe().map_err(|e| {
+                        Error::not_found(format!("cannot find the bluegreen executable: {e}"))
+                    })?;
+                    vec![
+                        exe.to_string_lossy().into_owned(),
+                        bluegreen_local::demo::DEMO_APP_ARG.to_string(),
+                    ]
+                }
+            };
+            let compute = LocalCompute::builder()
+                .command(command)
+                .health_path(&l.health_path)
+                .health_interval(Duration::from_millis(200))
+                .grace(Duration::from_secs(3))
+                .build()?;
+            let mut initial = Release::new(&l.initial_version, &spec.scope.image);
+            initial.env = l.initial_env.clone();
+            initial
+                .env
+                .entry("APP_VERSION".into())
+                .or_insert_with(|| l.initial_version.clone());
+            compute.prepare(Color::Green, &initial).await?;
+            compute
+                .scale(Color::Green, spec.deployment.replicas)
+                .await?;
+            wait_stable(&compute, Color::Green, spec.deployment.replicas).await?;
+            let metrics = ProxyMetrics::default();
+            let proxy = LocalProxy::builder(Arc::new(compute.clone()))
+                .listen(l.listen.parse().expect("validated"))
+                .initial_split(TrafficSplit::all_on(Color::Green))
+                .metrics(metrics)
+                .start()
+                .await?;
+            let load = (l.load_workers > 0).then(|| {
+                Load::start(
+                    &format!("{}/", proxy.url()),
+                    l.load_workers,
+                    Some(Duration::from_millis(2)),
+                )
+            });
+            let c: Arc<dyn ComputeProvider> = Arc::new(compute.clone());
+            let r: Arc<dyn TrafficRouter> = Arc::new(proxy.clone());
+            local = Some(LocalRuntime {
+                compute,
+                proxy,
+                load,
+            });
+            (c, r, None, "local")
+        }
+        TargetKind::EcsAlb => return Err(unsupported("the ECS/ALB target")),
+    };
+    let secrets = Arc::new(RefSecrets { store, store_name });
+    let migrations: Option<Arc<dyn MigrationRunner>> = match &spec.migrations {
+        None => None,
+        Some(m) => match m.runner {
+            MigrationRunnerKind::Fake => {
+                let world = fake
+                    .clone()
+                    .expect("validated: fake runner needs the fake target");
+                Some(Arc::new(FakeProviders::new(world)))
+            }
+            MigrationRunnerKind::Postgres => {
+                return Err(unsupported("the postgres migration runner"))
+            }
+        },
+    };
+    let metrics: Arc<dyn MetricsSource> = match spec.monitoring.provider {
+        MetricsKind::Fake => Arc::new(ConstantMetrics::new(
+            spec.monitoring
+                .fake
+                .as_ref()
+                .map(|f| f.values.clone())
+                .unwrap_or_default(),
+        )),
+        MetricsKind::Local => Arc::new(
+            local
+                .as_ref()
+                .expect("validated: local metrics need the local target")
+                .proxy
+                .metrics(),
+        ),
+        MetricsKind::Datadog => {
+            let d = spec.monitoring.datadog.as_ref().expect("validated");
+            Arc::new(datadog(&secrets, &d.site, &d.api_key, d.app_key.as_ref())?)
+        }
+        MetricsKind::Prometheus => return Err(unsupported("the prometheus metrics provider")),
+    };
+    let mut smoke: Vec<Arc<dyn SmokeTest>> = Vec::new();
+    for c in spec.staging_checks.iter().chain(spec.smoke_tests.iter()) {
+        match &fake {
+            Some(world) => smoke.push(Arc::new(FakeSmoke::new(&c.name, world.clone()))),
+            None => smoke.push(Arc::new(
+                HttpSmokeTest::new(c.clone())?.with_secrets(secrets.clone()),
+            )),
+        }
+    }
+    let mut sinks: Vec<Arc<dyn EventSink>> = Vec::new();
+    if let Some(d) = spec.notifications.datadog.as_ref().filter(|d| d.events) {
+        let (site, key) = match (&d.api_key, &spec.monitoring.datadog) {
+            (Some(k), _) => (
+                d.site.clone().unwrap_or_else(|| "datadoghq.com".into()),
+                k.clone(),
+            ),
+            (None, Some(m)) => (d.site.clone().unwrap_or(m.site.clone()), m.api_key.clone()),
+            (None, None) => unreachable!("validated"),
+        };
+        sinks.push(Arc::new(datadog(&secrets, &site, &key, None)?));
+    }
+    if let Some(s) = &spec.notifications.slack {
+        sinks.push(Arc::new(SlackWebhook::new(
+            secrets.clone(),
+            RefSecrets::name_of(&s.webhook_url),
+        )?));
+    }
+    Ok(Assembled {
+        compute,
+        router,
+        migrations,
+        metrics,
+        smoke,
+        secrets,
+        sinks,
+        local,
+        fake,
+    })
+}
+
+fn datadog(
+    secrets: &Arc<RefSecrets>,
+    site: &str,
+    api_key: &SecretRef,
+    app_key: Option<&SecretRef>,
+) -> Result<bluegreen_datadog::Datadog> {
+    let site: bluegreen_datadog::Site = site.parse().map_err(|e| {
+        Error::invalid_input(format!("datadog site {site:?}: {e}"))
+            .with_provider("datadog")
+            .with_operation("build")
+    })?;
+    bluegreen_datadog::Datadog::builder()
+        .site(site)
+        .keys(
+            secrets.clone(),
+            RefSecrets::name_of(api_key),
+            app_key.map_or_else(|| "env:DD_APP_KEY".to_string(), RefSecrets::name_of),
+        )
+        .build()
+}
+
+async fn wait_stable(compute: &LocalCompute, color: Color, count: u32) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = compute.status(color).await?;
+        if s.is_stable_at(count) {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(Error::timeout(format!(
+                "the serving color {color} did not become ready within 30 s: {s:?}; logs in {}",
+                compute.log_dir().display()
+            ))
+            .with_provider("local")
+            .with_operation("start serving color"));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

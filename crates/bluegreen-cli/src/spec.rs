@@ -1,0 +1,1249 @@
+//! The deployment spec file: every section of a hand-written deployment
+//! procedure (scope, target, migrations, smoke tests, monitoring and rollback
+//! triggers, soak, secrets, notifications, acceptance criteria) as TOML or
+//! YAML, loaded into a validated [`Spec`] and converted into a core [`Plan`].
+//!
+//! Loading never panics. Every error is a [`SpecError`] with the file, line
+//! and column, the field and what was expected; an unknown key comes with a
+//! "did you mean" suggestion.
+//!
+//! ```
+//! use bluegreen_cli::spec::Spec;
+//!
+//! let text = r#"
+//! [scope]
+//! service = "demo-app"
+//! version = "2.0.0"
+//! image = "bluegreen-demo-app"
+//!
+//! [target.fake]
+//! state = "world.json"
+//!
+//! [monitoring]
+//! provider = "fake"
+//! fake = { values = { error-rate = 0.001 } }
+//!
+//! [[monitoring.checks]]
+//! name = "error-rate"
+//! query = "errors:{color}"
+//! unit = "ratio"
+//! success = "< 0.01"
+//! "#;
+//! let spec = Spec::from_str(text, "demo.toml").unwrap();
+//! assert_eq!(spec.plan().unwrap().service, "demo-app");
+//!
+//! let err = Spec::from_str(&text.replace("[scope]", "[scope]\nverison = \"x\""), "demo.toml").unwrap_err();
+//! assert!(err.to_string().contains("did you mean `version`"), "{err}");
+//! assert_eq!(err.line, 3);
+//! ```
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bluegreen_core::plan::{
+    ColorTarget, ColorTargets, Deadlines, Gate, InconclusivePolicy, MigrationSettings, Preflight,
+    RequiredSecret, RollbackTrigger, Strategy, Timing,
+};
+use bluegreen_core::provider::MigrationPhase;
+use bluegreen_core::{Plan, Release};
+use bluegreen_http::HttpCheck;
+use serde::{Deserialize, Serialize};
+
+/// A bad spec: where, which field, and what was expected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpecError {
+    /// The file.
+    pub file: String,
+    /// 1-based line (0 when the file could not be read).
+    pub line: usize,
+    /// 1-based column.
+    pub column: usize,
+    /// The field, dotted (`timing.soak`, `monitoring.checks[0].success`), or
+    /// empty when the error is about the file as a whole.
+    pub field: String,
+    /// What is wrong and what was expected.
+    pub message: String,
+}
+
+impl fmt::Display for SpecError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}: ", self.file, self.line, self.column)?;
+        if !self.field.is_empty() {
+            write!(f, "{}: ", self.field)?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for SpecError {}
+
+/// A reference to a secret: its name in the secret store, or an environment
+/// variable of the deploying process. Never the value itself.
+///
+/// Written `{ secret = "prod/order-api/db-password" }`, `{ env = "DD_API_KEY" }`,
+/// `"secret:prod/order-api/db-password"` or `"env:DD_API_KEY"`. Any other
+/// string is refused as a secret written as plain text.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "SecretRefRepr", into = "SecretRefRepr")]
+pub enum SecretRef {
+    /// A secret in the secret store, by name or ARN.
+    Store(String),
+    /// An environment variable of the deploying process.
+    Env(String),
+}
+
+impl fmt::Debug for SecretRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SecretRef::Store(n) => write!(f, "secret:{n}"),
+            SecretRef::Env(n) => write!(f, "env:{n}"),
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum SecretRefRepr {
+    Text(String),
+    Table(SecretRefTable),
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SecretRefTable {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    secret: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    env: Option<String>,
+}
+
+/// The message for a secret written where a reference is required.
+pub const PLAIN_TEXT_SECRET: &str = "a secret written as plain text where a reference is required: write { secret = \"name-in-the-secret-store\" } or { env = \"VARIABLE\" } (or \"secret:...\" / \"env:...\")";
+
+impl TryFrom<SecretRefRepr> for SecretRef {
+    type Error = String;
+    fn try_from(r: SecretRefRepr) -> Result<Self, String> {
+        let non_empty = |s: String, what: &str| {
+            if s.trim().is_empty() {
+                Err(format!(
+                    "the {what} of a secret reference must not be empty"
+                ))
+            } else {
+                Ok(s)
+            }
+        };
+        match r {
+            SecretRefRepr::Text(t) => {
+                if let Some(n) = t.strip_prefix("secret:") {
+                    Ok(SecretRef::Store(non_empty(n.to_string(), "name")?))
+                } else if let Some(n) = t.strip_prefix("env:") {
+                    Ok(SecretRef::Env(non_empty(n.to_string(), "variable")?))
+                } else {
+                    Err(PLAIN_TEXT_SECRET.to_string())
+                }
+            }
+            SecretRefRepr::Table(SecretRefTable {
+                secret: Some(s),
+                env: None,
+            }) => Ok(SecretRef::Store(non_empty(s, "name")?)),
+            SecretRefRepr::Table(SecretRefTable {
+                secret: None,
+                env: Some(e),
+            }) => Ok(SecretRef::Env(non_empty(e, "variable")?)),
+            SecretRefRepr::Table(_) => {
+                Err("a secret reference has exactly one of `secret` and `env`".into())
+            }
+        }
+    }
+}
+
+impl From<SecretRef> for SecretRefRepr {
+    fn from(r: SecretRef) -> Self {
+        match r {
+            SecretRef::Store(s) => SecretRefRepr::Table(SecretRefTable {
+                secret: Some(s),
+                env: None,
+            }),
+            SecretRef::Env(e) => SecretRefRepr::Table(SecretRefTable {
+                secret: None,
+                env: Some(e),
+            }),
+        }
+    }
+}
+
+/// A whole deployment spec. See the [module docs](self).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Spec {
+    /// What is deployed.
+    pub scope: Scope,
+    /// Where it runs: `local`, `ecs` plus `alb`, or `fake`.
+    pub target: Target,
+    /// Replicas, strategy, gates, endpoints.
+    #[serde(default)]
+    pub deployment: Deployment,
+    /// Plain environment variables of the new release.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Secrets the release needs, with their rotation policy.
+    #[serde(default)]
+    pub secrets: Vec<SecretSpec>,
+    /// Backup and database migrations.
+    #[serde(default)]
+    pub migrations: Option<Migrations>,
+    /// HTTP checks against staging before anything changes.
+    #[serde(default)]
+    pub staging_checks: Vec<HttpCheck>,
+    /// HTTP smoke tests on the new color before it gets traffic.
+    #[serde(default)]
+    pub smoke_tests: Vec<HttpCheck>,
+    /// Metrics provider and the checks that decide promotion.
+    pub monitoring: Monitoring,
+    /// What rolls back without a human.
+    #[serde(default)]
+    pub rollback_triggers: Vec<RollbackTrigger>,
+    /// Soak, scale-down delay and windows.
+    #[serde(default)]
+    pub timing: Timing,
+    /// Progress deadlines per phase.
+    #[serde(default)]
+    pub deadlines: Deadlines,
+    /// Datadog events and Slack messages.
+    #[serde(default)]
+    pub notifications: Notifications,
+    /// Criteria evaluated pass or fail from the report at the end.
+    #[serde(default)]
+    pub acceptance: Vec<Criterion>,
+    /// Where the deployment journal is kept.
+    #[serde(default)]
+    pub journal: JournalSpec,
+}
+
+/// What is deployed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scope {
+    /// The service, e.g. `order-api`.
+    pub service: String,
+    /// The version, e.g. `2.5.0`.
+    pub version: String,
+    /// The image, e.g. `order-api:2.5.0-abc123`.
+    pub image: String,
+    /// The source repository.
+    #[serde(default)]
+    pub repository: Option<String>,
+    /// The tag or branch.
+    #[serde(default)]
+    pub tag: Option<String>,
+    /// The CI build.
+    #[serde(default)]
+    pub build: Option<String>,
+    /// The environment's name, e.g. `production`.
+    #[serde(default)]
+    pub environment: Option<String>,
+    /// What this release changes.
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+/// Where the service runs. Exactly one of `local`, `fake`, or `ecs` with `alb`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Target {
+    /// Local child processes behind an in-process proxy.
+    #[serde(default)]
+    pub local: Option<LocalTarget>,
+    /// ECS services, one per color.
+    #[serde(default)]
+    pub ecs: Option<EcsTarget>,
+    /// The ALB listener or rule that splits traffic.
+    #[serde(default)]
+    pub alb: Option<AlbTarget>,
+    /// A simulated world kept in a file (tests, rehearsals).
+    #[serde(default)]
+    pub fake: Option<FakeTarget>,
+}
+
+/// The target kinds, as the spec names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TargetKind {
+    /// `[target.local]`.
+    Local,
+    /// `[target.ecs]` and `[target.alb]`.
+    EcsAlb,
+    /// `[target.fake]`.
+    Fake,
+}
+
+/// `[target.local]`: the local provider.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalTarget {
+    /// The program and arguments of one instance; the built-in demo app if absent.
+    #[serde(default)]
+    pub command: Option<Vec<String>>,
+    /// The proxy's address, e.g. `127.0.0.1:8080` (a free port if absent).
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// The version the serving color runs before the deployment.
+    #[serde(default = "default_initial_version")]
+    pub initial_version: String,
+    /// Environment of the serving color before the deployment.
+    #[serde(default)]
+    pub initial_env: BTreeMap<String, String>,
+    /// The path instances answer health checks on.
+    #[serde(default = "default_health_path")]
+    pub health_path: String,
+    /// Clients sending load through the proxy during the deployment (the
+    /// proxy's metrics need traffic to measure).
+    #[serde(default = "default_load_workers")]
+    pub load_workers: usize,
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:0".into()
+}
+fn default_initial_version() -> String {
+    "1.0.0".into()
+}
+fn default_health_path() -> String {
+    "/health".into()
+}
+fn default_load_workers() -> usize {
+    4
+}
+
+/// Per-color names.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PerColor {
+    /// Blue's.
+    pub blue: String,
+    /// Green's.
+    pub green: String,
+}
+
+/// `[target.ecs]`: one ECS service per color.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EcsTarget {
+    /// The cluster, e.g. `production`.
+    pub cluster: String,
+    /// The region, e.g. `us-east-1`.
+    pub region: String,
+    /// The service of each color.
+    pub services: PerColor,
+    /// The container whose image is replaced (the first if absent).
+    #[serde(default)]
+    pub container: Option<String>,
+    /// Replica regions, for the record.
+    #[serde(default)]
+    pub replica_regions: Vec<String>,
+    /// An endpoint override (an emulator).
+    #[serde(default)]
+    pub endpoint_url: Option<String>,
+}
+
+/// `[target.alb]`: the weighted forward of a listener or rule.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlbTarget {
+    /// The load balancer's name, for the record.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// The listener ARN (give this or `rule_arn`).
+    #[serde(default)]
+    pub listener_arn: Option<String>,
+    /// The rule ARN.
+    #[serde(default)]
+    pub rule_arn: Option<String>,
+    /// The target group ARN of each color.
+    pub target_groups: PerColor,
+}
+
+/// `[target.fake]`: a simulated world in a JSON file, shared by every process
+/// that opens it (the crash tests kill and resume deployers against it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FakeTarget {
+    /// The world's state file (relative to the spec's directory).
+    pub state: PathBuf,
+    /// The version the serving color runs in a new world.
+    #[serde(default = "default_initial_version")]
+    pub initial_version: String,
+    /// Run under paused (virtual) time: waits take no real time.
+    #[serde(default)]
+    pub paused_time: bool,
+    /// The migrations the fake runner knows.
+    #[serde(default)]
+    pub migrations: Vec<FakeMigration>,
+}
+
+/// One migration of the fake runner.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FakeMigration {
+    /// Its version.
+    pub version: u64,
+    /// Its name.
+    pub name: String,
+    /// Expand or contract.
+    #[serde(default = "expand")]
+    pub phase: MigrationPhase,
+    /// Whether it has a down migration.
+    #[serde(default = "yes")]
+    pub reversible: bool,
+}
+
+fn expand() -> MigrationPhase {
+    MigrationPhase::Expand
+}
+fn yes() -> bool {
+    true
+}
+
+/// `[deployment]`: replicas, strategy, gates and endpoints.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Deployment {
+    /// Instances of the new color.
+    #[serde(default = "default_replicas")]
+    pub replicas: u32,
+    /// How traffic moves.
+    #[serde(default)]
+    pub strategy: Strategy,
+    /// Where a human must promote.
+    #[serde(default)]
+    pub gates: Vec<Gate>,
+    /// What inconclusive evidence does.
+    #[serde(default)]
+    pub on_inconclusive: InconclusivePolicy,
+    /// Blue's base URL for smoke tests (the compute provider's if absent).
+    #[serde(default)]
+    pub blue_url: Option<String>,
+    /// Green's base URL.
+    #[serde(default)]
+    pub green_url: Option<String>,
+    /// Staging's base URL, for the staging checks.
+    #[serde(default)]
+    pub staging_url: Option<String>,
+}
+
+fn default_replicas() -> u32 {
+    bluegreen_core::plan::defaults::REPLICAS
+}
+
+impl Default for Deployment {
+    fn default() -> Self {
+        Deployment {
+            replicas: default_replicas(),
+            strategy: Strategy::default(),
+            gates: Vec::new(),
+            on_inconclusive: InconclusivePolicy::default(),
+            blue_url: None,
+            green_url: None,
+            staging_url: None,
+        }
+    }
+}
+
+/// `[[secrets]]`: a secret the release needs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretSpec {
+    /// Its name in the secret store, e.g. `prod/order-api/db-password`.
+    pub name: String,
+    /// The environment variable the release receives it in, if any.
+    #[serde(default)]
+    pub env: Option<String>,
+    /// How often it must be rotated: a duration (`"90d"`) or `"on-compromise"`.
+    pub rotation: Rotation,
+    /// What it is, for the record.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// Never allowed: present only to refuse a value written in the spec.
+    #[serde(default, skip_serializing)]
+    pub value: Option<serde_json::Value>,
+}
+
+/// A rotation policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum Rotation {
+    /// Rotated at least this often.
+    Every(Duration),
+    /// Rotated only when compromised: no age limit.
+    OnCompromise,
+}
+
+impl TryFrom<String> for Rotation {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        if s.trim() == "on-compromise" {
+            return Ok(Rotation::OnCompromise);
+        }
+        match humantime::parse_duration(s.trim()) {
+            Ok(d) if !d.is_zero() => Ok(Rotation::Every(d)),
+            _ => Err(format!(
+                "rotation {s:?}: expected a positive duration such as \"90d\" or \"180d\", or \"on-compromise\""
+            )),
+        }
+    }
+}
+
+impl From<Rotation> for String {
+    fn from(r: Rotation) -> String {
+        match r {
+            Rotation::Every(d) => humantime::format_duration(d).to_string(),
+            Rotation::OnCompromise => "on-compromise".into(),
+        }
+    }
+}
+
+/// `[migrations]`: backup and migrations.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Migrations {
+    /// The runner: `postgres`, or `fake` with the fake target.
+    pub runner: MigrationRunnerKind,
+    /// The database URL, as a reference (it holds a password).
+    #[serde(default)]
+    pub database_url: Option<SecretRef>,
+    /// The directory of migration files (relative to the spec).
+    #[serde(default)]
+    pub directory: Option<PathBuf>,
+    /// Take and verify a backup first.
+    #[serde(default = "yes")]
+    pub backup: bool,
+    /// The fewest entries the backup must list.
+    #[serde(default = "default_backup_entries")]
+    pub backup_min_entries: u64,
+    /// Where backups go (relative to the spec).
+    #[serde(default)]
+    pub backup_dir: Option<PathBuf>,
+    /// Tables whose row counts must not change, checked after each phase.
+    #[serde(default)]
+    pub unchanged_row_counts: Vec<String>,
+}
+
+fn default_backup_entries() -> u64 {
+    bluegreen_core::plan::defaults::BACKUP_MIN_ENTRIES
+}
+
+/// Which migration runner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MigrationRunnerKind {
+    /// `bluegreen-postgres`.
+    Postgres,
+    /// The fake target's runner.
+    Fake,
+}
+
+/// `[monitoring]`: the metrics provider and the checks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Monitoring {
+    /// Which provider answers the checks.
+    pub provider: MetricsKind,
+    /// Datadog settings.
+    #[serde(default)]
+    pub datadog: Option<DatadogSettings>,
+    /// Prometheus settings.
+    #[serde(default)]
+    pub prometheus: Option<PrometheusSettings>,
+    /// Fake values (for the fake target).
+    #[serde(default)]
+    pub fake: Option<FakeMetrics>,
+    /// A dashboard link, for the record.
+    #[serde(default)]
+    pub dashboard: Option<String>,
+    /// The checks that decide promotion.
+    #[serde(default)]
+    pub checks: Vec<bluegreen_core::plan::AnalysisCheck>,
+}
+
+/// The metrics providers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MetricsKind {
+    /// `bluegreen-datadog`.
+    Datadog,
+    /// `bluegreen-prometheus`.
+    Prometheus,
+    /// The local proxy's own metrics (`error_rate:{color}`, `p95_ms:{color}`).
+    Local,
+    /// Constant values from `[monitoring.fake]`.
+    Fake,
+}
+
+/// Datadog settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatadogSettings {
+    /// The site, e.g. `datadoghq.com`.
+    #[serde(default = "default_site")]
+    pub site: String,
+    /// The API key, as a reference.
+    pub api_key: SecretRef,
+    /// The application key (needed for queries), as a reference.
+    #[serde(default)]
+    pub app_key: Option<SecretRef>,
+}
+
+fn default_site() -> String {
+    "datadoghq.com".into()
+}
+
+/// Prometheus settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrometheusSettings {
+    /// The server's base URL.
+    pub url: String,
+}
+
+/// Constant fake metric values, by check name.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FakeMetrics {
+    /// Value of each check.
+    pub values: BTreeMap<String, f64>,
+}
+
+/// `[notifications]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Notifications {
+    /// Post Datadog events (uses `[monitoring.datadog]`'s keys unless given here).
+    #[serde(default)]
+    pub datadog: Option<DatadogEvents>,
+    /// Post to a Slack incoming webhook.
+    #[serde(default)]
+    pub slack: Option<SlackSettings>,
+}
+
+/// Datadog events.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatadogEvents {
+    /// Post events.
+    #[serde(default = "yes")]
+    pub events: bool,
+    /// Extra tags on every event.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// The site, if not `[monitoring.datadog]`'s.
+    #[serde(default)]
+    pub site: Option<String>,
+    /// The API key, if not `[monitoring.datadog]`'s.
+    #[serde(default)]
+    pub api_key: Option<SecretRef>,
+}
+
+/// A Slack incoming webhook.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlackSettings {
+    /// The webhook URL, as a reference (the URL is a credential).
+    pub webhook_url: SecretRef,
+    /// The channel, for the record (a webhook posts to its own channel).
+    #[serde(default)]
+    pub channel: Option<String>,
+}
+
+/// One acceptance criterion, evaluated from the report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Criterion {
+    /// As the procedure words it, e.g. "Blue environment deployed and stable (3 tasks running)".
+    pub name: String,
+    /// What is checked.
+    pub expect: Expectation,
+    /// For `check-passed`: the check's name.
+    #[serde(default)]
+    pub check: Option<String>,
+    /// For `new-color-running`: the count (the deployment's replicas if absent).
+    #[serde(default)]
+    pub count: Option<u32>,
+}
+
+/// What an acceptance criterion checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Expectation {
+    /// The deployment succeeded.
+    Succeeded,
+    /// The staging checks and secret checks passed (the deployment got past preflight).
+    PreflightPassed,
+    /// A backup was taken and verified.
+    BackupVerified,
+    /// Migrations were applied and not reverted.
+    MigrationsApplied,
+    /// The new color ran `count` instances.
+    NewColorRunning,
+    /// Every smoke test passed on the new color.
+    SmokeTestsPassed,
+    /// All traffic is on the new color, confirmed by read-back.
+    TrafficOnNewColor,
+    /// Every measurement of `check` passed.
+    CheckPassed,
+    /// The old color was scaled to zero after the soak.
+    OldColorScaledDown,
+    /// No rollback trigger fired.
+    NoRollback,
+}
+
+/// `[journal]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JournalSpec {
+    /// The journal file (relative to the spec); `.bluegreen/<service>.journal`
+    /// beside the spec if absent.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+}
+
+/// The file formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// TOML.
+    Toml,
+    /// YAML.
+    Yaml,
+}
+
+impl Format {
+    /// By the file's extension: `.yaml`/`.yml` is YAML, anything else TOML.
+    pub fn of(path: &str) -> Format {
+        let lower = path.to_ascii_lowercase();
+        if lower.ends_with(".yaml") || lower.ends_with(".yml") {
+            Format::Yaml
+        } else {
+            Format::Toml
+        }
+    }
+}
+
+/// A spec and where it came from.
+#[derive(Debug, Clone)]
+pub struct LoadedSpec {
+    /// The spec.
+    pub spec: Spec,
+    /// The file.
+    pub path: PathBuf,
+    /// Its text.
+    pub text: String,
+}
+
+impl LoadedSpec {
+    /// Reads and validates the spec at `path`.
+    pub fn load(path: &Path) -> Result<LoadedSpec, SpecError> {
+        let name = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| SpecError {
+            file: name.clone(),
+            line: 0,
+            column: 0,
+            field: String::new(),
+            message: format!("cannot read the spec: {e}"),
+        })?;
+        let spec = Spec::from_str(&text, &name)?;
+        Ok(LoadedSpec {
+            spec,
+            path: path.to_path_buf(),
+            text,
+        })
+    }
+
+    /// A path from the spec, relative to the spec's directory.
+    pub fn resolve(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            return p.to_path_buf();
+        }
+        self.path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .map_or_else(|| p.to_path_buf(), |d| d.join(p))
+    }
+
+    /// The journal file.
+    pub fn journal_path(&self) -> PathBuf {
+        match &self.spec.journal.path {
+            Some(p) => self.resolve(p),
+            None => self.resolve(Path::new(&format!(
+                ".bluegreen/{}.journal",
+                self.spec.scope.service
+            ))),
+        }
+    }
+}
+
+impl Spec {
+    /// Parses `text` (TOML, or YAML when `file` ends in `.yaml`/`.yml`) and
+    /// validates it. `file` names the source in errors.
+    #[allow(clippy::should_implement_trait)]
+    pub fn from_str(text: &str, file: &str) -> Result<Spec, SpecError> {
+        Self::parse(text, file, Format::of(file))
+    }
+
+    /// Parses `text` in `format` and validates it.
+    pub fn parse(text: &str, file: &str, format: Format) -> Result<Spec, SpecError> {
+        let spec = match format {
+            Format::Toml => {
+                let de = toml::Deserializer::new(text);
+                serde_path_to_error::deserialize::<_, Spec>(de).map_err(|e| {
+                    let field = e.path().to_string();
+                    let inner = e.into_inner();
+                    let (line, column) = match inner.span() {
+                        Some(span) => line_col(text, span.start),
+                        None => locate(text, &field),
+                    };
+                    SpecError {
+                        file: file.into(),
+                        line,
+                        column,
+                        field: clean_path(&field),
+                        message: explain(inner.message()),
+                    }
+                })?
+            }
+            Format::Yaml => {
+                let de = serde_norway::Deserializer::from_str(text);
+                serde_path_to_error::deserialize::<_, Spec>(de).map_err(|e| {
+                    let field = e.path().to_string();
+                    let inner = e.into_inner();
+                    let (line, column) = match inner.location() {
+                        Some(l) => (l.line(), l.column()),
+                        None => locate(text, &field),
+                    };
+                    let mut msg = inner.to_string();
+                    // serde_norway appends " at line L column C"; we print it ourselves.
+                    if let Some(i) = msg.find(" at line ") {
+                        msg.truncate(i);
+                    }
+                    SpecError {
+                        file: file.into(),
+                        line,
+                        column,
+                        field: clean_path(&field),
+                        message: explain(&msg),
+                    }
+                })?
+            }
+        };
+        spec.validate().map_err(|(field, message)| {
+            let (line, column) = locate(text, &field);
+            SpecError {
+                file: file.into(),
+                line,
+                column,
+                field,
+                message,
+            }
+        })?;
+        Ok(spec)
+    }
+
+    /// The target kind.
+    pub fn target_kind(&self) -> TargetKind {
+        if self.target.local.is_some() {
+            TargetKind::Local
+        } else if self.target.fake.is_some() {
+            TargetKind::Fake
+        } else {
+            TargetKind::EcsAlb
+        }
+    }
+
+    fn validate(&self) -> Result<(), (String, String)> {
+        let err = |f: &str, m: String| Err((f.to_string(), m));
+        let t = &self.target;
+        match (&t.local, &t.fake, &t.ecs, &t.alb) {
+            (Some(_), None, None, None) | (None, Some(_), None, None) => {}
+            (None, None, Some(_), Some(_)) => {}
+            (None, None, Some(_), None) => {
+                return err("target.ecs", "an `ecs` target needs an `alb` section to route traffic: add [target.alb] with target_groups".into())
+            }
+            (None, None, None, Some(_)) => {
+                return err("target.alb", "an `alb` target needs an `ecs` section for compute: add [target.ecs]".into())
+            }
+            (None, None, None, None) => {
+                return err("target", "missing: expected one of [target.local], [target.ecs] with [target.alb], or [target.fake]".into())
+            }
+            _ => {
+                return err("target", "give one target only: [target.local], [target.ecs] with [target.alb], or [target.fake]".into())
+            }
+        }
+        if let Some(alb) = &t.alb {
+            if alb.listener_arn.is_some() == alb.rule_arn.is_some() {
+                return err(
+                    "target.alb",
+                    "give exactly one of `listener_arn` and `rule_arn`".into(),
+                );
+            }
+        }
+        if let Some(l) = &t.local {
+            if let Some(c) = &l.command {
+                if c.is_empty() || c[0].trim().is_empty() {
+                    return err("target.local.command", "must name a program, e.g. [\"./my-app\", \"--port\", \"$PORT\"]; leave it out for the built-in demo app".into());
+                }
+            }
+            if l.listen.parse::<std::net::SocketAddr>().is_err() {
+                return err(
+                    "target.local.listen",
+                    format!(
+                        "{:?} is not an address: expected e.g. \"127.0.0.1:8080\"",
+                        l.listen
+                    ),
+                );
+            }
+        }
+        for k in self.env.keys() {
+            if looks_secret(k) {
+                return err(&format!("env.{k}"), format!("{k} looks like a secret, and {PLAIN_TEXT_SECRET}; list it under [[secrets]] with `env = \"{k}\"`"));
+            }
+        }
+        for (i, s) in self.secrets.iter().enumerate() {
+            if s.value.is_some() {
+                return err(
+                    &format!("secrets[{i}].value"),
+                    format!(
+                        "{PLAIN_TEXT_SECRET}; the spec names the secret (`name`), never its value"
+                    ),
+                );
+            }
+        }
+        if let Some(m) = &self.migrations {
+            match m.runner {
+                MigrationRunnerKind::Postgres => {
+                    if m.database_url.is_none() {
+                        return err("migrations.database_url", "missing: the postgres runner needs a database URL reference, e.g. { secret = \"prod/order-api/database-url\" }".into());
+                    }
+                    if m.directory.is_none() {
+                        return err(
+                            "migrations.directory",
+                            "missing: the directory of migration files".into(),
+                        );
+                    }
+                }
+                MigrationRunnerKind::Fake if self.target.fake.is_none() => {
+                    return err(
+                        "migrations.runner",
+                        "the fake runner works with [target.fake] only".into(),
+                    );
+                }
+                MigrationRunnerKind::Fake => {}
+            }
+        }
+        let mon = &self.monitoring;
+        match mon.provider {
+            MetricsKind::Datadog if mon.datadog.is_none() => {
+                return err("monitoring.datadog", "missing: provider = \"datadog\" needs [monitoring.datadog] with api_key and app_key references".into())
+            }
+            MetricsKind::Datadog
+                if mon.datadog.as_ref().is_some_and(|d| d.app_key.is_none()) =>
+            {
+                return err("monitoring.datadog.app_key", "missing: metric queries need an application key reference".into());
+            }
+            MetricsKind::Prometheus if mon.prometheus.is_none() => {
+                return err("monitoring.prometheus", "missing: provider = \"prometheus\" needs [monitoring.prometheus] with url".into())
+            }
+            MetricsKind::Local if self.target.local.is_none() => {
+                return err("monitoring.provider", "\"local\" measures the local proxy and works with [target.local] only".into())
+            }
+            MetricsKind::Fake => {
+                if self.target.fake.is_none() {
+                    return err("monitoring.provider", "\"fake\" works with [target.fake] only".into());
+                }
+                let values = mon.fake.as_ref().map(|f| &f.values);
+                for (i, c) in mon.checks.iter().enumerate() {
+                    if values.is_none_or(|v| !v.contains_key(&c.name)) {
+                        return err(&format!("monitoring.checks[{i}].name"), format!("the fake provider has no value for {:?}: add it to [monitoring.fake] values", c.name));
+                    }
+                }
+            }
+            _ => {}
+        }
+        if let Some(d) = &self.notifications.datadog {
+            if d.api_key.is_none() && mon.datadog.is_none() {
+                return err(
+                    "notifications.datadog.api_key",
+                    "missing: give an api_key reference here or in [monitoring.datadog]".into(),
+                );
+            }
+        }
+        let known_checks: Vec<&str> = mon.checks.iter().map(|c| c.name.as_str()).collect();
+        for (i, c) in self.acceptance.iter().enumerate() {
+            if c.name.trim().is_empty() {
+                return err(&format!("acceptance[{i}].name"), "must not be empty".into());
+            }
+            match (c.expect, &c.check) {
+                (Expectation::CheckPassed, None) => {
+                    return err(
+                        &format!("acceptance[{i}].check"),
+                        format!(
+                            "missing: `check-passed` names a check, one of: {}",
+                            known_checks.join(", ")
+                        ),
+                    )
+                }
+                (Expectation::CheckPassed, Some(n)) if !known_checks.contains(&n.as_str()) => {
+                    return err(
+                        &format!("acceptance[{i}].check"),
+                        format!(
+                            "no check named {n:?}{}; known checks: {}",
+                            suggest(n, &known_checks),
+                            known_checks.join(", ")
+                        ),
+                    )
+                }
+                _ => {}
+            }
+        }
+        for (i, c) in self
+            .staging_checks
+            .iter()
+            .chain(self.smoke_tests.iter())
+            .enumerate()
+        {
+            let section = if i < self.staging_checks.len() {
+                format!("staging_checks[{i}]")
+            } else {
+                format!("smoke_tests[{}]", i - self.staging_checks.len())
+            };
+            c.validate().map_err(|m| (section, m))?;
+        }
+        self.plan_unchecked()
+            .validate()
+            .map_err(|e| (spec_field(&e.field), e.message))
+    }
+
+    /// The core plan this spec describes, validated.
+    pub fn plan(&self) -> Result<Plan, SpecError> {
+        let plan = self.plan_unchecked();
+        plan.validate().map_err(|e| SpecError {
+            file: String::new(),
+            line: 0,
+            column: 0,
+            field: spec_field(&e.field),
+            message: e.message,
+        })?;
+        Ok(plan)
+    }
+
+    fn plan_unchecked(&self) -> Plan {
+        let mut release = Release::new(&self.scope.version, &self.scope.image);
+        release.build = self.scope.build.clone();
+        release.env = self.env.clone();
+        for s in &self.secrets {
+            if let Some(var) = &s.env {
+                release.secrets.insert(var.clone(), s.name.clone());
+            }
+        }
+        let d = &self.deployment;
+        Plan {
+            service: self.scope.service.clone(),
+            release,
+            colors: ColorTargets {
+                blue: ColorTarget {
+                    base_url: d.blue_url.clone(),
+                },
+                green: ColorTarget {
+                    base_url: d.green_url.clone(),
+                },
+                staging_url: d.staging_url.clone(),
+            },
+            replicas: d.replicas,
+            strategy: d.strategy.clone(),
+            preflight: Preflight {
+                staging_checks: self.staging_checks.iter().map(|c| c.name.clone()).collect(),
+                required_secrets: self
+                    .secrets
+                    .iter()
+                    .map(|s| RequiredSecret {
+                        name: s.name.clone(),
+                        max_age: match s.rotation {
+                            Rotation::Every(d) => Some(d),
+                            Rotation::OnCompromise => None,
+                        },
+                    })
+                    .collect(),
+            },
+            migrations: self.migrations.as_ref().map(|m| MigrationSettings {
+                backup: m.backup,
+                backup_min_entries: m.backup_min_entries,
+            }),
+            smoke_tests: self.smoke_tests.iter().map(|c| c.name.clone()).collect(),
+            analysis: self.monitoring.checks.clone(),
+            rollback_triggers: self.rollback_triggers.clone(),
+            timing: self.timing.clone(),
+            gates: d.gates.clone(),
+            deadlines: self.deadlines.clone(),
+            on_inconclusive: d.on_inconclusive,
+        }
+    }
+}
+
+/// Environment variable names that hold secrets by convention.
+fn looks_secret(key: &str) -> bool {
+    let k = key.to_ascii_uppercase();
+    [
+        "PASSWORD",
+        "SECRET",
+        "TOKEN",
+        "API_KEY",
+        "APIKEY",
+        "PRIVATE_KEY",
+    ]
+    .iter()
+    .any(|w| k.contains(w))
+}
+
+/// Maps a core plan field to the spec's field.
+fn spec_field(plan_field: &str) -> String {
+    const MAP: [(&str, &str); 12] = [
+        ("service", "scope.service"),
+        ("release.version", "scope.version"),
+        ("release.image", "scope.image"),
+        ("release.secrets", "secrets"),
+        ("release.env", "env"),
+        ("replicas", "deployment.replicas"),
+        ("strategy", "deployment.strategy"),
+        ("gates", "deployment.gates"),
+        ("analysis", "monitoring.checks"),
+        ("preflight.required_secrets", "secrets"),
+        ("preflight.staging_checks", "staging_checks"),
+        ("colors", "deployment"),
+    ];
+    for (from, to) in MAP {
+        if let Some(rest) = plan_field.strip_prefix(from) {
+            if rest.is_empty() || rest.starts_with('.') || rest.starts_with('[') {
+                return format!("{to}{rest}");
+            }
+        }
+    }
+    plan_field.to_string()
+}
+
+/// `a.b[0].c` as serde_path_to_error prints it, without the `?` it gives
+/// untagged/`try_from` levels.
+fn clean_path(p: &str) -> String {
+    if p == "." {
+        String::new()
+    } else {
+        p.replace(".?", "").replace('?', "")
+    }
+}
+
+/// Improves serde's messages: suggestions for unknown keys and variants,
+/// "section" wording for missing tables, a hint for durations.
+fn explain(msg: &str) -> String {
+    let msg = msg.trim().trim_end_matches('\n');
+    let first = msg.lines().next().unwrap_or(msg).to_string();
+    if let Some(rest) = first
+        .strip_prefix("unknown field `")
+        .or_else(|| first.strip_prefix("unknown variant `"))
+    {
+        if let Some(end) = rest.find('`') {
+            let got = &rest[..end];
+            let expected: Vec<&str> = rest[end..]
+                .split('`')
+                .skip(2)
+                .step_by(2)
+                .filter(|s| !s.is_empty())
+                .collect();
+            return format!("{first}{}", suggest(got, &expected));
+        }
+    }
+    if let Some(rest) = first.strip_prefix("missing field `") {
+        let name = rest.trim_end_matches('`');
+        return format!("missing required key or section `{name}`");
+    }
+    let lower = first.to_ascii_lowercase();
+    if lower.contains("time unit")
+        || lower.contains("duration")
+        || lower.contains("number is expected")
+    {
+        return format!(
+            "{first}: expected a duration such as \"90s\", \"5m\", \"1h\" or \"1h 30m\""
+        );
+    }
+    first
+}
+
+/// `"; did you mean `x`?"` when one of `candidates` is close to `got`.
+pub fn suggest(got: &str, candidates: &[&str]) -> String {
+    let best = candidates
+        .iter()
+        .map(|c| (strsim::jaro_winkler(got, c), *c))
+        .filter(|(score, _)| *score >= 0.8)
+        .max_by(|a, b| a.0.total_cmp(&b.0));
+    match best {
+        Some((_, c)) => format!("; did you mean `{c}`?"),
+        None => String::new(),
+    }
+}
+
+/// 1-based line and column of byte `offset`.
+pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = text.get(..offset).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let col = before
+        .rfind('\n')
+        .map_or(before.chars().count(), |i| before[i + 1..].chars().count())
+        + 1;
+    (line, col)
+}
+
+/// Best-effort location of a dotted field in TOML or YAML text: each segment
+/// is looked for as a key or table header after the previous one.
+pub fn locate(text: &str, field: &str) -> (usize, usize) {
+    let mut pos = 0usize;
+    let mut found = (1, 1);
+    for seg in field.split('.').filter(|s| !s.is_empty()) {
+        let (name, index) = match seg.find('[') {
+            Some(i) => (
+                &seg[..i],
+                seg[i + 1..].trim_end_matches(']').parse::<usize>().ok(),
+            ),
+            None => (seg, None),
+        };
+        let mut hits = 0usize;
+        let mut offset = pos;
+        let mut matched = None;
+        for line in text[pos..].split_inclusive('\n') {
+            let t = line.trim_start();
+            let t = t.trim_start_matches("- ");
+            let header = t.trim_start_matches('[').trim_end();
+            let is_key =
+                t.starts_with(name) && t[name.len()..].trim_start().starts_with(['=', ':']);
+            let is_header = t.starts_with('[')
+                && header
+                    .trim_end_matches(']')
+                    .rsplit('.')
+                    .next()
+                    .is_some_and(|h| h.trim() == name);
+            let is_quoted_key = t.starts_with(&format!("\"{name}\""));
+            if is_key || is_header || is_quoted_key {
+                if hits == index.unwrap_or(0) {
+                    matched = Some(offset + (line.len() - line.trim_start().len()));
+                    break;
+                }
+                hits += 1;
+            }
+            offset += line.len();
+        }
+        match matched {
+            Some(m) => {
+                found = line_col(text, m);
+                pos = m;
+            }
+            None => break,
+        }
+    }
+    found
+}
