@@ -193,10 +193,7 @@ pub fn run(cli: Cli) -> i32 {
             Command::Validate { .. } => validate(&loaded, out),
             Command::Plan { .. } => dry_run(&loaded, out),
             Command::Deploy { id, .. } => deploy(&loaded, &journal_path, id, None, out).await,
-            Command::Resume { id, .. } => match pick(&journal_path, &loaded, id, true).await {
-                Ok(id) => deploy(&loaded, &journal_path, None, Some(id), out).await,
-                Err(e) => Err(e),
-            },
+            Command::Resume { id, .. } => resume(&loaded, &journal_path, id, out).await,
             Command::Status { id, .. } => status(&loaded, &journal_path, id, out).await,
             Command::Abort { id, reason, .. } => {
                 control(&loaded, &journal_path, id, Control::Abort { reason }, out).await
@@ -372,30 +369,37 @@ fn dry_run(l: &LoadedSpec, out: OutputFormat) -> Result<i32, Error> {
         plan.release.version,
         l.path.display()
     );
-    let mut items: Vec<(Timestamp, u8, String)> = Vec::new();
-    for s in &report.stages {
-        items.push((s.started_at, 0, format!("[{}]", s.stage)));
-    }
-    for a in &report.actions {
-        let (prov, op) = a.operation.split_once('.').unwrap_or((&a.operation, ""));
-        items.push((
-            a.at,
-            1,
-            format!(
-                "    {prov}.{op} via {}: {}",
-                provider_label(l, prov),
-                a.detail
-            ),
-        ));
-    }
-    items.sort_by_key(|(at, k, _)| (*at, *k));
+    let stages: Vec<&str> = report.stages.iter().map(|s| s.stage.as_str()).collect();
+    println!("Steps: {}\n", stages.join(" -> "));
+    println!("Provider calls (repeated polls folded):");
     let start = report.started_at;
-    for (at, _, line) in items {
-        println!(
-            "+{:>8}  {line}",
-            humantime::format_duration(Duration::from_secs(at.since(start).as_secs())).to_string()
-        );
+    let mut last: Option<(String, u32, Timestamp)> = None;
+    let flush = |l: &Option<(String, u32, Timestamp)>| {
+        if let Some((line, n, at)) = l {
+            let t = humantime::format_duration(Duration::from_secs(at.since(start).as_secs()));
+            let times = if *n > 1 {
+                format!("  (x{n})")
+            } else {
+                String::new()
+            };
+            println!("+{:>8}  {line}{times}", t.to_string());
+        }
+    };
+    for a in &report.actions {
+        let (prov, op) = a
+            .operation
+            .split_once([' ', '.'])
+            .unwrap_or((&a.operation, ""));
+        let line = format!("{prov}.{op} [{}] {}", provider_label(l, prov), a.detail);
+        match &mut last {
+            Some((prev, n, _)) if *prev == line => *n += 1,
+            _ => {
+                flush(&last);
+                last = Some((line, 1, a.at));
+            }
+        }
     }
+    flush(&last);
     println!(
         "\nSimulated outcome on healthy providers: {}.",
         report.outcome_name()
@@ -596,6 +600,30 @@ async fn deploy(
         }
     }
     Ok(exit_code(&report))
+}
+
+async fn resume(
+    l: &LoadedSpec,
+    path: &Path,
+    id: Option<String>,
+    out: OutputFormat,
+) -> Result<i32, Error> {
+    let id = pick(path, l, id, false).await?;
+    let r = read_report(path, &id).await?;
+    if r.outcome.is_none() {
+        return deploy(l, path, None, Some(id), out).await;
+    }
+    // Finished already (its deployer died after the last record): nothing
+    // is left to do but tell.
+    if out == OutputFormat::Json {
+        println!(
+            "{}",
+            serde_json::json!({"deployment_id": id, "outcome": r.outcome_name(), "already_finished": true})
+        );
+    } else {
+        println!("{id} already finished: {}", r.outcome_name());
+    }
+    Ok(exit_code(&r))
 }
 
 async fn read_report(path: &Path, id: &str) -> Result<Report, Error> {
