@@ -1,6 +1,5 @@
 #![doc = include_str!("../README.md")]
 
-mod aws;
 mod router;
 
 pub use router::{AlbRouter, AlbRouterBuilder};

@@ -7,8 +7,8 @@ use aws_sdk_elasticloadbalancingv2::types::{
 use aws_types::SdkConfig;
 use bluegreen_core::{Color, Error, Result, TargetHealth, TrafficRouter, TrafficSplit};
 
-use crate::aws::{check_arn, sdk_error};
 use crate::PROVIDER;
+use bluegreen_aws::{check_arn, sdk_error};
 
 /// Where the weighted forward lives.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,11 +65,25 @@ impl AlbRouterBuilder {
         let region = self.config.region().map(|r| r.as_ref().to_string());
         let place = match (self.listener, self.rule) {
             (Some(l), None) => {
-                check_arn("listener", &l, "elasticloadbalancing", "listener/", region.as_deref())?;
+                check_arn(
+                    PROVIDER,
+                    "listener",
+                    &l,
+                    "elasticloadbalancing",
+                    "listener/",
+                    region.as_deref(),
+                )?;
                 Place::Listener(l)
             }
             (None, Some(r)) => {
-                check_arn("rule", &r, "elasticloadbalancing", "listener-rule/", region.as_deref())?;
+                check_arn(
+                    PROVIDER,
+                    "rule",
+                    &r,
+                    "elasticloadbalancing",
+                    "listener-rule/",
+                    region.as_deref(),
+                )?;
                 Place::Rule(r)
             }
             (Some(_), Some(_)) => {
@@ -92,6 +106,7 @@ impl AlbRouterBuilder {
                 ))
             })?;
             check_arn(
+                PROVIDER,
                 &field,
                 &arn,
                 "elasticloadbalancing",
@@ -173,6 +188,7 @@ impl AlbRouter {
             .await
             .map_err(|e| {
                 sdk_error(
+                    PROVIDER,
                     e,
                     OP,
                     "elasticloadbalancing:DescribeTargetGroups",
@@ -198,6 +214,7 @@ impl AlbRouter {
                     .await
                     .map_err(|e| {
                         sdk_error(
+                            PROVIDER,
                             e,
                             operation,
                             "elasticloadbalancing:DescribeRules",
@@ -220,6 +237,7 @@ impl AlbRouter {
                     .await
                     .map_err(|e| {
                         sdk_error(
+                            PROVIDER,
                             e,
                             operation,
                             "elasticloadbalancing:DescribeListeners",
@@ -371,6 +389,7 @@ impl TrafficRouter for AlbRouter {
                     .await
                     .map_err(|e| {
                         sdk_error(
+                            PROVIDER,
                             e,
                             OP,
                             "elasticloadbalancing:ModifyRule",
@@ -393,6 +412,7 @@ impl TrafficRouter for AlbRouter {
                     .await
                     .map_err(|e| {
                         sdk_error(
+                            PROVIDER,
                             e,
                             OP,
                             "elasticloadbalancing:ModifyListener",
@@ -438,6 +458,7 @@ impl TrafficRouter for AlbRouter {
             .await
             .map_err(|e| {
                 sdk_error(
+                    PROVIDER,
                     e,
                     "target_health",
                     "elasticloadbalancing:DescribeTargetHealth",

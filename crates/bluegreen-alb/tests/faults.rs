@@ -1,7 +1,7 @@
 //! Faults moto cannot produce, from canned AWS answers: throttling, 5xx,
 //! access denied, and a write whose answer disagrees with what was asked.
 
-mod common;
+use bluegreen_aws::testing as common;
 
 use aws_smithy_types::retry::RetryConfig;
 use bluegreen_alb::AlbRouter;

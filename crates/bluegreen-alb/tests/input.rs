@@ -1,6 +1,6 @@
 //! Bad settings are refused when the router is built, before any AWS call.
 
-mod common;
+use bluegreen_aws::testing as common;
 
 use bluegreen_alb::AlbRouter;
 use bluegreen_core::{Color, ErrorKind};

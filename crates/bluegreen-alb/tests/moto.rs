@@ -1,13 +1,12 @@
 //! The ALB router against the moto emulator (started by scripts/test).
 
-mod common;
+use bluegreen_aws::testing as common;
 
-use aws_sdk_elasticloadbalancingv2::types::Action;
 use aws_sdk_elasticloadbalancingv2::Client;
 use bluegreen_alb::AlbRouter;
 use bluegreen_core::testing::conformance;
 use bluegreen_core::{Color, ErrorKind, TrafficRouter, TrafficSplit};
-use common::alb::{alb_fixture, target_group, weighted_forward, AlbFixture};
+use common::alb::{alb_fixture, forward_weights, target_group, weighted_forward, AlbFixture};
 
 async fn rule_of(elb: &Client, rule: &str) -> aws_sdk_elasticloadbalancingv2::types::Rule {
     elb.describe_rules()
@@ -17,15 +16,6 @@ async fn rule_of(elb: &Client, rule: &str) -> aws_sdk_elasticloadbalancingv2::ty
         .unwrap()
         .rules()[0]
         .clone()
-}
-
-fn weights(actions: &[Action]) -> Vec<(String, i32)> {
-    actions
-        .iter()
-        .filter_map(|a| a.forward_config.as_ref())
-        .flat_map(|f| f.target_groups())
-        .map(|t| (t.target_group_arn.clone().unwrap(), t.weight.unwrap_or(1)))
-        .collect()
 }
 
 fn on_rule(config: &aws_types::SdkConfig, f: &AlbFixture) -> AlbRouter {
@@ -56,7 +46,7 @@ async fn conformance_suite_passes_on_a_listener_rule_and_keeps_conditions_and_st
         .unwrap();
     let rule = rule_of(&elb, &f.rule).await;
     assert_eq!(
-        weights(rule.actions()),
+        forward_weights(rule.actions()),
         vec![(f.blue.clone(), 90), (f.green.clone(), 10)]
     );
     let conditions = rule.conditions();
@@ -101,13 +91,13 @@ async fn conformance_suite_passes_on_a_listener_default_action() {
         .listeners()[0]
         .clone();
     assert_eq!(
-        weights(listener.default_actions()),
+        forward_weights(listener.default_actions()),
         vec![(f.blue.clone(), 0), (f.green.clone(), 100)]
     );
     // The rule was not touched.
     let rule = rule_of(&elb, &f.rule).await;
     assert_eq!(
-        weights(rule.actions()),
+        forward_weights(rule.actions()),
         vec![(f.blue.clone(), 100), (f.green.clone(), 0)]
     );
 }
@@ -211,7 +201,7 @@ async fn missing_target_groups_and_rules_are_not_found_before_anything_changes()
     assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
     assert!(e.message().contains(&missing_rule), "{e}");
     assert_eq!(
-        weights(rule_of(&elb, &f.rule).await.actions()),
+        forward_weights(rule_of(&elb, &f.rule).await.actions()),
         vec![(f.blue.clone(), 100), (f.green.clone(), 0)]
     );
 }

@@ -15,8 +15,8 @@ use bluegreen_core::{
     AutoscalingState, Color, ComputeProvider, ComputeStatus, Error, Release, Result, Rollout,
 };
 
-use crate::aws::{check_arn, is_arn, sdk_error};
 use crate::PROVIDER;
+use bluegreen_aws::{check_arn, is_arn, sdk_error};
 
 /// How often [`EcsCompute::wait_until_stable`] polls by default.
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(15);
@@ -71,7 +71,14 @@ impl EcsComputeBuilder {
             invalid("cluster: no ECS cluster given; set it with .cluster(name or ARN)")
         })?;
         let cluster_name = if is_arn(&cluster) {
-            let arn = check_arn("cluster", &cluster, "ecs", "cluster/", region.as_deref())?;
+            let arn = check_arn(
+                PROVIDER,
+                "cluster",
+                &cluster,
+                "ecs",
+                "cluster/",
+                region.as_deref(),
+            )?;
             arn.resource.trim_start_matches("cluster/").to_string()
         } else {
             cluster.clone()
@@ -89,7 +96,14 @@ impl EcsComputeBuilder {
                 ))
             })?;
             let name = if is_arn(&given) {
-                let arn = check_arn(&field, &given, "ecs", "service/", region.as_deref())?;
+                let arn = check_arn(
+                    PROVIDER,
+                    &field,
+                    &given,
+                    "ecs",
+                    "service/",
+                    region.as_deref(),
+                )?;
                 let path: Vec<&str> = arn.resource.split('/').collect();
                 match path.as_slice() {
                     ["service", name] => name.to_string(),
@@ -275,7 +289,9 @@ impl EcsCompute {
                 ))
                 .send()
                 .await
-                .map_err(|e| sdk_error(e, operation, "ecs:DescribeServices", &resource))?;
+                .map_err(|e| {
+                    sdk_error(PROVIDER, e, operation, "ecs:DescribeServices", &resource)
+                })?;
             for c in chunk {
                 let sref = &self.services[index(*c)];
                 let svc = out.services().iter().find(|s| {
@@ -345,6 +361,7 @@ impl EcsCompute {
             .await
             .map_err(|e| {
                 sdk_error(
+                    PROVIDER,
                     e,
                     operation,
                     "ecs:DescribeTaskDefinition",
@@ -518,9 +535,17 @@ impl EcsCompute {
             }
             let kind = value_from.split(':').nth(2).unwrap_or("");
             if kind == "ssm" {
-                check_arn(&field, value_from, "ssm", "parameter/", region.as_deref())?;
+                check_arn(
+                    PROVIDER,
+                    &field,
+                    value_from,
+                    "ssm",
+                    "parameter/",
+                    region.as_deref(),
+                )?;
             } else {
                 check_arn(
+                    PROVIDER,
                     &field,
                     value_from,
                     "secretsmanager",
@@ -692,6 +717,7 @@ impl ComputeProvider for EcsCompute {
                     .await
                     .map_err(|e| {
                         sdk_error(
+                            PROVIDER,
                             e,
                             OP,
                             "ecs:RegisterTaskDefinition",
@@ -825,7 +851,15 @@ impl EcsCompute {
             .set_task_definition(task_definition.map(str::to_string))
             .send()
             .await
-            .map_err(|e| sdk_error(e, operation, "ecs:UpdateService", &self.describe_of(color)))?;
+            .map_err(|e| {
+                sdk_error(
+                    PROVIDER,
+                    e,
+                    operation,
+                    "ecs:UpdateService",
+                    &self.describe_of(color),
+                )
+            })?;
         tracing::info!(provider = PROVIDER, %color, ?desired, ?task_definition, "updated service");
         Ok(())
     }
@@ -852,6 +886,7 @@ impl EcsCompute {
             .await
             .map_err(|e| {
                 sdk_error(
+                    PROVIDER,
                     e,
                     operation,
                     "application-autoscaling:DescribeScalableTargets",
@@ -896,6 +931,7 @@ impl EcsCompute {
             .await
             .map_err(|e| {
                 sdk_error(
+                    PROVIDER,
                     e,
                     operation,
                     "application-autoscaling:RegisterScalableTarget",

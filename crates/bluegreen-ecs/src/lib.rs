@@ -1,6 +1,5 @@
 #![doc = include_str!("../README.md")]
 
-mod aws;
 mod compute;
 
 pub use compute::{EcsCompute, EcsComputeBuilder, DEFAULT_POLL_INTERVAL, VERSION_TAG};

@@ -16,7 +16,6 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use aws_sdk_applicationautoscaling::types::{ScalableDimension, ServiceNamespace};
-use aws_sdk_elasticloadbalancingv2::types::Action;
 use aws_types::SdkConfig;
 use bluegreen_alb::AlbRouter;
 use bluegreen_core::driver::{BlueGreen, TokioClock};
@@ -30,7 +29,7 @@ use bluegreen_core::{
 };
 use bluegreen_ecs::EcsCompute;
 use bluegreen_secretsmanager::SecretsManagerSource;
-use common::alb::{alb_fixture, AlbFixture};
+use common::alb::{alb_fixture, forward_weights, AlbFixture};
 use common::ecs::{ecs_fixture, EcsFixture};
 use common::CallLog;
 
@@ -317,15 +316,6 @@ fn final_state(stage: &Stage) -> Final {
             ),
         }
     })
-}
-
-fn forward_weights(actions: &[Action]) -> Vec<(String, i32)> {
-    actions
-        .iter()
-        .filter_map(|a| a.forward_config.as_ref())
-        .flat_map(|f| f.target_groups())
-        .map(|t| (t.target_group_arn.clone().unwrap(), t.weight.unwrap_or(1)))
-        .collect()
 }
 
 fn print_calls(what: &str, calls: &CallLog) {

@@ -1,6 +1,5 @@
 #![doc = include_str!("../README.md")]
 
-mod aws;
 mod source;
 
 pub use source::{check_rotation, SecretsManagerSource};

@@ -10,8 +10,8 @@ use aws_types::SdkConfig;
 use bluegreen_core::plan::RequiredSecret;
 use bluegreen_core::{Error, Result, SecretMetadata, SecretSource, SecretValue, Timestamp};
 
-use crate::aws::{check_arn, is_arn, sdk_error};
 use crate::PROVIDER;
+use bluegreen_aws::{check_arn, is_arn, sdk_error};
 
 /// A [`SecretSource`] on AWS Secrets Manager.
 ///
@@ -69,6 +69,7 @@ impl SecretsManagerSource {
         }
         if is_arn(name) {
             check_arn(
+                PROVIDER,
                 "secret",
                 name,
                 "secretsmanager",
@@ -99,6 +100,7 @@ impl SecretSource for SecretsManagerSource {
             .await
             .map_err(|e| {
                 sdk_error(
+                    PROVIDER,
                     e,
                     OP,
                     "secretsmanager:GetSecretValue",
@@ -134,6 +136,7 @@ impl SecretSource for SecretsManagerSource {
             .await
             .map_err(|e| {
                 sdk_error(
+                    PROVIDER,
                     e,
                     OP,
                     "secretsmanager:DescribeSecret",

@@ -1,6 +1,6 @@
 //! Faults moto cannot produce, from canned Secrets Manager answers.
 
-mod common;
+use bluegreen_aws::testing as common;
 
 use aws_smithy_types::retry::RetryConfig;
 use bluegreen_core::{ErrorKind, ErrorStatus, SecretSource, Timestamp};

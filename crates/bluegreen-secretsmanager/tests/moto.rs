@@ -1,6 +1,6 @@
 //! The Secrets Manager source against the moto emulator (started by scripts/test).
 
-mod common;
+use bluegreen_aws::testing as common;
 
 use std::time::{Duration, SystemTime};
 
