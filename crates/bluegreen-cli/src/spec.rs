@@ -824,6 +824,12 @@ impl Spec {
                     if let Some(i) = msg.find(" at line ") {
                         msg.truncate(i);
                     }
+                    // ... and may start with its own path ("scope: ...").
+                    if let Some((head, rest)) = msg.split_once(": ") {
+                        if !head.contains(' ') {
+                            msg = rest.to_string();
+                        }
+                    }
                     SpecError {
                         file: file.into(),
                         line,
