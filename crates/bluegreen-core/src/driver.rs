@@ -206,6 +206,9 @@ impl ControlHandle {
     }
 }
 
+/// Events a slow subscriber may fall behind before it misses some.
+pub const EVENT_CAPACITY: usize = 256;
+
 /// The metrics source used for checks that do not name one.
 pub const DEFAULT_METRICS: &str = "default";
 
@@ -384,7 +387,10 @@ impl Builder {
             .or(self.deployment_id)
             .unwrap_or_else(new_deployment_id);
         let (tx, rx) = mpsc::unbounded_channel();
-        let (events, _) = broadcast::channel(4096);
+        // Subscribers that fall this far behind miss events (they get
+        // `Lagged`); the journal has them all. The channel preallocates
+        // every slot, so this is kept small for many deployments per process.
+        let (events, _) = broadcast::channel(EVENT_CAPACITY);
         Ok(BlueGreen {
             providers: Arc::new(Providers {
                 compute,
