@@ -4,6 +4,7 @@ pub mod compute;
 pub mod demo;
 pub mod load;
 pub mod metrics;
+mod pool;
 pub mod proxy;
 pub mod smoke;
 

@@ -3,8 +3,10 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -12,17 +14,15 @@ use bluegreen_core::{Color, Error, Result, TargetHealth, TrafficRouter, TrafficS
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri};
-use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Empty, Full};
-use hyper::body::{Body, Incoming};
+use http_body_util::Full;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::service::service_fn;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::metrics::ProxyMetrics;
+use crate::pool::{Pool, PooledBody, RequestBody};
 use crate::PROVIDER;
 
 /// The response header naming the color that answered.
@@ -82,7 +82,40 @@ impl Upstreams for StaticUpstreams {
     }
 }
 
-type ProxyBody = BoxBody<Bytes, hyper::Error>;
+/// What the proxy answers with: a backend's body or its own text.
+enum ProxyBody {
+    Upstream(PooledBody),
+    Full(Full<Bytes>),
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<std::result::Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            ProxyBody::Upstream(b) => Pin::new(b).poll_frame(cx),
+            ProxyBody::Full(b) => Pin::new(b).poll_frame(cx).map_err(|n| match n {}),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ProxyBody::Upstream(b) => b.is_end_stream(),
+            ProxyBody::Full(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ProxyBody::Upstream(b) => b.size_hint(),
+            ProxyBody::Full(b) => b.size_hint(),
+        }
+    }
+}
 
 /// Builds and starts a [`LocalProxy`].
 pub struct LocalProxyBuilder {
@@ -92,6 +125,7 @@ pub struct LocalProxyBuilder {
     split: TrafficSplit,
     metrics: ProxyMetrics,
     connect_attempts: u32,
+    workers: usize,
 }
 
 impl std::fmt::Debug for LocalProxyBuilder {
@@ -100,6 +134,7 @@ impl std::fmt::Debug for LocalProxyBuilder {
             .field("listen", &self.listen)
             .field("admin", &self.admin)
             .field("split", &self.split)
+            .field("workers", &self.workers)
             .finish_non_exhaustive()
     }
 }
@@ -121,6 +156,15 @@ impl LocalProxyBuilder {
     /// The split in force at start (default: all on blue).
     pub fn initial_split(mut self, split: TrafficSplit) -> Self {
         self.split = split;
+        self
+    }
+
+    /// How many worker threads serve the clients (default: one per CPU,
+    /// at least 1). Each has its own single-threaded runtime and its own
+    /// connections to the backends; the admin endpoint runs on the runtime
+    /// that calls [`start`](Self::start).
+    pub fn workers(mut self, n: usize) -> Self {
+        self.workers = n.max(1);
         self
     }
 
@@ -149,20 +193,12 @@ impl LocalProxyBuilder {
             Some(a) => Some(bind(a, "admin").await?),
             None => None,
         };
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_secs(2)));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .pool_max_idle_per_host(1024)
-            .build(connector);
         let (split_tx, _) = watch::channel((self.split, Instant::now()));
         let inner = Arc::new(ProxyInner {
             blue: AtomicU8::new(self.split.percent(Color::Blue)),
             sequence: AtomicUsize::new(0),
             round_robin: [AtomicUsize::new(0), AtomicUsize::new(0)],
             upstreams: self.upstreams,
-            client,
             metrics: self.metrics,
             connect_attempts: self.connect_attempts,
             split_tx,
@@ -171,13 +207,24 @@ impl LocalProxyBuilder {
         let addr = listener.local_addr().map_err(|e| {
             Error::unavailable(format!("listen address: {e}")).with_provider(PROVIDER)
         })?;
-        tokio::spawn(serve(listener, stop_rx.clone(), {
-            let inner = inner.clone();
-            move |req| {
-                let inner = inner.clone();
-                async move { Ok::<_, Infallible>(inner.forward(req).await) }
+        let listener = listener.into_std().map_err(|e| {
+            Error::unavailable(format!("listen address {addr}: {e}")).with_provider(PROVIDER)
+        })?;
+        for worker in 0..self.workers {
+            let spawned = listener.try_clone().and_then(|listener| {
+                let (inner, stop) = (inner.clone(), stop_rx.clone());
+                std::thread::Builder::new()
+                    .name(format!("bluegreen-proxy-{worker}"))
+                    .spawn(move || run_worker(listener, stop, inner))
+            });
+            if let Err(e) = spawned {
+                return Err(Error::unavailable(format!(
+                    "cannot start proxy worker {worker} for {addr}: {e}"
+                ))
+                .with_provider(PROVIDER)
+                .with_operation("start"));
             }
-        }));
+        }
         let admin_addr = match admin {
             Some(l) => {
                 let a = l.local_addr().ok();
@@ -209,8 +256,18 @@ impl LocalProxyBuilder {
 /// * **Atomic switch.** The split is one atomic value: a request sees the
 ///   old split or the new one, never a mix, and a request in flight finishes
 ///   on the backend that started it.
-/// * **Failures.** A request whose backend cannot be connected to is
-///   retried on the next instance when it has no body; a backend that fails
+/// * **Workers.** Client connections are served by worker threads (one per
+///   CPU by default, see [`LocalProxyBuilder::workers`]), each with its own
+///   single-threaded runtime, so a request is handled start to end on one
+///   thread, as nginx's workers do.
+/// * **Backend connections.** HTTP/1.1 keep-alive connections to each
+///   backend, pooled per worker; one is reused only once its previous
+///   response has been read to the end, and idle ones close after 30 s.
+/// * **Failures.** A request that never reached a backend (it cannot be
+///   connected to, or closed an idle connection just before the request went
+///   out) is sent again, to the next instance, and so is one without a body
+///   and with an idempotent method whose connection the backend reset before
+///   answering; a backend that otherwise fails
 ///   mid-request gives that one client a 502 (counted as a 5xx of its color);
 ///   a color without a serving instance gives 503.
 /// * **Measurements.** Every answered request is recorded in
@@ -245,6 +302,7 @@ impl LocalProxy {
             split: TrafficSplit::all_on(Color::Blue),
             metrics: ProxyMetrics::default(),
             connect_attempts: 3,
+            workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
         }
     }
 
@@ -281,7 +339,6 @@ struct ProxyInner {
     sequence: AtomicUsize,
     round_robin: [AtomicUsize; 2],
     upstreams: Arc<dyn Upstreams>,
-    client: Client<HttpConnector, ProxyBody>,
     metrics: ProxyMetrics,
     connect_attempts: u32,
     split_tx: watch::Sender<(TrafficSplit, Instant)>,
@@ -303,8 +360,38 @@ fn strip_hop_by_hop(h: &mut http::HeaderMap) {
     }
 }
 
+/// Whether the backend reset the connection (rather than closing it after
+/// reading the request, as a process that dies mid-request does).
+fn is_reset(e: &hyper::Error) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::ConnectionAborted
+            );
+        }
+        source = cause.source();
+    }
+    false
+}
+
+/// `addr (color): error: its source: ...`.
+fn error_chain(addr: SocketAddr, color: Color, e: &hyper::Error) -> String {
+    let mut s = format!("{addr} ({color}): {e}");
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        s.push_str(": ");
+        s.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    s
+}
+
 fn text(status: StatusCode, body: String) -> Response<ProxyBody> {
-    let mut r = Response::new(Full::new(Bytes::from(body)).map_err(|n| match n {}).boxed());
+    let mut r = Response::new(ProxyBody::Full(Full::new(Bytes::from(body))));
     *r.status_mut() = status;
     r.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -339,21 +426,40 @@ impl ProxyInner {
         }
     }
 
-    async fn forward(&self, req: Request<Incoming>) -> Response<ProxyBody> {
+    async fn forward(&self, pool: &Arc<Pool>, req: Request<Incoming>) -> Response<ProxyBody> {
         let start = Instant::now();
         let color = self.choose();
         let (mut parts, body) = req.into_parts();
-        let path = parts
-            .uri
-            .path_and_query()
-            .map(|p| p.as_str().to_string())
-            .unwrap_or_else(|| "/".into());
         strip_hop_by_hop(&mut parts.headers);
-        let empty = body.is_end_stream();
-        let mut body = Some(body.boxed());
+        if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
+            // Absolute-form: the backend gets the origin-form.
+            let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+            parts.uri = match Uri::try_from(path) {
+                Ok(u) => u,
+                Err(e) => {
+                    return text(
+                        StatusCode::BAD_REQUEST,
+                        format!("bluegreen proxy: bad request target {path:?}: {e}\n"),
+                    )
+                }
+            };
+        }
+        parts.version = http::Version::HTTP_11;
+        parts.extensions = http::Extensions::new();
+        // A request without a body and with an idempotent method may be sent
+        // again when the backend resets the connection before answering (a
+        // stale keep-alive connection, an instance whose listener is closing).
+        let mut replay = (body.is_end_stream() && parts.method.is_idempotent()).then(|| {
+            (
+                parts.method.clone(),
+                parts.uri.clone(),
+                parts.headers.clone(),
+            )
+        });
+        let mut req = Request::from_parts(parts, RequestBody::Client(body));
         let rr = &self.round_robin[usize::from(color == Color::Green)];
         let mut last_error = String::new();
-        for _ in 0..self.connect_attempts {
+        'attempts: for _ in 0..self.connect_attempts {
             let Some(addr) = self
                 .upstreams
                 .pick(color, rr.fetch_add(1, Ordering::Relaxed))
@@ -366,48 +472,72 @@ impl ProxyInner {
                 self.metrics.record(color, 503, start.elapsed());
                 return r;
             };
-            let uri: Uri = match format!("http://{addr}{path}").parse() {
-                Ok(u) => u,
-                Err(e) => {
-                    return text(
-                        StatusCode::BAD_REQUEST,
-                        format!("bluegreen proxy: bad request target {path:?}: {e}\n"),
-                    )
+            if !req.headers().contains_key(header::HOST) {
+                if let Ok(h) = HeaderValue::try_from(addr.to_string()) {
+                    req.headers_mut().insert(header::HOST, h);
                 }
-            };
-            let mut out = Request::builder()
-                .method(parts.method.clone())
-                .uri(uri)
-                .version(http::Version::HTTP_11)
-                .body(match body.take() {
-                    Some(b) => b,
-                    None => Empty::new().map_err(|n| match n {}).boxed(),
-                })
-                .expect("a request built from a valid request");
-            *out.headers_mut() = parts.headers.clone();
-            match self.client.request(out).await {
-                Ok(resp) => {
-                    let (mut rparts, rbody) = resp.into_parts();
-                    strip_hop_by_hop(&mut rparts.headers);
-                    rparts
-                        .headers
-                        .insert(COLOR_HEADER, HeaderValue::from_static(color.as_str()));
-                    self.metrics
-                        .record(color, rparts.status.as_u16(), start.elapsed());
-                    return Response::from_parts(rparts, rbody.boxed());
+            }
+            // Idle connections first; one the backend has closed in the
+            // meantime hands the request back untouched, and the next one
+            // (or a new connection) gets it.
+            loop {
+                let (mut sender, reused) = match pool.take(addr).await {
+                    Some(s) => (s, true),
+                    None => match pool.connect(addr).await {
+                        Ok(s) => (s, false),
+                        Err(e) => {
+                            // Never reached the backend: another instance
+                            // may take the request.
+                            last_error = format!("{addr} ({color}): connect: {e}");
+                            continue 'attempts;
+                        }
+                    },
+                };
+                if let Err(e) = sender.ready().await {
+                    if reused {
+                        continue;
+                    }
+                    last_error = error_chain(addr, color, &e);
+                    continue 'attempts;
                 }
-                Err(e) => {
-                    last_error = format!("{addr} ({color}): {e}");
-                    let mut source: Option<&dyn std::error::Error> = std::error::Error::source(&e);
-                    while let Some(s) = source {
-                        last_error.push_str(&format!(": {s}"));
-                        source = s.source();
+                match sender.try_send_request(req).await {
+                    Ok(resp) => {
+                        let (mut rparts, rbody) = resp.into_parts();
+                        strip_hop_by_hop(&mut rparts.headers);
+                        rparts
+                            .headers
+                            .insert(COLOR_HEADER, HeaderValue::from_static(color.as_str()));
+                        self.metrics
+                            .record(color, rparts.status.as_u16(), start.elapsed());
+                        let body = PooledBody::new(rbody, pool.clone(), addr, sender);
+                        return Response::from_parts(rparts, ProxyBody::Upstream(body));
                     }
-                    // Only a request that never reached the backend, and has
-                    // no body to replay, may go to another instance.
-                    if !(e.is_connect() && empty) {
-                        break;
-                    }
+                    Err(mut e) => match e.take_message() {
+                        Some(unsent) => {
+                            req = unsent;
+                            if reused {
+                                continue;
+                            }
+                            last_error = error_chain(addr, color, e.error());
+                            continue 'attempts;
+                        }
+                        None => {
+                            last_error = error_chain(addr, color, e.error());
+                            if is_reset(e.error()) {
+                                if let Some((method, uri, headers)) = replay.take() {
+                                    req = Request::new(RequestBody::Empty);
+                                    *req.method_mut() = method;
+                                    *req.uri_mut() = uri;
+                                    *req.headers_mut() = headers;
+                                    continue 'attempts;
+                                }
+                            }
+                            // The backend may have acted on the request (it
+                            // closed the connection without answering): it
+                            // must not be sent twice.
+                            break 'attempts;
+                        }
+                    },
                 }
             }
         }
@@ -456,6 +586,37 @@ impl ProxyInner {
             ),
         }
     }
+}
+
+/// One proxy worker: a thread with its own single-threaded runtime (nginx's
+/// model) accepting on the shared listening socket, with its own pool of
+/// backend connections, so a request never hops between threads.
+fn run_worker(listener: std::net::TcpListener, stop: watch::Receiver<()>, inner: Arc<ProxyInner>) {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!("bluegreen proxy worker: cannot start a runtime: {e}");
+            return;
+        }
+    };
+    rt.block_on(async move {
+        let listener = match TcpListener::from_std(listener) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!("bluegreen proxy worker: cannot listen: {e}");
+                return;
+            }
+        };
+        let pool = Arc::new(Pool::new(Duration::from_secs(2)));
+        serve(listener, stop, move |req| {
+            let (inner, pool) = (inner.clone(), pool.clone());
+            async move { Ok::<_, Infallible>(inner.forward(&pool, req).await) }
+        })
+        .await;
+    });
 }
 
 /// Accepts HTTP/1.1 connections on `listener` until `stop` is dropped, then
