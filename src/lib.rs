@@ -37,3 +37,24 @@ pub use bluegreen_http as http;
 /// The embedded local provider (feature `local`).
 #[cfg(feature = "local")]
 pub use bluegreen_local as local;
+
+/// The guides in `docs/`, compiled as doc tests so their examples stay true.
+#[cfg(doctest)]
+mod guides {
+    #[doc = include_str!("../docs/concepts.md")]
+    mod concepts {}
+    #[doc = include_str!("../docs/providers.md")]
+    mod providers {}
+    #[doc = include_str!("../docs/custom-provider.md")]
+    mod custom_provider {}
+    #[doc = include_str!("../docs/testing-deploy-logic.md")]
+    mod testing_deploy_logic {}
+    #[doc = include_str!("../docs/operating.md")]
+    mod operating {}
+    #[doc = include_str!("../docs/migrations.md")]
+    mod migrations {}
+    #[doc = include_str!("../docs/iam.md")]
+    mod iam {}
+    #[doc = include_str!("../docs/from-a-runbook.md")]
+    mod from_a_runbook {}
+}
