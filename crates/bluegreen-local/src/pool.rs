@@ -82,13 +82,15 @@ impl Pool {
         }
     }
 
-    /// The most recently used idle connection to `addr` that is still open.
+    /// The most recently used idle connection to `addr` that is still open,
+    /// and whether it had been idle a while (the backend may have closed it
+    /// since without this worker having seen it yet).
     ///
     /// One that has been idle a while is checked after this worker's runtime
     /// has polled for I/O once more, so that a close the backend sent in the
     /// meantime (it stopped, or crashed) is seen before the request goes out
     /// on it rather than failing the request.
-    pub(crate) async fn take(&self, addr: SocketAddr) -> Option<Sender> {
+    pub(crate) async fn take(&self, addr: SocketAddr) -> Option<(Sender, bool)> {
         loop {
             let (sender, idle_for) = {
                 let mut all = self.idle.lock().unwrap_or_else(|p| p.into_inner());
@@ -99,13 +101,14 @@ impl Pool {
             if sender.is_closed() || idle_for >= IDLE_TIMEOUT {
                 continue;
             }
-            if idle_for >= RECHECK_AFTER {
+            let long_idle = idle_for >= RECHECK_AFTER;
+            if long_idle {
                 tokio::task::yield_now().await;
                 if sender.is_closed() {
                     continue;
                 }
             }
-            return Some(sender);
+            return Some((sender, long_idle));
         }
     }
 

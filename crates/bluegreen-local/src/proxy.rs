@@ -447,15 +447,11 @@ impl ProxyInner {
         parts.version = http::Version::HTTP_11;
         parts.extensions = http::Extensions::new();
         // A request without a body and with an idempotent method may be sent
-        // again when the backend resets the connection before answering (a
-        // stale keep-alive connection, an instance whose listener is closing).
-        let mut replay = (body.is_end_stream() && parts.method.is_idempotent()).then(|| {
-            (
-                parts.method.clone(),
-                parts.uri.clone(),
-                parts.headers.clone(),
-            )
-        });
+        // once more when the backend resets the connection before answering:
+        // a new connection to an instance whose listener is closing, or an
+        // idle one the backend dropped. Only then is a copy kept, so a busy
+        // keep-alive connection copies nothing.
+        let mut replayable = body.is_end_stream() && parts.method.is_idempotent();
         let mut req = Request::from_parts(parts, RequestBody::Client(body));
         let rr = &self.round_robin[usize::from(color == Color::Green)];
         let mut last_error = String::new();
@@ -481,10 +477,10 @@ impl ProxyInner {
             // meantime hands the request back untouched, and the next one
             // (or a new connection) gets it.
             loop {
-                let (mut sender, reused) = match pool.take(addr).await {
-                    Some(s) => (s, true),
+                let (mut sender, reused, risky) = match pool.take(addr).await {
+                    Some((s, long_idle)) => (s, true, long_idle),
                     None => match pool.connect(addr).await {
-                        Ok(s) => (s, false),
+                        Ok(s) => (s, false, true),
                         Err(e) => {
                             // Never reached the backend: another instance
                             // may take the request.
@@ -500,6 +496,13 @@ impl ProxyInner {
                     last_error = error_chain(addr, color, &e);
                     continue 'attempts;
                 }
+                let replay = (replayable && risky).then(|| {
+                    (
+                        req.method().clone(),
+                        req.uri().clone(),
+                        req.headers().clone(),
+                    )
+                });
                 match sender.try_send_request(req).await {
                     Ok(resp) => {
                         let (mut rparts, rbody) = resp.into_parts();
@@ -524,7 +527,8 @@ impl ProxyInner {
                         None => {
                             last_error = error_chain(addr, color, e.error());
                             if is_reset(e.error()) {
-                                if let Some((method, uri, headers)) = replay.take() {
+                                if let Some((method, uri, headers)) = replay {
+                                    replayable = false;
                                     req = Request::new(RequestBody::Empty);
                                     *req.method_mut() = method;
                                     *req.uri_mut() = uri;
