@@ -15,7 +15,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use crate::acceptance;
 use crate::journal;
 use crate::providers;
-use crate::spec::{LoadedSpec, SpecError, TargetKind};
+use crate::spec::{JournalKind, LoadedSpec, SpecError, TargetKind};
 
 /// Exit code: the deployment succeeded (or the command did its job).
 pub const EXIT_SUCCEEDED: i32 = 0;
@@ -407,8 +407,8 @@ fn dry_run(l: &LoadedSpec, out: OutputFormat) -> Result<i32, Error> {
     Ok(EXIT_SUCCEEDED)
 }
 
-async fn open_journal(path: &Path) -> Result<Arc<dyn Journal>, Error> {
-    Ok(Arc::new(journal::open(path)?))
+async fn open_journal(l: &LoadedSpec, path: &Path) -> Result<Arc<dyn Journal>, Error> {
+    journal::open_for(l, path).await
 }
 
 /// The deployment to act on: `id`, or the service's latest (unfinished, if `unfinished`).
@@ -421,13 +421,13 @@ async fn pick(
     if let Some(id) = id {
         return Ok(id);
     }
-    if !path.exists() {
+    if l.spec.journal.kind == JournalKind::File && !path.exists() {
         return Err(Error::not_found(format!(
             "no journal at {}: nothing has been deployed with this spec",
             path.display()
         )));
     }
-    let j = open_journal(path).await?;
+    let j = open_journal(l, path).await?;
     let mut all = j.deployments(Some(l.spec.scope.service.clone())).await?;
     all.sort_by_key(|d| d.started_at);
     let found = all
@@ -512,7 +512,7 @@ async fn deploy(
         .spec
         .plan()
         .map_err(|e| Error::invalid_input(e.to_string()))?;
-    let journal = open_journal(journal_path).await?;
+    let journal = open_journal(l, journal_path).await?;
     let assembled = providers::assemble(l).await?;
     let mut b = assembled.builder(plan).journal(journal);
     if let Some(r) = &resume {
@@ -609,7 +609,7 @@ async fn resume(
     out: OutputFormat,
 ) -> Result<i32, Error> {
     let id = pick(path, l, id, false).await?;
-    let r = read_report(path, &id).await?;
+    let r = read_report(l, path, &id).await?;
     if r.outcome.is_none() {
         return deploy(l, path, None, Some(id), out).await;
     }
@@ -626,8 +626,8 @@ async fn resume(
     Ok(exit_code(&r))
 }
 
-async fn read_report(path: &Path, id: &str) -> Result<Report, Error> {
-    let j = open_journal(path).await?;
+async fn read_report(l: &LoadedSpec, path: &Path, id: &str) -> Result<Report, Error> {
+    let j = open_journal(l, path).await?;
     let entries = j.read(id).await?;
     if entries.is_empty() {
         return Err(Error::not_found(format!(
@@ -645,7 +645,7 @@ async fn status(
     out: OutputFormat,
 ) -> Result<i32, Error> {
     let id = pick(path, l, id, false).await?;
-    let r = read_report(path, &id).await?;
+    let r = read_report(l, path, &id).await?;
     let stage = r
         .stages
         .last()
@@ -704,7 +704,7 @@ async fn report(
     format: ReportFormat,
 ) -> Result<i32, Error> {
     let id = pick(path, l, id, false).await?;
-    let r = read_report(path, &id).await?;
+    let r = read_report(l, path, &id).await?;
     let criteria = acceptance::evaluate(&l.spec, &r);
     match format {
         ReportFormat::Json => println!(

@@ -5,6 +5,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -13,7 +14,10 @@ use bluegreen_core::{
     Control, ControlHandle, Error, FileJournal, Journal, JournalEntry, Lease, Record, Result,
     Timestamp,
 };
+use bluegreen_postgres::{Database, PostgresJournal};
 use serde::{Deserialize, Serialize};
+
+use crate::spec::{JournalKind, LoadedSpec, SecretRef};
 
 /// The environment variable that makes the CLI kill itself with SIGKILL at
 /// a journal append: `N` (right after the N-th append is on disk) or
@@ -128,6 +132,128 @@ pub fn open(path: &Path) -> Result<KillSwitchJournal<FileJournal>> {
         FileJournal::open(path)?,
         KillPoint::from_env(),
     ))
+}
+
+/// Opens the journal `loaded` names: the file at `path`, or the Postgres
+/// journal at the URL its `[journal] url` variable holds. With the kill
+/// switch from the environment.
+pub async fn open_for(loaded: &LoadedSpec, path: &Path) -> Result<Arc<dyn Journal>> {
+    match loaded.spec.journal.kind {
+        JournalKind::File => Ok(Arc::new(open(path)?)),
+        JournalKind::Postgres => {
+            let db = journal_database(loaded)?;
+            let paused = loaded
+                .spec
+                .target
+                .fake
+                .as_ref()
+                .is_some_and(|f| f.paused_time);
+            if paused {
+                // Under paused time an idle runtime jumps its clock to the
+                // next timer while a query is in flight; the journal's I/O
+                // runs on a real-time runtime instead, blocking this one.
+                let j = on_real_time(PostgresJournal::connect(db))?;
+                return Ok(Arc::new(KillSwitchJournal::new(
+                    RealTime(j),
+                    KillPoint::from_env(),
+                )));
+            }
+            Ok(Arc::new(KillSwitchJournal::new(
+                PostgresJournal::connect(db).await?,
+                KillPoint::from_env(),
+            )))
+        }
+    }
+}
+
+/// The runtime [`RealTime`] runs its journal's I/O on; never dropped.
+fn real_time_runtime() -> &'static tokio::runtime::Runtime {
+    static RT: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("a runtime for the journal's I/O")
+    })
+}
+
+/// Runs `fut` to completion on the real-time runtime, blocking the caller
+/// (and with it a paused runtime's clock).
+fn on_real_time<F>(fut: F) -> F::Output
+where
+    F: std::future::Future + Send,
+    F::Output: Send,
+{
+    std::thread::scope(|s| {
+        s.spawn(|| real_time_runtime().block_on(fut))
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p))
+    })
+}
+
+/// A journal whose calls run on a real-time runtime (see [`open_for`]).
+pub struct RealTime<J>(J);
+
+#[async_trait]
+impl<J: Journal> Journal for RealTime<J> {
+    async fn acquire(
+        &self,
+        service: &str,
+        holder: &str,
+        ttl: Duration,
+        now: Timestamp,
+    ) -> Result<Lease> {
+        on_real_time(self.0.acquire(service, holder, ttl, now))
+    }
+
+    async fn renew(&self, lease: &Lease, ttl: Duration, now: Timestamp) -> Result<Lease> {
+        on_real_time(self.0.renew(lease, ttl, now))
+    }
+
+    async fn release(&self, lease: &Lease) -> Result<()> {
+        on_real_time(self.0.release(lease))
+    }
+
+    async fn append(
+        &self,
+        lease: &Lease,
+        deployment_id: &str,
+        at: Timestamp,
+        record: &Record,
+    ) -> Result<u64> {
+        on_real_time(self.0.append(lease, deployment_id, at, record))
+    }
+
+    async fn read(&self, deployment_id: &str) -> Result<Vec<JournalEntry>> {
+        on_real_time(self.0.read(deployment_id))
+    }
+
+    async fn deployments(&self, service: Option<String>) -> Result<Vec<DeploymentSummary>> {
+        on_real_time(self.0.deployments(service))
+    }
+}
+
+/// The Postgres journal's database, from the variable `[journal] url` names.
+pub fn journal_database(loaded: &LoadedSpec) -> Result<Database> {
+    let var = match &loaded.spec.journal.url {
+        Some(SecretRef::Env(v)) => v,
+        _ => {
+            return Err(Error::invalid_input(
+                "journal.url: the postgres journal needs { env = \"VARIABLE\" }",
+            )
+            .with_provider("postgres")
+            .with_operation("open journal"))
+        }
+    };
+    let url = std::env::var(var).map_err(|_| {
+        Error::not_found(format!(
+            "journal.url: environment variable {var} is not set (it holds the journal's database URL)"
+        ))
+        .with_provider("postgres")
+        .with_operation("open journal")
+    })?;
+    Database::from_url(&url)
 }
 
 /// One instruction in the control file.

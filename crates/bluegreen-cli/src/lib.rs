@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 pub mod acceptance;
+pub mod aws;
 pub mod cli;
 pub mod fake;
 pub mod journal;

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bluegreen_core::provider::{
-    ComputeProvider, EventSink, MetricsSource, MigrationRunner, SecretMetadata, SecretSource,
-    SecretValue, SmokeTest, TrafficRouter,
+    ComputeProvider, EventSink, MetricsSource, MigrationPhase, MigrationRunner, SecretMetadata,
+    SecretSource, SecretValue, SmokeTest, TrafficRouter,
 };
 use bluegreen_core::{
     BlueGreen, Builder, Color, Error, ErrorKind, Plan, Release, Result, TrafficSplit,
@@ -18,7 +18,9 @@ use bluegreen_local::{Load, LocalCompute, LocalProxy, ProxyMetrics};
 
 use crate::fake::{ConstantMetrics, FakeProviders, FakeSmoke, FakeWorld};
 use crate::slack::SlackWebhook;
-use crate::spec::{LoadedSpec, MetricsKind, MigrationRunnerKind, SecretRef, TargetKind};
+use crate::spec::{
+    LoadedSpec, MetricsKind, MigrationRunnerKind, Migrations, SecretRef, TargetKind,
+};
 
 /// Resolves [`SecretRef`]s: `env:NAME` from the deploying process's
 /// environment, anything else from the target's secret store.
@@ -161,14 +163,6 @@ type TargetProviders = (
     &'static str,
 );
 
-fn unsupported(what: &str) -> Error {
-    Error::new(
-        ErrorKind::Unsupported,
-        format!("{what} is described by the spec but this bluegreen binary does not include its provider yet; run `bluegreen plan` for a dry run"),
-    )
-    .with_operation("assemble providers")
-}
-
 /// Builds the providers of `loaded`. For the local target this starts the
 /// serving color and the proxy.
 pub async fn assemble(loaded: &LoadedSpec) -> Result<Assembled> {
@@ -247,7 +241,34 @@ pub async fn assemble(loaded: &LoadedSpec) -> Result<Assembled> {
             });
             (c, r, None, "local")
         }
-        TargetKind::EcsAlb => return Err(unsupported("the ECS/ALB target")),
+        TargetKind::EcsAlb => {
+            let e = spec.target.ecs.as_ref().expect("validated");
+            let a = spec.target.alb.as_ref().expect("validated");
+            let config = crate::aws::sdk_config(&e.region, e.endpoint_url.as_deref())?;
+            let mut ecs = bluegreen_ecs::EcsCompute::builder(&config)
+                .cluster(&e.cluster)
+                .service(Color::Blue, &e.services.blue)
+                .service(Color::Green, &e.services.green);
+            if let Some(c) = &e.container {
+                ecs = ecs.container(c);
+            }
+            let mut alb = bluegreen_alb::AlbRouter::builder(&config)
+                .target_group(Color::Blue, &a.target_groups.blue)
+                .target_group(Color::Green, &a.target_groups.green);
+            if let Some(l) = &a.listener_arn {
+                alb = alb.listener(l);
+            }
+            if let Some(r) = &a.rule_arn {
+                alb = alb.rule(r);
+            }
+            let sm = bluegreen_secretsmanager::SecretsManagerSource::new(&config);
+            (
+                Arc::new(ecs.build()?),
+                Arc::new(alb.build()?),
+                Some(Arc::new(sm) as Arc<dyn SecretSource>),
+                "secretsmanager",
+            )
+        }
     };
     let secrets = Arc::new(RefSecrets { store, store_name });
     let migrations: Option<Arc<dyn MigrationRunner>> = match &spec.migrations {
@@ -260,7 +281,7 @@ pub async fn assemble(loaded: &LoadedSpec) -> Result<Assembled> {
                 Some(Arc::new(FakeProviders::new(world)))
             }
             MigrationRunnerKind::Postgres => {
-                return Err(unsupported("the postgres migration runner"))
+                Some(Arc::new(postgres_migrations(loaded, m, &secrets).await?))
             }
         },
     };
@@ -283,7 +304,10 @@ pub async fn assemble(loaded: &LoadedSpec) -> Result<Assembled> {
             let d = spec.monitoring.datadog.as_ref().expect("validated");
             Arc::new(datadog(&secrets, &d.site, &d.api_key, d.app_key.as_ref())?)
         }
-        MetricsKind::Prometheus => return Err(unsupported("the prometheus metrics provider")),
+        MetricsKind::Prometheus => {
+            let p = spec.monitoring.prometheus.as_ref().expect("validated");
+            Arc::new(bluegreen_prometheus::Prometheus::new(p.url.clone())?)
+        }
     };
     let mut smoke: Vec<Arc<dyn SmokeTest>> = Vec::new();
     for c in spec.staging_checks.iter().chain(spec.smoke_tests.iter()) {
@@ -344,6 +368,56 @@ fn datadog(
             app_key.map_or_else(|| "env:DD_APP_KEY".to_string(), RefSecrets::name_of),
         )
         .build()
+}
+
+/// The Postgres migration runner of `[migrations]`: the URL from its
+/// reference, the files from its directory, backups in `backup_dir`
+/// (`.bluegreen/backups` beside the spec if absent).
+async fn postgres_migrations(
+    loaded: &LoadedSpec,
+    m: &Migrations,
+    secrets: &Arc<RefSecrets>,
+) -> Result<bluegreen_postgres::PostgresMigrations> {
+    let url_ref = m.database_url.as_ref().expect("validated");
+    let url = secrets
+        .get(&RefSecrets::name_of(url_ref))
+        .await
+        .map_err(|e| {
+            let msg = format!("migrations.database_url ({url_ref:?}): {}", e.message());
+            Error::new(e.kind(), msg)
+                .with_status(e.status())
+                .with_provider("postgres")
+                .with_operation("resolve database URL")
+        })?;
+    let db = bluegreen_postgres::Database::from_url(url.expose())?;
+    let dir = loaded.resolve(m.directory.as_deref().expect("validated"));
+    let source = bluegreen_postgres::MigrationSource::from_dir(&dir).map_err(|e| {
+        let msg = format!("migrations.directory {}: {}", dir.display(), e.message());
+        Error::new(e.kind(), msg)
+            .with_status(e.status())
+            .with_provider("postgres")
+            .with_operation("load migrations")
+    })?;
+    let backup_dir = loaded.resolve(
+        m.backup_dir
+            .as_deref()
+            .unwrap_or(std::path::Path::new(".bluegreen/backups")),
+    );
+    let settings = bluegreen_postgres::MigrationSettings {
+        backup: bluegreen_postgres::BackupSettings {
+            dir: backup_dir,
+            ..bluegreen_postgres::BackupSettings::default()
+        },
+        ..bluegreen_postgres::MigrationSettings::default()
+    };
+    let mut runner =
+        bluegreen_postgres::PostgresMigrations::new(db, source).with_settings(settings);
+    for table in &m.unchanged_row_counts {
+        for phase in [MigrationPhase::Expand, MigrationPhase::Contract] {
+            runner = runner.with_row_count_invariant(phase, table);
+        }
+    }
+    Ok(runner)
 }
 
 async fn wait_stable(compute: &LocalCompute, color: Color, count: u32) -> Result<()> {

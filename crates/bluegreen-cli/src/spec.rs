@@ -697,14 +697,34 @@ pub enum Expectation {
     NoRollback,
 }
 
-/// `[journal]`.
+/// `[journal]`: a file (the default) or a PostgreSQL database.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JournalSpec {
+    /// Where the journal is kept: `file` (the default) or `postgres`.
+    #[serde(default)]
+    pub kind: JournalKind,
     /// The journal file (relative to the spec); `.bluegreen/<service>.journal`
-    /// beside the spec if absent.
+    /// beside the spec if absent. With the Postgres journal, the control file
+    /// of `abort` and `promote` is kept beside this path.
     #[serde(default)]
     pub path: Option<PathBuf>,
+    /// The Postgres journal's database URL, as an environment variable
+    /// reference (`{ env = "BLUEGREEN_JOURNAL_URL" }`): the journal opens
+    /// before any secret store does.
+    #[serde(default)]
+    pub url: Option<SecretRef>,
+}
+
+/// Which journal.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum JournalKind {
+    /// A file (`bluegreen_core::FileJournal`).
+    #[default]
+    File,
+    /// A PostgreSQL database (`bluegreen_postgres::PostgresJournal`).
+    Postgres,
 }
 
 /// The file formats.
@@ -943,6 +963,21 @@ impl Spec {
                 }
                 MigrationRunnerKind::Fake => {}
             }
+        }
+        match (&self.journal.kind, &self.journal.url) {
+            (JournalKind::Postgres, None) => {
+                return err("journal.url", "missing: the postgres journal needs a database URL reference, e.g. { env = \"BLUEGREEN_JOURNAL_URL\" }".into());
+            }
+            (JournalKind::Postgres, Some(SecretRef::Store(_))) => {
+                return err("journal.url", "the journal opens before the secret store: refer to an environment variable, e.g. { env = \"BLUEGREEN_JOURNAL_URL\" }".into());
+            }
+            (JournalKind::File, Some(_)) => {
+                return err(
+                    "journal.url",
+                    "only the postgres journal has a URL: add kind = \"postgres\"".into(),
+                );
+            }
+            _ => {}
         }
         let mon = &self.monitoring;
         match mon.provider {

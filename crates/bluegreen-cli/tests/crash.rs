@@ -1,8 +1,10 @@
 //! Crash safety with real processes: `bluegreen deploy` of a fake-target spec
 //! (a world kept in a file, virtual time) is killed with SIGKILL at every
-//! journal append in turn, before and after the append reaches the disk; then
-//! `bluegreen resume` runs it to the end. Every run must succeed with each
-//! non-idempotent action done exactly once, as the world file recorded it.
+//! journal append in turn, before and after the append reaches the journal;
+//! then `bluegreen resume` runs it to the end. Every run must succeed with
+//! each non-idempotent action done exactly once, as the world file recorded
+//! it. Once with the file journal, once with the Postgres journal (the server
+//! scripts/test starts, a fresh database per run).
 
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
@@ -73,26 +75,112 @@ soak = "10m"
 path = "deploy.journal"
 "#;
 
-fn bluegreen(dir: &Path, args: &[&str], kill: Option<&str>) -> Output {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_bluegreen"));
-    c.current_dir(dir).args(args).arg("spec.toml");
-    match kill {
-        Some(k) => c.env(bluegreen_cli::journal::KILL_ENV, k),
-        None => c.env_remove(bluegreen_cli::journal::KILL_ENV),
+/// The variable the Postgres-journal spec reads its journal URL from.
+const JOURNAL_URL_ENV: &str = "BLUEGREEN_CRASH_JOURNAL_URL";
+
+/// Where a run keeps its journal.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum JournalKind {
+    File,
+    Postgres,
+}
+
+/// One deployment's directory, spec and journal.
+struct Run {
+    dir: tempfile::TempDir,
+    /// The Postgres journal's database URL.
+    url: Option<String>,
+}
+
+impl Run {
+    fn new(kind: JournalKind, spec: &str) -> Run {
+        let dir = tempfile::tempdir().unwrap();
+        let url = (kind == JournalKind::Postgres).then(fresh_database);
+        let spec = match kind {
+            JournalKind::File => spec.to_string(),
+            JournalKind::Postgres => {
+                format!("{spec}kind = \"postgres\"\nurl = {{ env = \"{JOURNAL_URL_ENV}\" }}\n")
+            }
+        };
+        std::fs::write(dir.path().join("spec.toml"), spec).unwrap();
+        Run { dir, url }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn bluegreen(&self, args: &[&str], kill: Option<&str>) -> Output {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_bluegreen"));
+        c.current_dir(self.path()).args(args).arg("spec.toml");
+        match kill {
+            Some(k) => c.env(bluegreen_cli::journal::KILL_ENV, k),
+            None => c.env_remove(bluegreen_cli::journal::KILL_ENV),
+        };
+        match &self.url {
+            Some(u) => c.env(JOURNAL_URL_ENV, u),
+            None => c.env_remove(JOURNAL_URL_ENV),
+        };
+        c.output().expect("the bluegreen binary runs")
+    }
+
+    /// Journal records of the latest deployment, as `bluegreen status` reads them.
+    fn appends(&self) -> usize {
+        let out = self.bluegreen(&["status", "--output", "json"], None);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "status prints JSON ({e}): {} {}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+        v["records"].as_u64().expect("records") as usize
+    }
+}
+
+/// A fresh database on the server scripts/services/postgres.sh started,
+/// as a URL for the deployer.
+fn fresh_database() -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let server = std::env::var("BLUEGREEN_TEST_PG_URL").unwrap_or_else(|_| {
+        panic!(
+            "BLUEGREEN_TEST_PG_URL is not set: run scripts/test, which starts PostgreSQL \
+             (scripts/services/postgres.sh) and exports it"
+        )
+    });
+    let name = format!(
+        "bgt_cli_crash_{}_{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let admin =
+            bluegreen_postgres::Database::from_url(&server).expect("BLUEGREEN_TEST_PG_URL parses");
+        let client = admin.connect().await.expect("connect to the test server");
+        client
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            .await
+            .expect("drop an earlier run's database");
+        client
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .expect("create the test database");
+    });
+    let (base, query) = match server.split_once('?') {
+        Some((b, q)) => (b, format!("?{q}")),
+        None => (server.as_str(), String::new()),
     };
-    c.output().expect("the bluegreen binary runs")
+    let (prefix, _) = base.rsplit_once('/').expect("the URL names a database");
+    format!("{prefix}/{name}{query}")
 }
 
 fn world(dir: &Path) -> FakeWorldState {
     serde_json::from_str(&std::fs::read_to_string(dir.join("world.json")).unwrap()).unwrap()
-}
-
-fn appends(dir: &Path) -> usize {
-    std::fs::read_to_string(dir.join("deploy.journal"))
-        .unwrap()
-        .lines()
-        .filter(|l| l.contains("\"line\":\"entry\""))
-        .count()
 }
 
 fn count(w: &FakeWorldState, c: &FakeChange) -> usize {
@@ -134,12 +222,10 @@ fn assert_done_exactly_once(w: &FakeWorldState, label: &str) {
     );
 }
 
-#[test]
-fn a_deployer_killed_at_every_journal_append_resumes_to_success_with_each_action_once() {
+fn killed_at_every_append_resumes_to_success(kind: JournalKind) {
     // The uninterrupted run tells how many appends there are.
-    let base = tempfile::tempdir().unwrap();
-    std::fs::write(base.path().join("spec.toml"), SPEC).unwrap();
-    let out = bluegreen(base.path(), &["deploy"], None);
+    let base = Run::new(kind, SPEC);
+    let out = base.bluegreen(&["deploy"], None);
     assert_eq!(
         out.status.code(),
         Some(0),
@@ -147,7 +233,7 @@ fn a_deployer_killed_at_every_journal_append_resumes_to_success_with_each_action
         String::from_utf8_lossy(&out.stderr)
     );
     assert_done_exactly_once(&world(base.path()), "uninterrupted");
-    let total = appends(base.path());
+    let total = base.appends();
     assert!(
         total > 10,
         "a whole deployment appends many records, got {total}"
@@ -156,17 +242,16 @@ fn a_deployer_killed_at_every_journal_append_resumes_to_success_with_each_action
     let mut runs = 0;
     for n in 1..=total {
         for mode in ["before", "after"] {
-            let dir = tempfile::tempdir().unwrap();
-            std::fs::write(dir.path().join("spec.toml"), SPEC).unwrap();
+            let run = Run::new(kind, SPEC);
             let kill = format!("{n}:{mode}");
-            let out = bluegreen(dir.path(), &["deploy"], Some(&kill));
+            let out = run.bluegreen(&["deploy"], Some(&kill));
             assert_eq!(
                 out.status.signal(),
                 Some(9),
                 "kill at {kill}: killed by SIGKILL; stderr: {}",
                 String::from_utf8_lossy(&out.stderr)
             );
-            let out = bluegreen(dir.path(), &["resume"], None);
+            let out = run.bluegreen(&["resume"], None);
             let label = format!("killed {mode} append {n} of {total}");
             if n == 1 && mode == "before" {
                 // Nothing was journaled: there is nothing to resume, and
@@ -177,7 +262,7 @@ fn a_deployer_killed_at_every_journal_append_resumes_to_success_with_each_action
                     "{label}: {}",
                     String::from_utf8_lossy(&out.stderr)
                 );
-                assert!(world(dir.path()).changes.is_empty(), "{label}");
+                assert!(world(run.path()).changes.is_empty(), "{label}");
                 continue;
             }
             assert_eq!(
@@ -187,7 +272,7 @@ fn a_deployer_killed_at_every_journal_append_resumes_to_success_with_each_action
                 String::from_utf8_lossy(&out.stdout),
                 String::from_utf8_lossy(&out.stderr)
             );
-            assert_done_exactly_once(&world(dir.path()), &label);
+            assert_done_exactly_once(&world(run.path()), &label);
             runs += 1;
         }
     }
@@ -195,20 +280,30 @@ fn a_deployer_killed_at_every_journal_append_resumes_to_success_with_each_action
 }
 
 #[test]
+fn a_deployer_killed_at_every_journal_append_resumes_to_success_with_each_action_once() {
+    killed_at_every_append_resumes_to_success(JournalKind::File);
+}
+
+#[test]
+fn with_the_postgres_journal_a_deployer_killed_at_every_append_resumes_to_success_with_each_action_once(
+) {
+    killed_at_every_append_resumes_to_success(JournalKind::Postgres);
+}
+
+#[test]
 fn resume_with_a_different_spec_is_refused_clearly() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("spec.toml"), SPEC).unwrap();
-    let out = bluegreen(dir.path(), &["deploy"], Some("8"));
+    let run = Run::new(JournalKind::File, SPEC);
+    let out = run.bluegreen(&["deploy"], Some("8"));
     assert_eq!(out.status.signal(), Some(9));
     std::fs::write(
-        dir.path().join("spec.toml"),
+        run.path().join("spec.toml"),
         SPEC.replace("version = \"2.5.0\"", "version = \"2.6.0\""),
     )
     .unwrap();
-    let out = bluegreen(dir.path(), &["resume"], None);
+    let out = run.bluegreen(&["resume"], None);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "{err}");
     assert!(err.contains("different plan"), "{err}");
     // Nothing past the crash happened.
-    assert_eq!(world(dir.path()).blue_percent, 0);
+    assert_eq!(world(run.path()).blue_percent, 0);
 }
