@@ -26,7 +26,7 @@
 //! histogram with bins 25% wide, so they are accurate to within 25%.
 
 use std::fmt::Write as _;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
@@ -82,25 +82,6 @@ impl Default for Tally {
 }
 
 impl Tally {
-    fn record(&mut self, status: u16, latency: Duration) {
-        self.requests += 1;
-        if status >= 500 {
-            self.errors += 1;
-        }
-        self.latency_sum += latency;
-        let b = &mut self.bins[bin_of(latency)];
-        *b = b.saturating_add(1);
-    }
-
-    fn add(&mut self, other: &Tally) {
-        self.requests += other.requests;
-        self.errors += other.errors;
-        self.latency_sum += other.latency_sum;
-        for (a, b) in self.bins.iter_mut().zip(other.bins.iter()) {
-            *a = a.saturating_add(*b);
-        }
-    }
-
     /// The `q` quantile (0–1) in milliseconds, interpolated inside its bin.
     fn quantile_ms(&self, q: f64) -> Option<f64> {
         let total: u64 = self.bins.iter().map(|b| u64::from(*b)).sum();
@@ -126,15 +107,102 @@ impl Tally {
     }
 }
 
+/// `Bucket::slot` of a bucket never used.
+const EMPTY: u64 = u64::MAX;
+/// `Bucket::slot` of a bucket a recorder is clearing for a new time slot.
+const CLEARING: u64 = u64::MAX - 1;
+
+/// One time bucket of a color, recorded into without a lock.
 struct Bucket {
-    /// The bucket's index since the epoch (`ms / resolution`); `u64::MAX` when unused.
-    slot: u64,
-    tally: Tally,
+    /// The bucket's index since the epoch (`ms / resolution`), or [`EMPTY`]
+    /// or [`CLEARING`].
+    slot: AtomicU64,
+    requests: AtomicU64,
+    errors: AtomicU64,
+    latency_ns: AtomicU64,
+    bins: [AtomicU32; BINS],
 }
 
+impl Bucket {
+    fn new() -> Self {
+        Bucket {
+            slot: AtomicU64::new(EMPTY),
+            requests: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            latency_ns: AtomicU64::new(0),
+            bins: std::array::from_fn(|_| AtomicU32::new(0)),
+        }
+    }
+
+    fn record(&self, status: u16, latency: Duration) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        if status >= 500 {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        self.latency_ns
+            .fetch_add(latency.as_nanos() as u64, Ordering::Relaxed);
+        self.bins[bin_of(latency)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn clear(&self) {
+        self.requests.store(0, Ordering::Relaxed);
+        self.errors.store(0, Ordering::Relaxed);
+        self.latency_ns.store(0, Ordering::Relaxed);
+        for b in &self.bins {
+            b.store(0, Ordering::Relaxed);
+        }
+    }
+
+    fn add_to(&self, t: &mut Tally) {
+        t.requests += self.requests.load(Ordering::Relaxed);
+        t.errors += self.errors.load(Ordering::Relaxed);
+        t.latency_sum += Duration::from_nanos(self.latency_ns.load(Ordering::Relaxed));
+        for (a, b) in t.bins.iter_mut().zip(self.bins.iter()) {
+            *a = a.saturating_add(b.load(Ordering::Relaxed));
+        }
+    }
+}
+
+/// A color's figures since the start, recorded into without a lock.
+struct Total {
+    requests: AtomicU64,
+    errors: AtomicU64,
+    latency_ns: AtomicU64,
+    bins: [AtomicU64; BINS],
+}
+
+impl Total {
+    fn record(&self, status: u16, latency: Duration) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        if status >= 500 {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        self.latency_ns
+            .fetch_add(latency.as_nanos() as u64, Ordering::Relaxed);
+        self.bins[bin_of(latency)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn tally(&self) -> Tally {
+        let mut t = Tally {
+            requests: self.requests.load(Ordering::Relaxed),
+            errors: self.errors.load(Ordering::Relaxed),
+            latency_sum: Duration::from_nanos(self.latency_ns.load(Ordering::Relaxed)),
+            bins: [0; BINS],
+        };
+        for (a, b) in t.bins.iter_mut().zip(self.bins.iter()) {
+            *a = u32::try_from(b.load(Ordering::Relaxed)).unwrap_or(u32::MAX);
+        }
+        t
+    }
+}
+
+/// One color's measurements. Recording takes no lock (the proxy's workers
+/// record concurrently); the totals are exact, and a window misses only a
+/// request recorded at the very moment another thread clears its bucket
+/// for a new time slot.
 struct Series {
-    ring: Vec<Bucket>,
-    total: Tally,
+    ring: Box<[Bucket]>,
+    total: Total,
 }
 
 /// The per-color measurements of a [`LocalProxy`](crate::LocalProxy); also a
@@ -148,8 +216,8 @@ pub struct ProxyMetrics {
 
 struct MetricsInner {
     resolution_ms: u64,
-    blue: Mutex<Series>,
-    green: Mutex<Series>,
+    blue: Series,
+    green: Series,
 }
 
 impl std::fmt::Debug for ProxyMetrics {
@@ -188,16 +256,14 @@ impl ProxyMetrics {
     pub fn new(resolution: Duration, retention: Duration) -> Self {
         let resolution_ms = (resolution.as_millis() as u64).max(1);
         let len = (retention.as_millis() as u64 / resolution_ms).clamp(1, 1 << 20) as usize + 1;
-        let series = || {
-            Mutex::new(Series {
-                ring: (0..len)
-                    .map(|_| Bucket {
-                        slot: u64::MAX,
-                        tally: Tally::default(),
-                    })
-                    .collect(),
-                total: Tally::default(),
-            })
+        let series = || Series {
+            ring: (0..len).map(|_| Bucket::new()).collect(),
+            total: Total {
+                requests: AtomicU64::new(0),
+                errors: AtomicU64::new(0),
+                latency_ns: AtomicU64::new(0),
+                bins: std::array::from_fn(|_| AtomicU64::new(0)),
+            },
         };
         ProxyMetrics {
             inner: std::sync::Arc::new(MetricsInner {
@@ -208,7 +274,7 @@ impl ProxyMetrics {
         }
     }
 
-    fn series(&self, color: Color) -> &Mutex<Series> {
+    fn series(&self, color: Color) -> &Series {
         match color {
             Color::Blue => &self.inner.blue,
             Color::Green => &self.inner.green,
@@ -228,29 +294,43 @@ impl ProxyMetrics {
     /// Records one answered request of `color` at `at`.
     pub fn record_at(&self, color: Color, at: Timestamp, status: u16, latency: Duration) {
         let slot = at.0 / self.inner.resolution_ms;
-        let mut s = self.series(color).lock().unwrap_or_else(|p| p.into_inner());
-        let len = s.ring.len() as u64;
-        let b = &mut s.ring[(slot % len) as usize];
-        if b.slot != slot {
-            b.slot = slot;
-            b.tally = Tally::default();
-        }
-        b.tally.record(status, latency);
+        let s = self.series(color);
         s.total.record(status, latency);
+        let b = &s.ring[(slot % s.ring.len() as u64) as usize];
+        let current = b.slot.load(Ordering::Acquire);
+        if current != slot {
+            if current == CLEARING || (current != EMPTY && current > slot) {
+                // Another recorder is clearing the bucket, or it already
+                // holds a later time slot: this request counts in the total.
+                return;
+            }
+            match b
+                .slot
+                .compare_exchange(current, CLEARING, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => {
+                    b.clear();
+                    b.slot.store(slot, Ordering::Release);
+                }
+                Err(now) if now == slot => {}
+                Err(_) => return,
+            }
+        }
+        b.record(status, latency);
     }
 
     fn window(&self, color: Color, from: Timestamp, to: Timestamp) -> Tally {
         let res = self.inner.resolution_ms;
         let first = from.0 / res;
         let last = to.0 / res;
-        let s = self.series(color).lock().unwrap_or_else(|p| p.into_inner());
+        let s = self.series(color);
         let len = s.ring.len() as u64;
         let first = first.max(last.saturating_sub(len - 1));
         let mut out = Tally::default();
         for slot in first..=last {
             let b = &s.ring[(slot % len) as usize];
-            if b.slot == slot {
-                out.add(&b.tally);
+            if b.slot.load(Ordering::Acquire) == slot {
+                b.add_to(&mut out);
             }
         }
         out
@@ -281,8 +361,7 @@ impl ProxyMetrics {
 
     /// `color`'s figures since the proxy started.
     pub fn total(&self, color: Color) -> ColorFigures {
-        let s = self.series(color).lock().unwrap_or_else(|p| p.into_inner());
-        Self::figures(&s.total)
+        Self::figures(&self.series(color).total.tally())
     }
 
     /// The measurements in the Prometheus text exposition format (version
@@ -292,10 +371,7 @@ impl ProxyMetrics {
         let mut out = String::new();
         let totals: Vec<(Color, Tally)> = Color::ALL
             .iter()
-            .map(|c| {
-                let s = self.series(*c).lock().unwrap_or_else(|p| p.into_inner());
-                (*c, s.total.clone())
-            })
+            .map(|c| (*c, self.series(*c).total.tally()))
             .collect();
         out.push_str("# HELP bluegreen_proxy_requests_total Requests answered through the proxy, per color.\n");
         out.push_str("# TYPE bluegreen_proxy_requests_total counter\n");
@@ -488,6 +564,31 @@ mod tests {
         );
         assert!(parse_query("error_rate").is_err());
         assert!(parse_query("error_rate:purple").is_err());
+    }
+
+    #[test]
+    fn concurrent_recording_takes_no_lock_and_the_totals_are_exact() {
+        let m = ProxyMetrics::new(Duration::from_millis(1), Duration::from_millis(50));
+        std::thread::scope(|s| {
+            for t in 0..4u16 {
+                let m = m.clone();
+                s.spawn(move || {
+                    for i in 0..20_000u32 {
+                        let status = if i % 100 == 0 { 500 + t } else { 200 };
+                        m.record(
+                            Color::Blue,
+                            status,
+                            Duration::from_micros(u64::from(i % 700)),
+                        );
+                    }
+                });
+            }
+        });
+        let total = m.total(Color::Blue);
+        assert_eq!((total.requests, total.errors), (80_000, 800));
+        assert_eq!(m.total(Color::Green).requests, 0);
+        let recent = m.recent(Color::Blue, Duration::from_secs(60));
+        assert!(recent.requests <= 80_000, "{recent:?}");
     }
 
     #[test]
