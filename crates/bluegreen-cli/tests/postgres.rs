@@ -1,0 +1,191 @@
+//! `[migrations] runner = "postgres"` and `[journal] kind = "postgres"` from a
+//! spec, against the server scripts/test starts (BLUEGREEN_TEST_PG_URL), each
+//! test in a database of its own.
+
+use std::path::Path;
+
+use bluegreen_cli::providers::assemble;
+use bluegreen_cli::{LoadedSpec, Spec};
+use bluegreen_core::provider::{MigrationContext, MigrationPhase};
+
+fn server_url() -> String {
+    std::env::var("BLUEGREEN_TEST_PG_URL").unwrap_or_else(|_| {
+        panic!(
+            "BLUEGREEN_TEST_PG_URL is not set: run scripts/test, which starts PostgreSQL \
+             (scripts/services/postgres.sh) and exports it"
+        )
+    })
+}
+
+/// A fresh database, as a URL.
+async fn fresh_database(name: &str) -> String {
+    let server = server_url();
+    let name = format!("bgt_cli_{name}");
+    let admin =
+        bluegreen_postgres::Database::from_url(&server).expect("BLUEGREEN_TEST_PG_URL parses");
+    let client = admin.connect().await.expect("connect to the test server");
+    client
+        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        .await
+        .expect("drop an earlier run's database");
+    client
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+        .expect("create the test database");
+    let (prefix, _) = server.rsplit_once('/').expect("the URL names a database");
+    format!("{prefix}/{name}")
+}
+
+fn spec(url_var: &str) -> String {
+    format!(
+        r#"
+[scope]
+service = "order-api"
+version = "2.5.0"
+image = "order-api:2.5.0-abc123"
+
+[target.fake]
+state = "world.json"
+
+[migrations]
+runner = "postgres"
+database_url = {{ env = "{url_var}" }}
+directory = "migrations"
+backup = false
+
+[monitoring]
+provider = "fake"
+fake = {{ values = {{ error-rate = 0.001 }} }}
+
+[[monitoring.checks]]
+name = "error-rate"
+query = "errors:{{color}}"
+unit = "ratio"
+success = "< 0.01"
+"#
+    )
+}
+
+fn write_spec(dir: &Path, url_var: &str) -> LoadedSpec {
+    let migrations = dir.join("migrations");
+    std::fs::create_dir_all(&migrations).unwrap();
+    std::fs::write(
+        migrations.join("0025_create_orders.up.sql"),
+        "CREATE TABLE orders (id bigint PRIMARY KEY, status text);\nINSERT INTO orders VALUES (1, 'new'), (2, 'paid');\n",
+    )
+    .unwrap();
+    std::fs::write(
+        migrations.join("0025_create_orders.down.sql"),
+        "DROP TABLE orders;\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("spec.toml"), spec(url_var)).unwrap();
+    LoadedSpec::load(&dir.join("spec.toml")).expect("the spec loads")
+}
+
+#[tokio::test]
+async fn the_postgres_runner_of_a_spec_applies_the_migrations_of_its_directory_once() {
+    let url = fresh_database("migrations_from_spec").await;
+    let var = "BLUEGREEN_CLI_TEST_MIGRATIONS_URL";
+    std::env::set_var(var, &url);
+    let dir = tempfile::tempdir().unwrap();
+    let loaded = write_spec(dir.path(), var);
+    let assembled = assemble(&loaded).await.expect("the providers build");
+    let runner = assembled.migrations.clone().expect("a migration runner");
+
+    let status = runner.status().await.expect("status");
+    assert!(status.applied.is_empty());
+    assert_eq!(
+        status.pending.iter().map(|m| m.version).collect::<Vec<_>>(),
+        vec![25]
+    );
+    let ctx = MigrationContext {
+        deployment_id: "dep-test".into(),
+        backup_id: None,
+    };
+    let applied = runner
+        .apply(MigrationPhase::Expand, &ctx)
+        .await
+        .expect("apply");
+    assert_eq!(
+        applied.iter().map(|m| m.version).collect::<Vec<_>>(),
+        vec![25]
+    );
+    // Idempotent: a repeat applies nothing twice.
+    let again = runner
+        .apply(MigrationPhase::Expand, &ctx)
+        .await
+        .expect("apply again");
+    assert_eq!(
+        again.iter().map(|m| m.version).collect::<Vec<_>>(),
+        vec![25]
+    );
+    let status = runner.status().await.expect("status");
+    assert_eq!(
+        status.applied.iter().map(|m| m.version).collect::<Vec<_>>(),
+        vec![25]
+    );
+    assert!(status.pending.is_empty());
+
+    let db = bluegreen_postgres::Database::from_url(&url).unwrap();
+    let client = db.connect().await.unwrap();
+    let rows: i64 = client
+        .query_one("SELECT count(*) FROM orders", &[])
+        .await
+        .expect("the migration created the table")
+        .get(0);
+    assert_eq!(rows, 2, "the migration ran once");
+    assembled.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_database_url_variable_that_is_not_set_is_named_without_any_value() {
+    let var = "BLUEGREEN_CLI_TEST_UNSET_URL";
+    std::env::remove_var(var);
+    let dir = tempfile::tempdir().unwrap();
+    let loaded = write_spec(dir.path(), var);
+    let err = match assemble(&loaded).await {
+        Ok(_) => panic!("a runner without its URL must not build"),
+        Err(e) => e,
+    };
+    let msg = err.to_string();
+    assert_eq!(err.kind(), bluegreen_core::ErrorKind::NotFound, "{msg}");
+    assert!(msg.contains("migrations.database_url"), "{msg}");
+    assert!(msg.contains(var), "{msg}");
+}
+
+#[test]
+fn the_postgres_journal_takes_its_url_from_an_environment_variable_only() {
+    let base = spec("X").replace(
+        "[migrations]\nrunner = \"postgres\"",
+        "[migrations]\nrunner = \"fake\"",
+    );
+    let base = base.replace(
+        "database_url = { env = \"X\" }\ndirectory = \"migrations\"\n",
+        "",
+    );
+    let ok = format!(
+        "{base}\n[journal]\nkind = \"postgres\"\nurl = {{ env = \"BLUEGREEN_JOURNAL_URL\" }}\n"
+    );
+    Spec::from_str(&ok, "spec.toml").expect("an env reference is accepted");
+
+    let stored = ok.replace(
+        "{ env = \"BLUEGREEN_JOURNAL_URL\" }",
+        "{ secret = \"prod/journal-url\" }",
+    );
+    let e = Spec::from_str(&stored, "spec.toml").unwrap_err();
+    assert_eq!(e.field, "journal.url", "{e}");
+    assert!(e.message.contains("environment variable"), "{e}");
+
+    let plain = ok.replace(
+        "{ env = \"BLUEGREEN_JOURNAL_URL\" }",
+        "\"postgres://u:hunter2@db/journal\"",
+    );
+    let e = Spec::from_str(&plain, "spec.toml").unwrap_err();
+    assert!(e.message.contains("plain text"), "{e}");
+    assert!(!e.to_string().contains("hunter2"), "{e}");
+
+    let missing = ok.replace("url = { env = \"BLUEGREEN_JOURNAL_URL\" }\n", "");
+    let e = Spec::from_str(&missing, "spec.toml").unwrap_err();
+    assert_eq!(e.field, "journal.url", "{e}");
+}
