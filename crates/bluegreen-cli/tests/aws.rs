@@ -133,7 +133,7 @@ fn the_reference_deployment_validates_and_plans_on_ecs_and_alb() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn deploy_on_moto_halts_on_a_missing_required_secret_before_traffic_moves() {
+async fn deploy_on_moto_rolls_back_on_a_missing_required_secret_before_traffic_moves() {
     let config = moto();
     let elb = Elb::new(&config);
     let alb = alb_fixture(&elb, 1).await;
@@ -150,16 +150,22 @@ async fn deploy_on_moto_halts_on_a_missing_required_secret_before_traffic_moves(
     })
     .await
     .unwrap();
+    eprintln!("{}", text(&out));
     let code = out.status.code();
-    assert!(
-        matches!(code, Some(1 | 2)),
-        "a reported outcome (rolled back or halted), not a failure to start: {}",
+    assert_eq!(
+        code,
+        Some(1),
+        "a reported outcome (rolled back before anything changed), not a failure to start: {}",
         text(&out)
     );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let reason = stdout
+        .lines()
+        .find(|l| l.starts_with("reason: "))
+        .unwrap_or_else(|| panic!("a reason line: {}", text(&out)));
     assert!(
-        String::from_utf8_lossy(&out.stdout).contains(&secret),
-        "the reason names the secret: {}",
-        text(&out)
+        reason.contains("required secrets failed preflight") && reason.contains(&secret),
+        "the reason names the secret: {reason}"
     );
     assert_eq!(
         rule_weights(&elb, &alb.rule).await,
@@ -169,7 +175,7 @@ async fn deploy_on_moto_halts_on_a_missing_required_secret_before_traffic_moves(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn deploy_on_moto_reports_a_missing_cluster_and_leaves_traffic_alone() {
+async fn deploy_on_moto_rolls_back_on_a_missing_cluster_and_leaves_traffic_alone() {
     let config = moto();
     let elb = Elb::new(&config);
     let sm = aws_sdk_secretsmanager::Client::new(&config);
@@ -191,11 +197,16 @@ async fn deploy_on_moto_reports_a_missing_cluster_and_leaves_traffic_alone() {
     .await
     .unwrap();
     let all = text(&out);
+    eprintln!("{all}");
+    assert_eq!(out.status.code(), Some(1), "rolled back: {all}");
+    let reason = all
+        .lines()
+        .find(|l| l.starts_with("reason: "))
+        .unwrap_or_else(|| panic!("a reason line: {all}"));
     assert!(
-        matches!(out.status.code(), Some(1..=3)),
-        "the deployment stops: {all}"
+        reason.contains("ClusterNotFoundException") && reason.contains(&cluster),
+        "the reason names the cluster: {reason}"
     );
-    assert!(all.contains(&cluster), "the error names the cluster: {all}");
     assert!(
         !all.contains("not-a-real-password"),
         "the secret's value never shows: {all}"
