@@ -6,8 +6,8 @@
 #   nginx   Debian's nginx as a reverse proxy in front of it (worker_processes
 #           auto, HTTP/1.1 keep-alive upstream connections).
 # 1. Max throughput: unpaced wrk, 64 connections, ROUNDS rounds in turn.
-# 2. Moderate load: oha paced at RATE requests/s (default 40% of nginx's
-#    median max throughput from step 1), 16 connections, with latency
+# 2. Moderate load: oha paced at RATE requests/s (default RATE_PERCENT=40
+#    percent of nginx's median max throughput from step 1), 16 connections, with latency
 #    correction (latency counts from when a request was due, so a stall is
 #    not hidden), ROUNDS rounds in turn. p50/p99 from oha.
 # 3. Rollback latency with a 100 ms analysis interval
@@ -15,7 +15,8 @@
 # Targets (issue 6): proxy >= 0.8x nginx's throughput; proxy adds <= 1 ms to
 # the direct p99 at moderate load.
 #
-# Usage: benches/local_proxy.sh   env: DURATION (10s), ROUNDS (3), RATE,
+# Usage: benches/local_proxy.sh   env: DURATION (10s), ROUNDS (3), RATE or
+# RATE_PERCENT (40),
 # MAX_CONNS (64), PACED_CONNS (16). Installs wrk and nginx with apt and oha
 # with cargo (into target/bench-tools) when missing. Not part of scripts/test.
 # The figures are only as quiet as the machine: everything here shares its
@@ -28,6 +29,7 @@ DURATION=${DURATION:-10s}
 ROUNDS=${ROUNDS:-3}
 MAX_CONNS=${MAX_CONNS:-64}
 PACED_CONNS=${PACED_CONNS:-16}
+RATE_PERCENT=${RATE_PERCENT:-40}
 
 need=()
 command -v wrk >/dev/null || need+=(wrk)
@@ -169,8 +171,8 @@ echo "1. max throughput: wrk -t2 -c$MAX_CONNS -d$DURATION --latency"
 for ((r = 1; r <= ROUNDS; r++)); do
   for target in direct proxy nginx; do run_max "$target" "$r"; done
 done
-RATE=${RATE:-$(awk -v n="$(median max nginx 4)" 'BEGIN {printf "%d", n * 0.4}')}
-echo "2. moderate load: oha -z $DURATION -c $PACED_CONNS -q $RATE --latency-correction (40% of nginx's median max)"
+RATE=${RATE:-$(awk -v n="$(median max nginx 4)" -v p="$RATE_PERCENT" 'BEGIN {printf "%d", n * p / 100}')}
+echo "2. moderate load: oha -z $DURATION -c $PACED_CONNS -q $RATE --latency-correction -w ($(awk -v r="$RATE" -v n="$(median max nginx 4)" 'BEGIN {printf "%.0f", 100 * r / n}')% of nginx's median max)"
 for ((r = 1; r <= ROUNDS; r++)); do
   for target in direct proxy nginx; do run_paced "$target" "$r"; done
 done
