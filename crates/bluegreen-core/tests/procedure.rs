@@ -37,6 +37,22 @@ fn reason(report: &Report) -> String {
     }
 }
 
+/// When all traffic was confirmed on blue, and when the rollback started.
+fn shift_and_rollback_times(report: &Report) -> (Timestamp, Timestamp) {
+    let at = |pred: &dyn Fn(&str) -> bool| {
+        report
+            .decisions
+            .iter()
+            .find(|d| pred(&d.text))
+            .unwrap_or_else(|| panic!("decision not found in {:#?}", report.decisions))
+            .at
+    };
+    (
+        at(&|t| t.contains("confirmed blue 100%")),
+        at(&|t| t.starts_with("rollback:")),
+    )
+}
+
 fn index_of(changes: &[Change], pred: impl Fn(&Change) -> bool) -> usize {
     changes
         .iter()
@@ -143,18 +159,7 @@ fn error_rate_above_5_percent_for_five_minutes_rolls_back_traffic_first() {
     let down = index_of(&c, |x| *x == Change::Scaled(Color::Blue, 0));
     assert!(back < revert && revert < down, "{c:#?}");
     // The rollback took five minutes of breach after the shift, no more.
-    let shifted = report
-        .decisions
-        .iter()
-        .find(|d| d.text.contains("confirmed blue 100%"))
-        .unwrap()
-        .at;
-    let rolled = report
-        .decisions
-        .iter()
-        .find(|d| d.text.starts_with("rollback:"))
-        .unwrap()
-        .at;
+    let (shifted, rolled) = shift_and_rollback_times(&report);
     assert_eq!(rolled.since(shifted), Duration::from_secs(5 * 60));
 }
 
@@ -227,18 +232,7 @@ fn more_than_half_the_targets_unhealthy_rolls_back() {
     assert_eq!(f.world.split(), TrafficSplit::all_on(Color::Green));
     assert_eq!(f.world.desired(Color::Blue), 0);
     // A health reading triggers at once: no waiting for a metric window.
-    let shifted = report
-        .decisions
-        .iter()
-        .find(|d| d.text.contains("confirmed blue 100%"))
-        .unwrap()
-        .at;
-    let rolled = report
-        .decisions
-        .iter()
-        .find(|d| d.text.starts_with("rollback:"))
-        .unwrap()
-        .at;
+    let (shifted, rolled) = shift_and_rollback_times(&report);
     assert!(
         rolled.since(shifted) <= bluegreen_core::plan::defaults::HEALTH_INTERVAL,
         "within one health reading"
