@@ -660,7 +660,27 @@ pub(crate) async fn http_check(port: u16, path: &str, timeout: Duration) -> bool
     matches!(tokio::time::timeout(timeout, check).await, Ok(Some(true)))
 }
 
+/// A free loopback port for an instance to listen on.
+///
+/// A port the kernel hands out for `bind(0)` comes from the ephemeral range,
+/// which outgoing connections (health checks, the proxy's backend
+/// connections) also draw from: between releasing it here and the child
+/// binding it, one of them may take it. So ports are drawn below the
+/// ephemeral range, where only explicit binds land, and checked free first.
 fn free_port() -> Result<u16> {
+    let ephemeral_start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    const LOW: u16 = 10_000;
+    if ephemeral_start > LOW + 1_000 {
+        for _ in 0..200 {
+            let port = rand::random::<u16>() % (ephemeral_start - LOW) + LOW;
+            if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return Ok(port);
+            }
+        }
+    }
     TcpListener::bind(("127.0.0.1", 0))
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
