@@ -783,6 +783,16 @@ fn a_failing_event_sink_never_blocks_the_deployment() {
     });
     assert_eq!(report.outcome, Some(Outcome::Succeeded));
     assert!(f.events.sent().is_empty());
+    // The sink was called (start, each step, completion) and hung every time.
+    assert!(
+        f.faults.calls("events.notify") >= 3,
+        "{}",
+        f.faults.calls("events.notify")
+    );
+    assert!(report
+        .decisions
+        .iter()
+        .any(|d| d.text == "notified: Deployment Complete"));
 }
 
 #[test]
