@@ -4,7 +4,9 @@ use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -196,8 +198,8 @@ impl LocalComputeBuilder {
                     Mutex::new(ColorState::default()),
                 ],
                 rotation: [
-                    RwLock::new(Arc::new(Vec::new())),
-                    RwLock::new(Arc::new(Vec::new())),
+                    ArcSwap::from_pointee(Vec::new()),
+                    ArcSwap::from_pointee(Vec::new()),
                 ],
                 ops: tokio::sync::Mutex::new(()),
                 next_instance: AtomicU32::new(0),
@@ -268,8 +270,9 @@ struct Inner {
     ports: [PortPolicy; 2],
     secrets: Option<Arc<dyn SecretSource>>,
     colors: [Mutex<ColorState>; 2],
-    /// The instances the proxy may pick, per color, swapped as a whole.
-    rotation: [RwLock<Arc<Vec<Arc<Instance>>>>; 2],
+    /// The instances the proxy may pick, per color, swapped as a whole: the
+    /// proxy reads it per request without a lock or a shared reference count.
+    rotation: [ArcSwap<Vec<Arc<Instance>>>; 2],
     /// Serialises prepare/scale/shutdown.
     ops: tokio::sync::Mutex<()>,
     next_instance: AtomicU32,
@@ -416,16 +419,11 @@ impl Inner {
             .filter(|i| !i.stopping.load(Ordering::Acquire) && i.exited().is_none())
             .cloned()
             .collect();
-        *self.rotation[color_index(c)]
-            .write()
-            .unwrap_or_else(|p| p.into_inner()) = Arc::new(list);
+        self.rotation[color_index(c)].store(Arc::new(list));
     }
 
-    fn rotation(&self, c: Color) -> Arc<Vec<Arc<Instance>>> {
-        self.rotation[color_index(c)]
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+    fn rotation(&self, c: Color) -> arc_swap::Guard<Arc<Vec<Arc<Instance>>>> {
+        self.rotation[color_index(c)].load()
     }
 
     fn command_for(&self, release: &Release) -> Result<Vec<String>> {

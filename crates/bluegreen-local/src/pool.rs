@@ -4,7 +4,6 @@
 //! worker that uses it), and a response body that gives its connection back
 //! once it has been read to the end.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -68,16 +67,18 @@ struct Idle {
     since: Instant,
 }
 
-/// One worker's idle connections to the backends.
+/// One worker's idle connections to the backends, per address. A proxy has
+/// a handful of backends: a short list scanned per request costs less than
+/// hashing the address.
 pub(crate) struct Pool {
-    idle: Mutex<HashMap<SocketAddr, Vec<Idle>>>,
+    idle: Mutex<Vec<(SocketAddr, Vec<Idle>)>>,
     connect_timeout: Duration,
 }
 
 impl Pool {
     pub(crate) fn new(connect_timeout: Duration) -> Self {
         Pool {
-            idle: Mutex::new(HashMap::new()),
+            idle: Mutex::new(Vec::new()),
             connect_timeout,
         }
     }
@@ -94,7 +95,7 @@ impl Pool {
         loop {
             let (sender, idle_for) = {
                 let mut all = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-                let idle = all.get_mut(&addr)?;
+                let (_, idle) = all.iter_mut().find(|(a, _)| *a == addr)?;
                 let i = idle.pop()?;
                 (i.sender, i.since.elapsed())
             };
@@ -120,7 +121,17 @@ impl Pool {
         }
         let now = Instant::now();
         let mut all = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        let idle = all.entry(addr).or_default();
+        // Addresses whose connections have all gone are dropped, so that
+        // the list does not grow with every instance ever started.
+        all.retain(|(a, idle)| *a == addr || !idle.is_empty());
+        let i = match all.iter().position(|(a, _)| *a == addr) {
+            Some(i) => i,
+            None => {
+                all.push((addr, Vec::new()));
+                all.len() - 1
+            }
+        };
+        let idle = &mut all[i].1;
         let expired = idle
             .iter()
             .take_while(|i| now.duration_since(i.since) >= IDLE_TIMEOUT || i.sender.is_closed())

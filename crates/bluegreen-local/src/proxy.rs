@@ -32,6 +32,20 @@ pub const COLOR_HEADER: &str = "x-bluegreen-color";
 /// rather than the application.
 pub const PROXY_ERROR_HEADER: &str = "x-bluegreen-proxy-error";
 
+/// [`COLOR_HEADER`] as a header name built once: inserting a `&str` name
+/// that is not a standard header copies it into a new allocation each time.
+static COLOR_HEADER_NAME: HeaderName = HeaderName::from_static(COLOR_HEADER);
+static PROXY_ERROR_HEADER_NAME: HeaderName = HeaderName::from_static(PROXY_ERROR_HEADER);
+/// Each color's [`COLOR_HEADER`] value, indexed by [`color_index`].
+static COLOR_VALUES: [HeaderValue; 2] = [
+    HeaderValue::from_static("blue"),
+    HeaderValue::from_static("green"),
+];
+
+fn color_index(c: Color) -> usize {
+    usize::from(c == Color::Green)
+}
+
 /// Where the proxy sends each color's requests.
 ///
 /// [`LocalCompute`](crate::LocalCompute) implements it with its serving
@@ -197,7 +211,6 @@ impl LocalProxyBuilder {
         let inner = Arc::new(ProxyInner {
             blue: AtomicU8::new(self.split.percent(Color::Blue)),
             sequence: AtomicUsize::new(0),
-            round_robin: [AtomicUsize::new(0), AtomicUsize::new(0)],
             upstreams: self.upstreams,
             metrics: self.metrics,
             connect_attempts: self.connect_attempts,
@@ -336,15 +349,16 @@ impl LocalProxy {
 struct ProxyInner {
     /// Blue's percent; green has the rest. One atomic, so a switch is atomic.
     blue: AtomicU8,
+    /// Requests so far, for the exact split; the one counter every worker
+    /// writes per request.
     sequence: AtomicUsize,
-    round_robin: [AtomicUsize; 2],
     upstreams: Arc<dyn Upstreams>,
     metrics: ProxyMetrics,
     connect_attempts: u32,
     split_tx: watch::Sender<(TrafficSplit, Instant)>,
 }
 
-const HOP_BY_HOP: [HeaderName; 7] = [
+static HOP_BY_HOP: [HeaderName; 7] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     header::PROXY_AUTHENTICATE,
@@ -354,9 +368,13 @@ const HOP_BY_HOP: [HeaderName; 7] = [
     header::UPGRADE,
 ];
 
+/// Removes the hop-by-hop headers. Most messages have none: one pass over
+/// their few headers finds that, instead of seven hashed look-ups.
 fn strip_hop_by_hop(h: &mut http::HeaderMap) {
-    for name in &HOP_BY_HOP {
-        h.remove(name);
+    if h.keys().any(|k| HOP_BY_HOP.contains(k)) {
+        for name in &HOP_BY_HOP {
+            h.remove(name);
+        }
     }
 }
 
@@ -402,10 +420,14 @@ fn text(status: StatusCode, body: String) -> Response<ProxyBody> {
 
 fn proxy_error(status: StatusCode, color: Color, body: String) -> Response<ProxyBody> {
     let mut r = text(status, body);
-    r.headers_mut()
-        .insert(COLOR_HEADER, HeaderValue::from_static(color.as_str()));
-    r.headers_mut()
-        .insert(PROXY_ERROR_HEADER, HeaderValue::from_static("1"));
+    r.headers_mut().insert(
+        COLOR_HEADER_NAME.clone(),
+        COLOR_VALUES[color_index(color)].clone(),
+    );
+    r.headers_mut().insert(
+        PROXY_ERROR_HEADER_NAME.clone(),
+        HeaderValue::from_static("1"),
+    );
     r
 }
 
@@ -426,7 +448,8 @@ impl ProxyInner {
         }
     }
 
-    async fn forward(&self, pool: &Arc<Pool>, req: Request<Incoming>) -> Response<ProxyBody> {
+    async fn forward(&self, worker: &Worker, req: Request<Incoming>) -> Response<ProxyBody> {
+        let pool = &worker.pool;
         let start = Instant::now();
         let color = self.choose();
         let (mut parts, body) = req.into_parts();
@@ -453,7 +476,7 @@ impl ProxyInner {
         // keep-alive connection copies nothing.
         let mut replayable = body.is_end_stream() && parts.method.is_idempotent();
         let mut req = Request::from_parts(parts, RequestBody::Client(body));
-        let rr = &self.round_robin[usize::from(color == Color::Green)];
+        let rr = &worker.round_robin[color_index(color)];
         let mut last_error = String::new();
         'attempts: for _ in 0..self.connect_attempts {
             let Some(addr) = self
@@ -507,9 +530,10 @@ impl ProxyInner {
                     Ok(resp) => {
                         let (mut rparts, rbody) = resp.into_parts();
                         strip_hop_by_hop(&mut rparts.headers);
-                        rparts
-                            .headers
-                            .insert(COLOR_HEADER, HeaderValue::from_static(color.as_str()));
+                        rparts.headers.insert(
+                            COLOR_HEADER_NAME.clone(),
+                            COLOR_VALUES[color_index(color)].clone(),
+                        );
                         self.metrics
                             .record(color, rparts.status.as_u16(), start.elapsed());
                         let body = PooledBody::new(rbody, pool.clone(), addr, sender);
@@ -592,6 +616,14 @@ impl ProxyInner {
     }
 }
 
+/// What one worker keeps to itself: its backend connections and its
+/// position in each color's instances.
+struct Worker {
+    inner: Arc<ProxyInner>,
+    pool: Arc<Pool>,
+    round_robin: [AtomicUsize; 2],
+}
+
 /// One proxy worker: a thread with its own single-threaded runtime (nginx's
 /// model) accepting on the shared listening socket, with its own pool of
 /// backend connections, so a request never hops between threads.
@@ -614,10 +646,16 @@ fn run_worker(listener: std::net::TcpListener, stop: watch::Receiver<()>, inner:
                 return;
             }
         };
-        let pool = Arc::new(Pool::new(Duration::from_secs(2)));
+        let worker = Arc::new(Worker {
+            inner,
+            pool: Arc::new(Pool::new(Duration::from_secs(2))),
+            round_robin: [AtomicUsize::new(0), AtomicUsize::new(0)],
+        });
         serve(listener, stop, move |req| {
-            let (inner, pool) = (inner.clone(), pool.clone());
-            async move { Ok::<_, Infallible>(inner.forward(&pool, req).await) }
+            // Only this worker's reference count changes per request, not
+            // the one the workers share.
+            let worker = worker.clone();
+            async move { Ok::<_, Infallible>(worker.inner.forward(&worker, req).await) }
         })
         .await;
     });
@@ -681,5 +719,35 @@ impl TrafficRouter for LocalProxy {
     /// The color's instances, healthy and in all, as the compute reports them.
     async fn target_health(&self, color: Color) -> Result<TargetHealth> {
         Ok(self.inner.upstreams.health(color))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_prebuilt_color_header_values_name_each_color() {
+        for c in Color::ALL {
+            assert_eq!(COLOR_VALUES[color_index(c)], c.as_str());
+        }
+        assert_eq!(COLOR_HEADER_NAME.as_str(), COLOR_HEADER);
+        assert_eq!(PROXY_ERROR_HEADER_NAME.as_str(), PROXY_ERROR_HEADER);
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_stripped_and_the_others_kept() {
+        let mut h = http::HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_static("example"));
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        let unchanged = h.clone();
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h, unchanged);
+        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h, unchanged);
     }
 }
