@@ -1124,6 +1124,7 @@ impl Spec {
             gates: d.gates.clone(),
             deadlines: self.deadlines.clone(),
             on_inconclusive: d.on_inconclusive,
+            group: None,
         }
     }
 }

@@ -14,16 +14,17 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use futures::stream::{FuturesUnordered, StreamExt};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, watch};
 use tracing::Instrument;
 
 use crate::color::{Color, Timestamp};
 use crate::error::{Error, ErrorKind, Result};
 use crate::journal::{Journal, JournalEntry, MemoryJournal, Record};
 use crate::machine::{
-    Action, Command, Control, Event, Input, Machine, Reply, SecretCheck, SmokeResult, SmokeScope,
+    Action, Command, Control, Event, Input, Machine, Outcome, Reply, SecretCheck, SmokeResult,
+    SmokeScope,
 };
-use crate::plan::Plan;
+use crate::plan::{Barrier, Plan};
 use crate::provider::{
     ComputeProvider, EventSink, MetricQuery, MetricsSource, MigrationContext, MigrationRunner,
     SecretSource, SmokeTarget, SmokeTest, TrafficRouter,
@@ -171,6 +172,38 @@ pub struct DeploymentEvent {
     pub event: Event,
 }
 
+/// Where a deployment is, as its driver last saw it: the machine's state
+/// after the latest step (see [`BlueGreen::progress`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Progress {
+    /// Whether the lease is held and the machine has started (or been
+    /// rebuilt from the journal).
+    pub running: bool,
+    /// The current stage's name, e.g. `watch_step_0`.
+    pub stage: String,
+    /// The group barrier it holds at, if any.
+    pub waiting_at: Option<Barrier>,
+    /// Group barriers passed so far.
+    pub barriers_passed: usize,
+    /// Why it is rolling back, once it is.
+    pub rollback_reason: Option<String>,
+    /// The outcome, once finished.
+    pub outcome: Option<Outcome>,
+}
+
+impl Progress {
+    fn of(machine: &Machine) -> Progress {
+        Progress {
+            running: true,
+            stage: machine.stage().name(),
+            waiting_at: machine.waiting_at(),
+            barriers_passed: machine.barriers_passed(),
+            rollback_reason: machine.rollback_reason().map(|r| r.summary.clone()),
+            outcome: machine.outcome().cloned(),
+        }
+    }
+}
+
 /// Sends [`Control`]s to a running deployment. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct ControlHandle {
@@ -216,7 +249,7 @@ pub const DEFAULT_METRICS: &str = "default";
 /// and a metrics source; a migration runner when the plan migrates, a secret
 /// source when it requires secrets, and every smoke test it names.
 pub struct Builder {
-    plan: Plan,
+    pub(crate) plan: Plan,
     compute: Option<Arc<dyn ComputeProvider>>,
     router: Option<Arc<dyn TrafficRouter>>,
     migrations: Option<Arc<dyn MigrationRunner>>,
@@ -224,14 +257,14 @@ pub struct Builder {
     smoke: BTreeMap<String, Arc<dyn SmokeTest>>,
     secrets: Option<Arc<dyn SecretSource>>,
     events: Vec<Arc<dyn EventSink>>,
-    journal: Option<Arc<dyn Journal>>,
-    clock: Option<Arc<dyn Clock>>,
+    pub(crate) journal: Option<Arc<dyn Journal>>,
+    pub(crate) clock: Option<Arc<dyn Clock>>,
     retry: RetryPolicy,
     call_timeout: Duration,
-    deployment_id: Option<String>,
-    resume: Option<String>,
-    holder: Option<String>,
-    lease_ttl: Duration,
+    pub(crate) deployment_id: Option<String>,
+    pub(crate) resume: Option<String>,
+    pub(crate) holder: Option<String>,
+    pub(crate) lease_ttl: Duration,
 }
 
 impl Builder {
@@ -391,7 +424,9 @@ impl Builder {
         // `Lagged`); the journal has them all. The channel preallocates
         // every slot, so this is kept small for many deployments per process.
         let (events, _) = broadcast::channel(EVENT_CAPACITY);
+        let (progress, _) = watch::channel(Progress::default());
         Ok(BlueGreen {
+            progress,
             providers: Arc::new(Providers {
                 compute,
                 router,
@@ -436,19 +471,20 @@ struct Providers {
 
 /// One deployment, ready to run. See the [module docs](self).
 pub struct BlueGreen {
-    plan: Arc<Plan>,
+    pub(crate) plan: Arc<Plan>,
     providers: Arc<Providers>,
-    journal: Arc<dyn Journal>,
-    clock: Arc<dyn Clock>,
+    pub(crate) journal: Arc<dyn Journal>,
+    pub(crate) clock: Arc<dyn Clock>,
     retry: RetryPolicy,
     call_timeout: Duration,
-    deployment_id: String,
-    holder: String,
-    resume: bool,
-    lease_ttl: Duration,
+    pub(crate) deployment_id: String,
+    pub(crate) holder: String,
+    pub(crate) resume: bool,
+    pub(crate) lease_ttl: Duration,
     control_tx: mpsc::UnboundedSender<Control>,
     control_rx: mpsc::UnboundedReceiver<Control>,
     events: broadcast::Sender<DeploymentEvent>,
+    progress: watch::Sender<Progress>,
 }
 
 type Pending = Pin<Box<dyn Future<Output = (u64, Input)> + Send>>;
@@ -497,6 +533,24 @@ impl BlueGreen {
     /// A stream of the machine's events as they happen.
     pub fn subscribe(&self) -> broadcast::Receiver<DeploymentEvent> {
         self.events.subscribe()
+    }
+
+    /// The deployment's [`Progress`], updated after every machine step. A
+    /// coordinator watches this instead of parsing events.
+    pub fn progress(&self) -> watch::Receiver<Progress> {
+        self.progress.subscribe()
+    }
+
+    fn publish(&self, machine: &Machine) {
+        let now = Progress::of(machine);
+        self.progress.send_if_modified(|p| {
+            if *p == now {
+                false
+            } else {
+                *p = now;
+                true
+            }
+        });
     }
 
     /// Runs (or resumes) the deployment to its end and returns its report.
@@ -568,6 +622,7 @@ impl BlueGreen {
                 queue.push(Input::Start);
             }
         }
+        self.publish(&machine);
         while machine.outcome().is_none() {
             for input in std::mem::take(&mut queue) {
                 let now = self.clock.now();
@@ -609,6 +664,7 @@ impl BlueGreen {
                     self.dispatch(&machine, c, &mut inflight, &mut notifications);
                 }
             }
+            self.publish(&machine);
             if machine.outcome().is_some() {
                 break;
             }

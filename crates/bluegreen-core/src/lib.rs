@@ -10,14 +10,16 @@ pub mod provider;
 
 pub use color::{Color, Timestamp, TrafficSplit};
 pub use error::{Error, ErrorKind, ErrorRecord, ErrorStatus, PlanError, Result};
-pub use plan::{Plan, Release};
+pub use plan::{Barrier, Plan, Release};
 pub use provider::*;
 pub mod journal;
 pub use journal::{FileJournal, Journal, JournalEntry, Lease, MemoryJournal, Record};
 pub mod driver;
+pub mod group;
 pub mod report;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub use driver::{BlueGreen, Builder, Clock, ControlHandle, RetryPolicy, TokioClock};
+pub use group::{Group, GroupOutcome, GroupReport};
 pub use machine::{Control, Outcome};
 pub use report::Report;

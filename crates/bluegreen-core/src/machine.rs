@@ -27,7 +27,8 @@ use crate::analysis::{measure, BreachRun, Measurement, MeasurementKind, Verdict}
 use crate::color::{Color, Timestamp, TrafficSplit};
 use crate::error::ErrorRecord;
 use crate::plan::{
-    render_template, Gate, InconclusivePolicy, Plan, RequiredSecret, RollbackTrigger, TrafficStep,
+    render_template, Barrier, Gate, InconclusivePolicy, Plan, RequiredSecret, RollbackTrigger,
+    TrafficStep,
 };
 use crate::provider::{
     AutoscalingState, BackupRecord, BackupVerification, ComputeStatus, MetricAnswer, MigrationInfo,
@@ -314,6 +315,12 @@ pub enum Control {
         /// Why.
         reason: String,
     },
+    /// Pass a group [`Barrier`]: sent by the group coordinator once every
+    /// member has reached it. Refused unless the deployment waits there.
+    Proceed {
+        /// The barrier.
+        barrier: Barrier,
+    },
 }
 
 /// One input to the machine.
@@ -361,6 +368,12 @@ pub enum HoldReason {
     },
     /// A human paused it.
     Paused,
+    /// A member of a coordinated group, waiting until every member has
+    /// reached `barrier`.
+    Group {
+        /// The barrier.
+        barrier: Barrier,
+    },
 }
 
 /// Where the success of the new color is evaluated.
@@ -754,6 +767,7 @@ pub struct Machine {
     next_poll: Option<Timestamp>,
     paused: bool,
     gates_passed: BTreeSet<Gate>,
+    barriers_passed: BTreeSet<Barrier>,
     monitoring_since: Option<Timestamp>,
     next_measure: Vec<Timestamp>,
     next_health: Option<Timestamp>,
@@ -787,6 +801,7 @@ impl Machine {
             next_poll: None,
             paused: false,
             gates_passed: BTreeSet::new(),
+            barriers_passed: BTreeSet::new(),
             monitoring_since: None,
             next_measure: vec![Timestamp(0); checks],
             next_health: None,
@@ -834,6 +849,28 @@ impl Machine {
     /// Whether a human paused it.
     pub fn paused(&self) -> bool {
         self.paused
+    }
+
+    /// Why it is rolling back (or rolled back or halted), once it is.
+    pub fn rollback_reason(&self) -> Option<&Reason> {
+        self.rollback_reason.as_ref()
+    }
+
+    /// The group barrier the deployment is holding at, if any.
+    pub fn waiting_at(&self) -> Option<Barrier> {
+        match &self.stage {
+            Stage::Hold {
+                reason: HoldReason::Group { barrier },
+                ..
+            } => Some(*barrier),
+            _ => None,
+        }
+    }
+
+    /// How many group barriers the deployment has passed (they are passed
+    /// in order, see [`Barrier::position`]).
+    pub fn barriers_passed(&self) -> usize {
+        self.barriers_passed.len()
     }
 
     /// Commands issued and not yet answered, in id order. After a resume the
@@ -1007,11 +1044,30 @@ impl Machine {
             .find(|g| self.plan.gates.contains(g) && !self.gates_passed.contains(g))
     }
 
-    /// Moves to `stage`, honouring gates and pause, and issues its commands.
+    fn barrier_before(&self, stage: &Stage) -> Option<Barrier> {
+        self.plan.group.as_ref()?;
+        let barrier = match stage {
+            Stage::Shift {
+                step,
+                confirming: false,
+                ..
+            } => Barrier::Shift { step: *step },
+            Stage::ConfirmDrained => Barrier::ScaleDown,
+            _ => return None,
+        };
+        (!self.barriers_passed.contains(&barrier)).then_some(barrier)
+    }
+
+    /// Moves to `stage`, honouring gates, group barriers and pause, and
+    /// issues its commands.
     fn enter(&mut self, stage: Stage) {
         if !self.rolling_back() {
             if let Some(gate) = self.gate_before(&stage) {
                 self.hold(HoldReason::Gate { gate }, stage);
+                return;
+            }
+            if let Some(barrier) = self.barrier_before(&stage) {
+                self.hold(HoldReason::Group { barrier }, stage);
                 return;
             }
             if self.paused && !matches!(stage, Stage::Done) {
@@ -1684,6 +1740,12 @@ impl Machine {
                     reason: HoldReason::Paused,
                     ..
                 } => "refused: the deployment is paused; resume it first".into(),
+                Stage::Hold {
+                    reason: HoldReason::Group { barrier },
+                    ..
+                } => format!(
+                    "refused: waiting for the rest of its group at {barrier}; the group moves on when every member is there"
+                ),
                 Stage::Hold { reason, then } => {
                     if let HoldReason::Gate { gate } = &reason {
                         self.gates_passed.insert(*gate);
@@ -1710,6 +1772,24 @@ impl Machine {
                     return;
                 }
                 s => format!("refused: nothing to promote in stage {}", s.name()),
+            },
+            Control::Proceed { barrier } if self.rolling_back() => {
+                format!("refused at {barrier}: the deployment is rolling back")
+            }
+            Control::Proceed { barrier } => match self.stage.clone() {
+                Stage::Hold {
+                    reason: HoldReason::Group { barrier: at },
+                    then,
+                } if at == *barrier => {
+                    self.barriers_passed.insert(at);
+                    self.event(Event::Control {
+                        control: control.clone(),
+                        effect: format!("the whole group reached {at}: proceeding"),
+                    });
+                    self.enter(*then);
+                    return;
+                }
+                _ => format!("refused: not waiting at {barrier}"),
             },
             Control::Abort { reason } => {
                 if self.rolling_back() {

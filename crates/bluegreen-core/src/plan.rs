@@ -114,6 +114,58 @@ pub struct Plan {
     /// What to do when the evidence is inconclusive.
     #[serde(default)]
     pub on_inconclusive: InconclusivePolicy,
+    /// The coordinated group this deployment belongs to, if any. Set by
+    /// [`Group`](crate::group::Group), not by hand: a member holds at every
+    /// [`Barrier`] until the whole group has reached it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<GroupMembership>,
+}
+
+/// Membership of a coordinated group of deployments.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupMembership {
+    /// The group's name, e.g. `checkout`.
+    pub name: String,
+    /// The group's id; member deployment ids are `<id>/<service>`.
+    pub id: String,
+    /// Every member's service, in lease order (sorted).
+    pub members: Vec<String>,
+}
+
+/// A point where every member of a coordinated group waits until the whole
+/// group has reached it: before each traffic step, and before the old color
+/// is scaled down (after which traffic can no longer go back).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(tag = "barrier", rename_all = "snake_case")]
+pub enum Barrier {
+    /// Before traffic step `step` (0-based) is set.
+    Shift {
+        /// The step index.
+        step: usize,
+    },
+    /// Before the old color is scaled down.
+    ScaleDown,
+}
+
+impl Barrier {
+    /// The barrier's position in a plan with `steps` traffic steps: barriers
+    /// are passed in this order.
+    pub fn position(&self, steps: usize) -> usize {
+        match self {
+            Barrier::Shift { step } => *step,
+            Barrier::ScaleDown => steps,
+        }
+    }
+}
+
+impl std::fmt::Display for Barrier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Barrier::Shift { step } => write!(f, "traffic step {step}"),
+            Barrier::ScaleDown => f.write_str("the old color's scale-down"),
+        }
+    }
 }
 
 fn default_replicas() -> u32 {
@@ -821,6 +873,7 @@ impl Plan {
             gates: Vec::new(),
             deadlines: Deadlines::default(),
             on_inconclusive: InconclusivePolicy::Pause,
+            group: None,
         }
     }
 
@@ -952,6 +1005,17 @@ impl Plan {
                 }
                 RollbackTrigger::SmokeTestFailed => {}
             }
+        }
+        if let Some(g) = &self.group {
+            non_empty("group.name", &g.name)?;
+            non_empty("group.id", &g.id)?;
+            if !g.members.contains(&self.service) {
+                return Err(PlanError::new(
+                    "group.members",
+                    format!("does not list this plan's service {:?}", self.service),
+                ));
+            }
+            unique("group.members", g.members.iter().map(String::as_str))?;
         }
         let t = &self.timing;
         positive("timing.analysis_window", t.analysis_window)?;

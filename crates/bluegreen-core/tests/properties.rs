@@ -349,6 +349,10 @@ fn run_case(case: &Case) -> Result<(), String> {
                         promoted = true;
                         ctl.promote();
                     }
+                    // These plans belong to no group.
+                    HoldReason::Group { barrier } => {
+                        ctl.send(bluegreen_core::Control::Proceed { barrier: *barrier });
+                    }
                 }
             }
         },
