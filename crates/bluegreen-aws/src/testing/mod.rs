@@ -1,8 +1,9 @@
 //! Test support for the AWS provider crates: an `SdkConfig` pointed at the moto
 //! emulator started by `scripts/test`, a client that counts API calls per
 //! operation, canned-response clients for faults moto cannot produce, and
-//! moto's default network; an ALB fixture in [`alb`] and the IAM-policy check
-//! in [`iam`].
+//! moto's default network; a proxy that counts the calls another process
+//! (the `bluegreen` binary) makes in [`proxy`], an ALB fixture in [`alb`], an
+//! ECS fixture in [`ecs`] and the IAM-policy check in [`iam`].
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -87,7 +88,17 @@ impl CallLog {
 /// The operation of an AWS request: from `x-amz-target` (JSON protocols) or
 /// the `Action=` parameter (query protocol).
 pub fn operation_of(request: &HttpRequest) -> String {
-    if let Some(target) = request.headers().get("x-amz-target") {
+    operation_from(
+        request.headers().get("x-amz-target"),
+        request.body().bytes().unwrap_or_default(),
+    )
+}
+
+/// The operation of an AWS request from its `x-amz-target` header (JSON
+/// protocols) or, without one, the `Action=` parameter of its body (query
+/// protocol, which the tests meet only for ELBv2).
+pub fn operation_from(x_amz_target: Option<&str>, body: &[u8]) -> String {
+    if let Some(target) = x_amz_target {
         let (prefix, op) = target.split_once('.').unwrap_or(("?", target));
         let service = match prefix {
             p if p.starts_with("AmazonEC2ContainerService") => "ecs",
@@ -97,11 +108,7 @@ pub fn operation_of(request: &HttpRequest) -> String {
         };
         return format!("{service}:{op}");
     }
-    let body = request
-        .body()
-        .bytes()
-        .map(|b| String::from_utf8_lossy(b).to_string())
-        .unwrap_or_default();
+    let body = String::from_utf8_lossy(body);
     let action = body
         .split('&')
         .find_map(|kv| kv.strip_prefix("Action="))
@@ -298,4 +305,6 @@ pub fn default_network() -> (String, Vec<String>) {
 }
 
 pub mod alb;
+pub mod ecs;
 pub mod iam;
+pub mod proxy;
