@@ -21,10 +21,16 @@ use bluegreen_aws::{check_arn, is_arn, sdk_error};
 /// as [`SecretValue`], which never prints. `metadata` calls `DescribeSecret`
 /// and never reads the value; its `last_rotated` is `LastRotatedDate`, or
 /// `CreatedDate` for a secret never rotated.
+///
+/// [`arn`](Self::arn) answers a secret's full ARN (what ECS task definitions
+/// take in `valueFrom`) from the `DescribeSecret` of an earlier `metadata`
+/// when there was one.
 pub struct SecretsManagerSource {
     sm: aws_sdk_secretsmanager::Client,
     region: Option<String>,
     values: Mutex<HashMap<String, SecretValue>>,
+    /// Full ARNs by the name (or ARN) they were asked for.
+    arns: Mutex<HashMap<String, String>>,
 }
 
 impl std::fmt::Debug for SecretsManagerSource {
@@ -50,12 +56,71 @@ impl SecretsManagerSource {
             sm: aws_sdk_secretsmanager::Client::new(config),
             region: config.region().map(|r| r.as_ref().to_string()),
             values: Mutex::new(HashMap::new()),
+            arns: Mutex::new(HashMap::new()),
         }
     }
 
-    /// Drops the values read so far; the next `get` reads again.
+    /// Drops the values and ARNs read so far; the next `get` or `arn` reads again.
     pub fn forget(&self) {
         self.values.lock().expect("values lock").clear();
+        self.arns.lock().expect("arns lock").clear();
+    }
+
+    /// The full ARN of the secret `name` (a name, or a full or partial ARN),
+    /// as ECS takes it in a task definition's `valueFrom`: from the
+    /// `DescribeSecret` of an earlier [`metadata`](SecretSource::metadata) or
+    /// `arn` of the same name, else from a new one. Read-only, never reads the
+    /// value; a missing secret, or one scheduled for deletion, is `NotFound`.
+    pub async fn arn(&self, name: &str) -> Result<String> {
+        const OP: &str = "arn";
+        self.check_name(name, OP)?;
+        if let Some(arn) = self.arns.lock().expect("arns lock").get(name) {
+            return Ok(arn.clone());
+        }
+        let out = self.describe(name, OP).await?;
+        out.arn.ok_or_else(|| {
+            Error::invalid_response(format!("DescribeSecret of {name} returned no ARN"))
+                .with_provider(PROVIDER)
+                .with_operation(OP)
+        })
+    }
+
+    /// `DescribeSecret` of `name`, refusing a secret scheduled for deletion,
+    /// and remembering its ARN.
+    async fn describe(
+        &self,
+        name: &str,
+        operation: &'static str,
+    ) -> Result<aws_sdk_secretsmanager::operation::describe_secret::DescribeSecretOutput> {
+        let out = self
+            .sm
+            .describe_secret()
+            .secret_id(name)
+            .send()
+            .await
+            .map_err(|e| {
+                sdk_error(
+                    PROVIDER,
+                    e,
+                    operation,
+                    "secretsmanager:DescribeSecret",
+                    &format!("secret {name}"),
+                )
+            })?;
+        if out.deleted_date().is_some() {
+            return Err(Error::not_found(format!(
+                "secret {name} is scheduled for deletion; expected an existing secret"
+            ))
+            .with_provider(PROVIDER)
+            .with_operation(operation));
+        }
+        if let Some(arn) = &out.arn {
+            self.arns
+                .lock()
+                .expect("arns lock")
+                .insert(name.to_string(), arn.clone());
+        }
+        Ok(out)
     }
 
     /// A secret name, or an ARN of a Secrets Manager secret in the configured region.
@@ -128,28 +193,7 @@ impl SecretSource for SecretsManagerSource {
     async fn metadata(&self, name: &str) -> Result<SecretMetadata> {
         const OP: &str = "metadata";
         self.check_name(name, OP)?;
-        let out = self
-            .sm
-            .describe_secret()
-            .secret_id(name)
-            .send()
-            .await
-            .map_err(|e| {
-                sdk_error(
-                    PROVIDER,
-                    e,
-                    OP,
-                    "secretsmanager:DescribeSecret",
-                    &format!("secret {name}"),
-                )
-            })?;
-        if out.deleted_date().is_some() {
-            return Err(Error::not_found(format!(
-                "secret {name} is scheduled for deletion; expected an existing secret"
-            ))
-            .with_provider(PROVIDER)
-            .with_operation(OP));
-        }
+        let out = self.describe(name, OP).await?;
         let last_rotated = out
             .last_rotated_date()
             .or(out.created_date())

@@ -162,3 +162,46 @@ async fn a_missing_secret_or_an_arn_of_another_region_is_refused_naming_it() {
         calls.counts()
     );
 }
+
+#[tokio::test]
+async fn arn_answers_the_full_arn_ecs_takes_from_the_preflight_describe_without_another_call() {
+    let (config, calls) = common::counted_moto();
+    let (name, arn) = create(&config, "prod/order-api/db-password", "hunter2-db").await;
+    let source = SecretsManagerSource::new(&config);
+    calls.reset();
+
+    source.metadata(&name).await.unwrap();
+    assert_eq!(
+        source.arn(&name).await.unwrap(),
+        arn,
+        "the full ARN, suffix included"
+    );
+    assert_eq!(
+        calls.count("secretsmanager:DescribeSecret"),
+        1,
+        "the ARN came from the metadata's DescribeSecret"
+    );
+    assert_eq!(
+        calls.count("secretsmanager:GetSecretValue"),
+        0,
+        "the value is never read"
+    );
+
+    let fresh = SecretsManagerSource::new(&config);
+    assert_eq!(
+        fresh.arn(&name).await.unwrap(),
+        arn,
+        "without metadata first"
+    );
+    assert_eq!(fresh.arn(&arn).await.unwrap(), arn, "an ARN answers itself");
+    assert_eq!(calls.count("secretsmanager:DescribeSecret"), 3);
+
+    let missing = common::unique("prod/order-api/no-such-secret");
+    let err = fresh.arn(&missing).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+    assert!(
+        err.to_string().contains(&missing),
+        "names the secret: {err}"
+    );
+    assert_eq!(err.operation(), "arn", "{err}");
+}
