@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bluegreen_core::provider::{
-    ComputeProvider, EventSink, MetricsSource, MigrationPhase, MigrationRunner, SecretMetadata,
-    SecretSource, SecretValue, SmokeTest, TrafficRouter,
+    AutoscalingState, ComputeProvider, ComputeStatus, EventSink, MetricsSource, MigrationPhase,
+    MigrationRunner, SecretMetadata, SecretSource, SecretValue, SmokeTest, TrafficRouter,
 };
 use bluegreen_core::{
     BlueGreen, Builder, Color, Error, ErrorKind, Plan, Release, Result, TrafficSplit,
@@ -90,6 +90,60 @@ impl SecretSource for RefSecrets {
             });
         }
         self.store(name)?.metadata(name).await
+    }
+}
+
+/// The ECS compute of the `ecs` target, handing ECS the full ARN of each of the
+/// release's secrets: the spec names them as Secrets Manager knows them
+/// (`prod/order-api/db-password`), while a task definition's `valueFrom` takes
+/// an ARN, whose random suffix only Secrets Manager knows. The ARNs come from
+/// the preflight's `DescribeSecret` of the same names, so this costs no call
+/// in a normal deployment. Everything else goes to ECS unchanged.
+struct EcsSecretArns {
+    ecs: bluegreen_ecs::EcsCompute,
+    secrets: Arc<bluegreen_secretsmanager::SecretsManagerSource>,
+}
+
+#[async_trait]
+impl ComputeProvider for EcsSecretArns {
+    async fn prepare(&self, color: Color, release: &Release) -> Result<()> {
+        let mut release = release.clone();
+        for (var, name) in release.secrets.iter_mut() {
+            if !name.starts_with("arn:") {
+                *name = self.secrets.arn(name).await.map_err(|e| {
+                    let msg = format!("release secret {var} ({name}): {}", e.message());
+                    Error::new(e.kind(), msg)
+                        .with_status(e.status())
+                        .with_provider("ecs")
+                        .with_operation("prepare")
+                })?;
+            }
+        }
+        self.ecs.prepare(color, &release).await
+    }
+
+    async fn scale(&self, color: Color, count: u32) -> Result<()> {
+        self.ecs.scale(color, count).await
+    }
+
+    async fn status(&self, color: Color) -> Result<ComputeStatus> {
+        self.ecs.status(color).await
+    }
+
+    async fn statuses(&self, colors: &[Color]) -> Result<Vec<ComputeStatus>> {
+        self.ecs.statuses(colors).await
+    }
+
+    async fn endpoint(&self, color: Color) -> Result<Option<String>> {
+        self.ecs.endpoint(color).await
+    }
+
+    async fn suspend_autoscaling(&self, color: Color) -> Result<AutoscalingState> {
+        self.ecs.suspend_autoscaling(color).await
+    }
+
+    async fn restore_autoscaling(&self, color: Color, previous: AutoscalingState) -> Result<()> {
+        self.ecs.restore_autoscaling(color, previous).await
     }
 }
 
@@ -261,11 +315,14 @@ pub async fn assemble(loaded: &LoadedSpec) -> Result<Assembled> {
             if let Some(r) = &a.rule_arn {
                 alb = alb.rule(r);
             }
-            let sm = bluegreen_secretsmanager::SecretsManagerSource::new(&config);
+            let sm = Arc::new(bluegreen_secretsmanager::SecretsManagerSource::new(&config));
             (
-                Arc::new(ecs.build()?),
+                Arc::new(EcsSecretArns {
+                    ecs: ecs.build()?,
+                    secrets: sm.clone(),
+                }),
                 Arc::new(alb.build()?),
-                Some(Arc::new(sm) as Arc<dyn SecretSource>),
+                Some(sm as Arc<dyn SecretSource>),
                 "secretsmanager",
             )
         }
