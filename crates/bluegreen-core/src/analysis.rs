@@ -48,7 +48,8 @@ pub struct Measurement {
     pub to: Timestamp,
     /// The samples used (NaN samples are left out; they are no evidence).
     pub samples: Vec<Sample>,
-    /// The aggregated value, when there was data.
+    /// The aggregated value, when there was data (may be infinite, never NaN).
+    #[serde(default, with = "crate::provider::any_f64::opt")]
     pub value: Option<f64>,
     /// The success condition it was compared with.
     pub condition: Condition,
@@ -99,13 +100,15 @@ pub fn aggregate(samples: &[Sample], how: Aggregation) -> Option<f64> {
         last = v;
         n += 1;
     }
-    Some(match how {
+    let value = match how {
         Aggregation::Mean => sum / f64::from(n),
         Aggregation::Max => max,
         Aggregation::Min => min,
         Aggregation::Last => last,
         Aggregation::Sum => sum,
-    })
+    };
+    // +inf and -inf together sum to NaN: that is no value either.
+    (!value.is_nan()).then_some(value)
 }
 
 /// Turns an answer into a measurement of `check` over `[from, to]`.

@@ -150,8 +150,84 @@ pub trait Journal: Send + Sync {
 struct Ledger {
     leases: BTreeMap<String, Lease>,
     tokens: BTreeMap<String, u64>,
-    entries: Vec<JournalEntry>,
-    next_seq: BTreeMap<String, u64>,
+    /// Records per deployment.
+    streams: BTreeMap<String, Stream>,
+    /// Deployment ids in the order of their first record.
+    order: Vec<String>,
+}
+
+/// Records kept per deployment before a block of them is sealed.
+const BLOCK: usize = 64;
+
+/// One deployment's records: sealed blocks of JSON lines, LZ4-compressed
+/// (a deployment's records repeat themselves, so a block shrinks about
+/// tenfold), and the latest records as they are. Its summary is kept as
+/// records arrive, so listing deployments decompresses nothing.
+#[derive(Debug)]
+struct Stream {
+    summary: DeploymentSummary,
+    next_seq: u64,
+    sealed: Vec<Box<[u8]>>,
+    tail: Vec<JournalEntry>,
+}
+
+impl Stream {
+    fn push(&mut self, entry: JournalEntry) {
+        self.next_seq = self.next_seq.max(entry.seq + 1);
+        let d = &mut self.summary;
+        d.last_at = entry.at;
+        d.records += 1;
+        if let Record::Step { events, .. } = &entry.record {
+            for ev in events {
+                if let Event::Finished { outcome, .. } = ev {
+                    d.outcome = Some(outcome.name().into());
+                }
+            }
+        }
+        self.tail.push(entry);
+        if self.tail.len() >= BLOCK {
+            self.seal();
+        }
+    }
+
+    /// Compresses the tail into a block; keeps it as it is if it cannot be
+    /// serialized (a record is never lost to compaction).
+    fn seal(&mut self) {
+        let mut json = Vec::with_capacity(self.tail.len() * 512);
+        for e in &self.tail {
+            if serde_json::to_writer(&mut json, e).is_err() {
+                return;
+            }
+            json.push(b'\n');
+        }
+        self.sealed
+            .push(lz4_flex::compress_prepend_size(&json).into_boxed_slice());
+        self.tail.clear();
+        self.tail.shrink_to(BLOCK);
+    }
+
+    fn entries(&self, id: &str) -> Result<Vec<JournalEntry>> {
+        let mut out = Vec::with_capacity(self.sealed.len() * BLOCK + self.tail.len());
+        for (i, block) in self.sealed.iter().enumerate() {
+            let corrupt = |what: String| {
+                Error::new(
+                    ErrorKind::Corrupt,
+                    format!("journal block {i} of deployment {id}: {what}"),
+                )
+                .with_operation("read")
+            };
+            let json = lz4_flex::decompress_size_prepended(block)
+                .map_err(|e| corrupt(format!("does not decompress: {e}")))?;
+            for line in json.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+                out.push(
+                    serde_json::from_slice(line)
+                        .map_err(|e| corrupt(format!("a record does not parse: {e}")))?,
+                );
+            }
+        }
+        out.extend(self.tail.iter().cloned());
+        Ok(out)
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -176,12 +252,28 @@ impl Ledger {
                 }
             }
             Line::Entry { entry } => {
-                let n = self
-                    .next_seq
-                    .entry(entry.deployment_id.clone())
-                    .or_insert(1);
-                *n = (*n).max(entry.seq + 1);
-                self.entries.push(entry);
+                if !self.streams.contains_key(&entry.deployment_id) {
+                    self.order.push(entry.deployment_id.clone());
+                    self.streams.insert(
+                        entry.deployment_id.clone(),
+                        Stream {
+                            summary: DeploymentSummary {
+                                id: entry.deployment_id.clone(),
+                                service: entry.service.clone(),
+                                started_at: entry.at,
+                                last_at: entry.at,
+                                outcome: None,
+                                records: 0,
+                            },
+                            next_seq: 1,
+                            sealed: Vec::new(),
+                            tail: Vec::new(),
+                        },
+                    );
+                }
+                if let Some(stream) = self.streams.get_mut(&entry.deployment_id) {
+                    stream.push(entry);
+                }
             }
         }
     }
@@ -249,20 +341,17 @@ impl Ledger {
         record: &Record,
     ) -> Result<(u64, Line)> {
         self.check_current(lease, "append")?;
-        if let Some(e) = self
-            .entries
-            .iter()
-            .find(|e| e.deployment_id == deployment_id)
-        {
-            if e.service != lease.service {
+        let stream = self.streams.get(deployment_id);
+        if let Some(st) = stream {
+            if st.summary.service != lease.service {
                 return Err(Error::invalid_input(format!(
                     "deployment {deployment_id} belongs to service {}, not {}",
-                    e.service, lease.service
+                    st.summary.service, lease.service
                 ))
                 .with_operation("append"));
             }
         }
-        let seq = self.next_seq.get(deployment_id).copied().unwrap_or(1);
+        let seq = stream.map_or(1, |st| st.next_seq);
         Ok((
             seq,
             Line::Entry {
@@ -278,44 +367,21 @@ impl Ledger {
         ))
     }
 
-    fn read(&self, deployment_id: &str) -> Vec<JournalEntry> {
-        self.entries
-            .iter()
-            .filter(|e| e.deployment_id == deployment_id)
-            .cloned()
-            .collect()
+    fn read(&self, deployment_id: &str) -> Result<Vec<JournalEntry>> {
+        match self.streams.get(deployment_id) {
+            Some(st) => st.entries(deployment_id),
+            None => Ok(Vec::new()),
+        }
     }
 
     fn deployments(&self, service: Option<&str>) -> Vec<DeploymentSummary> {
-        let mut out: Vec<DeploymentSummary> = Vec::new();
-        let mut index: BTreeMap<&str, usize> = BTreeMap::new();
-        for e in &self.entries {
-            if service.is_some_and(|s| s != e.service) {
-                continue;
-            }
-            let i = *index.entry(e.deployment_id.as_str()).or_insert_with(|| {
-                out.push(DeploymentSummary {
-                    id: e.deployment_id.clone(),
-                    service: e.service.clone(),
-                    started_at: e.at,
-                    last_at: e.at,
-                    outcome: None,
-                    records: 0,
-                });
-                out.len() - 1
-            });
-            let d = &mut out[i];
-            d.last_at = e.at;
-            d.records += 1;
-            if let Record::Step { events, .. } = &e.record {
-                for ev in events {
-                    if let Event::Finished { outcome, .. } = ev {
-                        d.outcome = Some(outcome.name().into());
-                    }
-                }
-            }
-        }
-        out
+        self.order
+            .iter()
+            .filter_map(|id| self.streams.get(id))
+            .map(|st| &st.summary)
+            .filter(|d| service.is_none_or(|s| s == d.service))
+            .cloned()
+            .collect()
     }
 }
 
@@ -389,7 +455,7 @@ impl Journal for MemoryJournal {
     }
 
     async fn read(&self, deployment_id: &str) -> Result<Vec<JournalEntry>> {
-        Ok(self.ledger().read(deployment_id))
+        self.ledger().read(deployment_id)
     }
 
     async fn deployments(&self, service: Option<String>) -> Result<Vec<DeploymentSummary>> {
@@ -644,7 +710,7 @@ impl Journal for FileJournal {
     }
 
     async fn read(&self, deployment_id: &str) -> Result<Vec<JournalEntry>> {
-        self.with_locked(|l| Ok((l.read(deployment_id), None)))
+        self.with_locked(|l| Ok((l.read(deployment_id)?, None)))
     }
 
     async fn deployments(&self, service: Option<String>) -> Result<Vec<DeploymentSummary>> {
@@ -724,5 +790,112 @@ mod tests {
         assert_eq!(err.kind(), ErrorKind::LeaseHeld);
         assert!(err.to_string().contains("deployer-a"), "{err}");
         assert!(err.to_string().contains("1970-01-01T00:00:01"), "{err}");
+    }
+
+    /// A step whose input is a metric answer with NaN and infinite samples.
+    fn odd_samples(i: u64) -> Record {
+        use crate::machine::Reply;
+        use crate::provider::{MetricAnswer, Sample};
+        let samples = vec![
+            Sample {
+                at: Timestamp(i),
+                value: f64::NAN,
+            },
+            Sample {
+                at: Timestamp(i + 1),
+                value: f64::INFINITY,
+            },
+            Sample {
+                at: Timestamp(i + 2),
+                value: f64::NEG_INFINITY,
+            },
+            Sample {
+                at: Timestamp(i + 3),
+                value: 0.25,
+            },
+        ];
+        Record::Step {
+            input: Input::Reply {
+                id: i,
+                reply: Reply::Metric {
+                    answer: MetricAnswer::Samples { samples },
+                },
+            },
+            commands: vec![],
+            events: vec![],
+        }
+    }
+
+    fn values(r: &Record) -> Vec<f64> {
+        use crate::machine::Reply;
+        use crate::provider::MetricAnswer;
+        match r {
+            Record::Step {
+                input:
+                    Input::Reply {
+                        reply:
+                            Reply::Metric {
+                                answer: MetricAnswer::Samples { samples },
+                            },
+                        ..
+                    },
+                ..
+            } => samples.iter().map(|s| s.value).collect(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn records_past_a_sealed_block_read_back_in_order_with_nan_and_infinities() {
+        let j = MemoryJournal::new();
+        let lease = j.acquire("svc", "a", TTL, Timestamp(0)).await.unwrap();
+        let n = BLOCK as u64 * 2 + 5;
+        for i in 0..n {
+            j.append(&lease, "d1", Timestamp(i), &odd_samples(i))
+                .await
+                .unwrap();
+            j.append(&lease, "d2", Timestamp(i), &tick()).await.unwrap();
+        }
+        {
+            let l = j.ledger();
+            assert_eq!(l.streams["d1"].sealed.len(), 2, "two blocks sealed");
+            assert_eq!(l.streams["d1"].tail.len(), 5);
+        }
+        let read = j.read("d1").await.unwrap();
+        assert_eq!(read.len() as u64, n);
+        for (i, e) in read.iter().enumerate() {
+            assert_eq!(e.seq, i as u64 + 1);
+            assert_eq!(e.at, Timestamp(i as u64));
+            let v = values(&e.record);
+            assert!(v[0].is_nan());
+            assert_eq!(&v[1..], &[f64::INFINITY, f64::NEG_INFINITY, 0.25]);
+        }
+        let list = j.deployments(None).await.unwrap();
+        let ids: Vec<&str> = list.iter().map(|d| d.id.as_str()).collect();
+        assert_eq!(ids, ["d1", "d2"]);
+        assert_eq!(list[0].records, n);
+        assert_eq!(list[0].last_at, Timestamp(n - 1));
+        let seq = j.append(&lease, "d1", Timestamp(n), &tick()).await.unwrap();
+        assert_eq!(seq, n + 1);
+    }
+
+    #[tokio::test]
+    async fn a_file_journal_reopens_nan_and_infinite_samples() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.jsonl");
+        {
+            let j = FileJournal::open(&path).unwrap();
+            let lease = j.acquire("svc", "a", TTL, Timestamp(0)).await.unwrap();
+            j.append(&lease, "d1", Timestamp(1), &odd_samples(7))
+                .await
+                .unwrap();
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains(r#""value":"NaN""#), "{text}");
+        let again = FileJournal::open(&path).unwrap();
+        let read = again.read("d1").await.unwrap();
+        let v = values(&read[0].record);
+        assert!(v[0].is_nan());
+        assert_eq!(&v[1..], &[f64::INFINITY, f64::NEG_INFINITY, 0.25]);
     }
 }

@@ -682,8 +682,8 @@ pub enum Event {
     },
     /// A measurement was taken.
     Measured {
-        /// The measurement.
-        measurement: Measurement,
+        /// The measurement (boxed: events are queued per subscriber).
+        measurement: Box<Measurement>,
     },
     /// Target health was read.
     TargetHealth {
@@ -725,8 +725,8 @@ pub enum Event {
     Finished {
         /// How.
         outcome: Outcome,
-        /// The recorded state.
-        facts: Facts,
+        /// The recorded state (boxed: events are queued per subscriber).
+        facts: Box<Facts>,
     },
 }
 
@@ -1526,7 +1526,7 @@ impl Machine {
         self.event(Event::Stage { stage: Stage::Done });
         self.event(Event::Finished {
             outcome: outcome.clone(),
-            facts: self.facts.clone(),
+            facts: Box::new(self.facts.clone()),
         });
         self.outcome = Some(outcome);
     }
@@ -1840,7 +1840,7 @@ impl Machine {
                     };
                     let m = measure(&c, kind, query, from, to, &answer);
                     self.event(Event::Measured {
-                        measurement: m.clone(),
+                        measurement: Box::new(m.clone()),
                     });
                     self.final_results.push(m);
                     if !self.stage_pending() {
@@ -1971,7 +1971,7 @@ impl Machine {
                 };
                 let m = measure(&c, kind, query, from, to, &answer);
                 self.event(Event::Measured {
-                    measurement: m.clone(),
+                    measurement: Box::new(m.clone()),
                 });
                 self.final_results.push(m);
             }
@@ -2249,7 +2249,7 @@ impl Machine {
                     }
                 }
                 self.event(Event::Measured {
-                    measurement: meas.clone(),
+                    measurement: Box::new(meas.clone()),
                 });
                 if let Some((t, describe)) = fired {
                     let evidence = std::mem::take(&mut self.run_evidence[t]);

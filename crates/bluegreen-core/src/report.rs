@@ -169,7 +169,7 @@ impl Report {
             Event::TrafficConfirmed { split } => {
                 self.decide(at, format!("read-back confirmed {split}"))
             }
-            Event::Measured { measurement } => self.measurements.push(measurement.clone()),
+            Event::Measured { measurement } => self.measurements.push((**measurement).clone()),
             Event::TargetHealth { color, health } => {
                 if health.healthy < health.total {
                     self.decide(
@@ -200,7 +200,7 @@ impl Report {
                 }
                 self.finished_at = Some(at);
                 self.outcome = Some(outcome.clone());
-                self.facts = Some(facts.clone());
+                self.facts = Some((**facts).clone());
             }
         }
     }

@@ -1,9 +1,10 @@
-//! Scale: 1,000 concurrent simulated deployments of the reference procedure
-//! (one-hour soak included) in one process under paused time, on the core
-//! fakes. Prints the wall time, the outcomes and the peak RSS.
+//! Scale: N concurrent simulated deployments (default 1,000) of the reference
+//! procedure, one-hour soak included, in one process under paused time, on
+//! the core fakes, each with its own in-memory journal. Prints the wall
+//! time, the outcomes, the journal records kept and the peak RSS.
 //!
 //! ```text
-//! cargo run --release -p bluegreen-cli --example scale [-- N]
+//! cargo bench --bench scale [-- N]
 //! ```
 
 use std::time::Instant;
@@ -19,17 +20,19 @@ fn peak_rss_mb() -> Option<f64> {
 }
 
 fn main() {
+    // `cargo bench` passes `--bench`; the first number is N.
     let n: usize = std::env::args()
-        .nth(1)
-        .and_then(|a| a.parse().ok())
+        .skip(1)
+        .find_map(|a| a.parse().ok())
         .unwrap_or(1000);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .start_paused(true)
         .build()
         .expect("a runtime");
+    let baseline = peak_rss_mb().unwrap_or(f64::NAN);
     let started = Instant::now();
-    let (succeeded, other) = rt.block_on(async {
+    let (succeeded, other, records) = rt.block_on(async {
         let mut tasks = Vec::with_capacity(n);
         for i in 0..n {
             let fakes = Fakes::new();
@@ -44,22 +47,30 @@ fn main() {
                 .expect("a valid simulation");
             tasks.push(tokio::spawn(async move {
                 let r = dep.run().await;
+                // The fakes (and the journal) live until the deployment ends.
                 drop(fakes);
                 r
             }));
         }
-        let (mut ok, mut other) = (0, 0);
+        let (mut ok, mut other, mut records) = (0, 0, 0);
         for t in tasks {
-            match t.await.expect("a deployment task").map(|r| r.outcome) {
-                Ok(Some(Outcome::Succeeded)) => ok += 1,
-                _ => other += 1,
+            match t.await.expect("a deployment task") {
+                Ok(r) => {
+                    records += r.records;
+                    if r.outcome == Some(Outcome::Succeeded) {
+                        ok += 1
+                    } else {
+                        other += 1
+                    }
+                }
+                Err(_) => other += 1,
             }
         }
-        (ok, other)
+        (ok, other, records)
     });
     let wall = started.elapsed();
+    let peak = peak_rss_mb().unwrap_or(f64::NAN);
     println!(
-        "{n} concurrent deployments: {succeeded} succeeded, {other} other; wall {wall:.2?}; peak RSS {:.1} MB",
-        peak_rss_mb().unwrap_or(f64::NAN)
+        "{n} concurrent deployments: {succeeded} succeeded, {other} other; {records} journal records; wall {wall:.2?}; peak RSS {peak:.1} MB (process before: {baseline:.1} MB)"
     );
 }
