@@ -13,9 +13,10 @@ use bluegreen_core::{Control, Error, Journal, Outcome, Report, Timestamp};
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::acceptance;
+use crate::group::{self, LoadedGroup};
 use crate::journal;
 use crate::providers;
-use crate::spec::{JournalKind, LoadedSpec, SpecError, TargetKind};
+use crate::spec::{Format, JournalKind, LoadedSpec, SpecError, TargetKind};
 
 /// Exit code: the deployment succeeded (or the command did its job).
 pub const EXIT_SUCCEEDED: i32 = 0;
@@ -159,6 +160,15 @@ fn spec_of(cmd: &Command) -> &Path {
 
 /// Runs a parsed command line; returns the exit code.
 pub fn run(cli: Cli) -> i32 {
+    let path = spec_of(&cli.command);
+    if let Ok(text) = std::fs::read_to_string(path) {
+        if group::is_group(&text, Format::of(&path.display().to_string())) {
+            return match LoadedGroup::parse(&text, path) {
+                Ok(g) => run_group(cli, g),
+                Err(e) => bad_spec(&cli, &e),
+            };
+        }
+    }
     let loaded = match LoadedSpec::load(spec_of(&cli.command)) {
         Ok(l) => l,
         Err(e) => return bad_spec(&cli, &e),
@@ -220,6 +230,65 @@ pub fn run(cli: Cli) -> i32 {
     })
 }
 
+fn runtime(paused: bool) -> std::io::Result<tokio::runtime::Runtime> {
+    if paused {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+    }
+}
+
+fn run_group(cli: Cli, g: LoadedGroup) -> i32 {
+    let rt = match runtime(g.paused_time()) {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("bluegreen: cannot start the runtime: {e}");
+            return EXIT_ERROR;
+        }
+    };
+    let path = cli.journal.clone().unwrap_or_else(|| g.journal_path());
+    let out = cli.output;
+    rt.block_on(async move {
+        let r = match cli.command {
+            Command::Validate { .. } => group::validate(&g, out),
+            Command::Plan { .. } => group::dry_run(&g, out),
+            Command::Deploy { id, .. } => group::deploy(&g, &path, id, None, out).await,
+            Command::Resume { id, .. } => group::resume(&g, &path, id, out).await,
+            Command::Status { id, .. } => group::status(&g, &path, id, out).await,
+            Command::Abort { id, reason, .. } => {
+                group::control(&g, &path, id, Control::Abort { reason }, out).await
+            }
+            Command::Promote { id, .. } => {
+                group::control(&g, &path, id, Control::Promote, out).await
+            }
+            Command::Report { id, format, .. } => group::report(&g, &path, id, format).await,
+        };
+        finish(r, out)
+    })
+}
+
+fn finish(r: Result<i32, Error>, out: OutputFormat) -> i32 {
+    match r {
+        Ok(code) => code,
+        Err(e) => {
+            if out == OutputFormat::Json {
+                println!(
+                    "{}",
+                    serde_json::json!({"error": e.to_string(), "kind": e.kind().as_str()})
+                );
+            } else {
+                eprintln!("bluegreen: {e}");
+            }
+            EXIT_ERROR
+        }
+    }
+}
+
 fn bad_spec(cli: &Cli, e: &SpecError) -> i32 {
     if cli.output == OutputFormat::Json {
         println!(
@@ -235,7 +304,7 @@ fn bad_spec(cli: &Cli, e: &SpecError) -> i32 {
     EXIT_BAD_SPEC
 }
 
-fn validate(l: &LoadedSpec, out: OutputFormat) -> Result<i32, Error> {
+pub(crate) fn validate(l: &LoadedSpec, out: OutputFormat) -> Result<i32, Error> {
     let s = &l.spec;
     let target = match s.target_kind() {
         TargetKind::Local => "local",
@@ -322,7 +391,7 @@ fn provider_label(l: &LoadedSpec, provider: &str) -> String {
     }
 }
 
-fn dry_run(l: &LoadedSpec, out: OutputFormat) -> Result<i32, Error> {
+pub(crate) fn dry_run(l: &LoadedSpec, out: OutputFormat) -> Result<i32, Error> {
     let plan = l
         .spec
         .plan()
@@ -476,7 +545,7 @@ fn describe(e: &Event) -> Option<String> {
     })
 }
 
-fn show(ev: &DeploymentEvent, out: OutputFormat, bar: Option<&indicatif::ProgressBar>) {
+pub(crate) fn show(ev: &DeploymentEvent, out: OutputFormat, bar: Option<&indicatif::ProgressBar>) {
     match out {
         OutputFormat::Json => {
             println!(
@@ -485,9 +554,13 @@ fn show(ev: &DeploymentEvent, out: OutputFormat, bar: Option<&indicatif::Progres
             );
         }
         OutputFormat::Text => {
-            let Some(line) = describe(&ev.event) else {
+            let Some(mut line) = describe(&ev.event) else {
                 return;
             };
+            // A group member's deployment id is `<group>/<service>`.
+            if let Some((_, service)) = ev.deployment_id.rsplit_once('/') {
+                line = format!("[{service}] {line}");
+            }
             match bar {
                 Some(b) => {
                     if let Event::Stage { stage } = &ev.event {

@@ -295,6 +295,18 @@ pub fn forward_controls(
     deployment_id: String,
     handle: ControlHandle,
 ) -> tokio::task::JoinHandle<()> {
+    forward_with(journal, deployment_id, move |c| {
+        handle.send(c);
+    })
+}
+
+/// Calls `apply` with each instruction for `deployment_id` written to the
+/// control file after now, until the task is dropped. Polls every 200 ms.
+pub fn forward_with(
+    journal: &Path,
+    deployment_id: String,
+    mut apply: impl FnMut(Control) + Send + 'static,
+) -> tokio::task::JoinHandle<()> {
     let path = control_path(journal);
     let mut seen = std::fs::read_to_string(&path).map_or(0, |t| t.len());
     tokio::spawn(async move {
@@ -311,7 +323,7 @@ pub fn forward_controls(
             for line in new[..complete].lines() {
                 if let Ok(c) = serde_json::from_str::<ControlLine>(line) {
                     if c.deployment_id == deployment_id {
-                        handle.send(c.control);
+                        apply(c.control);
                     }
                 }
             }

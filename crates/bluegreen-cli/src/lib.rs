@@ -4,6 +4,7 @@ pub mod acceptance;
 pub mod aws;
 pub mod cli;
 pub mod fake;
+pub mod group;
 pub mod journal;
 pub mod providers;
 pub mod slack;

@@ -811,55 +811,7 @@ impl Spec {
 
     /// Parses `text` in `format` and validates it.
     pub fn parse(text: &str, file: &str, format: Format) -> Result<Spec, SpecError> {
-        let spec = match format {
-            Format::Toml => {
-                let de = toml::Deserializer::new(text);
-                serde_path_to_error::deserialize::<_, Spec>(de).map_err(|e| {
-                    let field = e.path().to_string();
-                    let inner = e.into_inner();
-                    let (line, column) = match inner.span() {
-                        Some(span) => line_col(text, span.start),
-                        None => locate(text, &field),
-                    };
-                    SpecError {
-                        file: file.into(),
-                        line,
-                        column,
-                        field: clean_path(&field),
-                        message: explain(inner.message()),
-                    }
-                })?
-            }
-            Format::Yaml => {
-                let de = serde_norway::Deserializer::from_str(text);
-                serde_path_to_error::deserialize::<_, Spec>(de).map_err(|e| {
-                    let field = e.path().to_string();
-                    let inner = e.into_inner();
-                    let (line, column) = match inner.location() {
-                        Some(l) => (l.line(), l.column()),
-                        None => locate(text, &field),
-                    };
-                    let mut msg = inner.to_string();
-                    // serde_norway appends " at line L column C"; we print it ourselves.
-                    if let Some(i) = msg.find(" at line ") {
-                        msg.truncate(i);
-                    }
-                    // ... and may start with its own path ("scope: ...").
-                    if let Some((head, rest)) = msg.split_once(": ") {
-                        if !head.contains(' ') {
-                            msg = rest.to_string();
-                        }
-                    }
-                    SpecError {
-                        file: file.into(),
-                        line,
-                        column,
-                        field: clean_path(&field),
-                        message: explain(&msg),
-                    }
-                })?
-            }
-        };
+        let spec: Spec = deserialize(text, file, format)?;
         spec.validate().map_err(|(field, message)| {
             let (line, column) = locate(text, &field);
             SpecError {
@@ -884,7 +836,7 @@ impl Spec {
         }
     }
 
-    fn validate(&self) -> Result<(), (String, String)> {
+    pub(crate) fn validate(&self) -> Result<(), (String, String)> {
         let err = |f: &str, m: String| Err((f.to_string(), m));
         let t = &self.target;
         match (&t.local, &t.fake, &t.ecs, &t.alb) {
@@ -1127,6 +1079,65 @@ impl Spec {
             group: None,
         }
     }
+}
+
+/// Deserializes `text` in `format` into `T`; errors name the file, line,
+/// column and field, with a suggestion for a misspelt key.
+pub fn deserialize<T: serde::de::DeserializeOwned>(
+    text: &str,
+    file: &str,
+    format: Format,
+) -> Result<T, SpecError> {
+    let value = match format {
+        Format::Toml => {
+            let de = toml::Deserializer::new(text);
+            serde_path_to_error::deserialize::<_, T>(de).map_err(|e| {
+                let field = e.path().to_string();
+                let inner = e.into_inner();
+                let (line, column) = match inner.span() {
+                    Some(span) => line_col(text, span.start),
+                    None => locate(text, &field),
+                };
+                SpecError {
+                    file: file.into(),
+                    line,
+                    column,
+                    field: clean_path(&field),
+                    message: explain(inner.message()),
+                }
+            })?
+        }
+        Format::Yaml => {
+            let de = serde_norway::Deserializer::from_str(text);
+            serde_path_to_error::deserialize::<_, T>(de).map_err(|e| {
+                let field = e.path().to_string();
+                let inner = e.into_inner();
+                let (line, column) = match inner.location() {
+                    Some(l) => (l.line(), l.column()),
+                    None => locate(text, &field),
+                };
+                let mut msg = inner.to_string();
+                // serde_norway appends " at line L column C"; we print it ourselves.
+                if let Some(i) = msg.find(" at line ") {
+                    msg.truncate(i);
+                }
+                // ... and may start with its own path ("scope: ...").
+                if let Some((head, rest)) = msg.split_once(": ") {
+                    if !head.contains(' ') {
+                        msg = rest.to_string();
+                    }
+                }
+                SpecError {
+                    file: file.into(),
+                    line,
+                    column,
+                    field: clean_path(&field),
+                    message: explain(&msg),
+                }
+            })?
+        }
+    };
+    Ok(value)
 }
 
 /// Environment variable names that hold secrets by convention.

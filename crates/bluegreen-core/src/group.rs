@@ -301,6 +301,77 @@ pub struct GroupReport {
 }
 
 impl GroupReport {
+    /// A group's report from its members' (for instance rebuilt from the
+    /// journal): the outcome from theirs, and what rolled the group back
+    /// from their recorded reasons.
+    pub fn from_members(
+        name: impl Into<String>,
+        group_id: impl Into<String>,
+        members: Vec<MemberReport>,
+    ) -> GroupReport {
+        let name = name.into();
+        let outcomes: Vec<Option<&Outcome>> =
+            members.iter().map(|m| m.report.outcome.as_ref()).collect();
+        let outcome =
+            if members.iter().any(|m| m.error.is_some()) || outcomes.iter().any(Option::is_none) {
+                GroupOutcome::Interrupted
+            } else if outcomes
+                .iter()
+                .any(|o| matches!(o, Some(Outcome::Halted { .. })))
+            {
+                GroupOutcome::Halted
+            } else if outcomes
+                .iter()
+                .all(|o| matches!(o, Some(Outcome::Succeeded)))
+            {
+                GroupOutcome::Succeeded
+            } else if outcomes
+                .iter()
+                .all(|o| matches!(o, Some(Outcome::RolledBack { .. })))
+            {
+                GroupOutcome::RolledBack
+            } else {
+                GroupOutcome::Halted
+            };
+        let follower = format!("manual abort: group {name}: member ");
+        let group_said = format!("manual abort: group {name}: ");
+        let mut trigger = None;
+        let mut operator = None;
+        for m in &members {
+            let (verb, summary) = match &m.report.outcome {
+                Some(Outcome::RolledBack { reason }) => ("rolled back", &reason.summary),
+                Some(Outcome::Halted { reason }) => ("halted", &reason.summary),
+                _ => continue,
+            };
+            if summary.starts_with(&follower) {
+                continue;
+            }
+            if let Some(rest) = summary.strip_prefix(&group_said) {
+                operator.get_or_insert(GroupTrigger {
+                    member: None,
+                    reason: rest.to_string(),
+                });
+            } else if let Some(rest) = summary.strip_prefix("manual abort: ") {
+                operator.get_or_insert(GroupTrigger {
+                    member: None,
+                    reason: format!("aborted by an operator: {rest}"),
+                });
+            } else if trigger.is_none() {
+                trigger = Some(GroupTrigger {
+                    member: Some(m.service.clone()),
+                    reason: format!("{verb}: {summary}"),
+                });
+            }
+        }
+        GroupReport {
+            name,
+            group_id: group_id.into(),
+            outcome,
+            trigger: trigger.or(operator),
+            members,
+        }
+    }
+
     /// The report as pretty JSON.
     pub fn to_json(&self) -> String {
         serde_json::to_string_pretty(self).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
@@ -536,36 +607,13 @@ impl Group {
                 error,
             });
         }
-        let outcome = if members.iter().any(|m| m.error.is_some()) {
-            GroupOutcome::Interrupted
-        } else if members
-            .iter()
-            .any(|m| matches!(m.report.outcome, Some(Outcome::Halted { .. })))
-        {
-            GroupOutcome::Halted
-        } else if members
-            .iter()
-            .all(|m| matches!(m.report.outcome, Some(Outcome::Succeeded)))
-        {
-            GroupOutcome::Succeeded
-        } else if members
-            .iter()
-            .all(|m| matches!(m.report.outcome, Some(Outcome::RolledBack { .. })))
-        {
-            GroupOutcome::RolledBack
-        } else {
-            GroupOutcome::Halted
-        };
-        tracing::info!(outcome = outcome.name(), "group finished");
-        Ok(GroupReport {
-            name: self.name,
-            group_id: self.id,
-            outcome,
-            trigger: c.trigger,
-            members,
-        })
+        let mut report = GroupReport::from_members(self.name, self.id, members);
+        if c.trigger.is_some() {
+            report.trigger = c.trigger;
+        }
+        tracing::info!(outcome = report.outcome.name(), "group finished");
+        Ok(report)
     }
-
     fn membership_steps(&self) -> usize {
         self.members
             .first()
