@@ -57,4 +57,6 @@ mod guides {
     mod iam {}
     #[doc = include_str!("../docs/from-a-runbook.md")]
     mod from_a_runbook {}
+    #[doc = include_str!("../docs/coordinated.md")]
+    mod coordinated {}
 }

@@ -173,4 +173,18 @@ proptest! {
             prop_assert!(e.line >= 1, "{}", e);
         }
     }
+
+    #[test]
+    fn mutated_group_specs_never_panic_the_group_loader(cut in 0usize..5000, len in 0usize..40, insert in "[ =\\[\\]\"a-z0-9{}.:\n-]{0,12}") {
+        let base = example("checkout-group.toml");
+        let mut cut = cut.min(base.len());
+        while !base.is_char_boundary(cut) { cut -= 1; }
+        let mut end = (cut + len).min(base.len());
+        while !base.is_char_boundary(end) { end -= 1; }
+        let text = format!("{}{}{}", &base[..cut], insert, &base[end..]);
+        let path = std::path::Path::new("checkout-group.toml");
+        if let Err(e) = bluegreen_cli::group::LoadedGroup::parse(&text, path) {
+            prop_assert!(e.line >= 1, "{}", e);
+        }
+    }
 }
