@@ -4,13 +4,18 @@
 //! time, the outcomes, the journal records kept and the peak RSS.
 //!
 //! ```text
-//! cargo bench --bench scale [-- N]
+//! cargo bench --bench scale [-- N] [--plain]
 //! ```
+//!
+//! The journals compact (`MemoryJournal::compacting`), as a process running
+//! many deployments would set them; `--plain` keeps records as they are
+//! (`MemoryJournal::new`, the fakes' default).
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use bluegreen_core::testing::{reference_plan, Fakes};
-use bluegreen_core::Outcome;
+use bluegreen_core::{MemoryJournal, Outcome};
 
 fn peak_rss_mb() -> Option<f64> {
     let s = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -25,6 +30,7 @@ fn main() {
         .skip(1)
         .find_map(|a| a.parse().ok())
         .unwrap_or(1000);
+    let plain = std::env::args().any(|a| a == "--plain");
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .start_paused(true)
@@ -43,6 +49,11 @@ fn main() {
             let dep = fakes
                 .builder(reference_plan())
                 .deployment_id(format!("sim-{i}"))
+                .journal(if plain {
+                    Arc::new(MemoryJournal::new())
+                } else {
+                    Arc::new(MemoryJournal::compacting())
+                })
                 .build()
                 .expect("a valid simulation");
             tasks.push(tokio::spawn(async move {
@@ -71,6 +82,7 @@ fn main() {
     let wall = started.elapsed();
     let peak = peak_rss_mb().unwrap_or(f64::NAN);
     println!(
-        "{n} concurrent deployments: {succeeded} succeeded, {other} other; {records} journal records; wall {wall:.2?}; peak RSS {peak:.1} MB (process before: {baseline:.1} MB)"
+        "{n} concurrent deployments ({} journals): {succeeded} succeeded, {other} other; {records} journal records; wall {wall:.2?}; peak RSS {peak:.1} MB (process before: {baseline:.1} MB)",
+        if plain { "plain" } else { "compacting" }
     );
 }

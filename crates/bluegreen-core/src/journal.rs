@@ -154,15 +154,17 @@ struct Ledger {
     streams: BTreeMap<String, Stream>,
     /// Deployment ids in the order of their first record.
     order: Vec<String>,
+    /// Whether full blocks of records are compressed.
+    compact: bool,
 }
 
 /// Records kept per deployment before a block of them is sealed.
 const BLOCK: usize = 64;
 
-/// One deployment's records: sealed blocks of JSON lines, LZ4-compressed
-/// (a deployment's records repeat themselves, so a block shrinks about
-/// tenfold), and the latest records as they are. Its summary is kept as
-/// records arrive, so listing deployments decompresses nothing.
+/// One deployment's records: when compacting, sealed blocks of JSON lines,
+/// LZ4-compressed (a deployment's records repeat themselves, so a block
+/// shrinks about sevenfold), and the latest records as they are. Its summary
+/// is kept as records arrive, so listing deployments reads no records.
 #[derive(Debug)]
 struct Stream {
     summary: DeploymentSummary,
@@ -172,7 +174,7 @@ struct Stream {
 }
 
 impl Stream {
-    fn push(&mut self, entry: JournalEntry) {
+    fn push(&mut self, entry: JournalEntry, compact: bool) {
         self.next_seq = self.next_seq.max(entry.seq + 1);
         let d = &mut self.summary;
         d.last_at = entry.at;
@@ -185,7 +187,7 @@ impl Stream {
             }
         }
         self.tail.push(entry);
-        if self.tail.len() >= BLOCK {
+        if compact && self.tail.len() >= BLOCK {
             self.seal();
         }
     }
@@ -271,8 +273,9 @@ impl Ledger {
                         },
                     );
                 }
+                let compact = self.compact;
                 if let Some(stream) = self.streams.get_mut(&entry.deployment_id) {
-                    stream.push(entry);
+                    stream.push(entry, compact);
                 }
             }
         }
@@ -393,9 +396,23 @@ pub struct MemoryJournal {
 }
 
 impl MemoryJournal {
-    /// An empty journal.
+    /// An empty journal that keeps records as they are: the fastest, for
+    /// tests and simulations.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty journal that compresses each deployment's records in blocks
+    /// of 64 as they fill: about a fifth of the memory, for many
+    /// deployments in one process, at the cost of serializing every record
+    /// once (about 4 µs a record in a release build).
+    pub fn compacting() -> Self {
+        MemoryJournal {
+            ledger: Mutex::new(Ledger {
+                compact: true,
+                ..Ledger::default()
+            }),
+        }
     }
 
     fn ledger(&self) -> std::sync::MutexGuard<'_, Ledger> {
@@ -505,7 +522,12 @@ impl FileJournal {
         let j = FileJournal {
             path,
             inner: Mutex::new(FileState {
-                ledger: Ledger::default(),
+                // The file is the record; memory keeps a compressed copy
+                // (serializing costs little next to an fsync per append).
+                ledger: Ledger {
+                    compact: true,
+                    ..Ledger::default()
+                },
                 offset: 0,
                 lines: 0,
                 torn: None,
@@ -847,7 +869,7 @@ mod tests {
 
     #[tokio::test]
     async fn records_past_a_sealed_block_read_back_in_order_with_nan_and_infinities() {
-        let j = MemoryJournal::new();
+        let j = MemoryJournal::compacting();
         let lease = j.acquire("svc", "a", TTL, Timestamp(0)).await.unwrap();
         let n = BLOCK as u64 * 2 + 5;
         for i in 0..n {

@@ -198,3 +198,51 @@ fn resume_refuses_a_journal_of_a_different_plan() {
         assert!(err.to_string().contains("2.5.0"), "{err}");
     });
 }
+
+#[test]
+fn a_compacting_journal_resumes_from_compressed_blocks_to_the_same_effects() {
+    let script = scenario(false);
+    let (_, baseline, records) = run(&script, None);
+    for allowed in [70, 130, 260, records - 5] {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        let (outcome, changes) = rt.block_on(async {
+            let f = Fakes::new();
+            script(&f);
+            let journal = Arc::new(bluegreen_core::MemoryJournal::compacting());
+            let killed = Arc::new(Killed {
+                inner: journal.clone(),
+                allowed: AtomicUsize::new(allowed),
+            });
+            let first = f
+                .builder(reference_plan())
+                .journal(killed)
+                .build()
+                .unwrap()
+                .run()
+                .await;
+            assert!(first.is_err());
+            // More than one block of 64 records was sealed before the crash.
+            assert!(journal.read("sim-1").await.unwrap().len() >= allowed.min(records) - 1);
+            let report = f
+                .builder(reference_plan())
+                .journal(journal.clone())
+                .resume("sim-1")
+                .build()
+                .unwrap()
+                .run()
+                .await
+                .expect("resume runs to the end");
+            assert_eq!(report.records, records, "killed after {allowed}");
+            (report.outcome, effects(&f))
+        });
+        assert_eq!(outcome, Some(Outcome::Succeeded), "killed after {allowed}");
+        assert_eq!(
+            changes, baseline,
+            "killed after {allowed}: every effect once"
+        );
+    }
+}
