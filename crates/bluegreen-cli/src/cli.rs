@@ -179,17 +179,7 @@ pub fn run(cli: Cli) -> i32 {
         .fake
         .as_ref()
         .is_some_and(|f| f.paused_time);
-    let rt = if paused {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .start_paused(true)
-            .build()
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-    };
-    let rt = match rt {
+    let rt = match runtime(paused) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("bluegreen: cannot start the runtime: {e}");
@@ -213,20 +203,7 @@ pub fn run(cli: Cli) -> i32 {
             }
             Command::Report { id, format, .. } => report(&loaded, &journal_path, id, format).await,
         };
-        match r {
-            Ok(code) => code,
-            Err(e) => {
-                if out == OutputFormat::Json {
-                    println!(
-                        "{}",
-                        serde_json::json!({"error": e.to_string(), "kind": e.kind().as_str()})
-                    );
-                } else {
-                    eprintln!("bluegreen: {e}");
-                }
-                EXIT_ERROR
-            }
-        }
+        finish(r, out)
     })
 }
 
@@ -545,7 +522,50 @@ fn describe(e: &Event) -> Option<String> {
     })
 }
 
-pub(crate) fn show(ev: &DeploymentEvent, out: OutputFormat, bar: Option<&indicatif::ProgressBar>) {
+/// Runs `run` to its end while showing `events` as they come (a spinner on a
+/// terminal, plain lines otherwise, JSON lines with `--output json`), after
+/// `first` in text mode.
+pub(crate) async fn follow<T>(
+    run: impl std::future::Future<Output = T>,
+    mut events: tokio::sync::broadcast::Receiver<DeploymentEvent>,
+    out: OutputFormat,
+    first: String,
+) -> T {
+    let bar = (out == OutputFormat::Text && std::io::stderr().is_terminal()).then(|| {
+        let b = indicatif::ProgressBar::new_spinner();
+        b.enable_steady_tick(Duration::from_millis(120));
+        b
+    });
+    if out == OutputFormat::Text {
+        match &bar {
+            Some(b) => b.println(first),
+            None => println!("{first}"),
+        }
+    }
+    tokio::pin!(run);
+    let result = loop {
+        tokio::select! {
+            biased;
+            ev = events.recv() => {
+                if let Ok(ev) = ev {
+                    show(&ev, out, bar.as_ref());
+                }
+            }
+            r = &mut run => {
+                while let Ok(ev) = events.try_recv() {
+                    show(&ev, out, bar.as_ref());
+                }
+                break r;
+            }
+        }
+    };
+    if let Some(b) = &bar {
+        b.finish_and_clear();
+    }
+    result
+}
+
+fn show(ev: &DeploymentEvent, out: OutputFormat, bar: Option<&indicatif::ProgressBar>) {
     match out {
         OutputFormat::Json => {
             println!(
@@ -602,51 +622,20 @@ async fn deploy(
     };
     let id = dep.deployment_id().to_string();
     let forward = journal::forward_controls(journal_path, id.clone(), dep.control());
-    let mut events = dep.subscribe();
-    let bar = (out == OutputFormat::Text && std::io::stderr().is_terminal()).then(|| {
-        let b = indicatif::ProgressBar::new_spinner();
-        b.enable_steady_tick(Duration::from_millis(120));
-        b
-    });
-    if out == OutputFormat::Text {
-        let verb = if resume.is_some() {
-            "resuming"
-        } else {
-            "deploying"
-        };
-        let line = format!(
-            "{verb} {} {} as {id} (journal {})",
-            l.spec.scope.service,
-            l.spec.scope.version,
-            journal_path.display()
-        );
-        match &bar {
-            Some(b) => b.println(line),
-            None => println!("{line}"),
-        }
-    }
-    let run = dep.run();
-    tokio::pin!(run);
-    let result = loop {
-        tokio::select! {
-            biased;
-            ev = events.recv() => {
-                if let Ok(ev) = ev {
-                    show(&ev, out, bar.as_ref());
-                }
-            }
-            r = &mut run => {
-                while let Ok(ev) = events.try_recv() {
-                    show(&ev, out, bar.as_ref());
-                }
-                break r;
-            }
-        }
+    let events = dep.subscribe();
+    let verb = if resume.is_some() {
+        "resuming"
+    } else {
+        "deploying"
     };
+    let first = format!(
+        "{verb} {} {} as {id} (journal {})",
+        l.spec.scope.service,
+        l.spec.scope.version,
+        journal_path.display()
+    );
+    let result = follow(dep.run(), events, out, first).await;
     forward.abort();
-    if let Some(b) = &bar {
-        b.finish_and_clear();
-    }
     assembled.shutdown().await;
     let report = result?;
     let criteria = acceptance::evaluate(&l.spec, &report);

@@ -27,7 +27,6 @@
 //! the current one; and a member that rolls back takes every other member
 //! back with it (see `bluegreen_core::group`).
 
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -393,51 +392,20 @@ pub async fn deploy(
             Control::Proceed { .. } => false,
         };
     });
-    let mut events = group.subscribe();
-    let bar = (out == OutputFormat::Text && std::io::stderr().is_terminal()).then(|| {
-        let b = indicatif::ProgressBar::new_spinner();
-        b.enable_steady_tick(Duration::from_millis(120));
-        b
-    });
-    if out == OutputFormat::Text {
-        let line = format!(
-            "{} group {} [{}] as {gid} (journal {})",
-            if resume.is_some() {
-                "resuming"
-            } else {
-                "deploying"
-            },
-            g.spec.group.name,
-            g.services().join(", "),
-            path.display()
-        );
-        match &bar {
-            Some(b) => b.println(line),
-            None => println!("{line}"),
-        }
-    }
-    let run = group.run();
-    tokio::pin!(run);
-    let result = loop {
-        tokio::select! {
-            biased;
-            ev = events.recv() => {
-                if let Ok(ev) = ev {
-                    cli::show(&ev, out, bar.as_ref());
-                }
-            }
-            r = &mut run => {
-                while let Ok(ev) = events.try_recv() {
-                    cli::show(&ev, out, bar.as_ref());
-                }
-                break r;
-            }
-        }
-    };
+    let events = group.subscribe();
+    let first = format!(
+        "{} group {} [{}] as {gid} (journal {})",
+        if resume.is_some() {
+            "resuming"
+        } else {
+            "deploying"
+        },
+        g.spec.group.name,
+        g.services().join(", "),
+        path.display()
+    );
+    let result = cli::follow(group.run(), events, out, first).await;
     forward.abort();
-    if let Some(b) = &bar {
-        b.finish_and_clear();
-    }
     for a in assembled {
         a.shutdown().await;
     }

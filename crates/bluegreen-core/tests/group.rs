@@ -2,19 +2,16 @@
 //! together (`bluegreen_core::group`).
 #![cfg(feature = "testing")]
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use bluegreen_core::group::{Group, GroupOutcome, GroupReport};
-use bluegreen_core::journal::{DeploymentSummary, Journal, JournalEntry, Lease, Record};
+use bluegreen_core::journal::{Journal, JournalEntry, Record};
 use bluegreen_core::machine::{Action, Event, HoldReason, Stage};
 use bluegreen_core::plan::{Gate, GroupMembership, Strategy};
-use bluegreen_core::testing::{reference_plan, simulate_with, Change, Fakes};
+use bluegreen_core::testing::{reference_plan, simulate_with, Change, CrashingJournal, Fakes};
 use bluegreen_core::{
-    Barrier, Color, Control, Error, ErrorKind, MemoryJournal, Outcome, Plan, Result, Timestamp,
-    TrafficSplit,
+    Barrier, Color, Control, ErrorKind, MemoryJournal, Outcome, Plan, Timestamp, TrafficSplit,
 };
 
 const A: &str = "order-api";
@@ -470,42 +467,6 @@ fn a_member_refuses_promote_at_a_barrier_and_proceeds_only_past_the_one_it_waits
     );
 }
 
-/// A journal that "kills the process" after `allowed` appends, shared by
-/// every member: once dead, every member's next append fails.
-struct Killed {
-    inner: Arc<dyn Journal>,
-    allowed: AtomicUsize,
-}
-
-#[async_trait]
-impl Journal for Killed {
-    async fn acquire(&self, s: &str, h: &str, ttl: Duration, now: Timestamp) -> Result<Lease> {
-        self.inner.acquire(s, h, ttl, now).await
-    }
-    async fn renew(&self, l: &Lease, ttl: Duration, now: Timestamp) -> Result<Lease> {
-        self.inner.renew(l, ttl, now).await
-    }
-    async fn release(&self, _l: &Lease) -> Result<()> {
-        Ok(())
-    }
-    async fn append(&self, l: &Lease, d: &str, at: Timestamp, r: &Record) -> Result<u64> {
-        if self
-            .allowed
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-            .is_err()
-        {
-            return Err(Error::unavailable("killed"));
-        }
-        self.inner.append(l, d, at, r).await
-    }
-    async fn read(&self, d: &str) -> Result<Vec<JournalEntry>> {
-        self.inner.read(d).await
-    }
-    async fn deployments(&self, s: Option<String>) -> Result<Vec<DeploymentSummary>> {
-        self.inner.deployments(s).await
-    }
-}
-
 fn effects(f: &Fakes) -> Vec<Change> {
     f.world
         .changes()
@@ -543,10 +504,7 @@ fn crash_run(bad: bool, kill: Option<usize>) -> (GroupOutcome, [Vec<Change>; 2],
                 .await
                 .unwrap(),
             Some(allowed) => {
-                let killed = Arc::new(Killed {
-                    inner: inner.clone(),
-                    allowed: AtomicUsize::new(allowed),
-                });
+                let killed = Arc::new(CrashingJournal::new(inner.clone(), allowed));
                 let first = group(&a, &b, killed).build().unwrap().run().await.unwrap();
                 assert_eq!(
                     first.outcome,
@@ -609,10 +567,7 @@ fn resume_refuses_a_journal_of_another_membership() {
         healthy(&a);
         healthy(&b);
         let inner: Arc<dyn Journal> = Arc::new(MemoryJournal::new());
-        let killed = Arc::new(Killed {
-            inner: inner.clone(),
-            allowed: AtomicUsize::new(12),
-        });
+        let killed = Arc::new(CrashingJournal::new(inner.clone(), 12));
         let first = group(&a, &b, killed).build().unwrap().run().await.unwrap();
         assert_eq!(first.outcome, GroupOutcome::Interrupted);
         let err = match Group::builder("checkout")

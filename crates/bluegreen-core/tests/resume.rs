@@ -2,50 +2,11 @@
 //! outcome without repeating a non-idempotent action.
 #![cfg(feature = "testing")]
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
-use bluegreen_core::journal::{DeploymentSummary, Journal, JournalEntry, Lease, Record};
-use bluegreen_core::testing::{reference_plan, Change, Fakes};
-use bluegreen_core::{Error, Outcome, Result, Timestamp};
-
-/// A journal that "kills the process" after `allowed` appends: every later
-/// call fails, as if the deployer had died right there.
-struct Killed {
-    inner: Arc<dyn Journal>,
-    allowed: AtomicUsize,
-}
-
-#[async_trait]
-impl Journal for Killed {
-    async fn acquire(&self, s: &str, h: &str, ttl: Duration, now: Timestamp) -> Result<Lease> {
-        self.inner.acquire(s, h, ttl, now).await
-    }
-    async fn renew(&self, l: &Lease, ttl: Duration, now: Timestamp) -> Result<Lease> {
-        self.inner.renew(l, ttl, now).await
-    }
-    async fn release(&self, _l: &Lease) -> Result<()> {
-        Ok(()) // a killed process releases nothing
-    }
-    async fn append(&self, l: &Lease, d: &str, at: Timestamp, r: &Record) -> Result<u64> {
-        if self
-            .allowed
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-            .is_err()
-        {
-            return Err(Error::unavailable("killed"));
-        }
-        self.inner.append(l, d, at, r).await
-    }
-    async fn read(&self, d: &str) -> Result<Vec<JournalEntry>> {
-        self.inner.read(d).await
-    }
-    async fn deployments(&self, s: Option<String>) -> Result<Vec<DeploymentSummary>> {
-        self.inner.deployments(s).await
-    }
-}
+use bluegreen_core::testing::{reference_plan, Change, CrashingJournal, Fakes};
+use bluegreen_core::{Journal, Outcome};
 
 /// The changes that must happen exactly as often as in an uninterrupted run.
 fn effects(f: &Fakes) -> Vec<Change> {
@@ -91,10 +52,7 @@ fn run(
         let f = Fakes::new();
         script(&f);
         if let Some(allowed) = crash_after {
-            let killed = Arc::new(Killed {
-                inner: f.journal.clone(),
-                allowed: AtomicUsize::new(allowed),
-            });
+            let killed = Arc::new(CrashingJournal::new(f.journal.clone(), allowed));
             let first = f
                 .builder(reference_plan())
                 .journal(killed)
@@ -170,10 +128,7 @@ fn resume_refuses_a_journal_of_a_different_plan() {
     rt.block_on(async {
         let f = Fakes::new();
         scenario(false)(&f);
-        let killed = Arc::new(Killed {
-            inner: f.journal.clone(),
-            allowed: AtomicUsize::new(10),
-        });
+        let killed = Arc::new(CrashingJournal::new(f.journal.clone(), 10));
         let _ = f
             .builder(reference_plan())
             .journal(killed)
@@ -213,10 +168,7 @@ fn a_compacting_journal_resumes_from_compressed_blocks_to_the_same_effects() {
             let f = Fakes::new();
             script(&f);
             let journal = Arc::new(bluegreen_core::MemoryJournal::compacting());
-            let killed = Arc::new(Killed {
-                inner: journal.clone(),
-                allowed: AtomicUsize::new(allowed),
-            });
+            let killed = Arc::new(CrashingJournal::new(journal.clone(), allowed));
             let first = f
                 .builder(reference_plan())
                 .journal(killed)

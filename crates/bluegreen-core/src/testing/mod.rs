@@ -19,8 +19,11 @@
 pub mod conformance;
 mod fakes;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+
+use async_trait::async_trait;
 
 pub use fakes::{
     Change, ColorState, FakeCompute, FakeMigrations, FakeRouter, FakeSecrets, FakeSmokeTest, Fault,
@@ -29,7 +32,7 @@ pub use fakes::{
 
 use crate::color::{Color, Timestamp};
 use crate::driver::{BlueGreen, Builder, ControlHandle, RetryPolicy, TokioClock};
-use crate::journal::MemoryJournal;
+use crate::journal::{DeploymentSummary, Journal, JournalEntry, Lease, MemoryJournal, Record};
 use crate::machine::Event;
 use crate::plan::{defaults, MigrationSettings, Plan, Preflight, Release, RequiredSecret};
 use crate::provider::{MigrationInfo, MigrationPhase};
@@ -267,5 +270,85 @@ pub fn simulate_with(
 impl Default for Fakes {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// A journal that "kills the deployer" after `allowed` appends: every later
+/// append fails, as if the process had died right there, and releasing a
+/// lease does nothing (a dead process releases nothing). Resume from the
+/// inner journal to test crash safety:
+///
+/// ```
+/// use std::sync::Arc;
+/// use bluegreen_core::testing::{reference_plan, CrashingJournal, Fakes};
+/// use bluegreen_core::Outcome;
+///
+/// # tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().unwrap().block_on(async {
+/// let f = Fakes::new();
+/// f.metrics.constant("error-rate", 0.002).constant("p95-latency", 180.0);
+/// let dying = Arc::new(CrashingJournal::new(f.journal.clone(), 100));
+/// assert!(f.builder(reference_plan()).journal(dying).build().unwrap().run().await.is_err());
+/// let report = f.builder(reference_plan()).resume("sim-1").build().unwrap().run().await.unwrap();
+/// assert_eq!(report.outcome, Some(Outcome::Succeeded));
+/// # });
+/// ```
+pub struct CrashingJournal {
+    inner: Arc<dyn Journal>,
+    allowed: AtomicUsize,
+}
+
+impl CrashingJournal {
+    /// Passes `allowed` appends to `inner`, then fails every one.
+    pub fn new(inner: Arc<dyn Journal>, allowed: usize) -> Self {
+        CrashingJournal {
+            inner,
+            allowed: AtomicUsize::new(allowed),
+        }
+    }
+}
+
+#[async_trait]
+impl Journal for CrashingJournal {
+    async fn acquire(
+        &self,
+        service: &str,
+        holder: &str,
+        ttl: Duration,
+        now: Timestamp,
+    ) -> crate::Result<Lease> {
+        self.inner.acquire(service, holder, ttl, now).await
+    }
+
+    async fn renew(&self, lease: &Lease, ttl: Duration, now: Timestamp) -> crate::Result<Lease> {
+        self.inner.renew(lease, ttl, now).await
+    }
+
+    async fn release(&self, _lease: &Lease) -> crate::Result<()> {
+        Ok(())
+    }
+
+    async fn append(
+        &self,
+        lease: &Lease,
+        deployment_id: &str,
+        at: Timestamp,
+        record: &Record,
+    ) -> crate::Result<u64> {
+        if self
+            .allowed
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_err()
+        {
+            return Err(crate::Error::unavailable("the deployer was killed here"));
+        }
+        self.inner.append(lease, deployment_id, at, record).await
+    }
+
+    async fn read(&self, deployment_id: &str) -> crate::Result<Vec<JournalEntry>> {
+        self.inner.read(deployment_id).await
+    }
+
+    async fn deployments(&self, service: Option<String>) -> crate::Result<Vec<DeploymentSummary>> {
+        self.inner.deployments(service).await
     }
 }
