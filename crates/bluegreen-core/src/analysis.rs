@@ -132,18 +132,18 @@ pub fn measure(
         MetricAnswer::NoData { reason } => (Vec::new(), Some(format!("no data: {reason}"))),
     };
     let value = aggregate(&samples, check.aggregation);
+    let required = check.required_samples(to.since(from));
     let (verdict, note) = match value {
         _ if note.is_some() => (Verdict::Inconclusive, note),
         None => (
             Verdict::Inconclusive,
             Some("no data: the answer had no usable samples".into()),
         ),
-        Some(_) if (samples.len() as u64) < u64::from(check.min_samples) => (
+        Some(_) if (samples.len() as u64) < u64::from(required) => (
             Verdict::Inconclusive,
             Some(format!(
-                "too few samples: {} of the {} required",
+                "too few samples: {} of the {required} required",
                 samples.len(),
-                check.min_samples
             )),
         ),
         Some(v) if check.success.holds(v) => (Verdict::Pass, None),
@@ -239,7 +239,7 @@ mod tests {
 
     fn check() -> AnalysisCheck {
         AnalysisCheck {
-            min_samples: 3,
+            min_samples: Some(3),
             ..AnalysisCheck::error_rate("q")
         }
     }
@@ -270,6 +270,49 @@ mod tests {
         let r = m(&samples(&[0.001, 0.002]));
         assert_eq!(r.verdict, Verdict::Inconclusive);
         assert!(r.note.unwrap().contains("2 of the 3"));
+    }
+
+    #[test]
+    fn one_real_sample_in_fifteen_minutes_passes_no_analysis() {
+        let c = AnalysisCheck::error_rate("q");
+        let fifteen = Timestamp(15 * 60_000);
+        let one = MetricAnswer::Samples {
+            samples: vec![Sample {
+                at: Timestamp(60_000),
+                value: 0.001,
+            }],
+        };
+        let r = measure(
+            &c,
+            MeasurementKind::Final,
+            "q".into(),
+            Timestamp(0),
+            fifteen,
+            &one,
+        );
+        assert_eq!(r.verdict, Verdict::Inconclusive);
+        assert!(r.note.unwrap().contains("1 of the 8 required"));
+        // Half the 15 points a 15-minute window holds at 1-minute intervals, rounded up.
+        assert_eq!(c.required_samples(Duration::from_secs(15 * 60)), 8);
+        // A periodic one-minute window needs its one point.
+        assert_eq!(c.required_samples(Duration::from_secs(60)), 1);
+        let eight = MetricAnswer::Samples {
+            samples: (0..8)
+                .map(|i| Sample {
+                    at: Timestamp(i * 60_000),
+                    value: 0.001,
+                })
+                .collect(),
+        };
+        let r = measure(
+            &c,
+            MeasurementKind::Final,
+            "q".into(),
+            Timestamp(0),
+            fifteen,
+            &eight,
+        );
+        assert_eq!(r.verdict, Verdict::Pass);
     }
 
     #[test]

@@ -368,6 +368,16 @@ impl Builder {
     /// Validates the plan and the providers against it.
     pub fn build(self) -> Result<BlueGreen> {
         self.plan.validate()?;
+        if self.call_timeout >= self.lease_ttl {
+            // A call that outlives the lease could land after another
+            // deployer took the service over.
+            return Err(Error::invalid_input(format!(
+                "call_timeout ({}) must be below lease_ttl ({}): a provider call still running when the lease lapses could land after another deployer took over",
+                humantime::format_duration(self.call_timeout),
+                humantime::format_duration(self.lease_ttl)
+            ))
+            .with_operation("build deployment"));
+        }
         let missing = |what: &str| {
             Error::invalid_input(format!("{what} is required")).with_operation("build deployment")
         };
@@ -668,23 +678,38 @@ impl BlueGreen {
             if machine.outcome().is_some() {
                 break;
             }
-            let wake = machine.next_wakeup();
-            let sleep = async {
-                match wake {
-                    Some(at) => {
-                        // At least a millisecond, so a timer the machine has
-                        // nothing to do for yet can never spin the loop.
-                        let d = at.since(self.clock.now()).max(Duration::from_millis(1));
-                        tokio::time::sleep(d).await
-                    }
-                    None => std::future::pending::<()>().await,
-                }
+            // The lease is renewed on its own timer at half its TTL, so a
+            // deployment that waits (a gate, a hold) keeps the service.
+            let renew_in = Timestamp(
+                lease
+                    .expires_at
+                    .0
+                    .saturating_sub((self.lease_ttl / 2).as_millis() as u64),
+            )
+            .since(self.clock.now())
+            .max(Duration::from_millis(1));
+            // At least a millisecond, so a timer the machine has nothing to
+            // do for yet can never spin the loop.
+            let tick_in = machine
+                .next_wakeup()
+                .map(|at| at.since(self.clock.now()).max(Duration::from_millis(1)));
+            // One timer: the machine's next wake-up, or the renewal when it
+            // comes first (a renewal never moves a tick).
+            let (sleep_for, tick) = match tick_in {
+                Some(t) if t <= renew_in => (t, true),
+                _ => (renew_in, false),
             };
             tokio::select! {
                 biased;
                 Some((_, input)) = inflight.next(), if !inflight.is_empty() => queue.push(input),
                 Some(control) = self.control_rx.recv() => queue.push(Input::Control { control }),
-                _ = sleep => queue.push(Input::Tick),
+                _ = tokio::time::sleep(sleep_for) => {
+                    if tick {
+                        queue.push(Input::Tick);
+                    } else {
+                        lease = self.journal.renew(&lease, self.lease_ttl, self.clock.now()).await?;
+                    }
+                }
                 Some(()) = notifications.next(), if !notifications.is_empty() => {}
             }
         }
@@ -864,14 +889,20 @@ async fn execute(
             }
             Reply::Statuses { statuses }
         }
-        Action::Prepare { color } => {
-            with_retry(r, timeout, op, || p.compute.prepare(color, &plan.release)).await?;
-            Reply::Done
-        }
+        Action::Prepare { color } => Reply::Prepared {
+            prepared: with_retry(r, timeout, op, || p.compute.prepare(color, &plan.release))
+                .await?,
+        },
+        Action::ReadDrainPeriod => Reply::DrainPeriod {
+            period: with_retry(r, timeout, op, || p.router.drain_period()).await?,
+        },
         Action::Scale { color, count } => {
             with_retry(r, timeout, op, || p.compute.scale(color, count)).await?;
             Reply::Done
         }
+        Action::ReadAutoscaling { color } => Reply::Autoscaling {
+            state: with_retry(r, timeout, op, || p.compute.autoscaling_state(color)).await?,
+        },
         Action::SuspendAutoscaling { color } => Reply::Autoscaling {
             state: with_retry(r, timeout, op, || p.compute.suspend_autoscaling(color)).await?,
         },

@@ -27,13 +27,13 @@ use crate::analysis::{measure, BreachRun, Measurement, MeasurementKind, Verdict}
 use crate::color::{Color, Timestamp, TrafficSplit};
 use crate::error::ErrorRecord;
 use crate::plan::{
-    render_template, Barrier, Gate, InconclusivePolicy, Plan, RequiredSecret, RollbackTrigger,
-    TrafficStep,
+    render_template, Barrier, CapacityPolicy, Gate, HoldTimeoutPolicy, InconclusivePolicy, Plan,
+    RequiredSecret, RollbackTrigger, TrafficStep,
 };
 use crate::provider::{
     AutoscalingState, BackupRecord, BackupVerification, ComputeStatus, MetricAnswer, MigrationInfo,
-    MigrationPhase, Notification, Rollout, SecretMetadata, Severity, SmokeOutcome, TargetHealth,
-    VerificationCheck,
+    MigrationPhase, Notification, PreparedRelease, Rollout, SecretMetadata, Severity, SmokeOutcome,
+    TargetHealth, VerificationCheck,
 };
 
 /// A command id, unique within one deployment.
@@ -74,6 +74,8 @@ pub enum Action {
         /// The color.
         color: Color,
     },
+    /// `TrafficRouter::drain_period`.
+    ReadDrainPeriod,
     /// `ComputeProvider::statuses`.
     ReadStatus {
         /// The colors.
@@ -90,6 +92,12 @@ pub enum Action {
         color: Color,
         /// The count.
         count: u32,
+    },
+    /// `ComputeProvider::autoscaling_state`, read and journaled before the
+    /// suspension.
+    ReadAutoscaling {
+        /// The color.
+        color: Color,
     },
     /// `ComputeProvider::suspend_autoscaling`.
     SuspendAutoscaling {
@@ -170,9 +178,11 @@ impl Action {
             Action::ReadSplit => ("router", "current_split"),
             Action::SetSplit { .. } => ("router", "set_split"),
             Action::ReadTargetHealth { .. } => ("router", "target_health"),
+            Action::ReadDrainPeriod => ("router", "drain_period"),
             Action::ReadStatus { .. } => ("compute", "status"),
             Action::Prepare { .. } => ("compute", "prepare"),
             Action::Scale { .. } => ("compute", "scale"),
+            Action::ReadAutoscaling { .. } => ("compute", "autoscaling_state"),
             Action::SuspendAutoscaling { .. } => ("compute", "suspend_autoscaling"),
             Action::RestoreAutoscaling { .. } => ("compute", "restore_autoscaling"),
             Action::CheckSecrets { .. } => ("secrets", "metadata"),
@@ -298,6 +308,17 @@ pub enum Reply {
         /// The health.
         health: TargetHealth,
     },
+    /// What `prepare` made ready.
+    Prepared {
+        /// The provider's identity of the release.
+        prepared: PreparedRelease,
+    },
+    /// The router's drain figure.
+    DrainPeriod {
+        /// The period, when the router has one.
+        #[serde(default, with = "humantime_serde")]
+        period: Option<Duration>,
+    },
 }
 
 /// A human's instruction.
@@ -401,6 +422,9 @@ pub enum Stage {
     Preflight,
     /// Suspending autoscaling on both colors.
     SuspendAutoscaling,
+    /// Reading the old color's desired count now that autoscaling is
+    /// suspended, and choosing the new color's capacity from it.
+    ReadCapacity,
     /// Taking a backup.
     Backup,
     /// Verifying the backup.
@@ -461,8 +485,16 @@ pub enum Stage {
         /// When it ends.
         until: Timestamp,
     },
-    /// Reading back that the old color holds no traffic.
+    /// Reading back that the old color holds no traffic, and that the new
+    /// color still runs the prepared release at its capacity.
     ConfirmDrained,
+    /// Letting a color that a read-back showed at 0% drain (load balancer
+    /// propagation, requests in flight) before it is scaled down or
+    /// migrations are reverted.
+    Drain {
+        /// When the drain period ends.
+        until: Timestamp,
+    },
     /// Scaling the old color to zero and waiting until it is.
     ScaleDownOld {
         /// Whether the scale request is done and polling has begun.
@@ -476,6 +508,15 @@ pub enum Stage {
         reason: HoldReason,
         /// Where to go on promote/resume.
         then: Box<Stage>,
+    },
+    /// Rollback: reading the old color's status and target health before
+    /// any traffic returns to it.
+    CheckOld,
+    /// Rollback: the old color was found below its capacity; scaling it back
+    /// and waiting until it is stable there, before traffic returns.
+    RestoreOld {
+        /// Whether the scale request is done and polling has begun.
+        polling: bool,
     },
     /// Rollback: traffic back to the old color.
     RestoreTraffic {
@@ -493,6 +534,9 @@ pub enum Stage {
     },
     /// Rollback: restoring autoscaling.
     RollbackRestoreAutoscaling,
+    /// Halting: restoring autoscaling on the color(s) holding traffic, so
+    /// that the service can still scale while it waits for a human.
+    HaltRestoreAutoscaling,
     /// Finished.
     Done,
 }
@@ -504,6 +548,7 @@ impl Stage {
             Stage::Pending => "pending".into(),
             Stage::Preflight => "preflight".into(),
             Stage::SuspendAutoscaling => "suspend_autoscaling".into(),
+            Stage::ReadCapacity => "read_capacity".into(),
             Stage::Backup => "backup".into(),
             Stage::VerifyBackup => "verify_backup".into(),
             Stage::Migrate { phase } => format!("migrate_{phase}"),
@@ -528,6 +573,10 @@ impl Stage {
             Stage::Soak { .. } => "soak".into(),
             Stage::ScaleDownDelay { .. } => "scale_down_delay".into(),
             Stage::ConfirmDrained => "confirm_drained".into(),
+            Stage::Drain { .. } => "drain".into(),
+            Stage::CheckOld => "rollback_check_old".into(),
+            Stage::RestoreOld { .. } => "rollback_restore_old".into(),
+            Stage::HaltRestoreAutoscaling => "halt_restore_autoscaling".into(),
             Stage::ScaleDownOld { .. } => "scale_down_old".into(),
             Stage::RestoreAutoscaling => "restore_autoscaling".into(),
             Stage::Hold { .. } => "hold".into(),
@@ -542,13 +591,14 @@ impl Stage {
 
     fn deadline_group(&self) -> Option<&'static str> {
         Some(match self {
-            Stage::Preflight | Stage::SuspendAutoscaling => "preflight",
+            Stage::Preflight | Stage::SuspendAutoscaling | Stage::ReadCapacity => "preflight",
             Stage::Backup | Stage::VerifyBackup => "backup",
             Stage::Migrate { .. } | Stage::VerifyMigrations { .. } => "migrate",
             Stage::Prepare | Stage::ScaleUp | Stage::WaitStable => "deploy",
             Stage::SmokeTests => "smoke",
             Stage::Shift { .. } | Stage::ConfirmDrained => "traffic",
             Stage::ScaleDownOld { .. } | Stage::RestoreAutoscaling => "scale_down",
+            Stage::CheckOld | Stage::RestoreOld { .. } => "restore_old",
             _ => return None,
         })
     }
@@ -651,6 +701,21 @@ pub struct Facts {
     pub reverted: Vec<MigrationInfo>,
     /// Whether the new color passed its smoke tests.
     pub smoke_passed: bool,
+    /// The new color's serving capacity, chosen once autoscaling was
+    /// suspended (see [`CapacityPolicy`]).
+    #[serde(default)]
+    pub capacity: Option<u32>,
+    /// The provider's identity of the prepared release (ECS: the task
+    /// definition ARN), which the new color must report before traffic.
+    #[serde(default)]
+    pub prepared_id: Option<String>,
+    /// The router's own drain figure (ALB: deregistration delay).
+    #[serde(default, with = "humantime_serde")]
+    pub router_drain: Option<Duration>,
+    /// The colors whose autoscaling was put back as found; a color in
+    /// [`autoscaling`](Self::autoscaling) and not here was left suspended.
+    #[serde(default)]
+    pub autoscaling_restored_on: BTreeSet<Color>,
 }
 
 impl Facts {
@@ -674,6 +739,37 @@ pub enum Event {
         old: Color,
         /// Being deployed.
         new: Color,
+    },
+    /// The new color's capacity was chosen.
+    Capacity {
+        /// The plan's `replicas`.
+        replicas: u32,
+        /// The old color's desired count, read once autoscaling was suspended.
+        old_desired: u32,
+        /// The count the new color gets.
+        count: u32,
+        /// The rule that chose it.
+        policy: CapacityPolicy,
+    },
+    /// A color was found running the release it should.
+    ReleaseVerified {
+        /// The color.
+        color: Color,
+        /// The version it reports.
+        version: String,
+        /// The provider's identity of the release, where it has one.
+        id: Option<String>,
+    },
+    /// In a rollback, the old color's state before traffic returns to it.
+    OldColorChecked {
+        /// Its status.
+        status: ComputeStatus,
+        /// Its targets' health as the router sees it.
+        health: TargetHealth,
+        /// Its recorded serving capacity.
+        capacity: u32,
+        /// Whether it can take the traffic as it is.
+        serving: bool,
     },
     /// A split was confirmed by read-back.
     TrafficConfirmed {
@@ -777,6 +873,24 @@ pub struct Machine {
     window_start: Timestamp,
     final_results: Vec<Measurement>,
     rollback_reason: Option<Reason>,
+    /// The rollback window's end, once a rollback started.
+    rollback_deadline: Option<Timestamp>,
+    /// A hold's timeout and next reminder.
+    hold_until: Option<Timestamp>,
+    next_reminder: Option<Timestamp>,
+    held_since: Option<Timestamp>,
+    /// When a read-back last confirmed that the color to be drained holds
+    /// no traffic.
+    traffic_left_at: Option<Timestamp>,
+    /// The split last requested (confirmed or not).
+    requested_split: Option<TrafficSplit>,
+    /// The old color as read in a rollback.
+    old_status: Option<ComputeStatus>,
+    old_health: Option<TargetHealth>,
+    /// Why the deployment halts, while it restores autoscaling first.
+    halt_reason: Option<Reason>,
+    /// The halt needs a human now (critical notification).
+    critical: bool,
     outcome: Option<Outcome>,
     step: Step,
 }
@@ -811,6 +925,16 @@ impl Machine {
             window_start: Timestamp(0),
             final_results: Vec::new(),
             rollback_reason: None,
+            rollback_deadline: None,
+            hold_until: None,
+            next_reminder: None,
+            held_since: None,
+            traffic_left_at: None,
+            requested_split: None,
+            old_status: None,
+            old_health: None,
+            halt_reason: None,
+            critical: false,
             outcome: None,
             step: Step::default(),
         }
@@ -897,6 +1021,9 @@ impl Machine {
             }
         };
         consider(self.deadline.map(|d| d.0));
+        consider(self.rollback_deadline);
+        consider(self.hold_until);
+        consider(self.next_reminder);
         if !self.stage_pending() {
             consider(self.next_poll);
         }
@@ -904,7 +1031,8 @@ impl Machine {
             Stage::Watch { until, .. }
             | Stage::Analysis { until }
             | Stage::Soak { until }
-            | Stage::ScaleDownDelay { until } => consider(Some(*until)),
+            | Stage::ScaleDownDelay { until }
+            | Stage::Drain { until } => consider(Some(*until)),
             _ => {}
         }
         if self.monitoring_since.is_some() && !self.rolling_back() {
@@ -985,6 +1113,9 @@ impl Machine {
 
     fn notify(&mut self, title: &str, text: String, severity: Severity, tags: &[&str]) {
         let mut all: Vec<String> = tags.iter().map(|t| t.to_string()).collect();
+        if severity == Severity::Critical {
+            all.push("severity:critical".into());
+        }
         all.push(format!("version:{}", self.plan.release.version));
         all.push(format!("service:{}", self.plan.service));
         let notification = Notification {
@@ -1061,7 +1192,7 @@ impl Machine {
     /// Moves to `stage`, honouring gates, group barriers and pause, and
     /// issues its commands.
     fn enter(&mut self, stage: Stage) {
-        if !self.rolling_back() {
+        if !self.rolling_back() && self.halt_reason.is_none() {
             if let Some(gate) = self.gate_before(&stage) {
                 self.hold(HoldReason::Gate { gate }, stage);
                 return;
@@ -1082,10 +1213,12 @@ impl Machine {
                 let d = self.group_deadline(g);
                 self.deadline = Some((self.now.after(d), g, d));
             }
-            None if self.rolling_back() => {}
             None => self.deadline = None,
         }
         self.next_poll = None;
+        self.hold_until = None;
+        self.next_reminder = None;
+        self.held_since = None;
         if matches!(
             stage,
             Stage::Watch { .. } | Stage::Analysis { .. } | Stage::Soak { .. }
@@ -1108,6 +1241,7 @@ impl Machine {
             "deploy" => d.deploy,
             "smoke" => d.smoke,
             "traffic" => d.traffic,
+            "restore_old" => d.restore_old,
             _ => d.scale_down,
         }
     }
@@ -1115,6 +1249,10 @@ impl Machine {
     fn hold(&mut self, reason: HoldReason, then: Stage) {
         self.deadline = None;
         self.next_poll = None;
+        let t = &self.plan.timing;
+        self.held_since = Some(self.now);
+        self.hold_until = Some(self.now.after(t.hold_timeout));
+        self.next_reminder = Some(self.now.after(t.hold_reminder));
         let stage = Stage::Hold {
             reason,
             then: Box::new(then),
@@ -1134,6 +1272,7 @@ impl Machine {
                 self.issue(Action::ReadStatus {
                     colors: Color::ALL.to_vec(),
                 });
+                self.issue(Action::ReadDrainPeriod);
                 if !self.plan.preflight.required_secrets.is_empty() {
                     self.issue(Action::CheckSecrets {
                         secrets: self.plan.preflight.required_secrets.clone(),
@@ -1148,9 +1287,14 @@ impl Machine {
                 }
             }
             Stage::SuspendAutoscaling => {
+                // Read first, journaled, then suspend: the state to restore
+                // never comes from a call that changes it.
                 for c in Color::ALL {
-                    self.issue(Action::SuspendAutoscaling { color: c });
+                    self.issue(Action::ReadAutoscaling { color: c });
                 }
+            }
+            Stage::ReadCapacity => {
+                self.issue(Action::ReadStatus { colors: vec![old] });
             }
             Stage::Backup => {
                 self.issue(Action::Backup);
@@ -1177,11 +1321,9 @@ impl Machine {
                 self.issue(Action::Prepare { color: new });
             }
             Stage::ScaleUp => {
-                self.facts.new_count = Some(self.plan.replicas);
-                self.issue(Action::Scale {
-                    color: new,
-                    count: self.plan.replicas,
-                });
+                let count = self.capacity();
+                self.facts.new_count = Some(count);
+                self.issue(Action::Scale { color: new, count });
             }
             Stage::WaitStable => {
                 self.issue(Action::ReadStatus { colors: vec![new] });
@@ -1208,28 +1350,22 @@ impl Machine {
                     self.issue(Action::ReadSplit);
                 } else {
                     self.facts.traffic_touched = true;
-                    self.issue(Action::SetSplit {
-                        split: TrafficSplit::with_percent(new, percent),
-                    });
+                    let split = TrafficSplit::with_percent(new, percent);
+                    self.requested_split = Some(split);
+                    self.issue(Action::SetSplit { split });
                 }
             }
             Stage::Watch { .. }
             | Stage::Analysis { .. }
             | Stage::Soak { .. }
-            | Stage::ScaleDownDelay { .. } => {}
+            | Stage::ScaleDownDelay { .. }
+            | Stage::Drain { .. } => {}
             Stage::Evaluate { from, .. } => {
                 self.final_results.clear();
-                // The window is the phase's; a wait cut short by a human is
-                // still judged on at least one measurement window of evidence.
+                // The window is the phase's own: data no earlier evaluation
+                // used. A wait cut short by a human still covers at least
+                // `timing.min_evidence` (see `on_control`).
                 let to = self.now;
-                let longest = self
-                    .plan
-                    .analysis
-                    .iter()
-                    .map(|c| c.measurement_window())
-                    .max()
-                    .unwrap_or_default();
-                let from = from.min(to.since_start(longest));
                 for i in 0..self.plan.analysis.len() {
                     let query = self.render_query(i);
                     self.issue(Action::Measure {
@@ -1243,6 +1379,43 @@ impl Machine {
             }
             Stage::ConfirmDrained => {
                 self.issue(Action::ReadSplit);
+                self.issue(Action::ReadStatus { colors: vec![new] });
+            }
+            Stage::CheckOld | Stage::RestoreOld { polling: true } => {
+                self.old_status = None;
+                self.old_health = None;
+                self.issue(Action::ReadStatus { colors: vec![old] });
+                self.issue(Action::ReadTargetHealth { color: old });
+            }
+            Stage::RestoreOld { polling: false } => {
+                // Up to its capacity, never down from a larger count that
+                // something else set while it holds traffic.
+                let count = self
+                    .facts
+                    .old_capacity
+                    .unwrap_or(self.plan.replicas)
+                    .max(self.old_status.as_ref().map_or(0, |s| s.desired));
+                self.facts.old_count = Some(count);
+                self.issue(Action::Scale { color: old, count });
+            }
+            Stage::HaltRestoreAutoscaling => {
+                let serving = self.colors_holding_traffic();
+                let todo: Vec<(Color, AutoscalingState)> = self
+                    .facts
+                    .autoscaling
+                    .iter()
+                    .filter(|(c, _)| {
+                        serving.contains(c) && !self.facts.autoscaling_restored_on.contains(c)
+                    })
+                    .map(|(c, s)| (*c, *s))
+                    .collect();
+                if todo.is_empty() {
+                    self.advance();
+                } else {
+                    for (color, previous) in todo {
+                        self.issue(Action::RestoreAutoscaling { color, previous });
+                    }
+                }
             }
             Stage::ScaleDownOld { polling } => {
                 if polling {
@@ -1275,9 +1448,9 @@ impl Machine {
                 if confirming {
                     self.issue(Action::ReadSplit);
                 } else {
-                    self.issue(Action::SetSplit {
-                        split: TrafficSplit::all_on(old),
-                    });
+                    let split = TrafficSplit::all_on(old);
+                    self.requested_split = Some(split);
+                    self.issue(Action::SetSplit { split });
                 }
             }
             Stage::VerifyOld => {
@@ -1305,7 +1478,7 @@ impl Machine {
                     if let Some(rb) = &self.rollback_reason {
                         r.summary = format!("{}; rollback was for: {}", r.summary, rb.summary);
                     }
-                    self.finish(Outcome::Halted { reason: r });
+                    self.halt(r);
                     return;
                 }
                 let reverted: BTreeSet<u64> =
@@ -1362,7 +1535,8 @@ impl Machine {
         match &self.stage {
             Stage::Pending => Stage::Preflight,
             Stage::Preflight => Stage::SuspendAutoscaling,
-            Stage::SuspendAutoscaling => match migrations {
+            Stage::SuspendAutoscaling => Stage::ReadCapacity,
+            Stage::ReadCapacity => match migrations {
                 Some(m) if m.backup => Stage::Backup,
                 Some(_) => Stage::Migrate {
                     phase: MigrationPhase::Expand,
@@ -1436,7 +1610,9 @@ impl Machine {
                 from: self.window_start,
             },
             Stage::ScaleDownDelay { .. } => Stage::ConfirmDrained,
-            Stage::ConfirmDrained => Stage::ScaleDownOld { polling: false },
+            Stage::ConfirmDrained => self.drain(),
+            Stage::Drain { .. } if self.rolling_back() => Stage::RevertMigrations,
+            Stage::Drain { .. } => Stage::ScaleDownOld { polling: false },
             Stage::ScaleDownOld { polling: false } => Stage::ScaleDownOld { polling: true },
             Stage::ScaleDownOld { polling: true } => match migrations {
                 Some(_) => Stage::Migrate {
@@ -1449,14 +1625,129 @@ impl Machine {
             Stage::RestoreTraffic { confirming: false } => {
                 Stage::RestoreTraffic { confirming: true }
             }
+            Stage::CheckOld => Stage::RestoreTraffic { confirming: false },
+            Stage::RestoreOld { polling: false } => Stage::RestoreOld { polling: true },
+            Stage::RestoreOld { polling: true } => Stage::RestoreTraffic { confirming: false },
             Stage::RestoreTraffic { confirming: true } => Stage::VerifyOld,
-            Stage::VerifyOld => Stage::RevertMigrations,
+            Stage::VerifyOld => self.drain(),
             Stage::RevertMigrations => Stage::ScaleDownNew { polling: false },
             Stage::ScaleDownNew { polling: false } => Stage::ScaleDownNew { polling: true },
             Stage::ScaleDownNew { polling: true } => Stage::RollbackRestoreAutoscaling,
             Stage::RollbackRestoreAutoscaling => Stage::Done,
+            Stage::HaltRestoreAutoscaling => Stage::Done,
             Stage::Done => Stage::Done,
         }
+    }
+
+    /// The drain after a read-back showed the color to be scaled down at 0%:
+    /// until the larger of `timing.drain` and the router's own figure has
+    /// passed since that read-back.
+    fn drain(&self) -> Stage {
+        let period = self
+            .plan
+            .timing
+            .drain
+            .max(self.facts.router_drain.unwrap_or_default());
+        let since = self.traffic_left_at.unwrap_or(self.now);
+        Stage::Drain {
+            until: since.after(period).max(self.now),
+        }
+    }
+
+    /// The new color's serving capacity.
+    fn capacity(&self) -> u32 {
+        self.facts.capacity.unwrap_or(self.plan.replicas)
+    }
+
+    /// The colors that hold traffic or may: those with weight in the split
+    /// last confirmed and, when a later split was requested, in that one.
+    fn colors_holding_traffic(&self) -> BTreeSet<Color> {
+        let mut out = BTreeSet::new();
+        let confirmed = self
+            .facts
+            .confirmed_split
+            .unwrap_or_else(|| TrafficSplit::all_on(self.old()));
+        for split in [Some(confirmed), self.requested_split]
+            .into_iter()
+            .flatten()
+        {
+            for c in Color::ALL {
+                if split.percent(c) > 0 {
+                    out.insert(c);
+                }
+            }
+        }
+        out
+    }
+
+    /// Why `status` is not the release the new color should run, or `None`
+    /// when it is: the plan's version and, where `prepare` returned one, the
+    /// provider's identity (ECS: a circuit-breaker rollback puts the old task
+    /// definition back as the primary deployment, COMPLETED).
+    fn release_mismatch(&self, status: &ComputeStatus) -> Option<String> {
+        let want_version = &self.plan.release.version;
+        let want_id = self.facts.prepared_id.as_ref();
+        let version_ok = status.version.as_ref() == Some(want_version);
+        let id_ok = want_id.is_none_or(|id| status.release_id.as_ref() == Some(id));
+        if version_ok && id_ok {
+            return None;
+        }
+        let show = |v: Option<&String>, id: Option<&String>| {
+            let mut out = match v {
+                Some(v) => format!("version {v}"),
+                None => "an unreported version".to_string(),
+            };
+            if let Some(id) = id {
+                out.push_str(&format!(" ({id})"));
+            }
+            out
+        };
+        Some(format!(
+            "expected {}, found {}",
+            show(Some(want_version), want_id),
+            show(status.version.as_ref(), status.release_id.as_ref())
+        ))
+    }
+
+    /// Whether the old color can take traffic back as it is: at least its
+    /// recorded capacity desired, running and healthy (by the provider and
+    /// by the router), nothing pending, its rollout settled, and the version
+    /// it ran at the start.
+    fn old_color_problem(&self) -> Option<String> {
+        let (Some(s), Some(h)) = (&self.old_status, &self.old_health) else {
+            return Some("its status or target health could not be read".into());
+        };
+        let cap = self.facts.old_capacity.unwrap_or(self.plan.replicas);
+        let mut problems = Vec::new();
+        if !s.serves_at_least(cap) {
+            problems.push(format!(
+                "{} desired, {} running, {} pending, {} healthy, rollout {:?}, against its capacity of {cap}",
+                s.desired,
+                s.running,
+                s.pending,
+                s.healthy.map_or("unknown".into(), |x| x.to_string()),
+                s.rollout
+            ));
+        }
+        if h.healthy < cap {
+            problems.push(format!(
+                "{} of {} targets healthy at the router",
+                h.healthy, h.total
+            ));
+        }
+        if let Some(v) = &self.facts.old_version {
+            if s.version.as_ref() != Some(v) {
+                problems.push(format!(
+                    "it runs {} instead of version {v}",
+                    s.version
+                        .as_deref()
+                        .map_or("an unreported version".to_string(), |x| format!(
+                            "version {x}"
+                        ))
+                ));
+            }
+        }
+        (!problems.is_empty()).then(|| problems.join("; "))
     }
 
     fn shift(&self, step: usize) -> Stage {
@@ -1481,6 +1772,13 @@ impl Machine {
                 self.facts.autoscaling_restored = true;
                 self.finish(Outcome::Succeeded);
             }
+            (Stage::HaltRestoreAutoscaling, Stage::Done) => {
+                let reason = self
+                    .halt_reason
+                    .clone()
+                    .unwrap_or_else(|| Reason::new("halted"));
+                self.finish(Outcome::Halted { reason });
+            }
             (Stage::RollbackRestoreAutoscaling, Stage::Done) => {
                 self.facts.autoscaling_restored = !self.facts.autoscaling.is_empty();
                 let outcome = Outcome::RolledBack {
@@ -1499,6 +1797,9 @@ impl Machine {
         self.abandon_stage();
         self.pending.clear();
         self.deadline = None;
+        self.rollback_deadline = None;
+        self.hold_until = None;
+        self.next_reminder = None;
         self.next_poll = None;
         self.monitoring_since = None;
         let (title, severity, tag) = match &outcome {
@@ -1512,6 +1813,9 @@ impl Machine {
                 Severity::Warning,
                 "deployment:rolled_back",
             ),
+            Outcome::Halted { .. } if self.critical => {
+                ("Deployment Halted", Severity::Critical, "deployment:halted")
+            }
             Outcome::Halted { .. } => ("Deployment Halted", Severity::Error, "deployment:halted"),
         };
         let text = match &outcome {
@@ -1537,6 +1841,16 @@ impl Machine {
         if self.outcome.is_some() {
             return;
         }
+        if let Some(halting) = self.halt_reason.clone() {
+            // Restoring autoscaling on the way to a halt failed: halt as
+            // decided, the failure on record.
+            self.note(format!(
+                "autoscaling could not be restored before the halt: {}",
+                reason.summary
+            ));
+            self.finish(Outcome::Halted { reason: halting });
+            return;
+        }
         if self.rolling_back() {
             let summary = format!(
                 "rollback could not complete: {}; rollback was for: {}",
@@ -1546,11 +1860,9 @@ impl Machine {
                     .map(|r| r.summary.as_str())
                     .unwrap_or("")
             );
-            self.finish(Outcome::Halted {
-                reason: Reason {
-                    summary,
-                    evidence: reason.evidence,
-                },
+            self.halt(Reason {
+                summary,
+                evidence: reason.evidence,
             });
             return;
         }
@@ -1563,15 +1875,28 @@ impl Machine {
                 "{}; the old color is being or has been scaled down, so traffic cannot return to it",
                 reason.summary
             );
-            self.finish(Outcome::Halted {
-                reason: Reason {
-                    summary,
-                    evidence: reason.evidence,
-                },
+            self.halt(Reason {
+                summary,
+                evidence: reason.evidence,
             });
             return;
         }
         self.start_rollback(reason);
+    }
+
+    /// Stops for a human: first puts autoscaling back on the color(s)
+    /// holding traffic (so the service can still scale), then finishes
+    /// Halted with `reason`. Nothing else is touched.
+    fn halt(&mut self, reason: Reason) {
+        if self.outcome.is_some() || self.halt_reason.is_some() {
+            return;
+        }
+        self.abandon_stage();
+        self.monitoring_since = None;
+        self.next_poll = None;
+        self.rollback_deadline = None;
+        self.halt_reason = Some(reason);
+        self.enter(Stage::HaltRestoreAutoscaling);
     }
 
     fn start_rollback(&mut self, reason: Reason) {
@@ -1589,13 +1914,14 @@ impl Machine {
         );
         self.rollback_reason = Some(reason.clone());
         self.event(Event::RollbackStarted { reason });
-        let d = self.plan.timing.rollback_window;
-        self.deadline = Some((self.now.after(d), "rollback", d));
+        self.rollback_deadline = Some(self.now.after(self.plan.timing.rollback_window));
         if self.facts.old.is_none() {
             // Nothing is known, so nothing was changed.
             self.enter(Stage::RollbackRestoreAutoscaling);
         } else if self.facts.traffic_touched {
-            self.enter(Stage::RestoreTraffic { confirming: false });
+            // Invariant 1 in the other direction: traffic goes back only to
+            // an old color confirmed at its capacity.
+            self.enter(Stage::CheckOld);
         } else {
             self.enter(Stage::RevertMigrations);
         }
@@ -1607,6 +1933,31 @@ impl Machine {
         let now = self.now;
         if let Some((at, group, d)) = self.deadline {
             if now >= at && self.outcome.is_none() {
+                if group == "restore_old" {
+                    self.critical = true;
+                    let cap = self.facts.old_capacity.unwrap_or(self.plan.replicas);
+                    let problem = self
+                        .old_color_problem()
+                        .unwrap_or_else(|| "it did not settle".into());
+                    let reason = Reason::new(format!(
+                        "the old color {} could not be brought back to its capacity of {cap} within {} ({problem}), so traffic was not moved back to it; traffic stays as last read back ({})",
+                        self.old(),
+                        humantime::format_duration(d),
+                        self.facts
+                            .confirmed_split
+                            .map_or("unknown".to_string(), |s| s.to_string()),
+                    ));
+                    let summary = format!(
+                        "{}; rollback was for: {}",
+                        reason.summary,
+                        self.rollback_reason
+                            .as_ref()
+                            .map(|r| r.summary.as_str())
+                            .unwrap_or("")
+                    );
+                    self.halt(Reason::new(summary));
+                    return;
+                }
                 let reason = Reason::new(format!(
                     "progress deadline of {} exceeded in {} (stage {})",
                     humantime::format_duration(d),
@@ -1615,6 +1966,45 @@ impl Machine {
                 ));
                 self.fail(reason);
                 return;
+            }
+        }
+        if let Some(at) = self.rollback_deadline {
+            if now >= at && self.outcome.is_none() && self.halt_reason.is_none() {
+                let d = self.plan.timing.rollback_window;
+                self.fail(Reason::new(format!(
+                    "progress deadline of {} exceeded in rollback (stage {})",
+                    humantime::format_duration(d),
+                    self.stage.name()
+                )));
+                return;
+            }
+        }
+        if let Stage::Hold { reason, .. } = self.stage.clone() {
+            if self.hold_until.is_some_and(|t| now >= t) {
+                self.hold_timed_out(&reason);
+                return;
+            }
+            if let Some(at) = self.next_reminder.filter(|t| now >= *t) {
+                self.next_reminder = Some(at.after(self.plan.timing.hold_reminder));
+                let since = self.held_since.unwrap_or(now);
+                let left = self.hold_until.map_or(Duration::ZERO, |t| t.since(now));
+                let action = match self.plan.on_hold_timeout {
+                    HoldTimeoutPolicy::Rollback => "rolls back",
+                    HoldTimeoutPolicy::Halt => "halts",
+                };
+                self.notify(
+                    "Deployment Held",
+                    format!(
+                        "{} {} has been held for {} ({}); it {action} in {} unless a human decides",
+                        self.plan.service,
+                        self.plan.release.version,
+                        humantime::format_duration(now.since(since)),
+                        describe_hold(&reason),
+                        humantime::format_duration(left)
+                    ),
+                    Severity::Warning,
+                    &["deployment:held"],
+                );
             }
         }
         if let Some(at) = self.next_poll {
@@ -1628,7 +2018,8 @@ impl Machine {
             Stage::Watch { until, .. }
             | Stage::Analysis { until }
             | Stage::Soak { until }
-            | Stage::ScaleDownDelay { until } => now >= *until,
+            | Stage::ScaleDownDelay { until }
+            | Stage::Drain { until } => now >= *until,
             _ => false,
         };
         if expired {
@@ -1708,6 +2099,23 @@ impl Machine {
         }
     }
 
+    fn hold_timed_out(&mut self, reason: &HoldReason) {
+        let (policy, act) = match self.plan.on_hold_timeout {
+            HoldTimeoutPolicy::Rollback => ("rollback", true),
+            HoldTimeoutPolicy::Halt => ("halt", false),
+        };
+        let summary = format!(
+            "held for {} ({}) without a decision; on_hold_timeout is {policy}",
+            humantime::format_duration(self.plan.timing.hold_timeout),
+            describe_hold(reason)
+        );
+        if act {
+            self.fail(Reason::new(summary));
+        } else {
+            self.halt(Reason::new(summary));
+        }
+    }
+
     fn on_control(&mut self, control: Control) {
         let effect: String = match &control {
             Control::Pause if self.rolling_back() => "refused: a rollback is never paused".into(),
@@ -1752,21 +2160,54 @@ impl Machine {
                     }
                     self.event(Event::Control {
                         control: control.clone(),
-                        effect: format!("promoted past {reason:?} by a human"),
+                        effect: format!("promoted past {} by a human", describe_hold(&reason)),
                     });
                     self.enter(*then);
                     return;
                 }
-                Stage::Watch { .. }
-                | Stage::Analysis { .. }
-                | Stage::Soak { .. }
-                | Stage::ScaleDownDelay { .. } => {
+                Stage::Watch { .. } | Stage::Analysis { .. } | Stage::Soak { .. } => {
+                    // Promote skips a wait, never the evidence: the
+                    // evaluation covers at least `min_evidence` of fresh data.
+                    let ready_at = self.window_start.after(self.plan.timing.min_evidence);
+                    if self.now >= ready_at {
+                        self.event(Event::Control {
+                            control: control.clone(),
+                            effect: format!(
+                                "wait of {} skipped by a human; success is still evaluated",
+                                self.stage.name()
+                            ),
+                        });
+                        self.advance();
+                    } else {
+                        let stage = match self.stage.clone() {
+                            Stage::Watch { step, until } => Stage::Watch {
+                                step,
+                                until: until.min(ready_at),
+                            },
+                            Stage::Analysis { until } => Stage::Analysis {
+                                until: until.min(ready_at),
+                            },
+                            Stage::Soak { until } => Stage::Soak {
+                                until: until.min(ready_at),
+                            },
+                            s => s,
+                        };
+                        self.stage = stage;
+                        self.event(Event::Control {
+                            control: control.clone(),
+                            effect: format!(
+                                "wait of {} shortened by a human to end at {ready_at}: an evaluation needs at least {} of evidence no earlier evaluation used",
+                                self.stage.name(),
+                                humantime::format_duration(self.plan.timing.min_evidence)
+                            ),
+                        });
+                    }
+                    return;
+                }
+                Stage::ScaleDownDelay { .. } => {
                     self.event(Event::Control {
                         control: control.clone(),
-                        effect: format!(
-                            "wait of {} skipped by a human; success is still evaluated",
-                            self.stage.name()
-                        ),
+                        effect: format!("wait of {} skipped by a human", self.stage.name()),
                     });
                     self.advance();
                     return;
@@ -1888,6 +2329,24 @@ impl Machine {
                 self.decide_evaluation(point);
             }
             Stage::Preflight => self.finish_preflight(),
+            Stage::CheckOld => match self.old_color_problem() {
+                None => self.advance(),
+                Some(problem) => {
+                    let cap = self.facts.old_capacity.unwrap_or(self.plan.replicas);
+                    self.note(format!(
+                        "the old color {} is below its capacity ({problem}): scaling it back to {cap} and waiting until it is stable before any traffic returns",
+                        self.old()
+                    ));
+                    self.enter(Stage::RestoreOld { polling: false });
+                }
+            },
+            Stage::RestoreOld { polling: true } => {
+                if self.old_color_problem().is_none() {
+                    self.advance();
+                } else {
+                    self.next_poll = Some(self.now.after(self.plan.timing.poll_interval));
+                }
+            }
             Stage::Hold { .. } | Stage::Done => {}
             _ => self.advance(),
         }
@@ -1906,8 +2365,18 @@ impl Machine {
                 }
                 self.on_statuses(&colors, &statuses);
             }
-            (Action::SuspendAutoscaling { color }, Reply::Autoscaling { state }) => {
+            (Action::ReadAutoscaling { color }, Reply::Autoscaling { state }) => {
                 self.facts.autoscaling.entry(color).or_insert(state);
+                self.issue(Action::SuspendAutoscaling { color });
+            }
+            (Action::SuspendAutoscaling { color }, Reply::Autoscaling { state }) => {
+                // The read above is the state to restore. A provider that
+                // does not implement `autoscaling_state` reads "no scalable
+                // target"; then the suspend's own answer is the only one.
+                let read = self.facts.autoscaling.entry(color).or_insert(state);
+                if !read.registered && state.registered {
+                    *read = state;
+                }
             }
             (Action::CheckSecrets { secrets }, Reply::Secrets { checks }) => {
                 self.on_secrets(&secrets, &checks)
@@ -1952,10 +2421,28 @@ impl Machine {
             (Action::RevertMigrations { .. }, Reply::Reverted { reverted }) => {
                 self.facts.reverted.extend(reverted);
             }
-            (Action::SetSplit { .. }, Reply::Done)
-            | (Action::Prepare { .. }, Reply::Done)
-            | (Action::RestoreAutoscaling { .. }, Reply::Done) => {}
+            (Action::Prepare { .. }, Reply::Prepared { prepared }) => {
+                self.facts.prepared_id = prepared.id;
+            }
+            (Action::ReadDrainPeriod, Reply::DrainPeriod { period }) => {
+                self.facts.router_drain = period;
+            }
+            (Action::RestoreAutoscaling { color, .. }, Reply::Done) => {
+                self.facts.autoscaling_restored_on.insert(color);
+            }
+            (Action::SetSplit { .. }, Reply::Done) | (Action::Prepare { .. }, Reply::Done) => {}
             (Action::Scale { .. }, Reply::Done) => {}
+            (Action::ReadTargetHealth { color }, Reply::Health { health }) => {
+                if health.healthy > health.total {
+                    return self.bad_reply(&format!(
+                        "{} healthy targets of {}",
+                        health.healthy, health.total
+                    ));
+                }
+                self.event(Event::TargetHealth { color, health });
+                self.old_health = Some(health);
+                self.old_checked();
+            }
             (
                 Action::Measure {
                     check,
@@ -2002,6 +2489,9 @@ impl Machine {
                 let want = TrafficSplit::with_percent(self.new_color(), percent);
                 if split == want {
                     self.facts.confirmed_split = Some(split);
+                    if split.percent(self.old()) == 0 {
+                        self.traffic_left_at = Some(self.now);
+                    }
                     self.event(Event::TrafficConfirmed { split });
                     self.notify(
                         "Deployment Step",
@@ -2028,6 +2518,7 @@ impl Machine {
             Stage::ConfirmDrained => {
                 if split.percent(self.old()) == 0 {
                     self.facts.confirmed_split = Some(split);
+                    self.traffic_left_at.get_or_insert(self.now);
                     self.event(Event::TrafficConfirmed { split });
                 } else {
                     self.fail(Reason::new(format!(
@@ -2040,6 +2531,7 @@ impl Machine {
                 let want = TrafficSplit::all_on(self.old());
                 if split == want {
                     self.facts.confirmed_split = Some(split);
+                    self.traffic_left_at = Some(self.now);
                     self.event(Event::TrafficConfirmed { split });
                 } else {
                     self.note(format!(
@@ -2067,16 +2559,77 @@ impl Machine {
                     .zip(statuses.iter().cloned())
                     .collect();
             }
+            Stage::ReadCapacity => {
+                let s = &statuses[0];
+                let old = self.old();
+                if s.desired == 0 {
+                    return self.fail(Reason::new(format!(
+                        "the old color {old} holds all traffic but its desired count is 0 now that autoscaling is suspended: something else is scaling it"
+                    )));
+                }
+                let count = match self.plan.capacity {
+                    CapacityPolicy::AtLeastOld => self.plan.replicas.max(s.desired),
+                    CapacityPolicy::Fixed => self.plan.replicas,
+                };
+                self.facts.old_capacity = Some(s.desired);
+                self.facts.old_count = Some(s.desired);
+                self.facts.capacity = Some(count);
+                self.event(Event::Capacity {
+                    replicas: self.plan.replicas,
+                    old_desired: s.desired,
+                    count,
+                    policy: self.plan.capacity,
+                });
+            }
             Stage::WaitStable => {
                 let s = &statuses[0];
+                let cap = self.capacity();
                 if s.rollout == Rollout::Failed {
                     self.fail(Reason::new(format!(
                         "the new color's rollout failed (desired {}, running {}, failed {})",
                         s.desired, s.running, s.failed
                     )));
-                } else if !s.is_stable_at(self.plan.replicas) {
+                } else if !s.is_stable_at(cap) {
                     self.next_poll = Some(self.now.after(self.plan.timing.poll_interval));
+                } else if let Some(mismatch) = self.release_mismatch(s) {
+                    self.fail(Reason::new(format!(
+                        "the new color {} is stable at {cap} but does not run the prepared release: {mismatch}",
+                        self.new_color()
+                    )));
+                } else {
+                    self.event(Event::ReleaseVerified {
+                        color: self.new_color(),
+                        version: self.plan.release.version.clone(),
+                        id: s.release_id.clone(),
+                    });
                 }
+            }
+            Stage::ConfirmDrained => {
+                let s = &statuses[0];
+                let cap = self.capacity();
+                let problem = if !s.serves_at_least(cap) {
+                    Some(format!(
+                        "it is not stable at its capacity {cap} (desired {}, running {}, pending {}, rollout {:?})",
+                        s.desired, s.running, s.pending, s.rollout
+                    ))
+                } else {
+                    self.release_mismatch(s)
+                };
+                match problem {
+                    Some(p) => self.fail(Reason::new(format!(
+                        "before scaling the old color down, the new color {} was checked again: {p}",
+                        self.new_color()
+                    ))),
+                    None => self.event(Event::ReleaseVerified {
+                        color: self.new_color(),
+                        version: self.plan.release.version.clone(),
+                        id: s.release_id.clone(),
+                    }),
+                }
+            }
+            Stage::CheckOld | Stage::RestoreOld { polling: true } => {
+                self.old_status = Some(statuses[0].clone());
+                self.old_checked();
             }
             Stage::ScaleDownOld { polling: true } | Stage::ScaleDownNew { polling: true } => {
                 let s = &statuses[0];
@@ -2090,6 +2643,24 @@ impl Machine {
 }
 
 impl Machine {
+    /// Records the old color's check once both its status and its target
+    /// health are in.
+    fn old_checked(&mut self) {
+        let (Some(status), Some(health)) = (self.old_status.clone(), self.old_health) else {
+            return;
+        };
+        if !matches!(self.stage, Stage::CheckOld | Stage::RestoreOld { .. }) {
+            return;
+        }
+        let serving = self.old_color_problem().is_none();
+        self.event(Event::OldColorChecked {
+            status,
+            health,
+            capacity: self.facts.old_capacity.unwrap_or(self.plan.replicas),
+            serving,
+        });
+    }
+
     fn finish_preflight(&mut self) {
         let Some(old) = self.facts.old else {
             return self.fail(Reason::new("preflight did not determine the live color"));
@@ -2379,6 +2950,22 @@ impl Machine {
     }
 }
 
+/// A hold in words, e.g. `the gate before-shift`.
+fn describe_hold(reason: &HoldReason) -> String {
+    match reason {
+        HoldReason::Gate { gate } => format!(
+            "the gate {}",
+            serde_json::to_value(gate)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default()
+        ),
+        HoldReason::Inconclusive { detail } => detail.clone(),
+        HoldReason::Paused => "paused by a human".into(),
+        HoldReason::Group { barrier } => format!("waiting for its group at {barrier}"),
+    }
+}
+
 /// A duration in whole days (or hours below a day), for rotation policies.
 fn days(d: Duration) -> String {
     let h = d.as_secs() / 3600;
@@ -2444,6 +3031,7 @@ mod tests {
                 split: TrafficSplit::all_on(Color::Blue),
             },
         );
+        reply(&mut m, 2, 3, Reply::DrainPeriod { period: None });
         let step = reply(
             &mut m,
             2,
@@ -2459,7 +3047,17 @@ mod tests {
         assert_eq!(m.facts().new, Some(Color::Green));
         assert_eq!(m.facts().old_capacity, Some(3));
         assert_eq!(m.stage(), &Stage::SuspendAutoscaling);
-        assert_eq!(step.commands.len(), 2);
+        // The autoscaling state of each color is read before anything is suspended.
+        let actions: Vec<&Action> = step.commands.iter().map(|c| &c.action).collect();
+        assert_eq!(
+            actions,
+            vec![
+                &Action::ReadAutoscaling { color: Color::Blue },
+                &Action::ReadAutoscaling {
+                    color: Color::Green
+                }
+            ]
+        );
     }
 
     #[test]
@@ -2476,6 +3074,7 @@ mod tests {
         );
         let mut unstable = ComputeStatus::steady(3, None);
         unstable.running = 1;
+        reply(&mut m, 2, 3, Reply::DrainPeriod { period: None });
         let step = reply(
             &mut m,
             2,

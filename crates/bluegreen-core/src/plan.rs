@@ -49,8 +49,26 @@ pub mod defaults {
     /// (an ALB checks its targets every 30 s by default; reading more often
     /// feeds the decision nothing new).
     pub const HEALTH_INTERVAL: Duration = Duration::from_secs(30);
-    /// The fewest samples a measurement needs before it counts as evidence.
-    pub const MIN_SAMPLES: u32 = 1;
+    /// The fewest samples a measurement needs before it counts as evidence,
+    /// unless the check sets `min_samples`: half the points its window
+    /// should hold at the check's interval, rounded up, and at least one
+    /// (a 15-minute window at 1 minute needs 8). See
+    /// [`AnalysisCheck::required_samples`](super::AnalysisCheck::required_samples).
+    pub const MIN_SAMPLES_FRACTION: f64 = 0.5;
+    /// How long a color is left to drain after a read-back confirmed it holds
+    /// no traffic, before it is scaled down or migrations are reverted: load
+    /// balancer propagation and requests in flight. The router's own figure
+    /// (an ALB's deregistration delay) wins when larger.
+    pub const DRAIN: Duration = Duration::from_secs(30);
+    /// The longest a deployment holds (inconclusive analysis, a gate, a
+    /// pause, a group barrier) before `on_hold_timeout` acts: the reference's
+    /// 30-minute rollback window.
+    pub const HOLD_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+    /// How often a held deployment reminds its humans.
+    pub const HOLD_REMINDER: Duration = Duration::from_secs(10 * 60);
+    /// The least fresh evidence an evaluation covers: data no earlier
+    /// evaluation used. A human's promote shortens a wait to this, never less.
+    pub const MIN_EVIDENCE: Duration = Duration::from_secs(5 * 60);
     /// Backup verification: the fewest entries `pg_restore --list` must show.
     pub const BACKUP_MIN_ENTRIES: u64 = 1;
     /// Progress deadline: preflight checks.
@@ -67,6 +85,10 @@ pub mod defaults {
     pub const DEADLINE_TRAFFIC: Duration = Duration::from_secs(60);
     /// Progress deadline: scaling the old color down.
     pub const DEADLINE_SCALE_DOWN: Duration = Duration::from_secs(10 * 60);
+    /// Progress deadline: in a rollback, bringing an old color found below
+    /// its capacity back to it before traffic returns ("5-10 minutes", as a
+    /// deploy).
+    pub const DEADLINE_RESTORE_OLD: Duration = Duration::from_secs(10 * 60);
 }
 
 /// One deployment of one service: everything the engine needs to decide.
@@ -80,9 +102,13 @@ pub struct Plan {
     /// Per-color endpoints for smoke tests and analysis templates.
     #[serde(default)]
     pub colors: ColorTargets,
-    /// Instances of the new color to run ("3 tasks").
+    /// Instances of the new color to run ("3 tasks"): the least, unless
+    /// `capacity` is `fixed` (see [`CapacityPolicy`]).
     #[serde(default = "default_replicas")]
     pub replicas: u32,
+    /// Whether the new color follows the live old color's count.
+    #[serde(default)]
+    pub capacity: CapacityPolicy,
     /// How traffic moves to the new color.
     #[serde(default)]
     pub strategy: Strategy,
@@ -114,6 +140,9 @@ pub struct Plan {
     /// What to do when the evidence is inconclusive.
     #[serde(default)]
     pub on_inconclusive: InconclusivePolicy,
+    /// What to do when a hold lasts `timing.hold_timeout`.
+    #[serde(default)]
+    pub on_hold_timeout: HoldTimeoutPolicy,
     /// The coordinated group this deployment belongs to, if any. Set by
     /// [`Group`](crate::group::Group), not by hand: a member holds at every
     /// [`Barrier`] until the whole group has reached it.
@@ -559,9 +588,11 @@ pub struct AnalysisCheck {
     /// The window each periodic measurement covers (the interval if absent).
     #[serde(default, with = "humantime_serde")]
     pub window: Option<Duration>,
-    /// The fewest samples a measurement needs to count as evidence.
-    #[serde(default = "default_min_samples")]
-    pub min_samples: u32,
+    /// The fewest samples a measurement needs to count as evidence; when
+    /// absent, half the points the measurement's window should hold at
+    /// `interval` (see [`AnalysisCheck::required_samples`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_samples: Option<u32>,
     /// Evaluate and record, but never act on the result.
     #[serde(default)]
     pub dry_run: bool,
@@ -569,10 +600,6 @@ pub struct AnalysisCheck {
 
 fn default_interval() -> Duration {
     defaults::CHECK_INTERVAL
-}
-
-fn default_min_samples() -> u32 {
-    defaults::MIN_SAMPLES
 }
 
 impl AnalysisCheck {
@@ -588,7 +615,7 @@ impl AnalysisCheck {
             success,
             interval: defaults::CHECK_INTERVAL,
             window: None,
-            min_samples: defaults::MIN_SAMPLES,
+            min_samples: None,
             dry_run: false,
         }
     }
@@ -621,6 +648,24 @@ impl AnalysisCheck {
     /// The window one periodic measurement covers.
     pub fn measurement_window(&self) -> Duration {
         self.window.unwrap_or(self.interval)
+    }
+
+    /// The fewest samples a measurement over `window` needs to count as
+    /// evidence: `min_samples` when set, else half the points the window
+    /// should hold at `interval` ([`defaults::MIN_SAMPLES_FRACTION`]),
+    /// rounded up, at least 1. One sample in a 15-minute window at 1-minute
+    /// intervals is no evidence; eight is.
+    pub fn required_samples(&self, window: Duration) -> u32 {
+        if let Some(n) = self.min_samples {
+            return n;
+        }
+        let points = window.as_secs_f64() / self.interval.as_secs_f64().max(0.001);
+        let n = (points * defaults::MIN_SAMPLES_FRACTION).ceil();
+        if n.is_finite() && n >= 1.0 {
+            n.min(f64::from(u32::MAX)) as u32
+        } else {
+            1
+        }
     }
 }
 
@@ -710,6 +755,20 @@ pub struct Timing {
     /// How often target health is read while the new color holds traffic.
     #[serde(default = "d_health", with = "humantime_serde")]
     pub health_interval: Duration,
+    /// The least drain after a read-back confirmed a color holds no traffic,
+    /// before it is scaled down or migrations are reverted; the router's own
+    /// figure (ALB deregistration delay) wins when larger.
+    #[serde(default = "d_drain", with = "humantime_serde")]
+    pub drain: Duration,
+    /// The longest a deployment holds before `on_hold_timeout` acts.
+    #[serde(default = "d_hold_timeout", with = "humantime_serde")]
+    pub hold_timeout: Duration,
+    /// How often a held deployment sends a reminder.
+    #[serde(default = "d_hold_reminder", with = "humantime_serde")]
+    pub hold_reminder: Duration,
+    /// The least fresh data an evaluation covers (promote never cuts below it).
+    #[serde(default = "d_min_evidence", with = "humantime_serde")]
+    pub min_evidence: Duration,
 }
 
 fn d_analysis() -> Duration {
@@ -730,6 +789,18 @@ fn d_poll() -> Duration {
 fn d_health() -> Duration {
     defaults::HEALTH_INTERVAL
 }
+fn d_drain() -> Duration {
+    defaults::DRAIN
+}
+fn d_hold_timeout() -> Duration {
+    defaults::HOLD_TIMEOUT
+}
+fn d_hold_reminder() -> Duration {
+    defaults::HOLD_REMINDER
+}
+fn d_min_evidence() -> Duration {
+    defaults::MIN_EVIDENCE
+}
 
 impl Default for Timing {
     fn default() -> Self {
@@ -740,6 +811,10 @@ impl Default for Timing {
             rollback_window: defaults::ROLLBACK_WINDOW,
             poll_interval: defaults::POLL_INTERVAL,
             health_interval: defaults::HEALTH_INTERVAL,
+            drain: defaults::DRAIN,
+            hold_timeout: defaults::HOLD_TIMEOUT,
+            hold_reminder: defaults::HOLD_REMINDER,
+            min_evidence: defaults::MIN_EVIDENCE,
         }
     }
 }
@@ -783,6 +858,10 @@ pub struct Deadlines {
     /// Scaling the old color down.
     #[serde(default = "dl_scale_down", with = "humantime_serde")]
     pub scale_down: Duration,
+    /// In a rollback, bringing an old color found below its capacity back
+    /// to it; past this the deployment halts with nothing else touched.
+    #[serde(default = "dl_restore_old", with = "humantime_serde")]
+    pub restore_old: Duration,
 }
 
 fn dl_preflight() -> Duration {
@@ -806,6 +885,9 @@ fn dl_traffic() -> Duration {
 fn dl_scale_down() -> Duration {
     defaults::DEADLINE_SCALE_DOWN
 }
+fn dl_restore_old() -> Duration {
+    defaults::DEADLINE_RESTORE_OLD
+}
 
 impl Default for Deadlines {
     fn default() -> Self {
@@ -817,6 +899,7 @@ impl Default for Deadlines {
             smoke: defaults::DEADLINE_SMOKE,
             traffic: defaults::DEADLINE_TRAFFIC,
             scale_down: defaults::DEADLINE_SCALE_DOWN,
+            restore_old: defaults::DEADLINE_RESTORE_OLD,
         }
     }
 }
@@ -830,6 +913,31 @@ pub enum InconclusivePolicy {
     Pause,
     /// Roll back.
     Rollback,
+}
+
+/// How many instances the new color runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CapacityPolicy {
+    /// The larger of `replicas` and the old color's desired count as read
+    /// once autoscaling is suspended: an autoscaler that holds the old color
+    /// at 5 gets a new color of 5, not the plan's 3.
+    #[default]
+    AtLeastOld,
+    /// Exactly `replicas`, whatever the old color runs.
+    Fixed,
+}
+
+/// What a hold that lasts `timing.hold_timeout` does.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HoldTimeoutPolicy {
+    /// Roll back (or halt, when traffic can no longer return to the old color).
+    #[default]
+    Rollback,
+    /// Halt for a human, traffic left where it is and autoscaling restored
+    /// on the color that holds it.
+    Halt,
 }
 
 impl Plan {
@@ -852,6 +960,7 @@ impl Plan {
             release,
             colors: ColorTargets::default(),
             replicas: defaults::REPLICAS,
+            capacity: CapacityPolicy::AtLeastOld,
             strategy: Strategy::AllAtOnce,
             preflight: Preflight::default(),
             migrations: None,
@@ -873,6 +982,7 @@ impl Plan {
             gates: Vec::new(),
             deadlines: Deadlines::default(),
             on_inconclusive: InconclusivePolicy::Pause,
+            on_hold_timeout: HoldTimeoutPolicy::Rollback,
             group: None,
         }
     }
@@ -946,7 +1056,7 @@ impl Plan {
             if let Some(w) = c.window {
                 positive(&f("window"), w)?;
             }
-            if c.min_samples == 0 {
+            if c.min_samples == Some(0) {
                 return Err(PlanError::new(
                     f("min_samples"),
                     "must be at least 1: no samples is no evidence",
@@ -1022,6 +1132,9 @@ impl Plan {
         positive("timing.rollback_window", t.rollback_window)?;
         positive("timing.poll_interval", t.poll_interval)?;
         positive("timing.health_interval", t.health_interval)?;
+        positive("timing.hold_timeout", t.hold_timeout)?;
+        positive("timing.hold_reminder", t.hold_reminder)?;
+        positive("timing.min_evidence", t.min_evidence)?;
         let d = &self.deadlines;
         for (name, v) in [
             ("deadlines.preflight", d.preflight),
@@ -1031,6 +1144,7 @@ impl Plan {
             ("deadlines.smoke", d.smoke),
             ("deadlines.traffic", d.traffic),
             ("deadlines.scale_down", d.scale_down),
+            ("deadlines.restore_old", d.restore_old),
         ] {
             positive(name, v)?;
         }

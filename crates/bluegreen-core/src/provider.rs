@@ -48,8 +48,33 @@ pub struct ComputeStatus {
     pub healthy: Option<u32>,
     /// The release version the color runs, when known.
     pub version: Option<String>,
+    /// The provider's identity of the release the color runs, where it has
+    /// one (ECS: the task-definition ARN of the primary deployment). Compared
+    /// with [`PreparedRelease::id`] before the color may take traffic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release_id: Option<String>,
     /// The provider's rollout state.
     pub rollout: Rollout,
+}
+
+/// What [`ComputeProvider::prepare`] made ready: the provider's identity of
+/// the release, where it has one (ECS: the task-definition ARN it registered
+/// or found). The engine checks that the color reports this identity in
+/// [`ComputeStatus::release_id`] before it sends the color any traffic.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PreparedRelease {
+    /// The identity, or `None` when the provider has none (then only the
+    /// version is compared).
+    pub id: Option<String>,
+}
+
+impl PreparedRelease {
+    /// A release identified by `id`.
+    pub fn with_id(id: impl Into<String>) -> Self {
+        PreparedRelease {
+            id: Some(id.into()),
+        }
+    }
 }
 
 /// The provider's view of an ongoing rollout on a color.
@@ -74,6 +99,7 @@ impl ComputeStatus {
             failed: 0,
             healthy: Some(count),
             version,
+            release_id: None,
             rollout: Rollout::Completed,
         }
     }
@@ -86,6 +112,17 @@ impl ComputeStatus {
             && self.pending == 0
             && self.healthy.is_none_or(|h| h >= desired)
             && self.rollout == Rollout::Completed
+    }
+
+    /// Able to serve at `capacity`: at least that many desired, running and
+    /// healthy (where known), and no failed rollout. Unlike
+    /// [`is_stable_at`](Self::is_stable_at), a color that something else
+    /// scaled above its capacity still serves while the extra instances start.
+    pub fn serves_at_least(&self, capacity: u32) -> bool {
+        self.desired >= capacity
+            && self.running >= capacity
+            && self.healthy.is_none_or(|h| h >= capacity)
+            && self.rollout != Rollout::Failed
     }
 }
 
@@ -112,9 +149,10 @@ pub struct AutoscalingState {
 pub trait ComputeProvider: Send + Sync {
     /// Makes `release` the release `color` runs from its next scale-up
     /// (registering a task definition, for example) without changing the
-    /// number of instances. Repeating it for the same release must not create
-    /// a second revision the deployment would then use.
-    async fn prepare(&self, color: Color, release: &Release) -> Result<()>;
+    /// number of instances, and returns the provider's identity of it.
+    /// Repeating it for the same release must not create a second revision
+    /// and must return the same identity.
+    async fn prepare(&self, color: Color, release: &Release) -> Result<PreparedRelease>;
 
     /// Sets the number of instances of `color` to `count`. Returns once the
     /// request is accepted, not once instances run; the engine polls
@@ -140,6 +178,15 @@ pub trait ComputeProvider: Send + Sync {
     async fn endpoint(&self, color: Color) -> Result<Option<String>> {
         let _ = color;
         Ok(None)
+    }
+
+    /// The autoscaling state of `color` now. Read-only. The engine reads and
+    /// journals it before it suspends, so a suspend whose reply was lost and
+    /// that is sent again can never make the suspended state pass for the
+    /// state found. Providers without autoscaling return the default state.
+    async fn autoscaling_state(&self, color: Color) -> Result<AutoscalingState> {
+        let _ = color;
+        Ok(AutoscalingState::default())
     }
 
     /// Suspends dynamic and scheduled scaling of `color` and returns the state
@@ -193,6 +240,15 @@ pub trait TrafficRouter: Send + Sync {
 
     /// The health of `color`'s targets as the router sees them.
     async fn target_health(&self, color: Color) -> Result<TargetHealth>;
+
+    /// How long the router keeps sending in-flight requests to a color after
+    /// its weight went to zero, where it has such a figure (ALB: the target
+    /// groups' deregistration delay, the larger of the two). The engine
+    /// drains for the larger of this and the plan's `timing.drain` before it
+    /// scales a color down or reverts migrations. Read-only.
+    async fn drain_period(&self) -> Result<Option<Duration>> {
+        Ok(None)
+    }
 }
 
 // ------------------------------------------------------------- migrations --
@@ -510,6 +566,10 @@ pub enum Severity {
     Warning,
     /// A human is needed now (a halt).
     Error,
+    /// A human is needed now and the service may not be serving: a halt with
+    /// traffic on a color that could not be verified (e.g. a rollback whose
+    /// old color could not be brought back to capacity).
+    Critical,
 }
 
 /// A notification about a deployment (the reference's Datadog events).

@@ -169,6 +169,45 @@ impl Report {
             Event::TrafficConfirmed { split } => {
                 self.decide(at, format!("read-back confirmed {split}"))
             }
+            Event::Capacity {
+                replicas,
+                old_desired,
+                count,
+                policy,
+            } => self.decide(
+                at,
+                match policy {
+                    crate::plan::CapacityPolicy::AtLeastOld => format!(
+                        "capacity: the new color runs {count} (the larger of the plan's {replicas} and the old color's {old_desired} desired once autoscaling was suspended)"
+                    ),
+                    crate::plan::CapacityPolicy::Fixed => format!(
+                        "capacity: the new color runs {count}, fixed by the plan (the old color has {old_desired} desired)"
+                    ),
+                },
+            ),
+            Event::ReleaseVerified { color, version, id } => self.decide(
+                at,
+                match id {
+                    Some(id) => format!("{color} runs the prepared release: version {version} ({id})"),
+                    None => format!("{color} runs the prepared release: version {version}"),
+                },
+            ),
+            Event::OldColorChecked {
+                status,
+                health,
+                capacity,
+                serving,
+            } => self.decide(
+                at,
+                format!(
+                    "old color: {} desired, {} running, {} of {} targets healthy, capacity {capacity}: {}",
+                    status.desired,
+                    status.running,
+                    health.healthy,
+                    health.total,
+                    if *serving { "can take traffic" } else { "cannot take traffic yet" }
+                ),
+            ),
             Event::Measured { measurement } => self.measurements.push((**measurement).clone()),
             Event::TargetHealth { color, health } => {
                 if health.healthy < health.total {
@@ -382,6 +421,7 @@ fn describe_action(a: &Action) -> String {
             .collect::<Vec<_>>()
             .join(", "),
         Action::ReadTargetHealth { color }
+        | Action::ReadAutoscaling { color }
         | Action::SuspendAutoscaling { color }
         | Action::RestoreAutoscaling { color, .. } => color.to_string(),
         Action::RunSmokeTests {
@@ -403,6 +443,8 @@ fn describe_action(a: &Action) -> String {
             .map(|s| s.name.as_str())
             .collect::<Vec<_>>()
             .join(", "),
-        Action::ReadSplit | Action::Backup | Action::Notify { .. } => String::new(),
+        Action::ReadSplit | Action::ReadDrainPeriod | Action::Backup | Action::Notify { .. } => {
+            String::new()
+        }
     }
 }

@@ -639,7 +639,7 @@ fn gates_hold_until_a_human_promotes() {
 }
 
 #[test]
-fn promote_skips_the_soak_but_not_the_evaluation() {
+fn promote_shortens_the_soak_to_the_evidence_floor_and_skips_no_evaluation() {
     let (report, _f) = simulate_with(
         |f| {
             healthy(f);
@@ -655,8 +655,13 @@ fn promote_skips_the_soak_but_not_the_evaluation() {
         },
     );
     assert_eq!(report.outcome, Some(Outcome::Succeeded));
+    // Promote skips the wait, never the evidence: the soak lasts the
+    // plan's `timing.min_evidence` (5 minutes), not its hour.
     let soak = report.stages.iter().find(|s| s.stage == "soak").unwrap();
-    assert_eq!(soak.ended_at, Some(soak.started_at));
+    assert_eq!(
+        soak.ended_at.unwrap().since(soak.started_at),
+        Duration::from_secs(5 * 60)
+    );
     assert!(report.stages.iter().any(|s| s.stage == "evaluate_soak"));
 }
 
@@ -857,7 +862,7 @@ fn the_old_color_is_smoke_tested_against_the_version_it_runs() {
     );
 }
 
-/// A router whose target-health answers cannot be true.
+/// A router whose target-health answers for the new color cannot be true.
 struct NonsenseRouter(bluegreen_core::testing::FakeRouter);
 
 #[async_trait::async_trait]
@@ -870,8 +875,11 @@ impl bluegreen_core::TrafficRouter for NonsenseRouter {
     }
     async fn target_health(
         &self,
-        _c: Color,
+        c: Color,
     ) -> bluegreen_core::Result<bluegreen_core::TargetHealth> {
+        if c == Color::Green {
+            return self.0.target_health(c).await;
+        }
         Ok(bluegreen_core::TargetHealth {
             healthy: 5,
             total: 3,

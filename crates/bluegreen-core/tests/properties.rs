@@ -1,10 +1,12 @@
-//! Property tests: the seven safety invariants of DESIGN.md, checked on random
-//! fault schedules (errors, timeouts, hangs and lying read-backs on any call),
-//! random metric scenarios, strategies and migrations. Each case runs a whole
+//! Property tests: the safety invariants of DESIGN.md, checked on random
+//! fault schedules (errors, timeouts, hangs, lying and lagging read-backs,
+//! lost replies, a new color that comes up on the old release, the old
+//! color scaled from outside (killed, or moved by its autoscaler) at any
+//! call), random metric scenarios, strategies and migrations. Each case runs a whole
 //! simulated deployment under paused time and checks the world the fakes
 //! recorded and the journal the driver wrote.
 //!
-//! `BLUEGREEN_PROPTEST_CASES` sets the number of schedules (default 10,000).
+//! `BLUEGREEN_PROPTEST_CASES` sets the number of schedules (default 50,000).
 #![cfg(feature = "testing")]
 
 use std::collections::BTreeMap;
@@ -42,12 +44,23 @@ struct Case {
 }
 
 fn fault(kind: u8) -> Fault {
-    match kind % 6 {
+    match kind % 10 {
         0 => Fault::Error(ErrorKind::Other),
         1 | 2 => Fault::Temporary,
         3 => Fault::Timeout,
         4 => Fault::Hang,
-        _ => Fault::WrongReadBack,
+        5 => Fault::WrongReadBack,
+        6 => Fault::LostReply,
+        7 => Fault::OldRelease,
+        // The old color killed from outside, or its autoscaler moving it.
+        8 => Fault::ExternalScale {
+            color: Color::Green,
+            count: 0,
+        },
+        _ => Fault::ExternalScale {
+            color: Color::Green,
+            count: 5,
+        },
     }
 }
 
@@ -150,18 +163,49 @@ fn check_world(f: &Fakes, plan: &Plan, report: &Report) -> Result<(), String> {
     let changes = w.changes.clone();
     drop(w);
     let (old, new) = (Color::Green, Color::Blue);
+    let facts = report.facts.clone().unwrap_or_default();
+    // The capacities the engine chose; the plan's count until it chose.
+    let capacity = facts.capacity.unwrap_or(plan.replicas);
+    let old_capacity = facts.old_capacity.unwrap_or(plan.replicas);
     let mut split = TrafficSplit::all_on(old);
     let mut desired: BTreeMap<Color, u32> = [(old, plan.replicas), (new, 0)].into();
+    let mut release_ok = false;
+    // The old color's count as the deployer last set it (outside changes
+    // after its scale-down are not the deployer's doing).
+    let mut requested_old = plan.replicas;
     let mut scaled_at = BTreeMap::new();
+    // When the old color came back to its capacity after dropping below it.
+    let mut old_back_at: Option<tokio::time::Instant> = None;
+    // When something outside last scaled the old color: a kill in the same
+    // instant as the split is a race no deployer can see.
+    let mut old_external_at: Option<tokio::time::Instant> = None;
     let mut smoke_passed: Vec<String> = Vec::new();
     let mut smoke_failed = false;
     let mut all_on_new_at = None;
     let mut contract_ran = false;
     for (at, change) in &changes {
         match change {
+            Change::External(c, n) => {
+                if *c == old {
+                    old_external_at = Some(*at);
+                    requested_old = requested_old.min(*n);
+                    if desired[c] < old_capacity && *n >= old_capacity {
+                        old_back_at = Some(*at);
+                    }
+                }
+                desired.insert(*c, *n);
+                scaled_at.insert(*c, *at);
+            }
             Change::Scaled(c, n) => {
+                if *c == old {
+                    requested_old = *n;
+                    if desired[c] < old_capacity && *n >= old_capacity {
+                        old_back_at = Some(*at);
+                    }
+                }
                 // Invariant 2: never below serving capacity while holding weight.
-                if *n < desired[c] && split.percent(*c) > 0 {
+                let serving = if *c == old { old_capacity } else { capacity };
+                if *n < desired[c].min(serving) && split.percent(*c) > 0 {
                     return Err(format!("{c} scaled to {n} while holding {split}"));
                 }
                 if *c == old && *n == 0 {
@@ -184,6 +228,10 @@ fn check_world(f: &Fakes, plan: &Plan, report: &Report) -> Result<(), String> {
                     smoke_failed = false;
                 }
             }
+            // What the new color runs, as the world (not the engine) knows it.
+            Change::Running(c, v) if *c == new => {
+                release_ok = v.as_deref() == Some(plan.release.version.as_str());
+            }
             Change::Smoke(Some(c), name, passed) if *c == new => {
                 if *passed {
                     smoke_passed.push(name.clone());
@@ -194,8 +242,14 @@ fn check_world(f: &Fakes, plan: &Plan, report: &Report) -> Result<(), String> {
             Change::Split(s) => {
                 // Invariant 1: weight only to a stable, smoke-tested color.
                 if s.percent(new) > 0 {
-                    if desired[&new] != plan.replicas {
-                        return Err(format!("{s} with {new} desired at {}", desired[&new]));
+                    if desired[&new] < capacity {
+                        return Err(format!(
+                            "{s} with {new} desired at {} of its capacity {capacity}",
+                            desired[&new]
+                        ));
+                    }
+                    if !release_ok {
+                        return Err(format!("{s} to a new color not on the release"));
                     }
                     let since = scaled_at.get(&new).map(|t| at.duration_since(*t));
                     if since.is_none_or(|d| d < settle) {
@@ -205,8 +259,19 @@ fn check_world(f: &Fakes, plan: &Plan, report: &Report) -> Result<(), String> {
                         return Err(format!("{s} without passing smoke tests: {smoke_passed:?}"));
                     }
                 }
-                if s.percent(old) > 0 && desired[&old] == 0 {
-                    return Err(format!("{s} to a scaled-down old color"));
+                // Invariant 1 the other way: weight moves back to the old
+                // color only while it is at its capacity and settled.
+                if s.percent(old) > split.percent(old) && old_external_at != Some(*at) {
+                    if desired[&old] < old_capacity {
+                        return Err(format!(
+                            "{s} to the old color at {} of its capacity {old_capacity}",
+                            desired[&old]
+                        ));
+                    }
+                    let since = old_back_at.map(|t| at.duration_since(t));
+                    if since.is_some_and(|d| d < settle) {
+                        return Err(format!("{s} before {old} was running again ({since:?})"));
+                    }
                 }
                 split = *s;
                 if split.percent(new) == 100 {
@@ -220,10 +285,9 @@ fn check_world(f: &Fakes, plan: &Plan, report: &Report) -> Result<(), String> {
                 return Err(format!("migration {v} reverted while {split}"));
             }
             Change::Migrated(v, MigrationPhase::Contract) => {
-                if desired[&old] != 0 {
+                if requested_old != 0 {
                     return Err(format!(
-                        "contract migration {v} with the old color at {}",
-                        desired[&old]
+                        "contract migration {v} with the old color at {requested_old}"
                     ));
                 }
                 contract_ran = true;
@@ -292,6 +356,14 @@ fn check_journal(
     if rolling_back && traffic_touched {
         match &first_rollback_action {
             Some(Action::SetSplit { split }) if split.percent(Color::Green) == 100 => {}
+            // The old color brought back to capacity before traffic returns.
+            Some(Action::Scale {
+                color: Color::Green,
+                count,
+            }) if *count > 0 => {}
+            // A halt, with autoscaling restored where the traffic is.
+            Some(Action::RestoreAutoscaling { .. })
+                if matches!(report.outcome, Some(Outcome::Halted { .. })) => {}
             other => return Err(format!("rollback began with {other:?}, not the traffic")),
         }
     }
@@ -316,12 +388,35 @@ fn check_journal(
             return Err("rolled back without a confirmed read-back".into());
         }
     }
+    let capacity = facts.capacity.unwrap_or(3);
+    // Green's count as the deployer left it, unless something outside moved it after.
+    let green_moved_after = f.world.changes().iter().rev().find_map(|c| match c {
+        Change::External(Color::Green, _) => Some(true),
+        Change::Scaled(Color::Green, _) => Some(false),
+        _ => None,
+    }) == Some(true);
     if *outcome == Outcome::Succeeded
         && (f.world.split() != TrafficSplit::all_on(Color::Blue)
-            || f.world.desired(Color::Green) != 0
-            || f.world.desired(Color::Blue) != 3)
+            || (f.world.desired(Color::Green) != 0 && !green_moved_after)
+            || f.world.desired(Color::Blue) != capacity
+            || f.world.lock().colors[&Color::Blue].version.as_deref() != Some("2.5.0"))
     {
-        return Err("succeeded without blue at 100% and 3, green at 0".into());
+        return Err(format!(
+            "succeeded without blue on 2.5.0 at 100% and {capacity}, green at 0"
+        ));
+    }
+    // Invariant 12: whatever the end, the color serving all traffic can scale.
+    if let Some(live) = f.world.split().live_color() {
+        let a = f.world.lock().colors[&live].autoscaling;
+        let suspended = a.scale_in_suspended || a.scale_out_suspended || a.scheduled_suspended;
+        // Only a halt whose restore itself failed may leave it suspended.
+        let excused = matches!(outcome, Outcome::Halted { .. })
+            && !facts.autoscaling_restored_on.contains(&live);
+        if suspended && !excused {
+            return Err(format!(
+                "{live} serves all traffic with autoscaling suspended ({outcome:?})"
+            ));
+        }
     }
     Ok(())
 }
@@ -365,7 +460,7 @@ fn cases() -> u32 {
     std::env::var("BLUEGREEN_PROPTEST_CASES")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(10_000)
+        .unwrap_or(50_000)
 }
 
 proptest! {
@@ -395,6 +490,7 @@ fn the_invariant_checker_catches_a_violation() {
         let f = Fakes::new();
         let plan = reference_plan();
         use bluegreen_core::{ComputeProvider, TrafficRouter};
+        f.compute.prepare(Color::Blue, &plan.release).await.unwrap();
         f.compute.scale(Color::Blue, 3).await.unwrap();
         tokio::time::sleep(Duration::from_secs(60)).await;
         f.router

@@ -12,9 +12,9 @@ use crate::plan::Release;
 use crate::provider::{
     AutoscalingState, BackupRecord, BackupVerification, ComputeProvider, ComputeStatus, EventSink,
     MetricAnswer, MetricQuery, MetricsSource, MigrationContext, MigrationInfo, MigrationPhase,
-    MigrationRunner, MigrationStatus, Notification, Rollout, Sample, SecretMetadata, SecretSource,
-    SecretValue, SmokeOutcome, SmokeTarget, SmokeTest, TargetHealth, TrafficRouter,
-    VerificationCheck,
+    MigrationRunner, MigrationStatus, Notification, PreparedRelease, Rollout, Sample,
+    SecretMetadata, SecretSource, SecretValue, SmokeOutcome, SmokeTarget, SmokeTest, TargetHealth,
+    TrafficRouter, VerificationCheck,
 };
 
 /// A fault to inject into one fake call.
@@ -31,6 +31,24 @@ pub enum Fault {
     /// A read answers something other than the truth (the split before the
     /// last change, a status one short, no healthy targets).
     WrongReadBack,
+    /// A mutating call takes effect, then its reply is lost: the caller sees
+    /// a temporary error (a timeout) and cannot tell whether it applied.
+    LostReply,
+    /// On `compute.scale`: the count applies but the color keeps running
+    /// the other color's release, settled and COMPLETED, as after an ECS
+    /// deployment circuit breaker's rollback.
+    OldRelease,
+    /// Something outside the deployment (an autoscaler, a human, a crash)
+    /// sets `color`'s desired count to `count` just before this call runs;
+    /// the color's running instances drop to the new count at once and it
+    /// takes the world's settle time to grow back. The call itself then runs
+    /// as usual.
+    ExternalScale {
+        /// The color.
+        color: Color,
+        /// Its new desired count.
+        count: u32,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -47,6 +65,7 @@ struct Rule {
 pub struct Faults {
     rules: Mutex<Vec<Rule>>,
     calls: Mutex<BTreeMap<String, u32>>,
+    world: Mutex<Option<World>>,
 }
 
 /// Every operation name the fakes answer to.
@@ -54,11 +73,13 @@ pub const OPERATIONS: &[&str] = &[
     "compute.prepare",
     "compute.scale",
     "compute.status",
+    "compute.autoscaling_state",
     "compute.suspend_autoscaling",
     "compute.restore_autoscaling",
     "router.current_split",
     "router.set_split",
     "router.target_health",
+    "router.drain_period",
     "migrations.status",
     "migrations.backup",
     "migrations.verify_backup",
@@ -118,9 +139,21 @@ impl Faults {
         lock(&self.calls).get(op).copied().unwrap_or(0)
     }
 
+    /// The world that [`Fault::ExternalScale`] acts on.
+    pub fn attach(&self, world: World) {
+        *lock(&self.world) = Some(world);
+    }
+
     /// Counts the call and applies its fault: `Err` for errors, never returns
     /// for a hang, `Ok(true)` when the read must lie.
     pub async fn check(&self, op: &str) -> Result<bool> {
+        Ok(self.check_fault(op).await? == Some(Fault::WrongReadBack))
+    }
+
+    /// Like [`check`](Self::check), returning the fault the call must act
+    /// out itself ([`Fault::WrongReadBack`], [`Fault::LostReply`],
+    /// [`Fault::OldRelease`]); [`Fault::ExternalScale`] is applied here.
+    pub async fn check_fault(&self, op: &str) -> Result<Option<Fault>> {
         let n = {
             let mut c = lock(&self.calls);
             let n = c.entry(op.to_string()).or_insert(0);
@@ -138,7 +171,14 @@ impl Faults {
                 .with_operation(operation.to_string()))
         };
         match fault {
-            None => Ok(false),
+            None => Ok(None),
+            Some(Fault::ExternalScale { color, count }) => {
+                if let Some(w) = lock(&self.world).clone() {
+                    w.external_scale(color, count);
+                }
+                Ok(None)
+            }
+            Some(f @ (Fault::WrongReadBack | Fault::LostReply | Fault::OldRelease)) => Ok(Some(f)),
             Some(Fault::Error(kind)) => {
                 err(Error::new(kind, format!("injected fault on call {n}")))
             }
@@ -147,8 +187,20 @@ impl Faults {
             ))),
             Some(Fault::Timeout) => err(Error::timeout(format!("injected timeout on call {n}"))),
             Some(Fault::Hang) => std::future::pending().await,
-            Some(Fault::WrongReadBack) => Ok(true),
         }
+    }
+
+    /// After a mutating call took effect: the lost reply, if that was its fault.
+    pub fn reply(&self, fault: &Option<Fault>, op: &str) -> Result<()> {
+        if *fault == Some(Fault::LostReply) {
+            let (provider, operation) = op.split_once('.').unwrap_or(("fake", op));
+            return Err(Error::timeout(format!(
+                "injected lost reply: {op} took effect but its answer never arrived"
+            ))
+            .with_provider(provider.to_string())
+            .with_operation(operation.to_string()));
+        }
+        Ok(())
     }
 }
 
@@ -177,6 +229,10 @@ pub enum Change {
     Smoke(Option<Color>, String, bool),
     /// A backup was taken.
     Backup(String),
+    /// Something outside the deployment set a color's desired count.
+    External(Color, u32),
+    /// A color's instances run this release from now on (`None`: unknown).
+    Running(Color, Option<String>),
 }
 
 /// One color of the fake world.
@@ -190,6 +246,8 @@ pub struct ColorState {
     pub changed_at: tokio::time::Instant,
     /// The release running or about to run.
     pub version: Option<String>,
+    /// The provider's identity of that release (`rev:<color>:<version>`).
+    pub release_id: Option<String>,
     /// The prepared release, not yet rolled out.
     pub prepared: Option<String>,
     /// Healthy instances override (None: all running are healthy).
@@ -219,6 +277,8 @@ pub struct WorldState {
     pub backup_entries: u64,
     /// Phases whose verification fails.
     pub failing_verification: Vec<MigrationPhase>,
+    /// The router's own drain figure (an ALB's deregistration delay).
+    pub router_drain: Option<Duration>,
     /// Every change, in order, with the virtual time it happened.
     pub changes: Vec<(tokio::time::Instant, Change)>,
 }
@@ -258,6 +318,7 @@ impl World {
                     running_before: n,
                     changed_at: now,
                     version: (c == live).then(|| version.to_string()),
+                    release_id: (c == live).then(|| release_id(c, version)),
                     prepared: None,
                     healthy: None,
                     rollout: Rollout::Completed,
@@ -277,6 +338,7 @@ impl World {
             applied_by: BTreeMap::new(),
             backup_entries: 120,
             failing_verification: Vec::new(),
+            router_drain: None,
             changes: Vec::new(),
         })))
     }
@@ -300,6 +362,24 @@ impl World {
     pub fn desired(&self, c: Color) -> u32 {
         self.lock().colors[&c].desired
     }
+
+    /// Something outside the deployment sets `color`'s desired count to
+    /// `count` (an autoscaler, a human, tasks killed and replaced): its
+    /// running instances drop to `count` at once, or grow to it over the
+    /// settle time.
+    pub fn external_scale(&self, color: Color, count: u32) {
+        let mut w = self.lock();
+        let running = w.running(color);
+        let c = w.colors.get_mut(&color).expect("both colors exist");
+        c.running_before = running.min(count);
+        c.desired = count;
+        c.changed_at = tokio::time::Instant::now();
+        w.record(Change::External(color, count));
+    }
+}
+
+fn release_id(color: Color, version: &str) -> String {
+    format!("rev:{color}:{version}")
 }
 
 /// A fake [`ComputeProvider`] over the world.
@@ -318,32 +398,55 @@ impl FakeCompute {
 
 #[async_trait]
 impl ComputeProvider for FakeCompute {
-    async fn prepare(&self, color: Color, release: &Release) -> Result<()> {
-        self.faults.check("compute.prepare").await?;
-        let mut w = self.world.lock();
-        let c = w.colors.get_mut(&color).expect("both colors exist");
-        if c.prepared.as_deref() != Some(release.version.as_str()) {
-            c.prepared = Some(release.version.clone());
-            w.record(Change::Prepared(color, release.version.clone()));
+    async fn prepare(&self, color: Color, release: &Release) -> Result<PreparedRelease> {
+        let fault = self.faults.check_fault("compute.prepare").await?;
+        {
+            let mut w = self.world.lock();
+            let c = w.colors.get_mut(&color).expect("both colors exist");
+            if c.prepared.as_deref() != Some(release.version.as_str()) {
+                c.prepared = Some(release.version.clone());
+                w.record(Change::Prepared(color, release.version.clone()));
+            }
         }
-        Ok(())
+        self.faults.reply(&fault, "compute.prepare")?;
+        Ok(PreparedRelease::with_id(release_id(
+            color,
+            &release.version,
+        )))
     }
 
     async fn scale(&self, color: Color, count: u32) -> Result<()> {
-        self.faults.check("compute.scale").await?;
-        let mut w = self.world.lock();
-        let running = w.running(color);
-        let c = w.colors.get_mut(&color).expect("both colors exist");
-        if let Some(p) = c.prepared.take() {
-            c.version = Some(p);
+        let fault = self.faults.check_fault("compute.scale").await?;
+        {
+            let mut w = self.world.lock();
+            let running = w.running(color);
+            let other = w.colors[&color.other()].version.clone();
+            let c = w.colors.get_mut(&color).expect("both colors exist");
+            let mut running_release = None;
+            if let Some(p) = c.prepared.take() {
+                if fault == Some(Fault::OldRelease) {
+                    c.release_id = other.as_deref().map(|v| release_id(color, v));
+                    c.version = other;
+                } else {
+                    c.release_id = Some(release_id(color, &p));
+                    c.version = Some(p);
+                }
+                running_release = Some(c.version.clone());
+            }
+            let rescaled = c.desired != count;
+            if rescaled {
+                c.running_before = running;
+                c.desired = count;
+                c.changed_at = tokio::time::Instant::now();
+            }
+            if let Some(v) = running_release {
+                w.record(Change::Running(color, v));
+            }
+            if rescaled {
+                w.record(Change::Scaled(color, count));
+            }
         }
-        if c.desired != count {
-            c.running_before = running;
-            c.desired = count;
-            c.changed_at = tokio::time::Instant::now();
-            w.record(Change::Scaled(color, count));
-        }
-        Ok(())
+        self.faults.reply(&fault, "compute.scale")
     }
 
     async fn status(&self, color: Color) -> Result<ComputeStatus> {
@@ -358,6 +461,7 @@ impl ComputeProvider for FakeCompute {
             failed: 0,
             healthy: Some(c.healthy.unwrap_or(running).min(running)),
             version: c.version.clone(),
+            release_id: c.release_id.clone(),
             rollout: if running == c.desired {
                 c.rollout
             } else {
@@ -371,30 +475,47 @@ impl ComputeProvider for FakeCompute {
         Ok(s)
     }
 
+    async fn autoscaling_state(&self, color: Color) -> Result<AutoscalingState> {
+        self.faults.check("compute.autoscaling_state").await?;
+        Ok(self.world.lock().colors[&color].autoscaling)
+    }
+
     async fn suspend_autoscaling(&self, color: Color) -> Result<AutoscalingState> {
-        self.faults.check("compute.suspend_autoscaling").await?;
-        let mut w = self.world.lock();
-        let c = w.colors.get_mut(&color).expect("both colors exist");
-        let before = c.autoscaling;
-        c.autoscaling = AutoscalingState {
-            registered: before.registered,
-            scale_in_suspended: true,
-            scale_out_suspended: true,
-            scheduled_suspended: true,
+        let fault = self
+            .faults
+            .check_fault("compute.suspend_autoscaling")
+            .await?;
+        let before = {
+            let mut w = self.world.lock();
+            let c = w.colors.get_mut(&color).expect("both colors exist");
+            let before = c.autoscaling;
+            c.autoscaling = AutoscalingState {
+                registered: before.registered,
+                scale_in_suspended: true,
+                scale_out_suspended: true,
+                scheduled_suspended: true,
+            };
+            w.record(Change::AutoscalingSuspended(color));
+            before
         };
-        w.record(Change::AutoscalingSuspended(color));
+        self.faults.reply(&fault, "compute.suspend_autoscaling")?;
         Ok(before)
     }
 
     async fn restore_autoscaling(&self, color: Color, previous: AutoscalingState) -> Result<()> {
-        self.faults.check("compute.restore_autoscaling").await?;
-        let mut w = self.world.lock();
-        w.colors
-            .get_mut(&color)
-            .expect("both colors exist")
-            .autoscaling = previous;
-        w.record(Change::AutoscalingRestored(color, previous));
-        Ok(())
+        let fault = self
+            .faults
+            .check_fault("compute.restore_autoscaling")
+            .await?;
+        {
+            let mut w = self.world.lock();
+            w.colors
+                .get_mut(&color)
+                .expect("both colors exist")
+                .autoscaling = previous;
+            w.record(Change::AutoscalingRestored(color, previous));
+        }
+        self.faults.reply(&fault, "compute.restore_autoscaling")
     }
 }
 
@@ -432,14 +553,16 @@ impl TrafficRouter for FakeRouter {
     }
 
     async fn set_split(&self, split: TrafficSplit) -> Result<()> {
-        self.faults.check("router.set_split").await?;
-        let mut w = self.world.lock();
-        if w.split != split {
-            *lock(&self.previous) = Some(w.split);
-            w.split = split;
-            w.record(Change::Split(split));
+        let fault = self.faults.check_fault("router.set_split").await?;
+        {
+            let mut w = self.world.lock();
+            if w.split != split {
+                *lock(&self.previous) = Some(w.split);
+                w.split = split;
+                w.record(Change::Split(split));
+            }
         }
-        Ok(())
+        self.faults.reply(&fault, "router.set_split")
     }
 
     async fn target_health(&self, color: Color) -> Result<TargetHealth> {
@@ -451,6 +574,11 @@ impl TrafficRouter for FakeRouter {
             healthy: if lie { 0 } else { healthy },
             total: running,
         })
+    }
+
+    async fn drain_period(&self) -> Result<Option<Duration>> {
+        self.faults.check("router.drain_period").await?;
+        Ok(self.world.lock().router_drain)
     }
 }
 

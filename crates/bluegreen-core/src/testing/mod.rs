@@ -129,6 +129,8 @@ pub struct Fakes {
     /// The simulation clock, shared by every deployment built from these fakes
     /// (so a resumed deployment continues in the same time line).
     pub clock: Arc<TokioClock>,
+    /// How many builders were made, for unique deployment ids.
+    builders: Arc<AtomicUsize>,
 }
 
 impl Fakes {
@@ -156,6 +158,7 @@ impl Fakes {
             },
         ];
         let faults = Arc::new(Faults::new());
+        faults.attach(world.clone());
         let secrets = FakeSecrets::new();
         let day_before = Timestamp(SIMULATION_EPOCH.0 - 24 * 3600 * 1000);
         for name in [
@@ -176,6 +179,7 @@ impl Fakes {
             events: Arc::new(RecordingEvents::new(faults.clone())),
             journal: Arc::new(MemoryJournal::new()),
             clock: Arc::new(TokioClock::starting_at(SIMULATION_EPOCH)),
+            builders: Arc::new(AtomicUsize::new(0)),
             world,
             faults,
         }
@@ -191,8 +195,11 @@ impl Fakes {
     }
 
     /// A builder with every fake wired in, a healthy smoke test for each name
-    /// the plan uses, the simulation clock, quick retries and a fixed id.
+    /// the plan uses, the simulation clock, quick retries and a deployment id
+    /// unique to these fakes: `sim-1` for the first builder, `sim-2` for the
+    /// next, and so on (`resume` and `deployment_id` on the builder override it).
     pub fn builder(&self, plan: Plan) -> Builder {
+        let n = self.builders.fetch_add(1, Ordering::SeqCst) + 1;
         let mut names = plan.smoke_tests.clone();
         names.extend(plan.preflight.staging_checks.iter().cloned());
         let mut b = BlueGreen::builder(plan)
@@ -211,7 +218,7 @@ impl Fakes {
                 jitter: false,
             })
             .call_timeout(Duration::from_secs(30))
-            .deployment_id("sim-1");
+            .deployment_id(format!("sim-{n}"));
         for n in names {
             b = b.smoke_test(self.smoke_test(&n));
         }

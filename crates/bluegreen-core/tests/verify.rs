@@ -1,0 +1,601 @@
+//! Verify, don't trust: each test sets up one way reality disagrees with what
+//! the engine was told (a color on the wrong release, an autoscaler that
+//! moved, an old color killed from outside, a lost reply, a hold nobody
+//! ends, too little evidence) and asserts the traffic split, each color's
+//! count and the recorded reason.
+#![cfg(feature = "testing")]
+
+use std::cell::RefCell;
+use std::time::Duration;
+
+use bluegreen_core::machine::{Event, HoldReason, Stage};
+use bluegreen_core::plan::{CapacityPolicy, HoldTimeoutPolicy, Strategy};
+use bluegreen_core::provider::MigrationPhase;
+use bluegreen_core::testing::{
+    reference_plan, simulate, simulate_with, Change, Fakes, Fault, World, SIMULATION_EPOCH,
+};
+use bluegreen_core::{AutoscalingState, Color, Outcome, Report, Severity, TrafficSplit};
+
+fn healthy(f: &Fakes) {
+    f.metrics
+        .constant("error-rate", 0.002)
+        .constant("p95-latency", 180.0);
+}
+
+fn reason(report: &Report) -> String {
+    match report.outcome.as_ref().expect("finished") {
+        Outcome::RolledBack { reason } | Outcome::Halted { reason } => reason.summary.clone(),
+        Outcome::Succeeded => panic!("expected a rollback or halt, got success"),
+    }
+}
+
+/// The virtual time of the first change matching `pred`.
+fn when(world: &World, pred: impl Fn(&Change) -> bool) -> tokio::time::Instant {
+    world
+        .lock()
+        .changes
+        .iter()
+        .find(|(_, c)| pred(c))
+        .map(|(t, _)| *t)
+        .unwrap_or_else(|| panic!("change not found in {:#?}", world.changes()))
+}
+
+fn found(world: &World, pred: impl Fn(&Change) -> bool) -> bool {
+    world.changes().iter().any(pred)
+}
+
+fn as_found() -> AutoscalingState {
+    AutoscalingState {
+        registered: true,
+        ..AutoscalingState::default()
+    }
+}
+
+/// Error rate of blue (the new color) goes to 30% 40 minutes in, during the soak.
+fn late_breach(f: &Fakes) {
+    let late = SIMULATION_EPOCH.after(Duration::from_secs(40 * 60));
+    f.metrics.constant("p95-latency", 150.0);
+    f.metrics.script("error-rate", move |q, t| {
+        Some(if q.query.contains("color:blue") && t > late {
+            0.3
+        } else {
+            0.002
+        })
+    });
+}
+
+// ------------------------------------------------- 1. the release it runs --
+
+#[test]
+fn a_new_color_stable_on_the_old_version_rolls_back_before_any_traffic_and_runs_no_contract() {
+    // ECS's circuit breaker rolled the new color back to its old task
+    // definition: running == desired, COMPLETED, but version 2.4.0.
+    let (report, f) = simulate(|f| {
+        healthy(f);
+        f.faults.inject("compute.scale", 0, Fault::OldRelease);
+        f.builder(reference_plan())
+    });
+    let why = reason(&report);
+    assert!(
+        matches!(report.outcome, Some(Outcome::RolledBack { .. })),
+        "{why}"
+    );
+    assert!(
+        why.contains(
+            "expected version 2.5.0 (rev:blue:2.5.0), found version 2.4.0 (rev:blue:2.4.0)"
+        ),
+        "{why}"
+    );
+    assert_eq!(f.world.split(), TrafficSplit::all_on(Color::Green));
+    assert!(!found(&f.world, |c| matches!(c, Change::Split(_))));
+    assert_eq!(f.world.desired(Color::Green), 3);
+    assert_eq!(f.world.desired(Color::Blue), 0);
+    assert!(!found(&f.world, |c| matches!(
+        c,
+        Change::Migrated(_, MigrationPhase::Contract)
+    )));
+}
+
+#[test]
+fn a_new_color_that_drifts_off_the_release_during_the_soak_is_caught_before_the_old_color_scales_down(
+) {
+    let world: RefCell<Option<World>> = RefCell::new(None);
+    let (report, f) = simulate_with(
+        |f| {
+            healthy(f);
+            *world.borrow_mut() = Some(f.world.clone());
+            f.builder(reference_plan())
+        },
+        |ev, _| {
+            if let Event::Stage {
+                stage: Stage::Soak { .. },
+            } = ev
+            {
+                // Something redeploys blue with the old task definition.
+                let w = world.borrow().clone().unwrap();
+                let mut s = w.lock();
+                let blue = s.colors.get_mut(&Color::Blue).unwrap();
+                blue.version = Some("2.4.0".into());
+                blue.release_id = Some("rev:blue:2.4.0".into());
+            }
+        },
+    );
+    let why = reason(&report);
+    assert!(
+        matches!(report.outcome, Some(Outcome::RolledBack { .. })),
+        "{why}"
+    );
+    assert!(why.contains("before scaling the old color down"), "{why}");
+    assert!(why.contains("found version 2.4.0"), "{why}");
+    assert_eq!(f.world.split(), TrafficSplit::all_on(Color::Green));
+    assert_eq!(f.world.desired(Color::Green), 3);
+    assert!(!found(&f.world, |c| *c == Change::Scaled(Color::Green, 0)));
+    assert!(!found(&f.world, |c| matches!(
+        c,
+        Change::Migrated(_, MigrationPhase::Contract)
+    )));
+}
+
+// ------------------------------------------------------- 2. its capacity --
+
+#[test]
+fn autoscaling_holding_the_old_color_at_5_gives_the_new_color_5_not_the_plans_3() {
+    let (report, f) = simulate(|f| {
+        healthy(f);
+        // The autoscaler scales green out to 5 just before it is suspended.
+        f.faults.inject(
+            "compute.autoscaling_state",
+            0,
+            Fault::ExternalScale {
+                color: Color::Green,
+                count: 5,
+            },
+        );
+        f.builder(reference_plan())
+    });
+    assert_eq!(report.outcome, Some(Outcome::Succeeded));
+    assert!(found(&f.world, |c| *c == Change::Scaled(Color::Blue, 5)));
+    assert!(!found(&f.world, |c| *c == Change::Scaled(Color::Blue, 3)));
+    assert_eq!(f.world.desired(Color::Blue), 5);
+    let facts = report.facts.as_ref().unwrap();
+    assert_eq!(facts.capacity, Some(5));
+    assert_eq!(facts.old_capacity, Some(5));
+    assert!(
+        report.decisions.iter().any(|d| d.text.contains(
+            "the new color runs 5 (the larger of the plan's 3 and the old color's 5 desired"
+        )),
+        "{:#?}",
+        report.decisions
+    );
+}
+
+#[test]
+fn a_plan_that_fixes_its_capacity_keeps_it_and_says_so() {
+    let (report, f) = simulate(|f| {
+        healthy(f);
+        f.faults.inject(
+            "compute.autoscaling_state",
+            0,
+            Fault::ExternalScale {
+                color: Color::Green,
+                count: 5,
+            },
+        );
+        let mut plan = reference_plan();
+        plan.capacity = CapacityPolicy::Fixed;
+        f.builder(plan)
+    });
+    assert_eq!(report.outcome, Some(Outcome::Succeeded));
+    assert_eq!(f.world.desired(Color::Blue), 3);
+    assert!(report.decisions.iter().any(|d| d
+        .text
+        .contains("runs 3, fixed by the plan (the old color has 5 desired)")));
+}
+
+// ------------------------------------- 3. rollback to a color that serves --
+
+#[test]
+fn the_old_colors_tasks_killed_during_the_soak_are_scaled_back_before_traffic_returns() {
+    let world: RefCell<Option<World>> = RefCell::new(None);
+    let (report, f) = simulate_with(
+        |f| {
+            late_breach(f);
+            *world.borrow_mut() = Some(f.world.clone());
+            f.builder(reference_plan())
+        },
+        |ev, _| {
+            if let Event::Stage {
+                stage: Stage::Soak { .. },
+            } = ev
+            {
+                world
+                    .borrow()
+                    .as_ref()
+                    .unwrap()
+                    .external_scale(Color::Green, 0);
+            }
+        },
+    );
+    assert!(
+        matches!(report.outcome, Some(Outcome::RolledBack { .. })),
+        "{}",
+        reason(&report)
+    );
+    assert_eq!(f.world.split(), TrafficSplit::all_on(Color::Green));
+    assert_eq!(f.world.desired(Color::Green), 3);
+    assert_eq!(f.world.desired(Color::Blue), 0);
+    let scaled_back = when(&f.world, |c| *c == Change::Scaled(Color::Green, 3));
+    let traffic_back = when(&f.world, |c| {
+        *c == Change::Split(TrafficSplit::all_on(Color::Green))
+    });
+    // Green takes the world's 30 s to run again; traffic waits for it.
+    assert!(
+        traffic_back.duration_since(scaled_back) >= Duration::from_secs(30),
+        "traffic returned {:?} after the scale-up",
+        traffic_back.duration_since(scaled_back)
+    );
+    assert!(report
+        .decisions
+        .iter()
+        .any(|d| d.text.contains("the old color green is below its capacity")));
+}
+
+#[test]
+fn an_old_color_that_cannot_come_back_halts_with_traffic_where_it_is_and_a_critical_notification() {
+    let world: RefCell<Option<World>> = RefCell::new(None);
+    let (report, f) = simulate_with(
+        |f| {
+            late_breach(f);
+            *world.borrow_mut() = Some(f.world.clone());
+            f.builder(reference_plan())
+        },
+        |ev, _| {
+            if let Event::Stage {
+                stage: Stage::Soak { .. },
+            } = ev
+            {
+                // Green's tasks die and every replacement fails its health check.
+                let w = world.borrow().clone().unwrap();
+                w.external_scale(Color::Green, 0);
+                w.lock().colors.get_mut(&Color::Green).unwrap().healthy = Some(0);
+            }
+        },
+    );
+    let why = reason(&report);
+    assert!(
+        matches!(report.outcome, Some(Outcome::Halted { .. })),
+        "{why}"
+    );
+    assert!(
+        why.contains("the old color green could not be brought back to its capacity of 3"),
+        "{why}"
+    );
+    // Nothing else touched: traffic stays on blue, blue keeps its tasks, no revert.
+    assert_eq!(f.world.split(), TrafficSplit::all_on(Color::Blue));
+    assert_eq!(f.world.desired(Color::Blue), 3);
+    assert!(!found(&f.world, |c| matches!(c, Change::Reverted(_))));
+    let halted = f
+        .events
+        .sent()
+        .into_iter()
+        .find(|n| n.title == "Deployment Halted")
+        .unwrap();
+    assert_eq!(halted.severity, Severity::Critical);
+    assert!(halted.tags.contains(&"severity:critical".to_string()));
+    // 12: the color serving 100% can scale again; green stays suspended.
+    assert!(found(&f.world, |c| *c
+        == Change::AutoscalingRestored(Color::Blue, as_found())));
+    assert!(!found(&f.world, |c| matches!(
+        c,
+        Change::AutoscalingRestored(Color::Green, _)
+    )));
+    let facts = report.facts.unwrap();
+    assert!(facts.autoscaling_restored_on.contains(&Color::Blue));
+    assert!(!facts.autoscaling_restored_on.contains(&Color::Green));
+}
+
+// --------------------------------------------------- 4. drain, then act --
+
+#[test]
+fn a_rollback_waits_the_drain_period_after_the_read_back_before_scale_down_and_revert() {
+    let (report, f) = simulate(|f| {
+        late_breach(f);
+        f.builder(reference_plan())
+    });
+    assert!(matches!(report.outcome, Some(Outcome::RolledBack { .. })));
+    let back = when(&f.world, |c| {
+        *c == Change::Split(TrafficSplit::all_on(Color::Green))
+    });
+    let revert = when(&f.world, |c| matches!(c, Change::Reverted(25)));
+    let down = when(&f.world, |c| *c == Change::Scaled(Color::Blue, 0));
+    assert!(revert.duration_since(back) >= Duration::from_secs(30));
+    assert!(down.duration_since(back) >= Duration::from_secs(30));
+}
+
+#[test]
+fn the_routers_deregistration_delay_sets_the_drain_when_it_is_longer() {
+    let (report, f) = simulate(|f| {
+        late_breach(f);
+        f.world.lock().router_drain = Some(Duration::from_secs(300));
+        f.builder(reference_plan())
+    });
+    assert!(matches!(report.outcome, Some(Outcome::RolledBack { .. })));
+    let back = when(&f.world, |c| {
+        *c == Change::Split(TrafficSplit::all_on(Color::Green))
+    });
+    let revert = when(&f.world, |c| matches!(c, Change::Reverted(25)));
+    let gap = revert.duration_since(back);
+    assert!(
+        gap >= Duration::from_secs(300) && gap < Duration::from_secs(330),
+        "{gap:?}"
+    );
+    assert_eq!(
+        report.facts.unwrap().router_drain,
+        Some(Duration::from_secs(300))
+    );
+}
+
+// ------------------------------------------------------- 6. holds end --
+
+#[test]
+fn a_deployment_held_with_no_data_rolls_back_after_the_hold_timeout_with_reminders() {
+    let (report, f) = simulate(|f| {
+        f.metrics
+            .no_data("error-rate")
+            .constant("p95-latency", 180.0);
+        f.builder(reference_plan())
+    });
+    let why = reason(&report);
+    assert!(
+        matches!(report.outcome, Some(Outcome::RolledBack { .. })),
+        "{why}"
+    );
+    assert!(why.contains("held for 30m"), "{why}");
+    assert!(why.contains("on_hold_timeout is rollback"), "{why}");
+    let held = f
+        .events
+        .sent()
+        .iter()
+        .filter(|n| n.title == "Deployment Held")
+        .count();
+    assert_eq!(held, 2, "reminders at 10 and 20 minutes");
+    assert_eq!(f.world.split(), TrafficSplit::all_on(Color::Green));
+    assert_eq!(f.world.desired(Color::Blue), 0);
+    // Autoscaling is back on both colors, as found.
+    for c in [Color::Blue, Color::Green] {
+        assert_eq!(f.world.lock().colors[&c].autoscaling, as_found());
+    }
+    // The whole deployment ended within the hold timeout of the hold.
+    let took = report.finished_at.unwrap().since(report.started_at);
+    assert!(took < Duration::from_secs(60 * 60), "{took:?}");
+}
+
+#[test]
+fn a_hold_that_times_out_with_the_halt_policy_halts_and_restores_autoscaling_where_traffic_is() {
+    let (report, f) = simulate(|f| {
+        f.metrics
+            .no_data("error-rate")
+            .constant("p95-latency", 180.0);
+        let mut plan = reference_plan();
+        plan.on_hold_timeout = HoldTimeoutPolicy::Halt;
+        f.builder(plan)
+    });
+    let why = reason(&report);
+    assert!(
+        matches!(report.outcome, Some(Outcome::Halted { .. })),
+        "{why}"
+    );
+    assert!(why.contains("on_hold_timeout is halt"), "{why}");
+    // Traffic stays on blue; blue's autoscaling is back, green's stays suspended.
+    assert_eq!(f.world.split(), TrafficSplit::all_on(Color::Blue));
+    assert_eq!(f.world.lock().colors[&Color::Blue].autoscaling, as_found());
+    assert!(
+        f.world.lock().colors[&Color::Green]
+            .autoscaling
+            .scale_in_suspended
+    );
+}
+
+// ------------------------------------------------ 7. evidence has a floor --
+
+#[test]
+fn one_real_sample_in_fifteen_minutes_does_not_pass_the_analysis() {
+    let (report, _f) = simulate_with(
+        |f| {
+            f.metrics.constant("p95-latency", 180.0);
+            // One sample in the whole analysis window.
+            let only = SIMULATION_EPOCH.after(Duration::from_secs(5 * 60));
+            f.metrics.script("error-rate", move |_, t| {
+                (t.0 / 10_000 == only.0 / 10_000).then_some(0.001)
+            });
+            f.builder(reference_plan())
+        },
+        |_, _| {},
+    );
+    assert_ne!(report.outcome, Some(Outcome::Succeeded));
+    let final_error_rate = report
+        .measurements
+        .iter()
+        .find(|m| {
+            m.check == "error-rate" && m.kind == bluegreen_core::analysis::MeasurementKind::Final
+        })
+        .unwrap();
+    assert_eq!(
+        final_error_rate.verdict,
+        bluegreen_core::analysis::Verdict::Inconclusive
+    );
+    assert!(final_error_rate
+        .note
+        .as_deref()
+        .unwrap()
+        .contains("1 of the 8 required"));
+}
+
+#[test]
+fn promote_right_after_the_switch_still_waits_for_five_minutes_of_fresh_evidence() {
+    let (report, _f) = simulate_with(
+        |f| {
+            healthy(f);
+            let mut plan = reference_plan();
+            plan.strategy = Strategy::AllAtOnce;
+            f.builder(plan)
+        },
+        |ev, ctl| {
+            if let Event::Stage {
+                stage: Stage::Analysis { .. },
+            } = ev
+            {
+                ctl.promote();
+            }
+        },
+    );
+    assert_eq!(report.outcome, Some(Outcome::Succeeded));
+    let analysis = report
+        .stages
+        .iter()
+        .find(|s| s.stage == "analysis")
+        .unwrap();
+    assert_eq!(
+        analysis.ended_at.unwrap().since(analysis.started_at),
+        Duration::from_secs(5 * 60)
+    );
+    let evaluated = report
+        .measurements
+        .iter()
+        .find(|m| m.kind == bluegreen_core::analysis::MeasurementKind::Final)
+        .unwrap();
+    assert_eq!(
+        evaluated.to.since(evaluated.from),
+        Duration::from_secs(5 * 60)
+    );
+}
+
+// ------------------------------------------------ 9. lost replies, fakes --
+
+#[test]
+fn a_lost_suspend_reply_never_records_the_suspended_state_as_the_state_before() {
+    let (report, f) = simulate(|f| {
+        healthy(f);
+        f.faults
+            .inject("compute.suspend_autoscaling", 0, Fault::LostReply);
+        f.faults
+            .inject("compute.suspend_autoscaling", 1, Fault::LostReply);
+        f.builder(reference_plan())
+    });
+    assert_eq!(report.outcome, Some(Outcome::Succeeded));
+    for c in [Color::Blue, Color::Green] {
+        assert_eq!(f.world.lock().colors[&c].autoscaling, as_found(), "{c}");
+    }
+    let facts = report.facts.unwrap();
+    assert_eq!(facts.autoscaling[&Color::Green], as_found());
+}
+
+#[test]
+fn a_hold_reminder_names_the_hold_and_when_the_timeout_acts() {
+    let (_report, f) = simulate_with(
+        |f| {
+            f.metrics
+                .no_data("error-rate")
+                .constant("p95-latency", 180.0);
+            f.builder(reference_plan())
+        },
+        |ev, _| {
+            if let Event::Stage {
+                stage:
+                    Stage::Hold {
+                        reason: HoldReason::Inconclusive { .. },
+                        ..
+                    },
+            } = ev
+            {}
+        },
+    );
+    let first = f
+        .events
+        .sent()
+        .into_iter()
+        .find(|n| n.title == "Deployment Held")
+        .unwrap();
+    assert!(
+        first.text.contains("has been held for 10m"),
+        "{}",
+        first.text
+    );
+    assert!(
+        first.text.contains("it rolls back in 20m"),
+        "{}",
+        first.text
+    );
+}
+
+// ------------------------------------------------ 8. one deployer acts --
+
+fn paused_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn a_deployment_held_at_a_gate_keeps_its_lease_and_promoting_it_later_succeeds() {
+    use bluegreen_core::plan::Gate;
+    use bluegreen_core::{ErrorKind, Journal};
+    paused_runtime().block_on(async {
+        let f = Fakes::new();
+        healthy(&f);
+        let mut plan = reference_plan();
+        plan.gates = vec![Gate::BeforeShift];
+        let deployment = f.builder(plan).build().unwrap();
+        let control = deployment.control();
+        let run = tokio::spawn(deployment.run());
+        // Held at the gate for 20 minutes: four lease TTLs of 5 minutes.
+        tokio::time::sleep(Duration::from_secs(20 * 60)).await;
+        let now = bluegreen_core::Clock::now(&*f.clock);
+        let err = f
+            .journal
+            .acquire(
+                "order-api",
+                "another-ci-workspace",
+                Duration::from_secs(300),
+                now,
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::LeaseHeld, "{err}");
+        assert!(control.promote());
+        let report = run.await.unwrap().unwrap();
+        assert_eq!(report.outcome, Some(Outcome::Succeeded));
+    });
+}
+
+#[test]
+fn a_call_timeout_not_below_the_lease_ttl_is_refused() {
+    paused_runtime().block_on(async {
+        let f = Fakes::new();
+        let err = f
+            .builder(reference_plan())
+            .call_timeout(Duration::from_secs(300))
+            .lease_ttl(Duration::from_secs(300))
+            .build()
+            .err()
+            .expect("refused");
+        assert!(
+            err.to_string()
+                .contains("call_timeout (5m) must be below lease_ttl (5m)"),
+            "{err}"
+        );
+    });
+}
+
+#[test]
+fn each_builder_of_the_fakes_gets_its_own_deployment_id() {
+    paused_runtime().block_on(async {
+        let f = Fakes::new();
+        let a = f.builder(reference_plan()).build().unwrap();
+        let b = f.builder(reference_plan()).build().unwrap();
+        assert_eq!(a.deployment_id(), "sim-1");
+        assert_eq!(b.deployment_id(), "sim-2");
+    });
+}
