@@ -11,6 +11,7 @@ pub const PROVIDER: &str = "alb";
 pub const IAM_ACTIONS: &[&str] = &[
     "elasticloadbalancing:DescribeListeners",
     "elasticloadbalancing:DescribeRules",
+    "elasticloadbalancing:DescribeTargetGroupAttributes",
     "elasticloadbalancing:DescribeTargetGroups",
     "elasticloadbalancing:DescribeTargetHealth",
     "elasticloadbalancing:ModifyListener",

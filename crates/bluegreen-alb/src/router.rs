@@ -1,5 +1,7 @@
 //! The ALB [`TrafficRouter`]: a weighted forward on a listener or one rule.
 
+use std::time::Duration;
+
 use async_trait::async_trait;
 use aws_sdk_elasticloadbalancingv2::types::{
     Action, ActionTypeEnum, ForwardActionConfig, TargetGroupTuple, TargetHealthStateEnum,
@@ -142,6 +144,8 @@ impl AlbRouterBuilder {
 ///   the answer of `ModifyRule`/`ModifyListener` says the split is in force.
 /// * `current_split` reads `DescribeRules` / `DescribeListeners`.
 /// * `target_health` reads `DescribeTargetHealth` of the color's target group.
+/// * `drain_period` reads `DescribeTargetGroupAttributes` of both target
+///   groups: the longer deregistration delay.
 #[derive(Debug, Clone)]
 pub struct AlbRouter {
     elb: aws_sdk_elasticloadbalancingv2::Client,
@@ -482,4 +486,50 @@ impl TrafficRouter for AlbRouter {
         }
         Ok(health)
     }
+
+    /// The larger of the two target groups' deregistration delay
+    /// (`deregistration_delay.timeout_seconds`, AWS's default 300 s), read
+    /// with `DescribeTargetGroupAttributes`: how long the ALB keeps sending
+    /// in-flight requests to targets that are leaving. Read-only.
+    async fn drain_period(&self) -> Result<Option<Duration>> {
+        let mut longest: Option<Duration> = None;
+        for (i, tg) in self.target_groups.iter().enumerate() {
+            let out = self
+                .elb
+                .describe_target_group_attributes()
+                .target_group_arn(tg)
+                .send()
+                .await
+                .map_err(|e| {
+                    sdk_error(
+                        PROVIDER,
+                        e,
+                        "drain_period",
+                        "elasticloadbalancing:DescribeTargetGroupAttributes",
+                        &format!("target group {tg} ({})", Color::ALL[i]),
+                    )
+                })?;
+            let Some(value) = out
+                .attributes()
+                .iter()
+                .find(|a| a.key.as_deref() == Some(DEREGISTRATION_DELAY))
+                .and_then(|a| a.value.clone())
+            else {
+                continue;
+            };
+            let secs: u64 = value.trim().parse().map_err(|_| {
+                Error::invalid_response(format!(
+                    "target group {tg}: {DEREGISTRATION_DELAY} is {value:?}, not a number of seconds"
+                ))
+                .with_provider(PROVIDER)
+                .with_operation("drain_period")
+            })?;
+            let d = Duration::from_secs(secs);
+            longest = Some(longest.map_or(d, |l| l.max(d)));
+        }
+        Ok(longest)
+    }
 }
+
+/// The target-group attribute holding its deregistration delay, in seconds.
+const DEREGISTRATION_DELAY: &str = "deregistration_delay.timeout_seconds";

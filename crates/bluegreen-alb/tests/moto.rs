@@ -231,3 +231,35 @@ async fn set_split_reads_once_and_writes_only_when_the_split_changes() {
     assert_eq!(calls.count("elasticloadbalancing:DescribeRules"), 2);
     assert_eq!(calls.count("elasticloadbalancing:ModifyRule"), 1);
 }
+
+#[tokio::test]
+async fn drain_period_is_the_longer_deregistration_delay_of_the_two_target_groups() {
+    use aws_sdk_elasticloadbalancingv2::types::TargetGroupAttribute;
+    use std::time::Duration;
+    let config = common::moto();
+    let elb = Client::new(&config);
+    let f = alb_fixture(&elb, 1).await;
+    let router = on_rule(&config, &f);
+    // AWS's default deregistration delay is 300 s.
+    assert_eq!(
+        router.drain_period().await.unwrap(),
+        Some(Duration::from_secs(300))
+    );
+    for (tg, secs) in [(&f.blue, "45"), (&f.green, "120")] {
+        elb.modify_target_group_attributes()
+            .target_group_arn(tg)
+            .attributes(
+                TargetGroupAttribute::builder()
+                    .key("deregistration_delay.timeout_seconds")
+                    .value(secs)
+                    .build(),
+            )
+            .send()
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        router.drain_period().await.unwrap(),
+        Some(Duration::from_secs(120))
+    );
+}

@@ -15,8 +15,8 @@ use async_trait::async_trait;
 use bluegreen_core::provider::{
     AutoscalingState, BackupRecord, BackupVerification, ComputeProvider, ComputeStatus,
     MetricAnswer, MetricQuery, MetricsSource, MigrationContext, MigrationInfo, MigrationPhase,
-    MigrationRunner, MigrationStatus, Sample, SecretMetadata, SecretSource, SecretValue,
-    SmokeOutcome, SmokeTarget, SmokeTest, TargetHealth, TrafficRouter,
+    MigrationRunner, MigrationStatus, PreparedRelease, Sample, SecretMetadata, SecretSource,
+    SecretValue, SmokeOutcome, SmokeTarget, SmokeTest, TargetHealth, TrafficRouter,
 };
 use bluegreen_core::{Color, Error, Release, Result, Timestamp, TrafficSplit};
 use serde::{Deserialize, Serialize};
@@ -195,7 +195,7 @@ impl FakeProviders {
 
 #[async_trait]
 impl ComputeProvider for FakeProviders {
-    async fn prepare(&self, color: Color, release: &Release) -> Result<()> {
+    async fn prepare(&self, color: Color, release: &Release) -> Result<PreparedRelease> {
         self.world.update(|s| {
             let c = s.colors.entry(color).or_default();
             if c.prepared.as_deref() != Some(release.version.as_str()) {
@@ -205,7 +205,8 @@ impl ComputeProvider for FakeProviders {
                     version: release.version.clone(),
                 });
             }
-        })
+        })?;
+        Ok(PreparedRelease::default())
     }
 
     async fn scale(&self, color: Color, count: u32) -> Result<()> {
@@ -239,6 +240,16 @@ impl ComputeProvider for FakeProviders {
             };
             before
         })
+    }
+
+    async fn autoscaling_state(&self, color: Color) -> Result<AutoscalingState> {
+        Ok(self
+            .world
+            .load()?
+            .colors
+            .get(&color)
+            .map(|c| c.autoscaling)
+            .unwrap_or_default())
     }
 
     async fn restore_autoscaling(&self, color: Color, previous: AutoscalingState) -> Result<()> {
@@ -440,7 +451,7 @@ impl SmokeTest for FakeSmoke {
     }
 }
 
-/// Constant metric values by check name: one sample at the window's end.
+/// Constant metric values by check name: a sample every 10 s over the window.
 #[derive(Debug, Clone)]
 pub struct ConstantMetrics {
     values: BTreeMap<String, f64>,
@@ -453,16 +464,33 @@ impl ConstantMetrics {
     }
 }
 
+/// The spacing of the fake metrics' points.
+const FAKE_SAMPLE_STEP_MS: u64 = 10_000;
+
 #[async_trait]
 impl MetricsSource for ConstantMetrics {
     async fn query(&self, q: &MetricQuery) -> Result<MetricAnswer> {
         Ok(match self.values.get(&q.check) {
-            Some(v) => MetricAnswer::Samples {
-                samples: vec![Sample {
-                    at: q.to,
-                    value: *v,
-                }],
-            },
+            // A point every 10 s over the window, as a metrics backend's
+            // series would have, so the evidence floor sees a real count.
+            Some(v) => {
+                let mut samples = Vec::new();
+                let mut t = q.from.0 + FAKE_SAMPLE_STEP_MS;
+                while t <= q.to.0 {
+                    samples.push(Sample {
+                        at: Timestamp(t),
+                        value: *v,
+                    });
+                    t += FAKE_SAMPLE_STEP_MS;
+                }
+                if samples.is_empty() {
+                    samples.push(Sample {
+                        at: q.to,
+                        value: *v,
+                    });
+                }
+                MetricAnswer::Samples { samples }
+            }
             None => MetricAnswer::NoData {
                 reason: format!("no fake value for {}", q.check),
             },

@@ -8,7 +8,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bluegreen_core::provider::{
     AutoscalingState, ComputeProvider, ComputeStatus, EventSink, MetricsSource, MigrationPhase,
-    MigrationRunner, SecretMetadata, SecretSource, SecretValue, SmokeTest, TrafficRouter,
+    MigrationRunner, PreparedRelease, SecretMetadata, SecretSource, SecretValue, SmokeTest,
+    TrafficRouter,
 };
 use bluegreen_core::{
     BlueGreen, Builder, Color, Error, ErrorKind, Plan, Release, Result, TrafficSplit,
@@ -106,7 +107,7 @@ struct EcsSecretArns {
 
 #[async_trait]
 impl ComputeProvider for EcsSecretArns {
-    async fn prepare(&self, color: Color, release: &Release) -> Result<()> {
+    async fn prepare(&self, color: Color, release: &Release) -> Result<PreparedRelease> {
         let mut release = release.clone();
         for (var, name) in release.secrets.iter_mut() {
             if !name.starts_with("arn:") {
@@ -136,6 +137,10 @@ impl ComputeProvider for EcsSecretArns {
 
     async fn endpoint(&self, color: Color) -> Result<Option<String>> {
         self.ecs.endpoint(color).await
+    }
+
+    async fn autoscaling_state(&self, color: Color) -> Result<AutoscalingState> {
+        self.ecs.autoscaling_state(color).await
     }
 
     async fn suspend_autoscaling(&self, color: Color) -> Result<AutoscalingState> {

@@ -57,6 +57,7 @@ impl SlackWebhook {
             Severity::Success => ":white_check_mark:",
             Severity::Warning => ":warning:",
             Severity::Error => ":rotating_light:",
+            Severity::Critical => ":sos:",
         };
         serde_json::json!({
             "text": format!("{icon} *{}* — {} {}\n{}", n.title, n.service, n.version, n.text),

@@ -43,8 +43,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bluegreen_core::plan::{
-    ColorTarget, ColorTargets, Deadlines, Gate, InconclusivePolicy, MigrationSettings, Preflight,
-    RequiredSecret, RollbackTrigger, Strategy, Timing,
+    CapacityPolicy, ColorTarget, ColorTargets, Deadlines, Gate, HoldTimeoutPolicy,
+    InconclusivePolicy, MigrationSettings, Preflight, RequiredSecret, RollbackTrigger, Strategy,
+    Timing,
 };
 use bluegreen_core::provider::MigrationPhase;
 use bluegreen_core::{Plan, Release};
@@ -409,9 +410,13 @@ fn yes() -> bool {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Deployment {
-    /// Instances of the new color.
+    /// Instances of the new color: the least, unless `capacity` is `fixed`.
     #[serde(default = "default_replicas")]
     pub replicas: u32,
+    /// `at-least-old` (the default: the larger of `replicas` and the old
+    /// color's live desired count) or `fixed`.
+    #[serde(default)]
+    pub capacity: CapacityPolicy,
     /// How traffic moves.
     #[serde(default)]
     pub strategy: Strategy,
@@ -421,6 +426,9 @@ pub struct Deployment {
     /// What inconclusive evidence does.
     #[serde(default)]
     pub on_inconclusive: InconclusivePolicy,
+    /// What a hold lasting `timing.hold_timeout` does: `rollback` or `halt`.
+    #[serde(default)]
+    pub on_hold_timeout: HoldTimeoutPolicy,
     /// Blue's base URL for smoke tests (the compute provider's if absent).
     #[serde(default)]
     pub blue_url: Option<String>,
@@ -440,9 +448,11 @@ impl Default for Deployment {
     fn default() -> Self {
         Deployment {
             replicas: default_replicas(),
+            capacity: CapacityPolicy::default(),
             strategy: Strategy::default(),
             gates: Vec::new(),
             on_inconclusive: InconclusivePolicy::default(),
+            on_hold_timeout: HoldTimeoutPolicy::default(),
             blue_url: None,
             green_url: None,
             staging_url: None,
@@ -1050,6 +1060,7 @@ impl Spec {
                 staging_url: d.staging_url.clone(),
             },
             replicas: d.replicas,
+            capacity: d.capacity,
             strategy: d.strategy.clone(),
             preflight: Preflight {
                 staging_checks: self.staging_checks.iter().map(|c| c.name.clone()).collect(),
@@ -1076,6 +1087,7 @@ impl Spec {
             gates: d.gates.clone(),
             deadlines: self.deadlines.clone(),
             on_inconclusive: d.on_inconclusive,
+            on_hold_timeout: d.on_hold_timeout,
             group: None,
         }
     }

@@ -391,13 +391,15 @@ struct EventBody<'a> {
     source_type_name: &'a str,
 }
 
-/// Datadog's `alert_type` for a notification's severity.
+/// Datadog's `alert_type` for a notification's severity. Datadog's events
+/// API has no `alert_type` above `error`, so [`Severity::Critical`] is sent
+/// as `error`; the engine tags such notifications `severity:critical`.
 pub fn alert_type(severity: Severity) -> &'static str {
     match severity {
         Severity::Info => "info",
         Severity::Success => "success",
         Severity::Warning => "warning",
-        Severity::Error => "error",
+        Severity::Error | Severity::Critical => "error",
     }
 }
 

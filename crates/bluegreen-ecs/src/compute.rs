@@ -12,7 +12,8 @@ use aws_sdk_ecs::types::{
 };
 use aws_types::SdkConfig;
 use bluegreen_core::{
-    AutoscalingState, Color, ComputeProvider, ComputeStatus, Error, Release, Result, Rollout,
+    AutoscalingState, Color, ComputeProvider, ComputeStatus, Error, PreparedRelease, Release,
+    Result, Rollout,
 };
 
 use crate::PROVIDER;
@@ -417,7 +418,17 @@ impl EcsCompute {
         } else {
             Rollout::Completed
         };
-        let version = match svc.task_definition.as_deref() {
+        // The release is the task definition the service runs: after a
+        // circuit-breaker rollback ECS points the service (and its new
+        // primary deployment) back at the last completed revision, not the
+        // one `prepare` registered. moto keeps the first deployment's
+        // revision on its PRIMARY deployment, so the service's own field
+        // comes first and the primary deployment's is the fallback.
+        let release_id = svc
+            .task_definition
+            .clone()
+            .or_else(|| primary.and_then(|d| d.task_definition.clone()));
+        let version = match release_id.as_deref() {
             Some(arn) => self.version_of(arn, operation).await?,
             None => None,
         };
@@ -431,6 +442,7 @@ impl EcsCompute {
             },
             healthy: None,
             version,
+            release_id,
             rollout,
         })
     }
@@ -635,7 +647,7 @@ impl ComputeProvider for EcsCompute {
     /// color's current one. Idempotent: when the service's current revision
     /// (or the one this provider registered) already carries the release, no
     /// new revision is registered.
-    async fn prepare(&self, color: Color, release: &Release) -> Result<()> {
+    async fn prepare(&self, color: Color, release: &Release) -> Result<PreparedRelease> {
         const OP: &str = "prepare";
         self.check_release(release)
             .map_err(|e| e.with_operation(OP))?;
@@ -662,12 +674,12 @@ impl ComputeProvider for EcsCompute {
             self.prepared.lock().expect("prepared lock").insert(
                 color,
                 Prepared {
-                    arn: current_arn,
+                    arn: current_arn.clone(),
                     release: release.clone(),
                     applied: true,
                 },
             );
-            return Ok(());
+            return Ok(PreparedRelease::with_id(current_arn));
         }
         let reuse = self
             .prepared
@@ -755,11 +767,12 @@ impl ComputeProvider for EcsCompute {
                 .await?;
             prepared.applied = true;
         }
+        let arn = prepared.arn.clone();
         self.prepared
             .lock()
             .expect("prepared lock")
             .insert(color, prepared);
-        Ok(())
+        Ok(PreparedRelease::with_id(arn))
     }
 
     /// `UpdateService` with `count` (and the prepared task definition, if the
@@ -799,13 +812,18 @@ impl ComputeProvider for EcsCompute {
         Ok(out)
     }
 
+    /// The service's scalable target as `DescribeScalableTargets` reports it.
+    async fn autoscaling_state(&self, color: Color) -> Result<AutoscalingState> {
+        self.read_autoscaling(color, "autoscaling_state").await
+    }
+
     /// Suspends dynamic scale-in, scale-out and scheduled scaling with
     /// `RegisterScalableTarget`, and returns the state found before. A service
     /// without a scalable target is left alone (`registered: false`). When
     /// everything is already suspended, nothing is called beyond the read.
     async fn suspend_autoscaling(&self, color: Color) -> Result<AutoscalingState> {
         const OP: &str = "suspend_autoscaling";
-        let before = self.autoscaling_state(color, OP).await?;
+        let before = self.read_autoscaling(color, OP).await?;
         if !before.registered
             || (before.scale_in_suspended
                 && before.scale_out_suspended
@@ -867,10 +885,10 @@ impl EcsCompute {
     /// The Application Auto Scaling state of `color`'s service, read with
     /// `DescribeScalableTargets`. Read-only.
     pub async fn autoscaling(&self, color: Color) -> Result<AutoscalingState> {
-        self.autoscaling_state(color, "autoscaling").await
+        self.read_autoscaling(color, "autoscaling").await
     }
 
-    async fn autoscaling_state(
+    async fn read_autoscaling(
         &self,
         color: Color,
         operation: &'static str,

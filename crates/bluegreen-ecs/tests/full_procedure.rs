@@ -23,8 +23,8 @@ use bluegreen_core::journal::MemoryJournal;
 use bluegreen_core::report::Report;
 use bluegreen_core::testing::{reference_plan, FakeSmokeTest, Faults, ScriptedMetrics, World};
 use bluegreen_core::{
-    AutoscalingState, Color, ComputeProvider, ComputeStatus, Outcome, Release, Result,
-    SecretMetadata, SecretSource, SecretValue, TargetHealth, Timestamp, TrafficRouter,
+    AutoscalingState, Color, ComputeProvider, ComputeStatus, Outcome, PreparedRelease, Release,
+    Result, SecretMetadata, SecretSource, SecretValue, TargetHealth, Timestamp, TrafficRouter,
     TrafficSplit,
 };
 use bluegreen_ecs::EcsCompute;
@@ -63,7 +63,7 @@ struct RealTime<P>(Arc<P>);
 
 #[async_trait]
 impl<P: ComputeProvider + 'static> ComputeProvider for RealTime<P> {
-    async fn prepare(&self, color: Color, release: &Release) -> Result<()> {
+    async fn prepare(&self, color: Color, release: &Release) -> Result<PreparedRelease> {
         on_aws(self.0.prepare(color, release))
     }
     async fn scale(&self, color: Color, count: u32) -> Result<()> {
@@ -74,6 +74,9 @@ impl<P: ComputeProvider + 'static> ComputeProvider for RealTime<P> {
     }
     async fn statuses(&self, colors: &[Color]) -> Result<Vec<ComputeStatus>> {
         on_aws(self.0.statuses(colors))
+    }
+    async fn autoscaling_state(&self, color: Color) -> Result<AutoscalingState> {
+        on_aws(self.0.autoscaling_state(color))
     }
     async fn suspend_autoscaling(&self, color: Color) -> Result<AutoscalingState> {
         on_aws(self.0.suspend_autoscaling(color))
@@ -93,6 +96,9 @@ impl<P: TrafficRouter + 'static> TrafficRouter for RealTime<P> {
     }
     async fn target_health(&self, color: Color) -> Result<TargetHealth> {
         on_aws(self.0.target_health(color))
+    }
+    async fn drain_period(&self) -> Result<Option<std::time::Duration>> {
+        on_aws(self.0.drain_period())
     }
 }
 

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bluegreen_core::{
-    Color, ComputeProvider, ComputeStatus, Error, ErrorKind, Release, Result, Rollout,
-    SecretSource, TargetHealth,
+    Color, ComputeProvider, ComputeStatus, Error, ErrorKind, PreparedRelease, Release, Result,
+    Rollout, SecretSource, TargetHealth,
 };
 use rustix::process::{kill_process_group, Pid, Signal};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -747,13 +747,14 @@ fn tail(path: &Path, n: usize) -> String {
 impl ComputeProvider for LocalCompute {
     /// Records `release` as the one `color` runs from its next scale-up, after
     /// checking that its command exists. Idempotent.
-    async fn prepare(&self, color: Color, release: &Release) -> Result<()> {
+    async fn prepare(&self, color: Color, release: &Release) -> Result<PreparedRelease> {
         self.inner
             .command_for(release)
             .map_err(|e| e.with_operation("prepare"))?;
         let _ops = self.inner.ops.lock().await;
         self.inner.state(color).prepared = Some(release.clone());
-        Ok(())
+        // Local processes have no identity beyond their version.
+        Ok(PreparedRelease::default())
     }
 
     /// Sets `color` to `count` instances: prunes crashed ones, replaces
@@ -848,6 +849,7 @@ impl ComputeProvider for LocalCompute {
             failed,
             healthy: Some(healthy),
             version,
+            release_id: None,
             rollout,
         })
     }
