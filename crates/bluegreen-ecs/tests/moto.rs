@@ -146,9 +146,14 @@ async fn prepare_registers_one_revision_with_the_image_env_and_secrets_by_arn() 
     release.secrets.insert("DB_PASSWORD".into(), db.clone());
     calls.reset();
 
-    ecs.prepare(Color::Green, &release).await.unwrap();
+    let prepared = ecs.prepare(Color::Green, &release).await.unwrap();
     let (td, c) = container(&config, &f, Color::Green).await;
     assert_ne!(td, f.task_definition, "green points at a new revision");
+    assert_eq!(
+        prepared.id.as_deref(),
+        Some(td.as_str()),
+        "prepare names the revision it registered"
+    );
     assert_eq!(c.image.as_deref(), Some("order-api:2.5.0-abc123"));
     let env: Vec<(String, String)> = c
         .environment()
@@ -173,12 +178,16 @@ async fn prepare_registers_one_revision_with_the_image_env_and_secrets_by_arn() 
     assert_eq!(c.memory, Some(512), "the rest of the container is kept");
     assert_eq!(c.port_mappings().len(), 1);
 
-    // Repeating prepare (also from a fresh process after a crash) registers nothing new.
-    ecs.prepare(Color::Green, &release).await.unwrap();
-    provider(&config, &f)
-        .prepare(Color::Green, &release)
-        .await
-        .unwrap();
+    // Repeating prepare (also from a fresh process after a crash) registers
+    // nothing new and names the same revision.
+    assert_eq!(ecs.prepare(Color::Green, &release).await.unwrap(), prepared);
+    assert_eq!(
+        provider(&config, &f)
+            .prepare(Color::Green, &release)
+            .await
+            .unwrap(),
+        prepared
+    );
     assert_eq!(
         calls.count("ecs:RegisterTaskDefinition"),
         1,
@@ -200,6 +209,9 @@ async fn prepare_registers_one_revision_with_the_image_env_and_secrets_by_arn() 
         .await
         .unwrap();
     assert!(s[0].is_stable_at(2), "{s:?}");
+    // The status names the release the color runs: the prepared revision.
+    assert_eq!(s[0].release_id, prepared.id);
+    assert_eq!(s[0].version.as_deref(), Some("2.5.0"));
     let tags = aws_sdk_ecs::Client::new(&config)
         .describe_task_definition()
         .task_definition(&td)
