@@ -95,6 +95,8 @@ name = "error-rate"
 query = "bluegreen_error_ratio_{{color}}"
 unit = "ratio"
 success = "< 0.01"
+# Windows of seconds against Prometheus' 15 s step hold one point each.
+min_samples = 1
 
 [journal]
 path = "deploy.journal"
@@ -390,6 +392,8 @@ query = "{error_rate}"
 unit = "ratio"
 success = "< 0.01"
 interval = "1s"
+# Windows of seconds against Prometheus' 15 s step hold one point each.
+min_samples = 1
 
 [[rollback_triggers]]
 type = "smoke-test-failed"

@@ -53,7 +53,7 @@ fn plan(version: &str) -> Plan {
   "strategy": {{ "type": "canary", "percent": 20, "wait": "60s" }},
   "analysis": [
     {{ "name": "error-rate", "query": "error_rate:{{color}}", "unit": "ratio",
-       "success": "< 0.01", "interval": "100ms", "window": "100ms" }}
+       "success": "< 0.01", "interval": "100ms", "window": "100ms", "min_samples": 1 }}
   ],
   "rollback_triggers": [
     {{ "type": "metric", "check": "error-rate", "breach": "> {BREACH}", "consecutive": 1 }}

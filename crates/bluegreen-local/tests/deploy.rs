@@ -29,7 +29,7 @@ fn plan(version: &str, env: &[(&str, &str)], deploy: &str) -> Plan {
   "smoke_tests": ["health"],
   "analysis": [
     {{ "name": "error-rate", "query": "error_rate:{{color}}", "unit": "ratio",
-       "success": "< 0.01", "interval": "250ms", "window": "1s" }}
+       "success": "< 0.01", "interval": "250ms", "window": "1s", "min_samples": 1 }}
   ],
   "rollback_triggers": [
     {{ "type": "metric", "check": "error-rate", "breach": "> 0.05", "consecutive": 2 }}
