@@ -600,11 +600,31 @@ impl BlueGreen {
         } else {
             let existing = self.journal.read(&self.deployment_id).await?;
             if !existing.is_empty() {
+                let _ = self.journal.release(&lease).await;
                 return Err(Error::conflict(format!(
                     "deployment {} already has {} journal records: resume it instead",
                     self.deployment_id,
                     existing.len()
-                )));
+                ))
+                .with_operation("start"));
+            }
+            // The same holder may take its lease again only to resume the
+            // deployment it holds it for: a new deployment of a service
+            // whose last one never finished would take that one's suspended
+            // autoscaling (and half-moved traffic) for the state it found.
+            let unfinished = self
+                .journal
+                .deployments(Some(self.plan.service.clone()))
+                .await?
+                .into_iter()
+                .find(|d| d.outcome.is_none() && d.id != self.deployment_id);
+            if let Some(d) = unfinished {
+                let _ = self.journal.release(&lease).await;
+                return Err(Error::conflict(format!(
+                    "deployment {} of {} never finished (last record at {}): resume it (and abort it if it should not go on) before starting another",
+                    d.id, self.plan.service, d.last_at
+                ))
+                .with_operation("start"));
             }
             self.journal
                 .append(

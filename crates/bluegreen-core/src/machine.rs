@@ -36,6 +36,9 @@ use crate::provider::{
     TargetHealth, VerificationCheck,
 };
 
+/// The longest wait between two read-backs of a split that disagrees.
+pub const READ_BACK_MAX_BACKOFF: Duration = Duration::from_secs(60);
+
 /// A command id, unique within one deployment.
 pub type CommandId = u64;
 
@@ -884,6 +887,8 @@ pub struct Machine {
     traffic_left_at: Option<Timestamp>,
     /// The split last requested (confirmed or not).
     requested_split: Option<TrafficSplit>,
+    /// Disagreeing read-backs in the current stage.
+    read_back_attempts: u32,
     /// The old color as read in a rollback.
     old_status: Option<ComputeStatus>,
     old_health: Option<TargetHealth>,
@@ -931,6 +936,7 @@ impl Machine {
             held_since: None,
             traffic_left_at: None,
             requested_split: None,
+            read_back_attempts: 0,
             old_status: None,
             old_health: None,
             halt_reason: None,
@@ -1219,6 +1225,16 @@ impl Machine {
         self.hold_until = None;
         self.next_reminder = None;
         self.held_since = None;
+        if !matches!(
+            stage,
+            Stage::Shift {
+                confirming: true,
+                ..
+            } | Stage::RestoreTraffic { confirming: true }
+        ) {
+            // The backoff grows across the set/read-back pairs of one change.
+            self.read_back_attempts = 0;
+        }
         if matches!(
             stage,
             Stage::Watch { .. } | Stage::Analysis { .. } | Stage::Soak { .. }
@@ -2509,10 +2525,12 @@ impl Machine {
                     );
                     self.start_monitoring();
                 } else {
+                    let wait = self.read_back_backoff();
                     self.note(format!(
-                        "read-back shows {split}, expected {want}; reading again"
+                        "read-back shows {split}, expected {want}; reading again in {}",
+                        humantime::format_duration(wait)
                     ));
-                    self.next_poll = Some(self.now.after(self.read_back_interval()));
+                    self.next_poll = Some(self.now.after(wait));
                 }
             }
             Stage::ConfirmDrained => {
@@ -2534,19 +2552,43 @@ impl Machine {
                     self.traffic_left_at = Some(self.now);
                     self.event(Event::TrafficConfirmed { split });
                 } else {
+                    // Read again after a backoff; send the write again only
+                    // when a backed-off read still disagrees.
+                    let resend = self.read_back_attempts % 2 == 1;
+                    let wait = self.read_back_backoff();
                     self.note(format!(
-                        "rollback read-back shows {split}, expected {want}; setting again"
+                        "rollback read-back shows {split}, expected {want}; {} in {}",
+                        if resend { "setting again" } else { "reading again" },
+                        humantime::format_duration(wait)
                     ));
-                    self.stage = Stage::RestoreTraffic { confirming: false };
-                    self.next_poll = Some(self.now.after(self.read_back_interval()));
+                    if resend {
+                        self.stage = Stage::RestoreTraffic { confirming: false };
+                    }
+                    self.next_poll = Some(self.now.after(wait));
                 }
             }
             _ => {}
         }
     }
 
-    fn read_back_interval(&self) -> Duration {
-        (self.plan.timing.poll_interval / 4).max(Duration::from_millis(100))
+    /// The wait before the next read-back after a disagreeing one:
+    /// exponential from a quarter of `timing.poll_interval` (at least
+    /// 100 ms), doubling per disagreement up to [`READ_BACK_MAX_BACKOFF`],
+    /// with jitter in `[wait/2, wait]` drawn from the deployment id and the
+    /// attempt, so replaying the journal gives the same waits.
+    fn read_back_backoff(&mut self) -> Duration {
+        let attempt = self.read_back_attempts;
+        self.read_back_attempts = self.read_back_attempts.saturating_add(1);
+        let base = (self.plan.timing.poll_interval / 4).max(Duration::from_millis(100));
+        let full = base
+            .saturating_mul(1u32 << attempt.min(16))
+            .min(READ_BACK_MAX_BACKOFF.max(base));
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in self.deployment_id.bytes().chain(attempt.to_le_bytes()) {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+        let fraction = 0.5 + (h % 1000) as f64 / 2000.0;
+        full.mul_f64(fraction)
     }
 
     fn on_statuses(&mut self, colors: &[Color], statuses: &[ComputeStatus]) {

@@ -599,3 +599,163 @@ fn each_builder_of_the_fakes_gets_its_own_deployment_id() {
         assert_eq!(b.deployment_id(), "sim-2");
     });
 }
+
+// ------------------------------------------- 5. bounded provider traffic --
+
+/// A router whose read-back is stuck on the new color once traffic went back
+/// to green, counting the calls made after that.
+struct StuckReadBack {
+    inner: bluegreen_core::testing::FakeRouter,
+    world: World,
+    sets: std::sync::atomic::AtomicU32,
+    reads: std::sync::atomic::AtomicU32,
+}
+
+#[async_trait::async_trait]
+impl bluegreen_core::TrafficRouter for StuckReadBack {
+    async fn current_split(&self) -> bluegreen_core::Result<TrafficSplit> {
+        let split = self.inner.current_split().await?;
+        if split == TrafficSplit::all_on(Color::Green)
+            && found(&self.world, |c| {
+                *c == Change::Split(TrafficSplit::all_on(Color::Blue))
+            })
+        {
+            self.reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            return Ok(TrafficSplit::all_on(Color::Blue));
+        }
+        Ok(split)
+    }
+    async fn set_split(&self, split: TrafficSplit) -> bluegreen_core::Result<()> {
+        if split == TrafficSplit::all_on(Color::Green) {
+            self.sets.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        self.inner.set_split(split).await
+    }
+    async fn target_health(
+        &self,
+        c: Color,
+    ) -> bluegreen_core::Result<bluegreen_core::TargetHealth> {
+        self.inner.target_health(c).await
+    }
+}
+
+#[test]
+fn a_stuck_read_back_during_a_rollback_backs_off_instead_of_re_sending_the_split_every_few_seconds()
+{
+    use std::sync::atomic::Ordering;
+    use std::sync::Arc;
+    let router: RefCell<Option<Arc<StuckReadBack>>> = RefCell::new(None);
+    let (report, _f) = simulate(|f| {
+        late_breach(f);
+        let r = Arc::new(StuckReadBack {
+            inner: bluegreen_core::testing::FakeRouter::new(f.world.clone(), f.faults.clone()),
+            world: f.world.clone(),
+            sets: 0.into(),
+            reads: 0.into(),
+        });
+        *router.borrow_mut() = Some(r.clone());
+        f.builder(reference_plan()).router(r)
+    });
+    // The rollback window (30 minutes) ends it: a halt with traffic as it is.
+    assert!(
+        matches!(report.outcome, Some(Outcome::Halted { .. })),
+        "{}",
+        reason(&report)
+    );
+    let r = router.borrow().clone().unwrap();
+    let (sets, reads) = (
+        r.sets.load(Ordering::SeqCst),
+        r.reads.load(Ordering::SeqCst),
+    );
+    // Every 3.75 s for 30 minutes would be 480 writes; backing off to one
+    // read a minute, with a write after every second disagreeing read:
+    assert!(sets <= 25, "{sets} writes in the rollback window");
+    assert!(
+        reads <= 50,
+        "{reads} disagreeing reads in the rollback window"
+    );
+    assert!(sets >= 10, "the write is still sent again: {sets}");
+}
+
+#[test]
+fn two_runs_with_the_same_id_on_one_journal_the_second_is_refused_before_it_acts() {
+    paused_runtime().block_on(async {
+        let f = Fakes::new();
+        healthy(&f);
+        let first = f
+            .builder(reference_plan())
+            .deployment_id("release-2.5.0")
+            .build()
+            .unwrap()
+            .run()
+            .await
+            .unwrap();
+        assert_eq!(first.outcome, Some(Outcome::Succeeded));
+        let changes = f.world.changes().len();
+        let err = f
+            .builder(reference_plan())
+            .deployment_id("release-2.5.0")
+            .build()
+            .unwrap()
+            .run()
+            .await
+            .err()
+            .expect("refused");
+        assert!(err.to_string().contains("already has"), "{err}");
+        assert_eq!(f.world.changes().len(), changes, "nothing touched");
+    });
+}
+
+#[test]
+fn a_second_id_with_the_same_holder_is_refused_while_the_first_is_unfinished() {
+    use bluegreen_core::testing::CrashingJournal;
+    use std::sync::Arc;
+    paused_runtime().block_on(async {
+        let f = Fakes::new();
+        healthy(&f);
+        // The first deployment dies after suspending autoscaling.
+        let dying = Arc::new(CrashingJournal::new(f.journal.clone(), 12));
+        assert!(f
+            .builder(reference_plan())
+            .holder("ci-runner-7")
+            .journal(dying)
+            .build()
+            .unwrap()
+            .run()
+            .await
+            .is_err());
+        assert!(
+            f.world.lock().colors[&Color::Green]
+                .autoscaling
+                .scale_in_suspended
+        );
+        let changes = f.world.changes().len();
+        let err = f
+            .builder(reference_plan())
+            .holder("ci-runner-7")
+            .build()
+            .unwrap()
+            .run()
+            .await
+            .err()
+            .expect("refused");
+        assert!(
+            err.to_string()
+                .contains("sim-1 of order-api never finished"),
+            "{err}"
+        );
+        assert_eq!(f.world.changes().len(), changes, "nothing touched");
+        // Resuming the first one finishes it and restores autoscaling as found.
+        let report = f
+            .builder(reference_plan())
+            .holder("ci-runner-7")
+            .resume("sim-1")
+            .build()
+            .unwrap()
+            .run()
+            .await
+            .unwrap();
+        assert_eq!(report.outcome, Some(Outcome::Succeeded));
+        assert_eq!(f.world.lock().colors[&Color::Green].autoscaling, as_found());
+    });
+}
