@@ -699,8 +699,7 @@ fn two_runs_with_the_same_id_on_one_journal_the_second_is_refused_before_it_acts
             .unwrap()
             .run()
             .await
-            .err()
-            .expect("refused");
+            .expect_err("refused");
         assert!(err.to_string().contains("already has"), "{err}");
         assert_eq!(f.world.changes().len(), changes, "nothing touched");
     });
@@ -737,8 +736,7 @@ fn a_second_id_with_the_same_holder_is_refused_while_the_first_is_unfinished() {
             .unwrap()
             .run()
             .await
-            .err()
-            .expect("refused");
+            .expect_err("refused");
         assert!(
             err.to_string()
                 .contains("sim-1 of order-api never finished"),
