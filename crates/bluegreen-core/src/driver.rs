@@ -634,6 +634,8 @@ impl BlueGreen {
                     &Record::Started {
                         plan: Box::new((*self.plan).clone()),
                         holder: self.holder.clone(),
+                        format: crate::journal::JOURNAL_FORMAT,
+                        engine: crate::journal::ENGINE_VERSION.to_string(),
                     },
                 )
                 .await?;
@@ -832,7 +834,30 @@ fn replay(
     let mut started = false;
     for e in entries {
         match &e.record {
-            Record::Started { plan: p, .. } => {
+            Record::Started {
+                plan: p,
+                format,
+                engine,
+                ..
+            } => {
+                if *format != crate::journal::JOURNAL_FORMAT {
+                    let written = if engine.is_empty() {
+                        "an engine before 0.1.0's checks of reality".to_string()
+                    } else {
+                        format!("bluegreen-core {engine}")
+                    };
+                    let which = if *format > crate::journal::JOURNAL_FORMAT {
+                        "newer"
+                    } else {
+                        "older"
+                    };
+                    return Err(Error::invalid_input(format!(
+                        "deployment {id} was journaled in format {format} by {written}, {which} than this engine's format {} (bluegreen-core {}): resume it with the engine that started it",
+                        crate::journal::JOURNAL_FORMAT,
+                        crate::journal::ENGINE_VERSION
+                    ))
+                    .with_operation("resume"));
+                }
                 if **p != *plan {
                     return Err(Error::invalid_input(format!(
                         "deployment {id} was started from a different plan (service {}, version {}); resume it with the plan it started with",
@@ -848,7 +873,7 @@ fn replay(
                 events,
             } => {
                 let step = machine.handle(e.at, input.clone());
-                if step.commands != *commands || step.events != *events {
+                if !same_decisions(&step.commands, commands) || !same_kinds(&step.events, events) {
                     return Err(Error::new(
                         ErrorKind::Corrupt,
                         format!(
@@ -868,6 +893,26 @@ fn replay(
         );
     }
     Ok(machine.outstanding())
+}
+
+/// Commands compared strictly, notifications left out: their text is
+/// wording, and they are fire-and-forget.
+fn same_decisions(replayed: &[Command], journaled: &[Command]) -> bool {
+    let acting = |c: &&Command| !matches!(c.action, Action::Notify { .. });
+    replayed
+        .iter()
+        .filter(acting)
+        .eq(journaled.iter().filter(acting))
+}
+
+/// Events compared by kind only: rewording an event in a patch release must
+/// not make an in-flight deployment unresumable.
+fn same_kinds(replayed: &[Event], journaled: &[Event]) -> bool {
+    replayed.len() == journaled.len()
+        && replayed
+            .iter()
+            .zip(journaled)
+            .all(|(a, b)| std::mem::discriminant(a) == std::mem::discriminant(b))
 }
 
 async fn execute(

@@ -47,6 +47,13 @@ pub enum Record {
         plan: Box<Plan>,
         /// Who started it.
         holder: String,
+        /// The journal format the records follow ([`JOURNAL_FORMAT`] of
+        /// the engine that wrote them; 1 for journals from before the field).
+        #[serde(default = "format_one")]
+        format: u32,
+        /// The version of the engine (`bluegreen-core`) that started it.
+        #[serde(default)]
+        engine: String,
     },
     /// One step of the state machine: the input it was given and the
     /// commands and events it produced, written before any command runs.
@@ -60,6 +67,28 @@ pub enum Record {
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         events: Vec<Event>,
     },
+}
+
+/// The journal format this engine writes and resumes.
+///
+/// It changes when a journal written before the change would not replay to
+/// the same commands: a new stage or command in the machine, a changed
+/// decision, a changed meaning of a record. Rewording an event, a reason or
+/// a notification does not change it: resume compares commands strictly and
+/// events only by kind. An engine refuses a journal of another format,
+/// naming both formats and the engine versions, rather than guess.
+///
+/// * 1: up to bluegreen-core 0.1.0 before the checks of reality.
+/// * 2: capacity read after suspension, release verification, the old
+///   color checked before a rollback returns traffic, drains, hold
+///   timeouts, autoscaling read before it is suspended.
+pub const JOURNAL_FORMAT: u32 = 2;
+
+/// The engine version recorded in [`Record::Started`].
+pub const ENGINE_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+fn format_one() -> u32 {
+    1
 }
 
 /// A stored record with its position, time and the lease it was written under.

@@ -1,0 +1,255 @@
+//! Journals written by this release, checked in under `tests/fixtures/journals`
+//! (a good deployment and a rolled-back one, as `FileJournal` files), resumed
+//! after being cut at many points: an upgrade of the engine must resume what
+//! the previous patch release wrote (see `JOURNAL_FORMAT`).
+//!
+//! `BLUEGREEN_WRITE_FIXTURES=1 cargo test -p bluegreen-core --features testing
+//! --test fixtures` writes them anew; do that only with a `JOURNAL_FORMAT` bump.
+#![cfg(feature = "testing")]
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bluegreen_core::journal::{Record, JOURNAL_FORMAT};
+use bluegreen_core::machine::{Action, Input};
+use bluegreen_core::testing::{reference_plan, Fakes};
+use bluegreen_core::{
+    Color, ComputeProvider, FileJournal, Journal, MigrationContext, MigrationRunner, Outcome, Plan,
+    TrafficRouter, TrafficSplit,
+};
+
+fn dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/journals")
+}
+
+/// The fixtures' plan: the reference with a 10-minute soak (smaller files).
+fn plan() -> Plan {
+    let mut p = reference_plan();
+    p.timing.soak = Duration::from_secs(10 * 60);
+    p
+}
+
+fn script(f: &Fakes, bad: bool) {
+    f.metrics.constant("p95-latency", 180.0);
+    f.metrics.script("error-rate", move |q, _| {
+        Some(if bad && q.query.contains("color:blue") {
+            0.08
+        } else {
+            0.002
+        })
+    });
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap()
+}
+
+/// Applies to the fakes every mutating call the journal records as answered,
+/// in order: the world as the deployer left it when it was cut off.
+async fn rebuild_world(f: &Fakes, plan: &Plan, journal: &FileJournal) {
+    let entries = journal.read("sim-1").await.unwrap();
+    let mut issued: BTreeMap<u64, Action> = BTreeMap::new();
+    let ctx = MigrationContext {
+        deployment_id: "sim-1".into(),
+        backup_id: None,
+    };
+    for e in entries {
+        let Record::Step {
+            input, commands, ..
+        } = e.record
+        else {
+            continue;
+        };
+        if let Input::Reply { id, .. } = input {
+            match issued.get(&id) {
+                Some(Action::SetSplit { split }) => f.router.set_split(*split).await.unwrap(),
+                Some(Action::Scale { color, count }) => {
+                    f.compute.scale(*color, *count).await.unwrap()
+                }
+                Some(Action::Prepare { color }) => {
+                    f.compute.prepare(*color, &plan.release).await.unwrap();
+                }
+                Some(Action::SuspendAutoscaling { color }) => {
+                    f.compute.suspend_autoscaling(*color).await.unwrap();
+                }
+                Some(Action::RestoreAutoscaling { color, previous }) => f
+                    .compute
+                    .restore_autoscaling(*color, *previous)
+                    .await
+                    .unwrap(),
+                Some(Action::Migrate { phase }) => {
+                    f.migrations.apply(*phase, &ctx).await.unwrap();
+                }
+                Some(Action::RevertMigrations { versions }) => {
+                    f.migrations.revert(versions, &ctx).await.unwrap();
+                }
+                _ => {}
+            }
+        }
+        for c in commands {
+            issued.insert(c.id, c.action);
+        }
+    }
+    // Let what was scaled settle, as it would have while the deployer was down.
+    tokio::time::sleep(Duration::from_secs(60)).await;
+}
+
+fn write_fixture(name: &str, bad: bool) {
+    runtime().block_on(async {
+        let path = dir().join(name);
+        let _ = std::fs::remove_file(&path);
+        std::fs::create_dir_all(dir()).unwrap();
+        let f = Fakes::new();
+        script(&f, bad);
+        let journal = Arc::new(FileJournal::open(&path).unwrap());
+        f.builder(plan())
+            .journal(journal)
+            .build()
+            .unwrap()
+            .run()
+            .await
+            .unwrap();
+    });
+}
+
+/// Resumes `name` cut after each of several numbers of lines and returns
+/// the outcomes and final worlds.
+fn resume_cuts(name: &str, bad: bool) {
+    let text = std::fs::read_to_string(dir().join(name))
+        .unwrap_or_else(|e| panic!("{name}: {e}: run with BLUEGREEN_WRITE_FIXTURES=1"));
+    assert!(
+        text.contains(&format!("\"format\":{JOURNAL_FORMAT}")),
+        "{name} is not of format {JOURNAL_FORMAT}"
+    );
+    let lines: Vec<&str> = text.lines().collect();
+    let n = lines.len();
+    assert!(n > 50, "{n} lines");
+    let expected = if bad { "rolled_back" } else { "succeeded" };
+    // The start, every 1/12 of the file, and just before the end.
+    let mut cuts: Vec<usize> = (1..12).map(|i| i * n / 12).collect();
+    cuts.extend([3, 8, n - 2]);
+    for cut in cuts {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("journal.jsonl");
+        std::fs::write(&path, lines[..cut].join("\n") + "\n").unwrap();
+        let outcome = runtime().block_on(async {
+            let f = Fakes::new();
+            script(&f, bad);
+            let journal = Arc::new(FileJournal::open(&path).unwrap());
+            rebuild_world(&f, &plan(), &journal).await;
+            let report = f
+                .builder(plan())
+                .journal(journal)
+                .resume("sim-1")
+                .build()
+                .unwrap()
+                .run()
+                .await
+                .unwrap_or_else(|e| panic!("{name} cut after {cut} of {n} lines: {e}"));
+            let (live, blue, green) = (
+                f.world.split(),
+                f.world.desired(Color::Blue),
+                f.world.desired(Color::Green),
+            );
+            if bad {
+                assert_eq!(live, TrafficSplit::all_on(Color::Green), "cut {cut}");
+                assert_eq!((blue, green), (0, 3), "cut {cut}");
+            } else {
+                assert_eq!(live, TrafficSplit::all_on(Color::Blue), "cut {cut}");
+                assert_eq!((blue, green), (3, 0), "cut {cut}");
+            }
+            report.outcome
+        });
+        assert_eq!(
+            outcome.as_ref().map(Outcome::name),
+            Some(expected),
+            "{name} cut after {cut} of {n} lines"
+        );
+    }
+}
+
+#[test]
+fn the_checked_in_journals_resume_from_every_cut_to_their_outcome() {
+    if std::env::var_os("BLUEGREEN_WRITE_FIXTURES").is_some() {
+        write_fixture("good.jsonl", false);
+        write_fixture("rolled_back.jsonl", true);
+    }
+    resume_cuts("good.jsonl", false);
+    resume_cuts("rolled_back.jsonl", true);
+}
+
+#[test]
+fn a_journal_of_another_format_is_refused_naming_both_versions() {
+    let text = std::fs::read_to_string(dir().join("good.jsonl")).unwrap();
+    let newer = text.replacen(
+        &format!("\"format\":{JOURNAL_FORMAT}"),
+        &format!("\"format\":{}", JOURNAL_FORMAT + 1),
+        1,
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("journal.jsonl");
+    let cut: Vec<&str> = newer.lines().take(20).collect();
+    std::fs::write(&path, cut.join("\n") + "\n").unwrap();
+    let err = runtime().block_on(async {
+        let f = Fakes::new();
+        let journal = Arc::new(FileJournal::open(&path).unwrap());
+        f.builder(plan())
+            .journal(journal)
+            .resume("sim-1")
+            .build()
+            .unwrap()
+            .run()
+            .await
+            .expect_err("refused")
+    });
+    let msg = err.to_string();
+    assert!(
+        msg.contains(&format!(
+            "format {} by bluegreen-core {}, newer than this engine's format {JOURNAL_FORMAT}",
+            JOURNAL_FORMAT + 1,
+            bluegreen_core::journal::ENGINE_VERSION
+        )),
+        "{msg}"
+    );
+}
+
+#[test]
+fn rewording_events_and_notifications_in_a_patch_release_keeps_a_journal_resumable() {
+    let text = std::fs::read_to_string(dir().join("good.jsonl")).unwrap();
+    // What an older wording of the same decisions looks like in the journal.
+    let reworded = text
+        .replace(
+            "backup lists 120 entries",
+            "backup verified: 120 entries listed",
+        )
+        .replace("deployment starting", "deployment is starting")
+        .replace("100% of traffic on blue", "blue now takes 100%");
+    assert_ne!(reworded, text);
+    let lines: Vec<&str> = reworded.lines().collect();
+    let cut = lines.len() / 2;
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("journal.jsonl");
+    std::fs::write(&path, lines[..cut].join("\n") + "\n").unwrap();
+    let outcome = runtime().block_on(async {
+        let f = Fakes::new();
+        script(&f, false);
+        let journal = Arc::new(FileJournal::open(&path).unwrap());
+        rebuild_world(&f, &plan(), &journal).await;
+        f.builder(plan())
+            .journal(journal)
+            .resume("sim-1")
+            .build()
+            .unwrap()
+            .run()
+            .await
+            .unwrap()
+            .outcome
+    });
+    assert_eq!(outcome, Some(Outcome::Succeeded));
+}
