@@ -621,6 +621,17 @@ async fn deploy(
         }
     };
     let id = dep.deployment_id().to_string();
+    if resume.is_some() {
+        // Human controls sent while no deployer ran are applied first.
+        let entries = dep.journal().read(&id).await?;
+        for c in journal::pending_controls(journal_path, &id, &entries) {
+            println!(
+                "applying {} sent while no deployer ran",
+                describe_control(&c)
+            );
+            dep.control().send(c);
+        }
+    }
     let forward = journal::forward_controls(journal_path, id.clone(), dep.control());
     let events = dep.subscribe();
     let verb = if resume.is_some() {
@@ -748,15 +759,59 @@ async fn control(
     out: OutputFormat,
 ) -> Result<i32, Error> {
     let id = pick(path, l, id, true).await?;
+    let j = open_journal(l, path).await?;
+    let before = journal::controls_taken(&j.read(&id).await?);
     journal::send_control(path, &id, c.clone())?;
+    // A live deployer polls the control file every 200 ms and journals what
+    // it takes; wait a few seconds for that record.
+    let mut taken = None;
+    for _ in 0..CONTROL_CONFIRM_POLLS {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let entries = j.read(&id).await?;
+        if journal::controls_taken(&entries) > before {
+            taken = entries.iter().rev().find_map(|e| match &e.record {
+                bluegreen_core::Record::Step { events, .. } => {
+                    events.iter().find_map(|ev| match ev {
+                        Event::Control { effect, .. } => Some(effect.clone()),
+                        _ => None,
+                    })
+                }
+                _ => None,
+            });
+            taken.get_or_insert_with(|| "taken".into());
+            break;
+        }
+    }
+    let what = describe_control(&c);
     if out == OutputFormat::Json {
-        println!("{}", serde_json::json!({"deployment_id": id, "sent": c}));
-    } else {
         println!(
-            "sent {c:?} to {id}; its deployer applies it within a second (see `bluegreen status`)"
+            "{}",
+            serde_json::json!({"deployment_id": id, "sent": c, "taken": taken.is_some(), "effect": taken})
         );
+    } else {
+        match &taken {
+            Some(effect) => println!("{id}: its deployer took {what}: {effect}"),
+            None => println!(
+                "{id}: no running deployer took {what} within {} s; it is recorded and applies when the deployment is resumed (`bluegreen resume`)",
+                CONTROL_CONFIRM_POLLS / 5
+            ),
+        }
     }
     Ok(EXIT_SUCCEEDED)
+}
+
+/// Polls of 200 ms for a live deployer to take a control: 3 s.
+const CONTROL_CONFIRM_POLLS: u32 = 15;
+
+/// A control in words, e.g. `abort ("bad canary")`.
+fn describe_control(c: &Control) -> String {
+    match c {
+        Control::Abort { reason } => format!("abort ({reason:?})"),
+        Control::Promote => "promote".into(),
+        Control::Pause => "pause".into(),
+        Control::Resume => "resume".into(),
+        Control::Proceed { barrier } => format!("proceed past {barrier}"),
+    }
 }
 
 async fn report(

@@ -288,6 +288,50 @@ pub fn send_control(journal: &Path, deployment_id: &str, control: Control) -> Re
     writeln!(f, "{line}").map_err(|e| Error::unavailable(format!("{}: {e}", path.display())))
 }
 
+/// The instructions for `deployment_id` in the control file, in order.
+pub fn controls_for(journal: &Path, deployment_id: &str) -> Vec<Control> {
+    let Ok(text) = std::fs::read_to_string(control_path(journal)) else {
+        return Vec::new();
+    };
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<ControlLine>(l).ok())
+        .filter(|c| c.deployment_id == deployment_id)
+        .map(|c| c.control)
+        .collect()
+}
+
+/// How many human instructions (not a group's `Proceed`) the journal shows
+/// a deployer took for the deployment: every one it takes is journaled
+/// before it acts, and the deployer takes the control file's lines in order.
+pub fn controls_taken(entries: &[bluegreen_core::JournalEntry]) -> usize {
+    entries
+        .iter()
+        .filter(|e| {
+            matches!(
+                &e.record,
+                bluegreen_core::Record::Step {
+                    input: bluegreen_core::machine::Input::Control { control },
+                    ..
+                } if !matches!(control, Control::Proceed { .. })
+            )
+        })
+        .count()
+}
+
+/// The control file's instructions for `deployment_id` that no deployer
+/// took yet (sent while none ran, or to one killed before it journaled
+/// them): a resumed deployer applies these first, in order.
+pub fn pending_controls(
+    journal: &Path,
+    deployment_id: &str,
+    entries: &[bluegreen_core::JournalEntry],
+) -> Vec<Control> {
+    controls_for(journal, deployment_id)
+        .into_iter()
+        .skip(controls_taken(entries))
+        .collect()
+}
+
 /// Forwards instructions written to the control file after now to `handle`,
 /// until the task is dropped. Polls every 200 ms.
 pub fn forward_controls(

@@ -307,3 +307,66 @@ fn resume_with_a_different_spec_is_refused_clearly() {
     // Nothing past the crash happened.
     assert_eq!(world(run.path()).blue_percent, 0);
 }
+
+/// The journal append (1-based, the `Started` record is the first) whose
+/// record entered the first hold at a gate, read from the file journal.
+fn hold_append(dir: &Path) -> u64 {
+    let text = std::fs::read_to_string(dir.join("deploy.journal")).unwrap();
+    for line in text.lines() {
+        if line.contains("\"hold\":\"gate\"") {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            return v["entry"]["seq"].as_u64().unwrap();
+        }
+    }
+    panic!("no hold at a gate in the journal")
+}
+
+#[test]
+fn an_abort_sent_after_the_deployer_died_at_a_gate_is_applied_on_resume() {
+    let spec = SPEC.replace(
+        "[deployment]\n",
+        "[deployment]\ngates = [\"before-shift\"]\n",
+    );
+    // Where the deployer reaches the gate.
+    let probe = Run::new(JournalKind::File, &spec);
+    probe.bluegreen(&["deploy"], None);
+    let at_gate = hold_append(probe.path());
+
+    let run = Run::new(JournalKind::File, &spec);
+    let out = run.bluegreen(&["deploy"], Some(&at_gate.to_string()));
+    assert_eq!(
+        out.status.signal(),
+        Some(9),
+        "killed while held at the gate"
+    );
+    let out = run.bluegreen(&["abort", "--reason", "bad canary"], None);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(
+        text.contains("no running deployer took abort (\"bad canary\")")
+            && text.contains("applies when the deployment is resumed"),
+        "{text}"
+    );
+    let out = run.bluegreen(&["resume"], None);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "rolled back: {text}");
+    assert!(
+        text.contains("applying abort (\"bad canary\") sent while no deployer ran"),
+        "{text}"
+    );
+    assert!(text.contains("manual abort: bad canary"), "{text}");
+    let w = world(run.path());
+    assert!(
+        !w.changes
+            .iter()
+            .any(|c| matches!(c, FakeChange::Split { .. })),
+        "no traffic moved: {:?}",
+        w.changes
+    );
+    // A later promote finds nothing to promote: the deployment is over.
+    let out = run.bluegreen(&["promote"], None);
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("succeeded"));
+    let out = run.bluegreen(&["status", "--output", "json"], None);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["outcome"], "rolled_back", "{v}");
+}
