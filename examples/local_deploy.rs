@@ -69,7 +69,7 @@ fn plan(version: &str, failure_rate: f64) -> Result<Plan, String> {
     {{ "type": "metric", "check": "error-rate", "breach": "> 0.05", "consecutive": 2 }},
     {{ "type": "unhealthy-targets", "above": 0.5 }}
   ],
-  "timing": {{ "analysis_window": "3s", "soak": "3s", "scale_down_delay": "0s",
+  "timing": {{ "analysis_window": "3s", "soak": "3s", "scale_down_delay": "0s", "drain": "500ms",
               "rollback_window": "1m", "poll_interval": "200ms" }},
   "deadlines": {{ "deploy": "30s", "smoke": "10s", "traffic": "10s", "scale_down": "30s" }}
 }}"#

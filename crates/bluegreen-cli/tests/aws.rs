@@ -323,6 +323,21 @@ async fn stage() -> Stage {
     let config = moto();
     let ecs = ecs_fixture(&bluegreen_aws::testing::ecs::client(&config), REPLICAS).await;
     let alb = alb_fixture(&Elb::new(&config), 2).await;
+    // A test's targets need no time to drain: no 300 s default delay.
+    for tg in [&alb.blue, &alb.green] {
+        Elb::new(&config)
+            .modify_target_group_attributes()
+            .target_group_arn(tg)
+            .attributes(
+                aws_sdk_elasticloadbalancingv2::types::TargetGroupAttribute::builder()
+                    .key("deregistration_delay.timeout_seconds")
+                    .value("0")
+                    .build(),
+            )
+            .send()
+            .await
+            .unwrap();
+    }
     let secret = unique("prod/order-api/db-password");
     let secret_arn = aws_sdk_secretsmanager::Client::new(&config)
         .create_secret()
@@ -408,6 +423,7 @@ consecutive = 2
 analysis_window = "3s"
 soak = "2s"
 scale_down_delay = "0s"
+drain = "1s"
 poll_interval = "200ms"
 health_interval = "1s"
 

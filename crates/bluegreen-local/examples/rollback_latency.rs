@@ -58,7 +58,7 @@ fn plan(version: &str) -> Plan {
   "rollback_triggers": [
     {{ "type": "metric", "check": "error-rate", "breach": "> {BREACH}", "consecutive": 1 }}
   ],
-  "timing": {{ "analysis_window": "1s", "soak": "1s", "poll_interval": "50ms" }}
+  "timing": {{ "analysis_window": "1s", "soak": "1s", "poll_interval": "50ms", "drain": "100ms" }}
 }}"#
     ))
     .expect("a valid plan")

@@ -34,7 +34,7 @@ fn plan(version: &str, env: &[(&str, &str)], deploy: &str) -> Plan {
   "rollback_triggers": [
     {{ "type": "metric", "check": "error-rate", "breach": "> 0.05", "consecutive": 2 }}
   ],
-  "timing": {{ "analysis_window": "1s", "soak": "1s", "poll_interval": "100ms" }},
+  "timing": {{ "analysis_window": "1s", "soak": "1s", "poll_interval": "100ms", "drain": "200ms" }},
   "deadlines": {{ "deploy": "{deploy}" }}
 }}"#,
         if env.is_empty() { "" } else { "," },
