@@ -64,6 +64,30 @@ fn late_breach(f: &Fakes) {
     });
 }
 
+/// Runs the reference plan scripted by `script`, and calls `at_soak` on the
+/// world when the soak begins: something outside acting mid-deployment.
+fn simulate_with_soak_event(
+    script: impl FnOnce(&Fakes),
+    at_soak: impl Fn(&World),
+) -> (Report, Fakes) {
+    let world: RefCell<Option<World>> = RefCell::new(None);
+    simulate_with(
+        |f| {
+            script(f);
+            *world.borrow_mut() = Some(f.world.clone());
+            f.builder(reference_plan())
+        },
+        |ev, _| {
+            if let Event::Stage {
+                stage: Stage::Soak { .. },
+            } = ev
+            {
+                at_soak(world.borrow().as_ref().unwrap());
+            }
+        },
+    )
+}
+
 // ------------------------------------------------- 1. the release it runs --
 
 #[test]
@@ -99,27 +123,13 @@ fn a_new_color_stable_on_the_old_version_rolls_back_before_any_traffic_and_runs_
 #[test]
 fn a_new_color_that_drifts_off_the_release_during_the_soak_is_caught_before_the_old_color_scales_down(
 ) {
-    let world: RefCell<Option<World>> = RefCell::new(None);
-    let (report, f) = simulate_with(
-        |f| {
-            healthy(f);
-            *world.borrow_mut() = Some(f.world.clone());
-            f.builder(reference_plan())
-        },
-        |ev, _| {
-            if let Event::Stage {
-                stage: Stage::Soak { .. },
-            } = ev
-            {
-                // Something redeploys blue with the old task definition.
-                let w = world.borrow().clone().unwrap();
-                let mut s = w.lock();
-                let blue = s.colors.get_mut(&Color::Blue).unwrap();
-                blue.version = Some("2.4.0".into());
-                blue.release_id = Some("rev:blue:2.4.0".into());
-            }
-        },
-    );
+    let (report, f) = simulate_with_soak_event(healthy, |w| {
+        // Something redeploys blue with the old task definition.
+        let mut s = w.lock();
+        let blue = s.colors.get_mut(&Color::Blue).unwrap();
+        blue.version = Some("2.4.0".into());
+        blue.release_id = Some("rev:blue:2.4.0".into());
+    });
     let why = reason(&report);
     assert!(
         matches!(report.outcome, Some(Outcome::RolledBack { .. })),
@@ -196,26 +206,7 @@ fn a_plan_that_fixes_its_capacity_keeps_it_and_says_so() {
 
 #[test]
 fn the_old_colors_tasks_killed_during_the_soak_are_scaled_back_before_traffic_returns() {
-    let world: RefCell<Option<World>> = RefCell::new(None);
-    let (report, f) = simulate_with(
-        |f| {
-            late_breach(f);
-            *world.borrow_mut() = Some(f.world.clone());
-            f.builder(reference_plan())
-        },
-        |ev, _| {
-            if let Event::Stage {
-                stage: Stage::Soak { .. },
-            } = ev
-            {
-                world
-                    .borrow()
-                    .as_ref()
-                    .unwrap()
-                    .external_scale(Color::Green, 0);
-            }
-        },
-    );
+    let (report, f) = simulate_with_soak_event(late_breach, |w| w.external_scale(Color::Green, 0));
     assert!(
         matches!(report.outcome, Some(Outcome::RolledBack { .. })),
         "{}",
@@ -242,25 +233,11 @@ fn the_old_colors_tasks_killed_during_the_soak_are_scaled_back_before_traffic_re
 
 #[test]
 fn an_old_color_that_cannot_come_back_halts_with_traffic_where_it_is_and_a_critical_notification() {
-    let world: RefCell<Option<World>> = RefCell::new(None);
-    let (report, f) = simulate_with(
-        |f| {
-            late_breach(f);
-            *world.borrow_mut() = Some(f.world.clone());
-            f.builder(reference_plan())
-        },
-        |ev, _| {
-            if let Event::Stage {
-                stage: Stage::Soak { .. },
-            } = ev
-            {
-                // Green's tasks die and every replacement fails its health check.
-                let w = world.borrow().clone().unwrap();
-                w.external_scale(Color::Green, 0);
-                w.lock().colors.get_mut(&Color::Green).unwrap().healthy = Some(0);
-            }
-        },
-    );
+    let (report, f) = simulate_with_soak_event(late_breach, |w| {
+        // Green's tasks die and every replacement fails its health check.
+        w.external_scale(Color::Green, 0);
+        w.lock().colors.get_mut(&Color::Green).unwrap().healthy = Some(0);
+    });
     let why = reason(&report);
     assert!(
         matches!(report.outcome, Some(Outcome::Halted { .. })),
