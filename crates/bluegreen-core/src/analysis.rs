@@ -275,44 +275,35 @@ mod tests {
     #[test]
     fn one_real_sample_in_fifteen_minutes_passes_no_analysis() {
         let c = AnalysisCheck::error_rate("q");
-        let fifteen = Timestamp(15 * 60_000);
-        let one = MetricAnswer::Samples {
-            samples: vec![Sample {
-                at: Timestamp(60_000),
-                value: 0.001,
-            }],
+        // `n` samples of 0.001, a minute apart, in a 15-minute window.
+        let judge = |n: u64| {
+            let answer = MetricAnswer::Samples {
+                samples: (0..n)
+                    .map(|i| Sample {
+                        at: Timestamp((i + 1) * 60_000),
+                        value: 0.001,
+                    })
+                    .collect(),
+            };
+            let to = Timestamp(15 * 60_000);
+            measure(
+                &c,
+                MeasurementKind::Final,
+                "q".into(),
+                Timestamp(0),
+                to,
+                &answer,
+            )
         };
-        let r = measure(
-            &c,
-            MeasurementKind::Final,
-            "q".into(),
-            Timestamp(0),
-            fifteen,
-            &one,
-        );
-        assert_eq!(r.verdict, Verdict::Inconclusive);
-        assert!(r.note.unwrap().contains("1 of the 8 required"));
+        let one = judge(1);
+        assert_eq!(one.verdict, Verdict::Inconclusive);
+        assert!(one.note.unwrap().contains("1 of the 8 required"));
+        assert_eq!(judge(7).verdict, Verdict::Inconclusive);
+        assert_eq!(judge(8).verdict, Verdict::Pass);
         // Half the 15 points a 15-minute window holds at 1-minute intervals, rounded up.
         assert_eq!(c.required_samples(Duration::from_secs(15 * 60)), 8);
         // A periodic one-minute window needs its one point.
         assert_eq!(c.required_samples(Duration::from_secs(60)), 1);
-        let eight = MetricAnswer::Samples {
-            samples: (0..8)
-                .map(|i| Sample {
-                    at: Timestamp(i * 60_000),
-                    value: 0.001,
-                })
-                .collect(),
-        };
-        let r = measure(
-            &c,
-            MeasurementKind::Final,
-            "q".into(),
-            Timestamp(0),
-            fifteen,
-            &eight,
-        );
-        assert_eq!(r.verdict, Verdict::Pass);
     }
 
     #[test]

@@ -17,7 +17,7 @@ use bluegreen_core::machine::{Action, Input};
 use bluegreen_core::testing::{reference_plan, Fakes};
 use bluegreen_core::{
     Color, ComputeProvider, FileJournal, Journal, MigrationContext, MigrationRunner, Outcome, Plan,
-    TrafficRouter, TrafficSplit,
+    Report, TrafficRouter, TrafficSplit,
 };
 
 fn dir() -> PathBuf {
@@ -100,6 +100,30 @@ async fn rebuild_world(f: &Fakes, plan: &Plan, journal: &FileJournal) {
     tokio::time::sleep(Duration::from_secs(60)).await;
 }
 
+/// Writes the first `cut` lines of `lines` to a fresh file journal, rebuilds
+/// the fakes' world from it, resumes `sim-1` on it to the end, and returns
+/// the report and the fakes.
+fn resume_cut(lines: &[&str], cut: usize, bad: bool) -> bluegreen_core::Result<(Report, Fakes)> {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("journal.jsonl");
+    std::fs::write(&path, lines[..cut].join("\n") + "\n").unwrap();
+    runtime().block_on(async {
+        let f = Fakes::new();
+        script(&f, bad);
+        let journal = Arc::new(FileJournal::open(&path).unwrap());
+        rebuild_world(&f, &plan(), &journal).await;
+        let report = f
+            .builder(plan())
+            .journal(journal)
+            .resume("sim-1")
+            .build()
+            .unwrap()
+            .run()
+            .await?;
+        Ok((report, f))
+    })
+}
+
 fn write_fixture(name: &str, bad: bool) {
     runtime().block_on(async {
         let path = dir().join(name);
@@ -135,37 +159,21 @@ fn resume_cuts(name: &str, bad: bool) {
     let mut cuts: Vec<usize> = (1..12).map(|i| i * n / 12).collect();
     cuts.extend([3, 8, n - 2]);
     for cut in cuts {
-        let tmp = tempfile::tempdir().unwrap();
-        let path = tmp.path().join("journal.jsonl");
-        std::fs::write(&path, lines[..cut].join("\n") + "\n").unwrap();
-        let outcome = runtime().block_on(async {
-            let f = Fakes::new();
-            script(&f, bad);
-            let journal = Arc::new(FileJournal::open(&path).unwrap());
-            rebuild_world(&f, &plan(), &journal).await;
-            let report = f
-                .builder(plan())
-                .journal(journal)
-                .resume("sim-1")
-                .build()
-                .unwrap()
-                .run()
-                .await
-                .unwrap_or_else(|e| panic!("{name} cut after {cut} of {n} lines: {e}"));
-            let (live, blue, green) = (
-                f.world.split(),
-                f.world.desired(Color::Blue),
-                f.world.desired(Color::Green),
-            );
-            if bad {
-                assert_eq!(live, TrafficSplit::all_on(Color::Green), "cut {cut}");
-                assert_eq!((blue, green), (0, 3), "cut {cut}");
-            } else {
-                assert_eq!(live, TrafficSplit::all_on(Color::Blue), "cut {cut}");
-                assert_eq!((blue, green), (3, 0), "cut {cut}");
-            }
-            report.outcome
-        });
+        let (report, f) = resume_cut(&lines, cut, bad)
+            .unwrap_or_else(|e| panic!("{name} cut after {cut} of {n} lines: {e}"));
+        let outcome = report.outcome;
+        let (live, blue, green) = (
+            f.world.split(),
+            f.world.desired(Color::Blue),
+            f.world.desired(Color::Green),
+        );
+        if bad {
+            assert_eq!(live, TrafficSplit::all_on(Color::Green), "cut {cut}");
+            assert_eq!((blue, green), (0, 3), "cut {cut}");
+        } else {
+            assert_eq!(live, TrafficSplit::all_on(Color::Blue), "cut {cut}");
+            assert_eq!((blue, green), (3, 0), "cut {cut}");
+        }
         assert_eq!(
             outcome.as_ref().map(Outcome::name),
             Some(expected),
@@ -232,24 +240,8 @@ fn rewording_events_and_notifications_in_a_patch_release_keeps_a_journal_resumab
         .replace("100% of traffic on blue", "blue now takes 100%");
     assert_ne!(reworded, text);
     let lines: Vec<&str> = reworded.lines().collect();
-    let cut = lines.len() / 2;
-    let tmp = tempfile::tempdir().unwrap();
-    let path = tmp.path().join("journal.jsonl");
-    std::fs::write(&path, lines[..cut].join("\n") + "\n").unwrap();
-    let outcome = runtime().block_on(async {
-        let f = Fakes::new();
-        script(&f, false);
-        let journal = Arc::new(FileJournal::open(&path).unwrap());
-        rebuild_world(&f, &plan(), &journal).await;
-        f.builder(plan())
-            .journal(journal)
-            .resume("sim-1")
-            .build()
-            .unwrap()
-            .run()
-            .await
-            .unwrap()
-            .outcome
-    });
+    let (report, _) =
+        resume_cut(&lines, lines.len() / 2, false).expect("the reworded journal resumes");
+    let outcome = report.outcome;
     assert_eq!(outcome, Some(Outcome::Succeeded));
 }
