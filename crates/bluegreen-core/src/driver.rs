@@ -125,7 +125,9 @@ impl RetryPolicy {
     }
 }
 
-/// Runs `call` under `policy`, each attempt bounded by `timeout`. A timeout is
+/// Runs `call` under `policy`, each attempt bounded by `timeout`. Between
+/// attempts it waits the policy's backoff, or the error's
+/// [`retry_after`](Error::retry_after) hint when that is longer. A timeout is
 /// a temporary error; a temporary error that outlives the policy comes back
 /// [`ErrorStatus::Persistent`](crate::ErrorStatus).
 pub async fn with_retry<T, F, Fut>(
@@ -153,7 +155,11 @@ where
             Ok(v) => return Ok(v),
             Err(e) if policy.should_retry(&e, attempt) => {
                 tracing::debug!(provider = operation.0, operation = operation.1, attempt, error = %e, "retrying");
-                tokio::time::sleep(policy.backoff(attempt)).await;
+                // A provider's own hint (throttling) is a floor on the wait.
+                let wait = policy
+                    .backoff(attempt)
+                    .max(e.retry_after().unwrap_or_default());
+                tokio::time::sleep(wait).await;
                 attempt += 1;
             }
             Err(e) => return Err(e.persistent()),
@@ -1123,4 +1129,51 @@ async fn endpoint(p: &Providers, plan: &Plan, color: Color) -> Option<String> {
         return Some(u.clone());
     }
     p.compute.endpoint(color).await.ok().flatten()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::MAX_RETRY_AFTER;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    /// A throttled call that says "retry after 20 s" is not called again
+    /// sooner, although the policy's own backoff is 100 ms.
+    #[tokio::test(start_paused = true)]
+    async fn a_throttled_call_waits_the_providers_retry_after_hint() {
+        let policy = RetryPolicy {
+            max_attempts: 3,
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(1),
+            jitter: false,
+        };
+        let calls = AtomicU32::new(0);
+        let started = tokio::time::Instant::now();
+        let mut at = Vec::new();
+        let out = with_retry(&policy, Duration::from_secs(5), ("aws", "scale"), || {
+            let n = calls.fetch_add(1, Ordering::SeqCst);
+            at.push(started.elapsed());
+            async move {
+                if n == 0 {
+                    Err(Error::new(ErrorKind::RateLimited, "Rate exceeded")
+                        .with_retry_after(Duration::from_secs(20)))
+                } else {
+                    Ok(n)
+                }
+            }
+        })
+        .await
+        .unwrap();
+        assert_eq!(out, 1);
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        assert_eq!(at, vec![Duration::ZERO, Duration::from_secs(20)]);
+    }
+
+    /// A hint beyond [`MAX_RETRY_AFTER`] is capped there.
+    #[test]
+    fn a_retry_after_hint_is_capped() {
+        let e = Error::new(ErrorKind::RateLimited, "slow down")
+            .with_retry_after(Duration::from_secs(86_400));
+        assert_eq!(e.retry_after(), Some(MAX_RETRY_AFTER));
+    }
 }

@@ -107,6 +107,11 @@ impl fmt::Display for ErrorStatus {
     }
 }
 
+/// The longest provider retry hint honoured: a hint beyond it (a clock skew,
+/// a daily quota's reset) is capped, so one answer cannot park a deployment
+/// past its deadlines. Five minutes.
+pub const MAX_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(300);
+
 type Source = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// The error of every bluegreen operation.
@@ -121,6 +126,7 @@ pub struct Error {
     provider: Cow<'static, str>,
     operation: Cow<'static, str>,
     message: String,
+    retry_after: Option<std::time::Duration>,
     source: Option<Source>,
 }
 
@@ -133,6 +139,7 @@ impl Error {
             provider: Cow::Borrowed(""),
             operation: Cow::Borrowed(""),
             message: message.into(),
+            retry_after: None,
             source: None,
         }
     }
@@ -159,6 +166,21 @@ impl Error {
     pub fn with_source(mut self, source: impl Into<Source>) -> Self {
         self.source = Some(source.into());
         self
+    }
+
+    /// Records the provider's hint of how long to wait before calling again
+    /// (an HTTP `Retry-After`, a rate limit's reset time). The driver's
+    /// retries wait at least this long; a hint above
+    /// [`MAX_RETRY_AFTER`] is capped there.
+    pub fn with_retry_after(mut self, wait: std::time::Duration) -> Self {
+        self.retry_after = Some(wait.min(MAX_RETRY_AFTER));
+        self
+    }
+
+    /// The provider's hint of how long to wait before calling again, if it
+    /// gave one. See [`with_retry_after`](Self::with_retry_after).
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        self.retry_after
     }
 
     /// Marks a temporary error as still failing after retries.
@@ -250,6 +272,9 @@ impl fmt::Debug for Error {
             .field("provider", &self.provider)
             .field("operation", &self.operation)
             .field("message", &self.message);
+        if let Some(wait) = self.retry_after {
+            d.field("retry_after", &wait);
+        }
         if let Some(source) = &self.source {
             d.field("source", &format_args!("{source}"));
         }

@@ -9,7 +9,7 @@ pub mod plan;
 pub mod provider;
 
 pub use color::{Color, Timestamp, TrafficSplit};
-pub use error::{Error, ErrorKind, ErrorRecord, ErrorStatus, PlanError, Result};
+pub use error::{Error, ErrorKind, ErrorRecord, ErrorStatus, PlanError, Result, MAX_RETRY_AFTER};
 pub use plan::{Barrier, Plan, Release};
 pub use provider::*;
 pub mod journal;
