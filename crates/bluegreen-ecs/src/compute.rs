@@ -7,8 +7,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use aws_sdk_applicationautoscaling::types::{ScalableDimension, ServiceNamespace, SuspendedState};
 use aws_sdk_ecs::types::{
-    ContainerDefinition, DeploymentRolloutState, KeyValuePair, Secret, Service, Tag,
-    TaskDefinition, TaskDefinitionField,
+    ContainerDefinition, DeploymentRolloutState, KeyValuePair, Secret, Service, SortOrder, Tag,
+    TaskDefinition, TaskDefinitionField, TaskDefinitionStatus,
 };
 use aws_types::SdkConfig;
 use bluegreen_core::{
@@ -27,6 +27,14 @@ pub const VERSION_TAG: &str = "bluegreen:version";
 
 /// `DescribeServices` answers at most this many services per call.
 const DESCRIBE_SERVICES_MAX: usize = 10;
+
+/// Pages of `ListTaskDefinitions` (100 ARNs each) `prepare` reads at most
+/// when it looks for a revision it registered before.
+const LIST_PAGES_MAX: usize = 5;
+
+/// The newest revisions of the family `prepare` describes at most when it
+/// looks for one it registered before.
+const REVISIONS_CHECKED_MAX: usize = 10;
 
 /// Builds an [`EcsCompute`]; see [`EcsCompute::builder`].
 #[derive(Debug, Clone)]
@@ -497,6 +505,80 @@ impl EcsCompute {
         }
     }
 
+    /// The newest ACTIVE revision of `family`, other than `current`, that
+    /// carries the release: tagged [`VERSION_TAG`] = `version` and with the
+    /// release's container exactly as `wanted` (image, environment and
+    /// secrets). Reads at most [`LIST_PAGES_MAX`] pages of
+    /// `ListTaskDefinitions` and describes at most the newest
+    /// [`REVISIONS_CHECKED_MAX`] revisions (each once per process).
+    async fn find_registered(
+        &self,
+        family: &str,
+        current: &str,
+        wanted: &ContainerDefinition,
+        version: &str,
+        operation: &'static str,
+    ) -> Result<Option<String>> {
+        if family.is_empty() {
+            return Ok(None);
+        }
+        let mut revisions: Vec<(u64, String)> = Vec::new();
+        let mut token: Option<String> = None;
+        for _ in 0..LIST_PAGES_MAX {
+            let out = self
+                .ecs
+                .list_task_definitions()
+                .family_prefix(family)
+                .status(TaskDefinitionStatus::Active)
+                .sort(SortOrder::Desc)
+                .max_results(100)
+                .set_next_token(token.take())
+                .send()
+                .await
+                .map_err(|e| {
+                    sdk_error(
+                        PROVIDER,
+                        e,
+                        operation,
+                        "ecs:ListTaskDefinitions",
+                        &format!("task definition family {family}"),
+                    )
+                })?;
+            // `familyPrefix` also matches longer family names: keep the
+            // family's own revisions.
+            revisions.extend(out.task_definition_arns().iter().filter_map(|arn| {
+                let (path, revision) = arn.rsplit_once(':')?;
+                let name = path.rsplit('/').next()?;
+                if name != family || arn == current {
+                    return None;
+                }
+                Some((revision.parse::<u64>().ok()?, arn.clone()))
+            }));
+            token = out.next_token;
+            if token.is_none() {
+                break;
+            }
+        }
+        revisions.sort_by_key(|r| std::cmp::Reverse(r.0));
+        for (_, arn) in revisions.into_iter().take(REVISIONS_CHECKED_MAX) {
+            let (td, tags) = self.describe_task_definition(&arn, operation).await?;
+            let tagged = tags.iter().any(|t| {
+                t.key.as_deref() == Some(VERSION_TAG) && t.value.as_deref() == Some(version)
+            });
+            if !tagged {
+                continue;
+            }
+            let Ok((_, container)) = self.pick_container(&td, &arn) else {
+                continue;
+            };
+            if same_release(container, wanted) && container.name == wanted.name {
+                tracing::info!(provider = PROVIDER, task_definition = %arn, %version, "found the release's revision registered before");
+                return Ok(Some(arn));
+            }
+        }
+        Ok(None)
+    }
+
     /// The container definition the release changes, and its index.
     fn pick_container<'a>(
         &self,
@@ -644,9 +726,11 @@ fn same_release(a: &ContainerDefinition, b: &ContainerDefinition) -> bool {
 #[async_trait]
 impl ComputeProvider for EcsCompute {
     /// Registers a task-definition revision for `release`, derived from the
-    /// color's current one. Idempotent: when the service's current revision
-    /// (or the one this provider registered) already carries the release, no
-    /// new revision is registered.
+    /// color's current one. Idempotent, also across processes: when the
+    /// service's current revision, the one this provider registered, or an
+    /// ACTIVE revision of the family found by [`VERSION_TAG`] (a registration
+    /// whose reply was lost, or made by a deployer that died) already carries
+    /// the release, no new revision is registered.
     async fn prepare(&self, color: Color, release: &Release) -> Result<PreparedRelease> {
         const OP: &str = "prepare";
         self.check_release(release)
@@ -688,7 +772,22 @@ impl ComputeProvider for EcsCompute {
             .get(&color)
             .filter(|p| p.release == *release)
             .cloned();
-        let mut prepared = match reuse {
+        let family = td.family.clone().unwrap_or_default();
+        let found = match reuse {
+            Some(p) => Some(p),
+            // A new process (or a repeat after a lost reply) finds the
+            // revision registered before by its tag instead of registering
+            // a second one.
+            None => self
+                .find_registered(&family, &current_arn, &wanted, &release.version, OP)
+                .await?
+                .map(|arn| Prepared {
+                    arn,
+                    release: release.clone(),
+                    applied: false,
+                }),
+        };
+        let mut prepared = match found {
             Some(p) => p,
             None => {
                 let mut containers = td.container_definitions().to_vec();
@@ -704,7 +803,6 @@ impl ComputeProvider for EcsCompute {
                         .build(),
                 );
                 let registered_tags = new_tags.clone();
-                let family = td.family.clone().unwrap_or_default();
                 let out = self
                     .ecs
                     .register_task_definition()

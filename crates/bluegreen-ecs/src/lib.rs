@@ -13,6 +13,7 @@ pub const PROVIDER: &str = "ecs";
 pub const IAM_ACTIONS: &[&str] = &[
     "ecs:DescribeServices",
     "ecs:DescribeTaskDefinition",
+    "ecs:ListTaskDefinitions",
     "ecs:RegisterTaskDefinition",
     "ecs:UpdateService",
     "application-autoscaling:DescribeScalableTargets",

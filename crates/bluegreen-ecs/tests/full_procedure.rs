@@ -369,6 +369,7 @@ fn a_good_release_promotes_and_leaves_blue_live_green_at_zero_and_autoscaling_as
     // Each write once; each revision described once.
     for (op, n) in [
         ("ecs:RegisterTaskDefinition", 1),
+        ("ecs:ListTaskDefinitions", 1), // no revision of 2.5.0 registered before
         ("ecs:DescribeTaskDefinition", 1),
         ("ecs:UpdateService", 3), // prepare (at zero), scale blue up, scale green down
         ("elasticloadbalancing:ModifyRule", 1),

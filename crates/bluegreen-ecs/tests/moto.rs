@@ -244,6 +244,72 @@ async fn prepare_on_a_running_color_registers_and_scale_deploys_it() {
     assert_eq!(ecs.status(Color::Blue).await.unwrap().desired, 3);
 }
 
+/// The ACTIVE revisions of the task definition family of `arn` (read on a
+/// config of its own, so that the provider's calls are counted alone).
+async fn revisions(arn: &str) -> Vec<String> {
+    let family = arn.rsplit('/').next().unwrap().split(':').next().unwrap();
+    aws_sdk_ecs::Client::new(&common::moto())
+        .list_task_definitions()
+        .family_prefix(family)
+        .send()
+        .await
+        .unwrap()
+        .task_definition_arns()
+        .to_vec()
+}
+
+#[tokio::test]
+async fn a_repeated_prepare_after_a_lost_reply_registers_no_second_revision() {
+    let (config, calls) = common::counted_moto();
+    let f = ecs_fixture(&aws_sdk_ecs::Client::new(&config), 2).await;
+    let release = Release::new("2.5.1", "order-api:2.5.1");
+    // On a running color the service keeps its revision until `scale`: only
+    // the registration itself records that prepare happened, as when its
+    // reply was lost or its process died right after.
+    let first = provider(&config, &f)
+        .prepare(Color::Blue, &release)
+        .await
+        .unwrap();
+    assert_eq!(revisions(&f.task_definition).await.len(), 2);
+    // Someone registers a newer revision of another release meanwhile.
+    let other = provider(&config, &f)
+        .prepare(Color::Blue, &Release::new("2.5.2", "order-api:2.5.2"))
+        .await
+        .unwrap();
+    assert_ne!(other, first);
+    assert_eq!(revisions(&f.task_definition).await.len(), 3);
+    calls.reset();
+
+    // A new process prepares the same release: it finds the revision by tag.
+    let fresh = provider(&config, &f);
+    let again = fresh.prepare(Color::Blue, &release).await.unwrap();
+    assert_eq!(again, first, "the revision registered before is reused");
+    assert_eq!(
+        revisions(&f.task_definition).await.len(),
+        3,
+        "no second revision of the release"
+    );
+    assert_eq!(calls.count("ecs:RegisterTaskDefinition"), 0);
+    assert_eq!(calls.count("ecs:ListTaskDefinitions"), 1);
+
+    // And `scale` deploys exactly that revision.
+    fresh.scale(Color::Blue, 3).await.unwrap();
+    let (td, c) = container(&config, &f, Color::Blue).await;
+    assert_eq!(Some(td), first.id);
+    assert_eq!(c.image.as_deref(), Some("order-api:2.5.1"));
+
+    // The same version with another image is another release: registered anew.
+    let changed = provider(&config, &f)
+        .prepare(
+            Color::Green,
+            &Release::new("2.5.1", "order-api:2.5.1-rebuilt"),
+        )
+        .await
+        .unwrap();
+    assert_ne!(changed, first);
+    assert_eq!(revisions(&f.task_definition).await.len(), 4);
+}
+
 #[tokio::test]
 async fn suspend_then_restore_puts_back_exactly_the_state_found() {
     let config = common::moto();
