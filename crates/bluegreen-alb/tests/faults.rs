@@ -49,6 +49,22 @@ async fn throttling_is_temporary_and_rate_limited() {
     assert_eq!(e.status(), ErrorStatus::Temporary);
     assert_eq!(e.provider(), "alb");
     assert_eq!(e.operation(), "current_split");
+    assert_eq!(e.retry_after(), None, "no Retry-After, no hint");
+}
+
+#[tokio::test]
+async fn a_throttling_answer_with_retry_after_carries_the_wait() {
+    let (config, _) = common::canned(
+        vec![(
+            "elasticloadbalancing:DescribeRules",
+            vec![Canned::query_error(400, "Throttling", "Rate exceeded")
+                .with_header("Retry-After", "12")],
+        )],
+        RetryConfig::disabled(),
+    );
+    let e = router(&config).current_split().await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::RateLimited, "{e}");
+    assert_eq!(e.retry_after(), Some(std::time::Duration::from_secs(12)));
 }
 
 #[tokio::test]

@@ -135,8 +135,10 @@ const INVALID: &[&str] = &[
 /// `ecs:UpdateService`) on `resource`, made by the operation `operation` of
 /// the provider `provider`, into a bluegreen error.
 ///
-/// Throttling, 5xx, timeouts and connection failures are temporary; access
-/// denied is permanent and names the IAM action to grant; a missing resource is
+/// Throttling, 5xx, timeouts and connection failures are temporary (a
+/// throttling answer's `Retry-After` seconds become the error's
+/// [`retry_after`](Error::retry_after), which the driver's retries wait at
+/// least); access denied is permanent and names the IAM action to grant; a missing resource is
 /// `NotFound`; invalid requests are `InvalidInput`.
 pub fn sdk_error<E>(
     provider: &'static str,
@@ -149,6 +151,7 @@ where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
     let call = format!("{action} on {resource}");
+    let mut retry_after = None;
     let (kind, status, message) = match &err {
         SdkError::TimeoutError(_) => (
             ErrorKind::Timeout,
@@ -192,6 +195,7 @@ where
                 format!("{code}: {detail}")
             };
             if THROTTLING.contains(&code) || http == 429 {
+                retry_after = retry_after_of(ctx.raw());
                 (
                     ErrorKind::RateLimited,
                     ErrorStatus::Temporary,
@@ -241,10 +245,22 @@ where
             format!("{call} failed"),
         ),
     };
-    Error::new(kind, message)
+    let error = Error::new(kind, message)
         .with_status(status)
         .with_provider(provider)
-        .with_operation(operation)
+        .with_operation(operation);
+    match retry_after {
+        Some(wait) => error.with_retry_after(wait),
+        None => error,
+    }
+}
+
+/// The wait a throttling answer asks for: its `Retry-After` header in whole
+/// seconds (the form AWS sends; an HTTP date is not read).
+fn retry_after_of(response: &HttpResponse) -> Option<std::time::Duration> {
+    let value = response.headers().get("retry-after")?;
+    let seconds: u64 = value.trim().parse().ok()?;
+    Some(std::time::Duration::from_secs(seconds))
 }
 
 #[cfg(test)]

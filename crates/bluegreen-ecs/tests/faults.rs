@@ -137,6 +137,27 @@ async fn throttling_is_temporary_and_rate_limited() {
     assert_eq!(e.kind(), ErrorKind::RateLimited, "{e}");
     assert_eq!(e.status(), ErrorStatus::Temporary);
     assert_eq!((e.provider(), e.operation()), ("ecs", "scale"));
+    assert_eq!(e.retry_after(), None, "no Retry-After, no hint");
+}
+
+#[tokio::test]
+async fn a_throttling_answer_with_retry_after_carries_the_wait() {
+    let (config, _) = common::canned(
+        vec![(
+            "application-autoscaling:DescribeScalableTargets",
+            vec![
+                Canned::json_error(400, "ThrottlingException", "Rate exceeded")
+                    .with_header("Retry-After", "7"),
+            ],
+        )],
+        RetryConfig::disabled(),
+    );
+    let e = provider(&config)
+        .suspend_autoscaling(Color::Green)
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::RateLimited, "{e}");
+    assert_eq!(e.retry_after(), Some(std::time::Duration::from_secs(7)));
 }
 
 #[tokio::test]

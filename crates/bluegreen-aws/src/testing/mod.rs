@@ -165,6 +165,8 @@ pub struct Canned {
     pub status: u16,
     /// The response body.
     pub body: String,
+    /// Extra response headers (name, value), e.g. `Retry-After`.
+    pub headers: Vec<(String, String)>,
 }
 
 impl Canned {
@@ -173,6 +175,7 @@ impl Canned {
         Canned {
             status: 200,
             body: body.into(),
+            headers: Vec::new(),
         }
     }
 
@@ -181,6 +184,7 @@ impl Canned {
         Canned {
             status,
             body: format!(r#"{{"__type":"{code}","message":"{message}"}}"#),
+            headers: Vec::new(),
         }
     }
 
@@ -192,7 +196,14 @@ impl Canned {
                 "<ErrorResponse><Error><Type>Sender</Type><Code>{code}</Code><Message>{message}</Message></Error>\
                  <RequestId>1</RequestId></ErrorResponse>"
             ),
+            headers: Vec::new(),
         }
+    }
+
+    /// This answer with the header `name: value` as well.
+    pub fn with_header(mut self, name: &str, value: &str) -> Self {
+        self.headers.push((name.to_string(), value.to_string()));
+        self
     }
 }
 
@@ -224,7 +235,11 @@ pub fn canned(script: Vec<(&str, Vec<Canned>)>, retry: RetryConfig) -> (SdkConfi
             } else {
                 answers[0].clone()
             };
-            http::Response::builder()
+            let mut response = http::Response::builder();
+            for (name, value) in &answer.headers {
+                response = response.header(name, value);
+            }
+            response
                 .status(answer.status)
                 .header(
                     "content-type",
