@@ -1,0 +1,592 @@
+use super::*;
+
+/// A command id, unique within one deployment.
+pub type CommandId = u64;
+
+/// What the driver must do; each has an id its reply refers to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Command {
+    /// The id the reply carries. Notifications have id 0 and get no reply.
+    pub id: CommandId,
+    /// What to do.
+    pub action: Action,
+}
+
+/// Where smoke tests run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SmokeScope {
+    /// The staging environment (preflight).
+    Staging,
+    /// One color.
+    Color(Color),
+}
+
+/// The provider calls the machine asks for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum Action {
+    /// `TrafficRouter::current_split`.
+    ReadSplit,
+    /// `TrafficRouter::set_split`.
+    SetSplit {
+        /// The split to set.
+        split: TrafficSplit,
+    },
+    /// `TrafficRouter::target_health`.
+    ReadTargetHealth {
+        /// The color.
+        color: Color,
+    },
+    /// `TrafficRouter::drain_period`.
+    ReadDrainPeriod,
+    /// `ComputeProvider::statuses`.
+    ReadStatus {
+        /// The colors.
+        colors: Vec<Color>,
+    },
+    /// `ComputeProvider::prepare` with the plan's release.
+    Prepare {
+        /// The color.
+        color: Color,
+    },
+    /// `ComputeProvider::scale`.
+    Scale {
+        /// The color.
+        color: Color,
+        /// The count.
+        count: u32,
+    },
+    /// `ComputeProvider::autoscaling_state`, read and journaled before the
+    /// suspension.
+    ReadAutoscaling {
+        /// The color.
+        color: Color,
+    },
+    /// `ComputeProvider::suspend_autoscaling`.
+    SuspendAutoscaling {
+        /// The color.
+        color: Color,
+    },
+    /// `ComputeProvider::restore_autoscaling`.
+    RestoreAutoscaling {
+        /// The color.
+        color: Color,
+        /// The state to put back.
+        previous: AutoscalingState,
+    },
+    /// `SecretSource::metadata` for each secret.
+    CheckSecrets {
+        /// The secrets.
+        secrets: Vec<RequiredSecret>,
+    },
+    /// Runs smoke tests by name.
+    RunSmokeTests {
+        /// Where.
+        scope: SmokeScope,
+        /// Which, in order.
+        tests: Vec<String>,
+        /// The version the target should run: the release for staging and
+        /// the new color, the version the old color reported at preflight for
+        /// the old color (empty when its provider did not say).
+        version: String,
+    },
+    /// `MigrationRunner::backup`.
+    Backup,
+    /// `MigrationRunner::verify_backup`.
+    VerifyBackup {
+        /// The backup.
+        backup: BackupRecord,
+        /// The plan's threshold.
+        min_entries: u64,
+    },
+    /// `MigrationRunner::apply`.
+    Migrate {
+        /// The phase.
+        phase: MigrationPhase,
+    },
+    /// `MigrationRunner::verify`.
+    VerifyMigrations {
+        /// The phase.
+        phase: MigrationPhase,
+    },
+    /// `MigrationRunner::revert`.
+    RevertMigrations {
+        /// Versions, newest first.
+        versions: Vec<u64>,
+    },
+    /// `MetricsSource::query`.
+    Measure {
+        /// The check.
+        check: String,
+        /// The rendered query.
+        query: String,
+        /// The window's start.
+        from: Timestamp,
+        /// The window's end.
+        to: Timestamp,
+        /// Periodic or final.
+        kind: MeasurementKind,
+    },
+    /// `EventSink::notify`; fire and forget, never blocks the deployment.
+    Notify {
+        /// The notification.
+        notification: Notification,
+    },
+}
+
+impl Action {
+    /// The provider and operation, e.g. `("router", "set_split")`.
+    pub fn operation(&self) -> (&'static str, &'static str) {
+        match self {
+            Action::ReadSplit => ("router", "current_split"),
+            Action::SetSplit { .. } => ("router", "set_split"),
+            Action::ReadTargetHealth { .. } => ("router", "target_health"),
+            Action::ReadDrainPeriod => ("router", "drain_period"),
+            Action::ReadStatus { .. } => ("compute", "status"),
+            Action::Prepare { .. } => ("compute", "prepare"),
+            Action::Scale { .. } => ("compute", "scale"),
+            Action::ReadAutoscaling { .. } => ("compute", "autoscaling_state"),
+            Action::SuspendAutoscaling { .. } => ("compute", "suspend_autoscaling"),
+            Action::RestoreAutoscaling { .. } => ("compute", "restore_autoscaling"),
+            Action::CheckSecrets { .. } => ("secrets", "metadata"),
+            Action::RunSmokeTests { .. } => ("smoke", "run"),
+            Action::Backup => ("migrations", "backup"),
+            Action::VerifyBackup { .. } => ("migrations", "verify_backup"),
+            Action::Migrate { .. } => ("migrations", "apply"),
+            Action::VerifyMigrations { .. } => ("migrations", "verify"),
+            Action::RevertMigrations { .. } => ("migrations", "revert"),
+            Action::Measure { .. } => ("metrics", "query"),
+            Action::Notify { .. } => ("events", "notify"),
+        }
+    }
+
+    /// Whether the action changes the world (and so must be journaled before it runs).
+    pub fn is_mutating(&self) -> bool {
+        matches!(
+            self,
+            Action::SetSplit { .. }
+                | Action::Prepare { .. }
+                | Action::Scale { .. }
+                | Action::SuspendAutoscaling { .. }
+                | Action::RestoreAutoscaling { .. }
+                | Action::Backup
+                | Action::Migrate { .. }
+                | Action::RevertMigrations { .. }
+        )
+    }
+}
+
+/// A secret's metadata, or why it could not be read.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SecretCheck {
+    /// The secret.
+    pub name: String,
+    /// Its metadata, when found.
+    pub metadata: Option<SecretMetadata>,
+    /// The error, when not.
+    pub error: Option<ErrorRecord>,
+}
+
+/// One smoke test's result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SmokeResult {
+    /// The test.
+    pub name: String,
+    /// Its outcome, when it ran.
+    pub outcome: Option<SmokeOutcome>,
+    /// Why it could not run.
+    pub error: Option<ErrorRecord>,
+}
+
+impl SmokeResult {
+    /// Ran and passed.
+    pub fn passed(&self) -> bool {
+        self.outcome.as_ref().is_some_and(|o| o.passed)
+    }
+}
+
+/// The answer to a command.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "reply", rename_all = "snake_case")]
+pub enum Reply {
+    /// Done, nothing to report.
+    Done,
+    /// The split read back.
+    Split {
+        /// The split.
+        split: TrafficSplit,
+    },
+    /// Statuses, in the order asked.
+    Statuses {
+        /// The statuses.
+        statuses: Vec<ComputeStatus>,
+    },
+    /// The autoscaling state found before suspending.
+    Autoscaling {
+        /// The state.
+        state: AutoscalingState,
+    },
+    /// Secret metadata.
+    Secrets {
+        /// One per secret.
+        checks: Vec<SecretCheck>,
+    },
+    /// Smoke test results.
+    Smoke {
+        /// One per test.
+        results: Vec<SmokeResult>,
+    },
+    /// A backup.
+    Backup {
+        /// The backup.
+        backup: BackupRecord,
+    },
+    /// A backup verification.
+    BackupVerified {
+        /// The verification.
+        verification: BackupVerification,
+    },
+    /// Migrations applied by the call.
+    Migrated {
+        /// The migrations.
+        applied: Vec<MigrationInfo>,
+    },
+    /// Verification checks.
+    Verified {
+        /// The checks.
+        checks: Vec<VerificationCheck>,
+    },
+    /// Migrations reverted.
+    Reverted {
+        /// The migrations.
+        reverted: Vec<MigrationInfo>,
+    },
+    /// A metric answer.
+    Metric {
+        /// The answer.
+        answer: MetricAnswer,
+    },
+    /// Target health.
+    Health {
+        /// The health.
+        health: TargetHealth,
+    },
+    /// What `prepare` made ready.
+    Prepared {
+        /// The provider's identity of the release.
+        prepared: PreparedRelease,
+    },
+    /// The router's drain figure.
+    DrainPeriod {
+        /// The period, when the router has one.
+        #[serde(default, with = "humantime_serde")]
+        period: Option<Duration>,
+    },
+}
+
+/// A human's instruction.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "control", rename_all = "snake_case")]
+pub enum Control {
+    /// Hold at the next phase boundary (rollbacks are never paused).
+    Pause,
+    /// Continue after a pause.
+    Resume,
+    /// Skip the current wait or pass the current gate.
+    Promote,
+    /// Roll back.
+    Abort {
+        /// Why.
+        reason: String,
+    },
+    /// Pass a group [`Barrier`]: sent by the group coordinator once every
+    /// member has reached it. Refused unless the deployment waits there.
+    Proceed {
+        /// The barrier.
+        barrier: Barrier,
+    },
+}
+
+/// One input to the machine.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "input", rename_all = "snake_case")]
+pub enum Input {
+    /// Begin the deployment.
+    Start,
+    /// Time passed; the machine checks its timers.
+    Tick,
+    /// A command succeeded.
+    Reply {
+        /// The command.
+        id: CommandId,
+        /// Its answer.
+        reply: Reply,
+    },
+    /// A command failed after the driver's retries.
+    Failed {
+        /// The command.
+        id: CommandId,
+        /// The error.
+        error: ErrorRecord,
+    },
+    /// A human's instruction.
+    Control {
+        /// The instruction.
+        control: Control,
+    },
+}
+
+/// Why the deployment is holding.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "hold", rename_all = "snake_case")]
+pub enum HoldReason {
+    /// A manual gate from the plan.
+    Gate {
+        /// The gate.
+        gate: Gate,
+    },
+    /// The analysis was inconclusive and the policy is to pause.
+    Inconclusive {
+        /// What was missing.
+        detail: String,
+    },
+    /// A human paused it.
+    Paused,
+    /// A member of a coordinated group, waiting until every member has
+    /// reached `barrier`.
+    Group {
+        /// The barrier.
+        barrier: Barrier,
+    },
+}
+
+/// Where the success of the new color is evaluated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EvalPoint {
+    /// At the end of a traffic step's wait.
+    Step {
+        /// The step index.
+        step: usize,
+    },
+    /// At the end of the analysis window.
+    Analysis,
+    /// At the end of the soak.
+    Soak,
+}
+
+/// Why a deployment rolled back or halted, with the evidence behind it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Reason {
+    /// One line, e.g. `error-rate > 0.05 for 5m: 0.0712 over 5m`.
+    pub summary: String,
+    /// The measurements the decision used.
+    pub evidence: Vec<Measurement>,
+}
+
+impl Reason {
+    pub(super) fn new(summary: impl Into<String>) -> Self {
+        Reason {
+            summary: summary.into(),
+            evidence: Vec::new(),
+        }
+    }
+}
+
+/// How a deployment ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum Outcome {
+    /// All traffic on the new release, the old color at zero.
+    Succeeded,
+    /// Traffic back on the old release, the new color at zero.
+    RolledBack {
+        /// Why.
+        reason: Reason,
+    },
+    /// Stopped for a human, with the state recorded in [`Facts`].
+    Halted {
+        /// Why.
+        reason: Reason,
+    },
+}
+
+impl Outcome {
+    /// `"succeeded"`, `"rolled_back"` or `"halted"`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Outcome::Succeeded => "succeeded",
+            Outcome::RolledBack { .. } => "rolled_back",
+            Outcome::Halted { .. } => "halted",
+        }
+    }
+}
+
+/// What the machine knows to be true of the world: the consistent recorded
+/// state a halted deployment hands to a human.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Facts {
+    /// The color that had all traffic at the start.
+    pub old: Option<Color>,
+    /// The color being deployed.
+    pub new: Option<Color>,
+    /// The old color's desired count at the start: its serving capacity.
+    pub old_capacity: Option<u32>,
+    /// The version the old color ran at the start, when its provider said.
+    pub old_version: Option<String>,
+    /// The split last confirmed by read-back.
+    pub confirmed_split: Option<TrafficSplit>,
+    /// Whether any split was requested by this deployment.
+    pub traffic_touched: bool,
+    /// The count last requested for the new color.
+    pub new_count: Option<u32>,
+    /// The count last requested for the old color.
+    pub old_count: Option<u32>,
+    /// Autoscaling states found before suspending, per color.
+    pub autoscaling: BTreeMap<Color, AutoscalingState>,
+    /// Whether autoscaling has been restored.
+    pub autoscaling_restored: bool,
+    /// The backup, once taken.
+    pub backup: Option<BackupRecord>,
+    /// The backup verification.
+    pub backup_verification: Option<BackupVerification>,
+    /// Migrations applied by this deployment, in order.
+    pub applied: Vec<MigrationInfo>,
+    /// Migrations reverted by this deployment.
+    pub reverted: Vec<MigrationInfo>,
+    /// Whether the new color passed its smoke tests.
+    pub smoke_passed: bool,
+    /// The new color's serving capacity, chosen once autoscaling was
+    /// suspended (see [`CapacityPolicy`]).
+    #[serde(default)]
+    pub capacity: Option<u32>,
+    /// The provider's identity of the prepared release (ECS: the task
+    /// definition ARN), which the new color must report before traffic.
+    #[serde(default)]
+    pub prepared_id: Option<String>,
+    /// The router's own drain figure (ALB: deregistration delay).
+    #[serde(default, with = "humantime_serde")]
+    pub router_drain: Option<Duration>,
+    /// The colors whose autoscaling was put back as found; a color in
+    /// [`autoscaling`](Self::autoscaling) and not here was left suspended.
+    #[serde(default)]
+    pub autoscaling_restored_on: BTreeSet<Color>,
+}
+
+impl Facts {
+    pub(super) fn irreversible_applied(&self) -> Vec<&MigrationInfo> {
+        self.applied.iter().filter(|m| !m.reversible).collect()
+    }
+}
+
+/// What the machine tells the world; the driver journals and publishes these.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    /// Entered a stage.
+    Stage {
+        /// The stage.
+        stage: Stage,
+    },
+    /// The colors were determined.
+    Colors {
+        /// Serving now.
+        old: Color,
+        /// Being deployed.
+        new: Color,
+    },
+    /// The new color's capacity was chosen.
+    Capacity {
+        /// The plan's `replicas`.
+        replicas: u32,
+        /// The old color's desired count, read once autoscaling was suspended.
+        old_desired: u32,
+        /// The count the new color gets.
+        count: u32,
+        /// The rule that chose it.
+        policy: CapacityPolicy,
+    },
+    /// A color was found running the release it should.
+    ReleaseVerified {
+        /// The color.
+        color: Color,
+        /// The version it reports.
+        version: String,
+        /// The provider's identity of the release, where it has one.
+        id: Option<String>,
+    },
+    /// In a rollback, the old color's state before traffic returns to it.
+    OldColorChecked {
+        /// Its status.
+        status: ComputeStatus,
+        /// Its targets' health as the router sees it.
+        health: TargetHealth,
+        /// Its recorded serving capacity.
+        capacity: u32,
+        /// Whether it can take the traffic as it is.
+        serving: bool,
+    },
+    /// A split was confirmed by read-back.
+    TrafficConfirmed {
+        /// The split.
+        split: TrafficSplit,
+    },
+    /// A measurement was taken.
+    Measured {
+        /// The measurement (boxed: events are queued per subscriber).
+        measurement: Box<Measurement>,
+    },
+    /// Target health was read.
+    TargetHealth {
+        /// The color.
+        color: Color,
+        /// The reading.
+        health: TargetHealth,
+    },
+    /// Smoke tests ran.
+    SmokeTests {
+        /// Where.
+        scope: SmokeScope,
+        /// The results.
+        results: Vec<SmokeResult>,
+    },
+    /// A dry-run check would have acted.
+    DryRun {
+        /// What it would have done.
+        detail: String,
+    },
+    /// A step's note (a skipped phase, a retried read-back).
+    Note {
+        /// The note.
+        text: String,
+    },
+    /// A human's instruction took effect or was refused.
+    Control {
+        /// The instruction.
+        control: Control,
+        /// What it did.
+        effect: String,
+    },
+    /// The rollback started.
+    RollbackStarted {
+        /// Why.
+        reason: Reason,
+    },
+    /// The deployment finished.
+    Finished {
+        /// How.
+        outcome: Outcome,
+        /// The recorded state (boxed: events are queued per subscriber).
+        facts: Box<Facts>,
+    },
+}
+
+/// What one input produced.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Step {
+    /// Commands to execute.
+    pub commands: Vec<Command>,
+    /// Events to journal and publish.
+    pub events: Vec<Event>,
+}

@@ -1,0 +1,143 @@
+use super::*;
+
+impl Machine {
+    pub(super) fn decide_evaluation(&mut self, point: EvalPoint) {
+        let results = std::mem::take(&mut self.final_results);
+        let acted: Vec<&Measurement> = results.iter().filter(|m| !m.dry_run).collect();
+        for m in results
+            .iter()
+            .filter(|m| m.dry_run && m.verdict != Verdict::Pass)
+        {
+            self.event(Event::DryRun {
+                detail: format!("dry run, not acted on: {}", m.describe()),
+            });
+        }
+        let where_ = match point {
+            EvalPoint::Step { step } => {
+                format!("traffic step {} ({}%)", step + 1, self.steps[step].percent)
+            }
+            EvalPoint::Analysis => "the analysis window".into(),
+            EvalPoint::Soak => "the soak".into(),
+        };
+        let failed: Vec<String> = acted
+            .iter()
+            .filter(|m| m.verdict == Verdict::Fail)
+            .map(|m| m.describe())
+            .collect();
+        if !failed.is_empty() {
+            let evidence = acted.iter().map(|m| (*m).clone()).collect();
+            return self.fail(Reason {
+                summary: format!(
+                    "analysis failed at the end of {where_}: {}",
+                    failed.join("; ")
+                ),
+                evidence,
+            });
+        }
+        let inconclusive: Vec<String> = acted
+            .iter()
+            .filter(|m| m.verdict == Verdict::Inconclusive)
+            .map(|m| m.describe())
+            .collect();
+        if !inconclusive.is_empty() {
+            let detail = format!(
+                "analysis inconclusive at the end of {where_}: {}",
+                inconclusive.join("; ")
+            );
+            match self.plan.on_inconclusive {
+                InconclusivePolicy::Rollback => {
+                    let evidence = acted.iter().map(|m| (*m).clone()).collect();
+                    return self.fail(Reason {
+                        summary: detail,
+                        evidence,
+                    });
+                }
+                InconclusivePolicy::Pause => {
+                    let then = self.next_stage();
+                    self.notify(
+                        "Deployment Paused",
+                        format!(
+                            "{} {}: {detail}",
+                            self.plan.service, self.plan.release.version
+                        ),
+                        Severity::Warning,
+                        &["deployment:paused"],
+                    );
+                    self.hold(HoldReason::Inconclusive { detail }, then);
+                    return;
+                }
+            }
+        }
+        self.advance();
+    }
+
+    /// Why `status` is not the release the new color should run, or `None`
+    /// when it is: the plan's version and, where `prepare` returned one, the
+    /// provider's identity (ECS: a circuit-breaker rollback puts the old task
+    /// definition back as the primary deployment, COMPLETED).
+    pub(super) fn release_mismatch(&self, status: &ComputeStatus) -> Option<String> {
+        let want_version = &self.plan.release.version;
+        let want_id = self.facts.prepared_id.as_ref();
+        let version_ok = status.version.as_ref() == Some(want_version);
+        let id_ok = want_id.is_none_or(|id| status.release_id.as_ref() == Some(id));
+        if version_ok && id_ok {
+            return None;
+        }
+        let show = |v: Option<&String>, id: Option<&String>| {
+            let mut out = match v {
+                Some(v) => format!("version {v}"),
+                None => "an unreported version".to_string(),
+            };
+            if let Some(id) = id {
+                out.push_str(&format!(" ({id})"));
+            }
+            out
+        };
+        Some(format!(
+            "expected {}, found {}",
+            show(Some(want_version), want_id),
+            show(status.version.as_ref(), status.release_id.as_ref())
+        ))
+    }
+
+    /// Whether the old color can take traffic back as it is: at least its
+    /// recorded capacity desired, running and healthy (by the provider and
+    /// by the router), nothing pending, its rollout settled, and the version
+    /// it ran at the start.
+    pub(super) fn old_color_problem(&self) -> Option<String> {
+        let (Some(s), Some(h)) = (&self.old_status, &self.old_health) else {
+            return Some("its status or target health could not be read".into());
+        };
+        let cap = self.facts.old_capacity.unwrap_or(self.plan.replicas);
+        let mut problems = Vec::new();
+        if !s.serves_at_least(cap) {
+            problems.push(format!(
+                "{} desired, {} running, {} pending, {} healthy, rollout {:?}, against its capacity of {cap}",
+                s.desired,
+                s.running,
+                s.pending,
+                s.healthy.map_or("unknown".into(), |x| x.to_string()),
+                s.rollout
+            ));
+        }
+        if h.healthy < cap {
+            problems.push(format!(
+                "{} of {} targets healthy at the router",
+                h.healthy, h.total
+            ));
+        }
+        if let Some(v) = &self.facts.old_version {
+            if s.version.as_ref() != Some(v) {
+                problems.push(format!(
+                    "it runs {} instead of version {v}",
+                    s.version
+                        .as_deref()
+                        .map_or("an unreported version".to_string(), |x| format!(
+                            "version {x}"
+                        ))
+                ));
+            }
+        }
+        (!problems.is_empty()).then(|| problems.join("; "))
+    }
+}
