@@ -22,7 +22,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::journal::{Journal, JournalEntry, MemoryJournal, Record};
 use crate::machine::{
     Action, Command, Control, Event, Input, Machine, Outcome, Reply, SecretCheck, SmokeResult,
-    SmokeScope,
+    SmokeScope, Stage,
 };
 use crate::plan::{Barrier, Plan};
 use crate::provider::{
@@ -185,8 +185,10 @@ pub struct Progress {
     /// Whether the lease is held and the machine has started (or been
     /// rebuilt from the journal).
     pub running: bool,
-    /// The current stage's name, e.g. `watch_step_0`.
-    pub stage: String,
+    /// The current stage ([`Stage::Pending`] before the machine starts);
+    /// its [`Display`](std::fmt::Display) is the name reports use, e.g.
+    /// `watch_step_0`.
+    pub stage: Stage,
     /// The group barrier it holds at, if any.
     pub waiting_at: Option<Barrier>,
     /// Group barriers passed so far.
@@ -201,7 +203,7 @@ impl Progress {
     fn of(machine: &Machine) -> Progress {
         Progress {
             running: true,
-            stage: machine.stage().name(),
+            stage: machine.stage().clone(),
             waiting_at: machine.waiting_at(),
             barriers_passed: machine.barriers_passed(),
             rollback_reason: machine.rollback_reason().map(|r| r.summary.clone()),
@@ -217,6 +219,13 @@ pub struct ControlHandle {
 }
 
 impl ControlHandle {
+    /// A handle and the receiving end, for the crate's own tests.
+    #[cfg(test)]
+    pub(crate) fn channel() -> (ControlHandle, mpsc::UnboundedReceiver<Control>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (ControlHandle { tx }, rx)
+    }
+
     /// Sends a control; `false` if the deployment has finished.
     pub fn send(&self, control: Control) -> bool {
         self.tx.send(control).is_ok()

@@ -557,7 +557,7 @@ impl Group {
         };
         loop {
             let states: Vec<Progress> = progress.iter().map(|w| w.borrow().clone()).collect();
-            c.decide(&states, &controls);
+            c.decide(tokio::time::Instant::now(), &states, &controls);
             if c.results.iter().all(Option::is_some) {
                 break;
             }
@@ -715,7 +715,14 @@ impl Coordinator {
         }
     }
 
-    fn decide(&mut self, states: &[Progress], controls: &[ControlHandle]) {
+    /// Acts on the members' latest `states` as of `now` (the coordinator
+    /// never reads a clock itself, so a test decides at any instant).
+    fn decide(
+        &mut self,
+        now: tokio::time::Instant,
+        states: &[Progress],
+        controls: &[ControlHandle],
+    ) {
         if self.rolling_back || self.independent {
             return;
         }
@@ -741,7 +748,6 @@ impl Coordinator {
             return;
         }
         let waiting: BTreeSet<Barrier> = states.iter().filter_map(|p| p.waiting_at).collect();
-        let now = tokio::time::Instant::now();
         for b in waiting {
             let pos = b.position(self.steps);
             let reached = |p: &Progress| p.waiting_at == Some(b) || p.barriers_passed > pos;
@@ -785,5 +791,92 @@ impl Coordinator {
             return None;
         }
         self.first_wait.values().min().map(|t| *t + self.timeout)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn coordinator(timeout: Duration) -> Coordinator {
+        Coordinator {
+            name: "checkout".into(),
+            services: vec!["order-api".into(), "payment-api".into()],
+            steps: 2,
+            results: vec![None, None],
+            trigger: None,
+            rolling_back: false,
+            independent: false,
+            proceeded: BTreeSet::new(),
+            first_wait: BTreeMap::new(),
+            timeout,
+        }
+    }
+
+    /// The barrier timeout is judged from the instants the coordinator is
+    /// given: one millisecond short of it nothing happens, at it every member
+    /// is aborted and the late member is named.
+    #[test]
+    fn the_barrier_timeout_is_decided_from_the_time_given_not_the_clock() {
+        let timeout = Duration::from_secs(1800);
+        let mut c = coordinator(timeout);
+        let (h0, mut rx0) = ControlHandle::channel();
+        let (h1, mut rx1) = ControlHandle::channel();
+        let controls = [h0, h1];
+        let barrier = Barrier::Shift { step: 0 };
+        let states = [
+            Progress {
+                running: true,
+                waiting_at: Some(barrier),
+                ..Progress::default()
+            },
+            Progress {
+                running: true,
+                ..Progress::default()
+            },
+        ];
+        let t0 = tokio::time::Instant::now();
+        c.decide(t0, &states, &controls);
+        assert_eq!(c.next_deadline(), Some(t0 + timeout));
+        c.decide(t0 + timeout - Duration::from_millis(1), &states, &controls);
+        assert!(rx0.try_recv().is_err() && rx1.try_recv().is_err());
+        assert!(c.trigger.is_none());
+
+        c.decide(t0 + timeout, &states, &controls);
+        let trigger = c.trigger.as_ref().expect("the barrier timed out");
+        assert_eq!(trigger.member, None);
+        assert!(
+            trigger.reason.contains("[payment-api] did not reach"),
+            "{}",
+            trigger.reason
+        );
+        for rx in [&mut rx0, &mut rx1] {
+            assert!(matches!(rx.try_recv(), Ok(Control::Abort { .. })));
+        }
+    }
+
+    /// Once every member waits at the barrier, each is told to proceed,
+    /// exactly once however often the coordinator decides.
+    #[test]
+    fn every_member_at_the_barrier_is_told_to_proceed_once() {
+        let mut c = coordinator(Duration::from_secs(60));
+        let (h0, mut rx0) = ControlHandle::channel();
+        let (h1, mut rx1) = ControlHandle::channel();
+        let controls = [h0, h1];
+        let barrier = Barrier::ScaleDown;
+        let at = Progress {
+            running: true,
+            waiting_at: Some(barrier),
+            ..Progress::default()
+        };
+        let states = [at.clone(), at];
+        let t0 = tokio::time::Instant::now();
+        c.decide(t0, &states, &controls);
+        c.decide(t0 + Duration::from_secs(120), &states, &controls);
+        for rx in [&mut rx0, &mut rx1] {
+            assert_eq!(rx.try_recv().ok(), Some(Control::Proceed { barrier }));
+            assert!(rx.try_recv().is_err());
+        }
+        assert!(c.trigger.is_none());
     }
 }

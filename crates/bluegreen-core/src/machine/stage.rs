@@ -129,6 +129,21 @@ pub enum Stage {
     Done,
 }
 
+impl Default for Stage {
+    /// [`Stage::Pending`]: not started.
+    fn default() -> Self {
+        Stage::Pending
+    }
+}
+
+/// The stage's name as reports, journals and the CLI show it, e.g.
+/// `watch_step_0` (the same as [`Stage::name`]).
+impl std::fmt::Display for Stage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.name())
+    }
+}
+
 impl Stage {
     /// A short name, e.g. `wait_stable`.
     pub fn name(&self) -> String {
