@@ -60,6 +60,16 @@ pub fn moto() -> SdkConfig {
     )
 }
 
+/// An SdkConfig pointed at `endpoint` (e.g. a [`proxy::CountingProxy`] in
+/// front of moto), with `retry`.
+pub fn config_for(endpoint: &str, retry: RetryConfig) -> SdkConfig {
+    config_with(
+        aws_smithy_http_client::Builder::new().build_http(),
+        endpoint,
+        retry,
+    )
+}
+
 /// Counts the AWS API calls made through a config, per IAM-style operation name.
 #[derive(Debug, Clone, Default)]
 pub struct CallLog(Arc<Mutex<BTreeMap<String, u32>>>);
