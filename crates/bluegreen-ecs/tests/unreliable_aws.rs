@@ -1,16 +1,25 @@
-//! Lost replies are harmless: for every call of every mutating AWS operation
-//! the providers make in the reference deployment (ECS, Application Auto
-//! Scaling and ALB in moto), a deployer whose call was applied by AWS but
-//! whose reply never came, and which died right then, resumes from its file
-//! journal in a new process (fresh providers, nothing in memory) to the same
-//! world as an uninterrupted deployment.
+//! AWS as it is, not as moto is: replies lost after the call was applied,
+//! and throttling, in the reference deployment on ECS, Application Auto
+//! Scaling, ALB and Secrets Manager in moto.
 //!
-//! The calls go through [`CountingProxy`]: on the chosen call it lets moto
-//! apply the request, drops the reply and from then on holds every request
-//! unanswered (so an SDK retry never reaches moto), and signals the test,
-//! which drops the deployer's future at once, as a SIGKILL would. As in
-//! `full_procedure.rs`, the deployment runs under paused tokio time and the
-//! AWS calls on a real-time runtime that blocks it while they are in flight.
+//! Lost replies are harmless: for every call of every mutating AWS operation
+//! the providers make, a deployer whose call was applied by AWS but whose
+//! reply never came, and which died right then, resumes from its file
+//! journal in a new process (fresh providers, nothing in memory) to the same
+//! world as an uninterrupted deployment. The calls go through
+//! [`CountingProxy`]: on the chosen call it lets moto apply the request,
+//! drops the reply and from then on holds every request unanswered (so an
+//! SDK retry never reaches moto), and signals the test, which drops the
+//! deployer's future at once, as a SIGKILL would.
+//!
+//! Throttling costs at most twice the calls: with every second call
+//! throttled, the deployment makes at most twice the AWS calls of a clean
+//! run (`cargo test -p bluegreen-ecs --test unreliable_aws throttled --
+//! --nocapture` prints the counts).
+//!
+//! As in `full_procedure.rs`, the deployment runs under paused tokio time
+//! and the AWS calls on a real-time runtime that blocks it while they are in
+//! flight.
 
 mod common;
 
@@ -37,7 +46,7 @@ use bluegreen_ecs::{EcsCompute, VERSION_TAG};
 use bluegreen_secretsmanager::SecretsManagerSource;
 use common::alb::{alb_fixture, forward_weights, AlbFixture};
 use common::ecs::{ecs_fixture, EcsFixture};
-use common::proxy::{CountingProxy, LostReply};
+use common::proxy::{CountingProxy, LostReply, Throttle};
 use tokio::sync::Notify;
 
 /// Every mutating call the AWS providers make (Secrets Manager only reads).
@@ -688,4 +697,79 @@ fn every_mutating_call_of_the_providers_is_covered() {
             assert!(MUTATING.contains(action), "{action} is not covered");
         }
     }
+}
+
+/// The reference deployment on a fresh stage through a proxy that throttles
+/// as `throttle` says, with the SDK retrying as `retry` says: the final
+/// world, the calls per operation and the throttled calls in all.
+fn through(throttle: Option<Throttle>, retry: RetryConfig) -> (Final, BTreeMap<String, u32>, u32) {
+    let stage = on_aws(stage());
+    let proxy = on_aws(CountingProxy::start(&common::endpoint()));
+    proxy.throttle(throttle);
+    let kill = Kill {
+        lost: None,
+        killed: Arc::new(Notify::new()),
+    };
+    let config = common::config_for(proxy.endpoint(), retry);
+    match deployer(&stage, &config, Route::Rule, &kill, false, now()) {
+        End::Finished(outcome) => assert_eq!(outcome, Outcome::Succeeded),
+        End::Killed(_) => unreachable!("nothing kills it"),
+    }
+    let throttled = proxy.throttled().counts().values().sum();
+    (final_state(&stage), proxy.calls().counts(), throttled)
+}
+
+fn total(calls: &BTreeMap<String, u32>) -> u32 {
+    calls.values().sum()
+}
+
+#[test]
+fn with_every_second_call_throttled_the_deployment_makes_at_most_twice_the_calls() {
+    let started = std::time::Instant::now();
+    // The SDK's standard retries (3 attempts), as the providers get them
+    // from an SdkConfig by default; short backoffs only to keep the test
+    // quick (they change no count).
+    let (clean_world, clean, none) = through(None, sdk_retries());
+    assert_eq!(none, 0);
+    assert_eq!(clean_world, expected(Route::Rule), "the clean run");
+    let (world, throttled_calls, throttled) = through(
+        Some(Throttle {
+            every: 2,
+            retry_after: Some(Duration::from_secs(1)),
+        }),
+        sdk_retries(),
+    );
+    assert_eq!(
+        world, clean_world,
+        "throttled, the deployment ends in the same world"
+    );
+    let (clean_total, throttled_total) = (total(&clean), total(&throttled_calls));
+    let ratio = f64::from(throttled_total) / f64::from(clean_total);
+    eprintln!(
+        "AWS calls of the reference deployment on moto: clean {clean_total}, with every second \
+         call throttled {throttled_total} ({throttled} throttled), ratio {ratio:.2} (goal <= 2.00)"
+    );
+    for (op, n) in &throttled_calls {
+        eprintln!(
+            "  {op:<50} clean {:>3}  throttled run {n:>3}",
+            clean.get(op).copied().unwrap_or(0)
+        );
+    }
+    assert!(
+        throttled * 2 >= throttled_total - 1,
+        "every second call was throttled: {throttled} of {throttled_total}"
+    );
+    assert!(
+        ratio <= 2.0,
+        "{throttled_total} calls against {clean_total}: {ratio:.2}"
+    );
+    // Each mutating call happened as often as in the clean run.
+    for op in MUTATING {
+        let applied = |calls: &BTreeMap<String, u32>| calls.get(*op).copied().unwrap_or(0);
+        assert!(
+            applied(&throttled_calls) <= 2 * applied(&clean),
+            "{op}: {throttled_calls:?} vs {clean:?}"
+        );
+    }
+    eprintln!("throttling test took {:.1?}", started.elapsed());
 }
