@@ -293,8 +293,8 @@ const ID: &str = "dep-lost-reply";
 
 /// How one deployer process ended.
 enum End {
-    /// It ran to the end.
-    Finished(Outcome),
+    /// It ran to the end, with this outcome and report.
+    Finished(Outcome, String),
     /// It was killed when the reply was lost, with its clock at that moment.
     Killed(Timestamp),
 }
@@ -347,7 +347,12 @@ fn deployer(
             .secrets(RealTime::new(SecretsManagerSource::new(config), kill))
             .metrics(metrics)
             .journal(Arc::new(FileJournal::open(&stage.journal).unwrap()))
-            .clock(clock.clone());
+            .clock(clock.clone())
+            // A deployer resuming after a crash may wait out the dead one's
+            // lease and a call timeout before acting; short ones keep that
+            // wait below the plan's shortest progress deadline (1 min).
+            .lease_ttl(Duration::from_secs(20))
+            .call_timeout(Duration::from_secs(10));
         builder = if resume {
             builder.resume(ID)
         } else {
@@ -367,9 +372,12 @@ fn deployer(
             _ = kill.killed.notified() => End::Killed(clock.now()),
             report = deployment.run() => {
                 let report = report.expect("the deployer runs to the end");
-                End::Finished(report.outcome.clone().unwrap_or_else(|| {
-                    panic!("no outcome\n{}", report.to_markdown())
-                }))
+                End::Finished(
+                    report.outcome.clone().unwrap_or_else(|| {
+                        panic!("no outcome\n{}", report.to_markdown())
+                    }),
+                    report.to_markdown(),
+                )
             }
         }
     })
@@ -553,7 +561,7 @@ fn uninterrupted(route: Route) -> (Final, BTreeMap<String, u32>) {
         killed: Arc::new(Notify::new()),
     };
     match deployer(&stage, &config, route, &kill, false, now()) {
-        End::Finished(outcome) => assert_eq!(outcome, Outcome::Succeeded),
+        End::Finished(outcome, report) => assert_eq!(outcome, Outcome::Succeeded, "{report}"),
         End::Killed(_) => unreachable!("nothing kills it"),
     }
     (final_state(&stage), proxy.calls().counts())
@@ -595,10 +603,10 @@ fn killed_and_resumed(route: Route, operation: &str, nth: u32) -> Final {
         true,
         at.after(Duration::from_secs(5)),
     ) {
-        End::Finished(outcome) => assert_eq!(
+        End::Finished(outcome, report) => assert_eq!(
             outcome,
             Outcome::Succeeded,
-            "{operation} #{nth}: the resumed deployment succeeds"
+            "{operation} #{nth}: the resumed deployment succeeds\n{report}"
         ),
         End::Killed(_) => unreachable!("nothing kills it"),
     }
@@ -712,7 +720,7 @@ fn through(throttle: Option<Throttle>, retry: RetryConfig) -> (Final, BTreeMap<S
     };
     let config = common::config_for(proxy.endpoint(), retry);
     match deployer(&stage, &config, Route::Rule, &kill, false, now()) {
-        End::Finished(outcome) => assert_eq!(outcome, Outcome::Succeeded),
+        End::Finished(outcome, report) => assert_eq!(outcome, Outcome::Succeeded, "{report}"),
         End::Killed(_) => unreachable!("nothing kills it"),
     }
     let throttled = proxy.throttled().counts().values().sum();
