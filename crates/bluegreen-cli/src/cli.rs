@@ -621,18 +621,29 @@ async fn deploy(
         }
     };
     let id = dep.deployment_id().to_string();
+    // Human controls sent while no deployer ran are applied first, then
+    // every later one as it comes (one read of the control file for both).
+    let (sent, from) = journal::control_snapshot(journal_path, &id);
     if resume.is_some() {
-        // Human controls sent while no deployer ran are applied first.
         let entries = dep.journal().read(&id).await?;
-        for c in journal::pending_controls(journal_path, &id, &entries) {
-            println!(
-                "applying {} sent while no deployer ran",
-                describe_control(&c)
-            );
+        for c in sent.into_iter().skip(journal::controls_taken(&entries)) {
+            match out {
+                OutputFormat::Text => println!(
+                    "applying {} sent while no deployer ran",
+                    describe_control(&c)
+                ),
+                OutputFormat::Json => println!(
+                    "{}",
+                    serde_json::json!({"deployment_id": id, "applying_pending_control": c})
+                ),
+            }
             dep.control().send(c);
         }
     }
-    let forward = journal::forward_controls(journal_path, id.clone(), dep.control());
+    let handle = dep.control();
+    let forward = journal::forward_with_from(journal_path, from, id.clone(), move |c| {
+        handle.send(c);
+    });
     let events = dep.subscribe();
     let verb = if resume.is_some() {
         "resuming"
@@ -760,25 +771,15 @@ async fn control(
 ) -> Result<i32, Error> {
     let id = pick(path, l, id, true).await?;
     let j = open_journal(l, path).await?;
-    let before = journal::controls_taken(&j.read(&id).await?);
+    let before = journal::last_seq(&j.read(&id).await?);
     journal::send_control(path, &id, c.clone())?;
     // A live deployer polls the control file every 200 ms and journals what
     // it takes; wait a few seconds for that record.
     let mut taken = None;
     for _ in 0..CONTROL_CONFIRM_POLLS {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let entries = j.read(&id).await?;
-        if journal::controls_taken(&entries) > before {
-            taken = entries.iter().rev().find_map(|e| match &e.record {
-                bluegreen_core::Record::Step { events, .. } => {
-                    events.iter().find_map(|ev| match ev {
-                        Event::Control { effect, .. } => Some(effect.clone()),
-                        _ => None,
-                    })
-                }
-                _ => None,
-            });
-            taken.get_or_insert_with(|| "taken".into());
+        wait_real(CONTROL_CONFIRM_POLL);
+        taken = journal::took_control(&j.read(&id).await?, before, &c);
+        if taken.is_some() {
             break;
         }
     }
@@ -800,11 +801,22 @@ async fn control(
     Ok(EXIT_SUCCEEDED)
 }
 
-/// Polls of 200 ms for a live deployer to take a control: 3 s.
-const CONTROL_CONFIRM_POLLS: u32 = 15;
+/// Polls of [`CONTROL_CONFIRM_POLL`] for a live deployer to take a
+/// control: 3 s.
+pub(crate) const CONTROL_CONFIRM_POLLS: u32 = 15;
+
+/// The interval of those polls.
+pub(crate) const CONTROL_CONFIRM_POLL: Duration = Duration::from_millis(200);
+
+/// Waits `d` of real time, blocking the thread: `abort` and `promote` wait
+/// for the deployer, another process, even when the spec runs under paused
+/// (virtual) time, where a tokio sleep would end at once.
+pub(crate) fn wait_real(d: Duration) {
+    std::thread::sleep(d);
+}
 
 /// A control in words, e.g. `abort ("bad canary")`.
-fn describe_control(c: &Control) -> String {
+pub(crate) fn describe_control(c: &Control) -> String {
     match c {
         Control::Abort { reason } => format!("abort ({reason:?})"),
         Control::Promote => "promote".into(),

@@ -31,8 +31,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bluegreen_core::group::{Group, GroupOutcome, GroupReport, MemberReport};
-use bluegreen_core::{Control, Error, Journal, Report};
+use bluegreen_core::group::{Group, GroupControl, GroupOutcome, GroupReport, MemberReport};
+use bluegreen_core::{Control, Error, Journal, JournalEntry, Report};
 use serde::{Deserialize, Serialize};
 
 use crate::acceptance;
@@ -280,6 +280,20 @@ fn member_id(id: &str, service: &str) -> String {
     format!("{id}/{service}")
 }
 
+/// Each member's journal entries in group `id`, in [`LoadedGroup::services`]
+/// order.
+async fn members_entries(
+    g: &LoadedGroup,
+    j: &Arc<dyn Journal>,
+    id: &str,
+) -> Result<Vec<Vec<JournalEntry>>, Error> {
+    let mut members = Vec::new();
+    for service in g.services() {
+        members.push(j.read(&member_id(id, &service)).await?);
+    }
+    Ok(members)
+}
+
 /// The group to act on: `id`, or the latest (unfinished, if `unfinished`)
 /// group of these services in the journal.
 async fn pick(
@@ -381,16 +395,39 @@ pub async fn deploy(
     };
     let gid = group.id().to_string();
     // `abort`, `promote`, `pause` and `resume` of a group are written to the
-    // control file under the group id, and apply to every member.
+    // control file under the group id, and apply to every member. A resumed
+    // group first applies, in order, those no deployer took (sent while none
+    // ran, or to one killed before any member journaled them), then every
+    // later one as it comes.
     let control = group.control();
-    let forward = journal::forward_with(path, gid.clone(), move |c| {
-        match c {
-            Control::Abort { reason } => control.abort(reason),
-            Control::Promote => control.promote(),
-            Control::Pause => control.pause(),
-            Control::Resume => control.resume(),
-            Control::Proceed { .. } => false,
+    let (sent, from) = journal::control_snapshot(path, &gid);
+    if resume.is_some() && !sent.is_empty() {
+        let members = match members_entries(g, &journal, &gid).await {
+            Ok(m) => m,
+            Err(e) => {
+                for a in assembled {
+                    a.shutdown().await;
+                }
+                return Err(e);
+            }
         };
+        let taken = journal::group_controls_taken(&sent, &members);
+        for c in sent.into_iter().skip(taken) {
+            match out {
+                OutputFormat::Text => println!(
+                    "applying {} sent to the group while no deployer ran",
+                    cli::describe_control(&c)
+                ),
+                OutputFormat::Json => println!(
+                    "{}",
+                    serde_json::json!({"group_id": gid, "applying_pending_control": c})
+                ),
+            }
+            apply(&control, c);
+        }
+    }
+    let forward = journal::forward_with_from(path, from, gid.clone(), move |c| {
+        apply(&control, c);
     });
     let events = group.subscribe();
     let first = format!(
@@ -412,6 +449,17 @@ pub async fn deploy(
     let report = result?;
     print_report(g, &report, out, true);
     Ok(exit_code(report.outcome))
+}
+
+/// Sends a human control to every member of a running group.
+fn apply(control: &GroupControl, c: Control) {
+    match c {
+        Control::Abort { reason } => control.abort(reason),
+        Control::Promote => control.promote(),
+        Control::Pause => control.pause(),
+        Control::Resume => control.resume(),
+        Control::Proceed { .. } => false,
+    };
 }
 
 fn print_report(g: &LoadedGroup, report: &GroupReport, out: OutputFormat, summary_only: bool) {
@@ -574,7 +622,11 @@ pub async fn status(
     })
 }
 
-/// `abort` or `promote` of a running group: sent to every member.
+/// `abort` or `promote` of a running group: written to the control file
+/// under the group id, for every member. Waits up to 3 s (real time) for a
+/// live group deployer to take it, seen as a member journaling it, and says
+/// which members took it and with what effect; otherwise that it applies
+/// when the group is resumed.
 pub async fn control(
     g: &LoadedGroup,
     path: &Path,
@@ -584,11 +636,58 @@ pub async fn control(
 ) -> Result<i32, Error> {
     let j = open(g, path).await?;
     let id = pick(g, &j, path, id, true).await?;
+    let services = g.services();
+    let before: Vec<u64> = members_entries(g, &j, &id)
+        .await?
+        .iter()
+        .map(|e| journal::last_seq(e))
+        .collect();
     journal::send_control(path, &id, c.clone())?;
+    // A live group deployer polls the control file every 200 ms and hands
+    // the control to every running member, which journals it before acting.
+    let mut effects: Vec<(String, Option<String>)> = Vec::new();
+    let mut seen = false;
+    for _ in 0..cli::CONTROL_CONFIRM_POLLS {
+        cli::wait_real(cli::CONTROL_CONFIRM_POLL);
+        let members = members_entries(g, &j, &id).await?;
+        effects = services
+            .iter()
+            .zip(&members)
+            .zip(&before)
+            .map(|((s, e), b)| (s.clone(), journal::took_control(e, *b, &c)))
+            .collect();
+        let all = effects.iter().all(|(_, e)| e.is_some());
+        if all || seen {
+            // Once one member took it, one more poll lets the others record it.
+            break;
+        }
+        seen = effects.iter().any(|(_, e)| e.is_some());
+    }
+    let taken = effects.iter().any(|(_, e)| e.is_some());
+    let what = cli::describe_control(&c);
     if out == OutputFormat::Json {
-        println!("{}", serde_json::json!({"group_id": id, "sent": c}));
+        println!(
+            "{}",
+            serde_json::json!({
+                "group_id": id, "sent": c, "taken": taken,
+                "members": effects.iter().map(|(s, e)| serde_json::json!({
+                    "service": s, "taken": e.is_some(), "effect": e,
+                })).collect::<Vec<_>>(),
+            })
+        );
+    } else if taken {
+        println!("{id}: its group deployer took {what}:");
+        for (s, e) in &effects {
+            match e {
+                Some(effect) => println!("  {s}: {effect}"),
+                None => println!("  {s}: not taken (the member was not running)"),
+            }
+        }
     } else {
-        println!("sent {c:?} to every member of {id}; the group applies it within a second");
+        println!(
+            "{id}: no running group deployer took {what} within {} s; it is recorded and applies to every member when the group is resumed (`bluegreen resume`)",
+            cli::CONTROL_CONFIRM_POLLS / 5
+        );
     }
     Ok(cli::EXIT_SUCCEEDED)
 }

@@ -290,14 +290,26 @@ pub fn send_control(journal: &Path, deployment_id: &str, control: Control) -> Re
 
 /// The instructions for `deployment_id` in the control file, in order.
 pub fn controls_for(journal: &Path, deployment_id: &str) -> Vec<Control> {
+    control_snapshot(journal, deployment_id).0
+}
+
+/// The instructions for `deployment_id` in the control file, in order, and
+/// the byte offset just past the last complete line read: a forwarder
+/// started there ([`forward_with_from`]) sees every later line and none of
+/// these, so nothing is both applied as pending and forwarded, and nothing
+/// falls between the two.
+pub fn control_snapshot(journal: &Path, deployment_id: &str) -> (Vec<Control>, usize) {
     let Ok(text) = std::fs::read_to_string(control_path(journal)) else {
-        return Vec::new();
+        return (Vec::new(), 0);
     };
-    text.lines()
+    let complete = text.rfind('\n').map_or(0, |i| i + 1);
+    let controls = text[..complete]
+        .lines()
         .filter_map(|l| serde_json::from_str::<ControlLine>(l).ok())
         .filter(|c| c.deployment_id == deployment_id)
         .map(|c| c.control)
-        .collect()
+        .collect();
+    (controls, complete)
 }
 
 /// How many human instructions (not a group's `Proceed`) the journal shows
@@ -316,6 +328,89 @@ pub fn controls_taken(entries: &[bluegreen_core::JournalEntry]) -> usize {
             )
         })
         .count()
+}
+
+/// The human instructions a member's journal shows it took: the inputs of
+/// its `Control` steps, in order, without a group's `Proceed`.
+fn journaled_controls(entries: &[JournalEntry]) -> impl Iterator<Item = &Control> {
+    entries.iter().filter_map(|e| match &e.record {
+        Record::Step {
+            input: bluegreen_core::machine::Input::Control { control },
+            ..
+        } if !matches!(control, Control::Proceed { .. }) => Some(control),
+        _ => None,
+    })
+}
+
+/// How many of `sent` (a group's instructions in the control file, in
+/// order) one member's journal shows it took: the longest run of them, from
+/// the first, found in order among the member's journaled controls. A
+/// member journals every control it takes before it acts on it; controls
+/// that are not in `sent` (the group's own aborts of the other members when
+/// one member fails, which name the group and the failing member) are
+/// passed over.
+pub fn member_controls_taken(sent: &[Control], entries: &[JournalEntry]) -> usize {
+    let mut taken = 0;
+    for c in journaled_controls(entries) {
+        if taken < sent.len() && *c == sent[taken] {
+            taken += 1;
+        }
+    }
+    taken
+}
+
+/// How many of `sent` (a group's instructions in the control file, in
+/// order) the group's deployers took, by its members' journals (`members`,
+/// one entry list per member): the most any member took
+/// ([`member_controls_taken`]).
+///
+/// A group deployer hands each instruction to every member that is still
+/// running, and each journals it before acting, so an instruction any
+/// member journaled was taken. The maximum, not the minimum: a member that
+/// had finished, or that had not journaled it yet when the deployer died,
+/// is not given it again, since the members that did take it would then
+/// take it twice (a second `promote` could pass a later gate). A member
+/// that missed an abort is rolled back anyway, because the group rolls
+/// every member back when one does; a member that missed a promote stays
+/// where it waits until it is promoted again.
+pub fn group_controls_taken(sent: &[Control], members: &[Vec<JournalEntry>]) -> usize {
+    members
+        .iter()
+        .map(|m| member_controls_taken(sent, m))
+        .max()
+        .unwrap_or(0)
+}
+
+/// Whether the deployment whose journal is `entries` took `control` after
+/// its record `after` (a `seq`; 0 for all): its effect as the deployer
+/// journaled it (the `Event::Control` of the step that took it), or `None`.
+pub fn took_control(entries: &[JournalEntry], after: u64, control: &Control) -> Option<String> {
+    entries
+        .iter()
+        .filter(|e| e.seq > after)
+        .find_map(|e| match &e.record {
+            Record::Step {
+                input: bluegreen_core::machine::Input::Control { control: c },
+                events,
+                ..
+            } if c == control => Some(
+                events
+                    .iter()
+                    .find_map(|ev| match ev {
+                        bluegreen_core::machine::Event::Control { effect, .. } => {
+                            Some(effect.clone())
+                        }
+                        _ => None,
+                    })
+                    .unwrap_or_else(|| "taken".into()),
+            ),
+            _ => None,
+        })
+}
+
+/// The `seq` of the last record in `entries` (0 if there is none).
+pub fn last_seq(entries: &[JournalEntry]) -> u64 {
+    entries.last().map_or(0, |e| e.seq)
 }
 
 /// The control file's instructions for `deployment_id` that no deployer
@@ -349,10 +444,23 @@ pub fn forward_controls(
 pub fn forward_with(
     journal: &Path,
     deployment_id: String,
+    apply: impl FnMut(Control) + Send + 'static,
+) -> tokio::task::JoinHandle<()> {
+    let from = std::fs::read_to_string(control_path(journal)).map_or(0, |t| t.len());
+    forward_with_from(journal, from, deployment_id, apply)
+}
+
+/// Calls `apply` with each instruction for `deployment_id` in the control
+/// file from byte offset `from` on (the end of a [`control_snapshot`]),
+/// until the task is dropped. Polls every 200 ms.
+pub fn forward_with_from(
+    journal: &Path,
+    from: usize,
+    deployment_id: String,
     mut apply: impl FnMut(Control) + Send + 'static,
 ) -> tokio::task::JoinHandle<()> {
     let path = control_path(journal);
-    let mut seen = std::fs::read_to_string(&path).map_or(0, |t| t.len());
+    let mut seen = from;
     tokio::spawn(async move {
         loop {
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -374,4 +482,111 @@ pub fn forward_with(
             seen += complete;
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bluegreen_core::machine::{Event, Input};
+    use bluegreen_core::plan::Barrier;
+
+    fn step(seq: u64, input: Input) -> JournalEntry {
+        JournalEntry {
+            seq,
+            deployment_id: "g1/order-api".into(),
+            service: "order-api".into(),
+            token: 1,
+            at: Timestamp(seq),
+            record: Record::Step {
+                input,
+                commands: Vec::new(),
+                events: Vec::new(),
+            },
+        }
+    }
+
+    fn control(seq: u64, control: Control) -> JournalEntry {
+        step(seq, Input::Control { control })
+    }
+
+    fn abort(reason: &str) -> Control {
+        Control::Abort {
+            reason: reason.into(),
+        }
+    }
+
+    #[test]
+    fn a_group_control_counts_as_taken_once_any_member_journaled_it_in_order() {
+        let sent = vec![Control::Promote, abort("bad canary"), Control::Promote];
+        // Took the first promote, passed a barrier, was rolled back by the
+        // group because another member failed, then took the abort.
+        let order = vec![
+            step(1, Input::Tick),
+            control(2, Control::Promote),
+            control(
+                3,
+                Control::Proceed {
+                    barrier: Barrier::Shift { step: 1 },
+                },
+            ),
+            control(4, abort("group checkout: member payment-api rolled back")),
+            control(5, abort("bad canary")),
+        ];
+        assert_eq!(member_controls_taken(&sent, &order), 2);
+        // The other member took only the first promote before the deployer died.
+        let payment = vec![control(1, Control::Promote)];
+        assert_eq!(member_controls_taken(&sent, &payment), 1);
+        // The group took what any member took: the abort is not applied again.
+        assert_eq!(
+            group_controls_taken(&sent, &[payment.clone(), order.clone()]),
+            2
+        );
+        // A member that has not started took nothing.
+        assert_eq!(group_controls_taken(&sent, &[Vec::new(), payment]), 1);
+        assert_eq!(group_controls_taken(&sent, &[]), 0);
+        // A control is matched only after the ones sent before it: an abort
+        // taken out of order does not make an earlier promote taken.
+        let out_of_order = vec![control(1, abort("bad canary"))];
+        assert_eq!(member_controls_taken(&sent, &out_of_order), 0);
+    }
+
+    #[test]
+    fn took_control_finds_the_step_after_a_record_and_its_effect() {
+        let mut taken = control(3, Control::Promote);
+        if let Record::Step { events, .. } = &mut taken.record {
+            events.push(Event::Control {
+                control: Control::Promote,
+                effect: "promoted past the gate before-shift by a human".into(),
+            });
+        }
+        let entries = vec![control(1, Control::Promote), step(2, Input::Tick), taken];
+        assert_eq!(
+            took_control(&entries, 2, &Control::Promote).as_deref(),
+            Some("promoted past the gate before-shift by a human")
+        );
+        assert_eq!(took_control(&entries, 3, &Control::Promote), None);
+        assert_eq!(took_control(&entries, 0, &abort("x")), None);
+        // Without an effect event it is still taken.
+        assert_eq!(
+            took_control(&entries, 0, &Control::Promote).as_deref(),
+            Some("taken")
+        );
+    }
+
+    #[test]
+    fn a_snapshot_ends_at_the_last_complete_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = dir.path().join("d.journal");
+        assert_eq!(control_snapshot(&j, "g1"), (Vec::new(), 0));
+        send_control(&j, "g1", Control::Promote).unwrap();
+        send_control(&j, "other", Control::Pause).unwrap();
+        let whole = std::fs::read_to_string(control_path(&j)).unwrap().len();
+        // A line being written is not read, and the forwarder starts before it.
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(control_path(&j))
+            .unwrap();
+        f.write_all(br#"{"deployment_id":"g1","con"#).unwrap();
+        assert_eq!(control_snapshot(&j, "g1"), (vec![Control::Promote], whole));
+    }
 }

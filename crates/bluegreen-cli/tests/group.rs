@@ -2,8 +2,10 @@
 //! two `[[services]]` on fake targets (each a world in its own file, virtual
 //! time). A good group succeeds with both services moved; a group with one
 //! bad member rolls both back; a group killed with SIGKILL mid-deployment
-//! resumes with every effect done exactly once; bad group specs are refused
-//! with their location.
+//! resumes with every effect done exactly once; an abort or a promote sent to
+//! a group whose deployer died at a gate is applied when it is resumed, and
+//! one sent to a live group deployer is reported taken; bad group specs are
+//! refused with their location.
 
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
@@ -359,5 +361,251 @@ fn bad_group_specs_are_refused_with_their_location() {
         "duration.toml",
         &spec(0.002).replacen("soak = \"10m\"", "soak = \"ten minutes\"", 1),
         &["services[0].timing.soak", "expected a duration"],
+    );
+}
+
+/// The group spec with a gate before the first traffic shift in every
+/// member, so a deployer holds there until a human promotes.
+fn gated_spec(paused_time: bool) -> String {
+    spec(0.002)
+        .replace(
+            "[services.deployment]\n",
+            "[services.deployment]\ngates = [\"before-shift\"]\n",
+        )
+        .replace(
+            "paused_time = true",
+            &format!("paused_time = {paused_time}"),
+        )
+}
+
+fn setup_gated(paused_time: bool) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("group.toml"), gated_spec(paused_time)).unwrap();
+    dir
+}
+
+/// The journal lines of members entering a hold at their gate.
+fn gate_holds(dir: &Path) -> Vec<String> {
+    std::fs::read_to_string(dir.join("checkout.journal"))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("\"hold\":\"gate\""))
+        .map(String::from)
+        .collect()
+}
+
+/// The journal append (1-based, counted over every member, as the kill
+/// switch counts them) whose record put the last member on hold at its
+/// gate, from an uninterrupted run (no one promotes it: it rolls back at
+/// the hold timeout).
+fn last_gate_hold_append() -> u64 {
+    let probe = setup_gated(true);
+    let out = bluegreen(probe.path(), &["deploy", "group.toml"], None);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let journal = std::fs::read_to_string(probe.path().join("checkout.journal")).unwrap();
+    let mut appends = 0;
+    let mut last = None;
+    for line in journal.lines() {
+        if line.starts_with(r#"{"line":"entry""#) {
+            appends += 1;
+            if line.contains("\"hold\":\"gate\"") {
+                last = Some(appends);
+            }
+        }
+    }
+    last.expect("the members hold at their gate")
+}
+
+/// A gated group whose deployer was killed with SIGKILL while both members
+/// were held at their gate.
+fn killed_at_the_gate() -> tempfile::TempDir {
+    let at = last_gate_hold_append();
+    let dir = setup_gated(true);
+    let out = bluegreen(
+        dir.path(),
+        &["deploy", "group.toml", "--id", "g1"],
+        Some(&at.to_string()),
+    );
+    assert_eq!(out.status.signal(), Some(9), "{}", text(&out));
+    assert_eq!(
+        gate_holds(dir.path()).len(),
+        2,
+        "killed with both members held at their gate"
+    );
+    dir
+}
+
+#[test]
+fn an_abort_sent_to_a_group_after_its_deployer_died_is_applied_on_resume() {
+    let dir = killed_at_the_gate();
+    let out = bluegreen(
+        dir.path(),
+        &["abort", "group.toml", "--reason", "bad canary"],
+        None,
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        stdout.contains("g1: no running group deployer took abort (\"bad canary\")")
+            && stdout.contains("applies to every member when the group is resumed"),
+        "{}",
+        text(&out)
+    );
+
+    let out = bluegreen(dir.path(), &["resume", "group.toml"], None);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "rolled back: {}", text(&out));
+    assert!(
+        stdout.contains("applying abort (\"bad canary\") sent to the group while no deployer ran"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        stdout.contains("rolled back: aborted by an operator: bad canary"),
+        "the abort, not the hold timeout, rolled the group back: {}",
+        text(&out)
+    );
+    for service in ["order-api", "payment-api"] {
+        let w = world(dir.path(), service);
+        assert!(
+            !w.changes
+                .iter()
+                .any(|c| matches!(c, FakeChange::Split { .. })),
+            "{service}: no traffic moved: {:?}",
+            w.changes
+        );
+        assert_eq!(w.blue_percent, 0, "{service}: traffic stays on green");
+        assert_eq!(w.colors[&Color::Blue].desired, 0, "{service}");
+        assert_eq!(w.colors[&Color::Green].desired, 2, "{service}");
+        assert_eq!(
+            count(&w, &FakeChange::Reverted { version: 25 }),
+            1,
+            "{service}: its migration reverted once: {:?}",
+            w.changes
+        );
+    }
+    // The report rebuilt from the journal records the operator's abort.
+    let r = report_json(dir.path());
+    assert_eq!(r["outcome"], "rolled_back");
+    assert_eq!(r["trigger"]["member"], serde_json::Value::Null);
+    assert_eq!(r["trigger"]["reason"], "aborted by an operator: bad canary");
+    for i in 0..2 {
+        assert_eq!(
+            r["report"]["members"][i]["report"]["outcome"]["reason"]["summary"],
+            "manual abort: bad canary",
+            "{}",
+            r["report"]["members"][i]["service"]
+        );
+    }
+    // Finished: a second resume applies nothing again.
+    let out = bluegreen(dir.path(), &["resume", "group.toml"], None);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("g1 already finished: rolled_back"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn a_promote_sent_to_a_group_after_its_deployer_died_is_applied_on_resume() {
+    let dir = killed_at_the_gate();
+    let out = bluegreen(dir.path(), &["promote", "group.toml"], None);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("g1: no running group deployer took promote"),
+        "{}",
+        text(&out)
+    );
+    // Without the promote, both members would roll back at the hold timeout.
+    let out = bluegreen(dir.path(), &["resume", "group.toml"], None);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "succeeded: {}", text(&out));
+    assert!(
+        stdout.contains("applying promote sent to the group while no deployer ran"),
+        "{}",
+        text(&out)
+    );
+    assert!(stdout.contains("g1: succeeded"), "{}", text(&out));
+    assert_moved_exactly_once(dir.path(), "promoted on resume");
+    // Each member took the promote once: at its gate.
+    let journal = std::fs::read_to_string(dir.path().join("checkout.journal")).unwrap();
+    for service in ["order-api", "payment-api"] {
+        let promotes: Vec<&str> = journal
+            .lines()
+            .filter(|l| {
+                l.contains(&format!("\"deployment_id\":\"g1/{service}\""))
+                    && l.contains(r#""input":{"input":"control","control":{"control":"promote"}}"#)
+            })
+            .collect();
+        assert_eq!(promotes.len(), 1, "{service}: {promotes:?}");
+        assert!(
+            promotes[0].contains("promoted past the gate before-shift by a human"),
+            "{service}: {}",
+            promotes[0]
+        );
+    }
+}
+
+#[test]
+fn an_abort_sent_to_a_live_group_deployer_is_reported_taken_by_every_member() {
+    // Real time: the deployer holds at the gate until it is told otherwise.
+    let dir = setup_gated(false);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_bluegreen"))
+        .current_dir(dir.path())
+        .args(["deploy", "group.toml", "--id", "g1"])
+        .env_remove(bluegreen_cli::journal::KILL_ENV)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while gate_holds(dir.path()).len() < 2 {
+        if child.try_wait().unwrap().is_some() || start.elapsed().as_secs() >= 60 {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "both members reach their gate: {:?} {}",
+                out.status,
+                text(&out)
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let out = bluegreen(
+        dir.path(),
+        &[
+            "abort",
+            "group.toml",
+            "--reason",
+            "bad canary",
+            "--output",
+            "json",
+        ],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out)));
+    assert_eq!(v["group_id"], "g1", "{v}");
+    assert_eq!(v["taken"], true, "{v}");
+    for m in v["members"].as_array().unwrap() {
+        assert_eq!(m["taken"], true, "{v}");
+        assert_eq!(m["effect"], "rolling back", "{v}");
+    }
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "rolled back: {}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .contains("rolled back: aborted by an operator: bad canary"),
+        "{}",
+        text(&out)
+    );
+    // Taken by the live deployer, so a resume has nothing to apply.
+    let out = bluegreen(dir.path(), &["resume", "group.toml"], None);
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("applying"),
+        "{}",
+        text(&out)
     );
 }
