@@ -607,7 +607,9 @@ async fn deploy(
         .map_err(|e| Error::invalid_input(e.to_string()))?;
     let journal = open_journal(l, journal_path).await?;
     let assembled = providers::assemble(l).await?;
-    let mut b = assembled.builder(plan).journal(journal);
+    let mut b =
+        crate::spec::driver_settings(assembled.builder(plan), &l.spec.deployment, &l.spec.journal)
+            .journal(journal);
     if let Some(r) = &resume {
         b = b.resume(r.clone());
     } else if let Some(id) = id {

@@ -376,7 +376,11 @@ pub async fn deploy(
                 return Err(e);
             }
         };
-        builder = builder.member(a.builder(plan));
+        builder = builder.member(spec::driver_settings(
+            a.builder(plan),
+            &m.spec.deployment,
+            &g.spec.journal,
+        ));
         assembled.push(a);
     }
     builder = match (&resume, id) {

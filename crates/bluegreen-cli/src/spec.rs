@@ -438,6 +438,11 @@ pub struct Deployment {
     /// Staging's base URL, for the staging checks.
     #[serde(default)]
     pub staging_url: Option<String>,
+    /// The bound on each provider call, e.g. `"30s"` (default 60 s). Must be
+    /// below `journal.lease_ttl`: a resumed deployer waits out the previous
+    /// one's lease plus this before its first change.
+    #[serde(default, with = "humantime_serde")]
+    pub call_timeout: Option<Duration>,
 }
 
 fn default_replicas() -> u32 {
@@ -456,6 +461,7 @@ impl Default for Deployment {
             blue_url: None,
             green_url: None,
             staging_url: None,
+            call_timeout: None,
         }
     }
 }
@@ -724,6 +730,29 @@ pub struct JournalSpec {
     /// before any secret store does.
     #[serde(default)]
     pub url: Option<SecretRef>,
+    /// How long the deployer's lease on the service lasts unless renewed
+    /// (it renews at half), e.g. `"2m"` (default 5 min). A deployer that
+    /// resumes after a crash waits up to this plus `deployment.call_timeout`
+    /// before its first change, so a write of the dead one cannot land
+    /// after its own.
+    #[serde(default, with = "humantime_serde")]
+    pub lease_ttl: Option<Duration>,
+}
+
+/// Applies the spec's `deployment.call_timeout` and `journal.lease_ttl`
+/// (where set) to a deployment's builder.
+pub fn driver_settings(
+    mut b: bluegreen_core::Builder,
+    deployment: &Deployment,
+    journal: &JournalSpec,
+) -> bluegreen_core::Builder {
+    if let Some(d) = deployment.call_timeout {
+        b = b.call_timeout(d);
+    }
+    if let Some(d) = journal.lease_ttl {
+        b = b.lease_ttl(d);
+    }
+    b
 }
 
 /// Which journal.

@@ -19,7 +19,7 @@ use tracing::Instrument;
 
 use crate::color::{Color, Timestamp};
 use crate::error::{Error, ErrorKind, Result};
-use crate::journal::{Journal, JournalEntry, MemoryJournal, Record};
+use crate::journal::{Journal, JournalEntry, Lease, MemoryJournal, Record};
 use crate::machine::{
     Action, Command, Control, Event, Input, Machine, Outcome, Reply, SecretCheck, SmokeResult,
     SmokeScope, Stage,
@@ -472,6 +472,7 @@ impl Builder {
             deployment_id,
             resume: self.resume.is_some(),
             lease_ttl: self.lease_ttl,
+            group_lease: None,
             control_tx: tx,
             control_rx: rx,
             events,
@@ -506,6 +507,9 @@ pub struct BlueGreen {
     pub(crate) holder: String,
     pub(crate) resume: bool,
     pub(crate) lease_ttl: Duration,
+    /// The lease a group took for this member before starting it: taking it
+    /// again supersedes nothing the member must wait for.
+    pub(crate) group_lease: Option<Lease>,
     control_tx: mpsc::UnboundedSender<Control>,
     control_rx: mpsc::UnboundedReceiver<Control>,
     events: broadcast::Sender<DeploymentEvent>,
@@ -601,6 +605,13 @@ impl BlueGreen {
             .journal
             .acquire(&self.plan.service, &self.holder, self.lease_ttl, now)
             .await?;
+        if let Some(g) = &self.group_lease {
+            if lease.superseded == Some(g.expires_at) && lease.token == g.token + 1 {
+                // The lease taken over is the one the group took for this
+                // member a moment ago: what it superseded is what counts.
+                lease.superseded = g.superseded;
+            }
+        }
         let mut machine = Machine::new(self.plan.clone(), self.deployment_id.clone());
         let mut first: Vec<Command> = Vec::new();
         if self.resume {
@@ -656,14 +667,25 @@ impl BlueGreen {
                 .await?;
         }
 
+        if machine.outcome().is_none() {
+            lease = self.wait_for_previous_holder(lease).await?;
+        }
+
         let mut inflight: FuturesUnordered<Pending> = FuturesUnordered::new();
         let mut notifications: FuturesUnordered<Fire> = FuturesUnordered::new();
         let mut queue: Vec<Input> = Vec::new();
         if machine.outcome().is_none() {
             if self.resume && *machine.stage() != crate::machine::Stage::Pending {
+                if first.iter().any(|c| c.action.is_mutating()) {
+                    lease = self.lease_for_mutation(lease).await?;
+                }
                 for c in first {
                     self.dispatch(&machine, c, &mut inflight, &mut notifications);
                 }
+                // Nothing drove the stage while no deployer ran: its
+                // progress deadline restarts (journaled, so a later replay
+                // decides the same).
+                queue.push(Input::Resumed);
                 queue.push(Input::Tick);
             } else {
                 queue.push(Input::Start);
@@ -687,6 +709,7 @@ impl BlueGreen {
                     continue;
                 }
                 let commands = step.commands.clone();
+                let mutating = commands.iter().any(|c| c.action.is_mutating());
                 self.journal
                     .append(
                         &lease,
@@ -706,6 +729,11 @@ impl BlueGreen {
                         at: now,
                         event,
                     });
+                }
+                if mutating {
+                    // The append above proved the lease current; a mutating
+                    // call also needs the lease to outlast it.
+                    lease = self.lease_for_mutation(lease).await?;
                 }
                 for c in commands {
                     self.dispatch(&machine, c, &mut inflight, &mut notifications);
@@ -758,6 +786,63 @@ impl BlueGreen {
         let _ = self.journal.release(&lease).await;
         let entries = self.journal.read(&self.deployment_id).await?;
         Ok(Report::from_entries(&entries))
+    }
+
+    /// After taking over a lease another run (or this holder's earlier,
+    /// perhaps frozen, process) did not release, waits until the superseded
+    /// lease's expiry plus the call timeout, renewing its own lease: a call
+    /// the previous holder began while its lease was valid has landed by
+    /// then (every mutating call starts with at least the call timeout left
+    /// on the lease, see [`lease_for_mutation`](Self::lease_for_mutation)).
+    /// The machine then reads back what it changes, so a late write of the
+    /// previous holder is seen, not assumed away. At most the lease TTL
+    /// plus the call timeout.
+    async fn wait_for_previous_holder(&self, mut lease: Lease) -> Result<Lease> {
+        let Some(expiry) = lease.superseded else {
+            return Ok(lease);
+        };
+        let until = expiry.after(self.call_timeout);
+        let now = self.clock.now();
+        if until <= now {
+            return Ok(lease);
+        }
+        tracing::info!(
+            deployment_id = %self.deployment_id,
+            wait = %humantime::format_duration(until.since(now)),
+            "took over an unreleased lease: waiting for the previous holder's calls to land before acting"
+        );
+        loop {
+            let now = self.clock.now();
+            if now >= until {
+                return Ok(lease);
+            }
+            let renew_at = Timestamp(
+                lease
+                    .expires_at
+                    .0
+                    .saturating_sub((self.lease_ttl / 2).as_millis() as u64),
+            );
+            let wake = until.min(renew_at);
+            tokio::time::sleep(wake.since(now).max(Duration::from_millis(1))).await;
+            if self.clock.now() >= renew_at {
+                lease = self
+                    .journal
+                    .renew(&lease, self.lease_ttl, self.clock.now())
+                    .await?;
+            }
+        }
+    }
+
+    /// The lease, renewed first when less than the call timeout is left on
+    /// it: a mutating call never starts on a lease that could lapse before
+    /// the call ends. A superseded lease fails here as
+    /// [`Fenced`](crate::ErrorKind::Fenced), before the call.
+    async fn lease_for_mutation(&self, lease: Lease) -> Result<Lease> {
+        let now = self.clock.now();
+        if lease.expires_at.since(now) > self.call_timeout {
+            return Ok(lease);
+        }
+        self.journal.renew(&lease, self.lease_ttl, now).await
     }
 
     fn timeout_for(&self, action: &Action) -> Duration {
@@ -855,7 +940,9 @@ fn replay(
                 engine,
                 ..
             } => {
-                if *format != crate::journal::JOURNAL_FORMAT {
+                if !(crate::journal::OLDEST_RESUMABLE_FORMAT..=crate::journal::JOURNAL_FORMAT)
+                    .contains(format)
+                {
                     let written = if engine.is_empty() {
                         "an engine before 0.1.0's checks of reality".to_string()
                     } else {
@@ -867,9 +954,11 @@ fn replay(
                         "older"
                     };
                     return Err(Error::invalid_input(format!(
-                        "deployment {id} was journaled in format {format} by {written}, {which} than this engine's format {} (bluegreen-core {}): resume it with the engine that started it",
+                        "deployment {id} was journaled in format {format} by {written}, {which} than this engine's format {} (bluegreen-core {}, which resumes formats {} to {}): resume it with the engine that started it",
                         crate::journal::JOURNAL_FORMAT,
-                        crate::journal::ENGINE_VERSION
+                        crate::journal::ENGINE_VERSION,
+                        crate::journal::OLDEST_RESUMABLE_FORMAT,
+                        crate::journal::JOURNAL_FORMAT,
                     ))
                     .with_operation("resume"));
                 }

@@ -469,14 +469,17 @@ impl Group {
         // Every lease first, in a fixed order; members re-take their own
         // with the same holder when they start.
         let mut held = Vec::with_capacity(self.members.len());
-        for m in &self.members {
+        for m in &mut self.members {
             let now = m.clock.now();
             match m
                 .journal
                 .acquire(&m.plan.service, &m.holder, m.lease_ttl, now)
                 .await
             {
-                Ok(lease) => held.push((m.journal.clone(), lease)),
+                Ok(lease) => {
+                    m.group_lease = Some(lease.clone());
+                    held.push((m.journal.clone(), lease))
+                }
                 Err(e) => {
                     for (j, l) in &held {
                         let _ = j.release(l).await;

@@ -35,6 +35,17 @@ pub struct Lease {
     pub acquired_at: Timestamp,
     /// When it lapses unless renewed.
     pub expires_at: Timestamp,
+    /// The expiry of the unreleased lease this one took over, whoever held
+    /// it (the same holder resuming, or another after it lapsed); `None`
+    /// when the service's last lease was released or there was none.
+    ///
+    /// A deployer that took over waits until this instant plus its call
+    /// timeout before its first mutating call: until then the previous
+    /// holder may still be inside a provider call it began while its lease
+    /// was valid. A [`Journal`] implementation must set it; the conformance
+    /// suite checks it.
+    #[serde(default)]
+    pub superseded: Option<Timestamp>,
 }
 
 /// One journal record.
@@ -82,7 +93,16 @@ pub enum Record {
 /// * 2: capacity read after suspension, release verification, the old
 ///   color checked before a rollback returns traffic, drains, hold
 ///   timeouts, autoscaling read before it is suspended.
-pub const JOURNAL_FORMAT: u32 = 2;
+/// * 3: [`Input::Resumed`] (a resumed stage's progress deadline restarts);
+///   notifications journaled beside the commands, not as commands; reasons
+///   and notes carry their structured cause. A superset of 2: this engine
+///   resumes both (see [`OLDEST_RESUMABLE_FORMAT`]).
+pub const JOURNAL_FORMAT: u32 = 3;
+
+/// The oldest journal format this engine resumes: journals of formats
+/// `OLDEST_RESUMABLE_FORMAT..=JOURNAL_FORMAT` replay to the same commands
+/// here. Older and newer ones are refused, naming both formats.
+pub const OLDEST_RESUMABLE_FORMAT: u32 = 2;
 
 /// The engine version recorded in [`Record::Started`].
 pub const ENGINE_VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -331,6 +351,7 @@ impl Ledger {
                 token,
                 acquired_at: now,
                 expires_at: now.after(ttl),
+                superseded: self.leases.get(service).map(|l| l.expires_at),
             },
         })
     }

@@ -1,10 +1,12 @@
-//! Journals written by this release, checked in under `tests/fixtures/journals`
-//! (a good deployment and a rolled-back one, as `FileJournal` files), resumed
-//! after being cut at many points: an upgrade of the engine must resume what
-//! the previous patch release wrote (see `JOURNAL_FORMAT`).
+//! Journals written by engines of each format this one resumes, checked in
+//! under `tests/fixtures/journals/format-N` (a good deployment and a
+//! rolled-back one, as `FileJournal` files), resumed after being cut at many
+//! points: an upgrade of the engine must resume what the previous release
+//! wrote (see `JOURNAL_FORMAT` and `OLDEST_RESUMABLE_FORMAT`).
 //!
 //! `BLUEGREEN_WRITE_FIXTURES=1 cargo test -p bluegreen-core --features testing
-//! --test fixtures` writes them anew; do that only with a `JOURNAL_FORMAT` bump.
+//! --test fixtures` writes `format-{JOURNAL_FORMAT}` anew; do that only with a
+//! `JOURNAL_FORMAT` bump, and keep the older directories.
 #![cfg(feature = "testing")]
 
 use std::collections::BTreeMap;
@@ -12,7 +14,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bluegreen_core::journal::{Record, JOURNAL_FORMAT};
+use bluegreen_core::journal::{Record, JOURNAL_FORMAT, OLDEST_RESUMABLE_FORMAT};
 use bluegreen_core::machine::{Action, Input};
 use bluegreen_core::testing::{reference_plan, Fakes};
 use bluegreen_core::{
@@ -20,8 +22,11 @@ use bluegreen_core::{
     Report, TrafficRouter, TrafficSplit,
 };
 
-fn dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/journals")
+/// The fixtures of journal format `format`.
+fn dir(format: u32) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures/journals")
+        .join(format!("format-{format}"))
 }
 
 /// The fixtures' plan: the reference with a 10-minute soak (smaller files).
@@ -126,9 +131,9 @@ fn resume_cut(lines: &[&str], cut: usize, bad: bool) -> bluegreen_core::Result<(
 
 fn write_fixture(name: &str, bad: bool) {
     runtime().block_on(async {
-        let path = dir().join(name);
+        let path = dir(JOURNAL_FORMAT).join(name);
         let _ = std::fs::remove_file(&path);
-        std::fs::create_dir_all(dir()).unwrap();
+        std::fs::create_dir_all(dir(JOURNAL_FORMAT)).unwrap();
         let f = Fakes::new();
         script(&f, bad);
         let journal = Arc::new(FileJournal::open(&path).unwrap());
@@ -142,14 +147,14 @@ fn write_fixture(name: &str, bad: bool) {
     });
 }
 
-/// Resumes `name` cut after each of several numbers of lines and returns
-/// the outcomes and final worlds.
-fn resume_cuts(name: &str, bad: bool) {
-    let text = std::fs::read_to_string(dir().join(name))
+/// Resumes the fixture `name` of journal format `format` cut after each of
+/// several numbers of lines, and checks each outcome and final world.
+fn resume_cuts(format: u32, name: &str, bad: bool) {
+    let text = std::fs::read_to_string(dir(format).join(name))
         .unwrap_or_else(|e| panic!("{name}: {e}: run with BLUEGREEN_WRITE_FIXTURES=1"));
     assert!(
-        text.contains(&format!("\"format\":{JOURNAL_FORMAT}")),
-        "{name} is not of format {JOURNAL_FORMAT}"
+        text.contains(&format!("\"format\":{format}")),
+        "{name} is not of format {format}"
     );
     let lines: Vec<&str> = text.lines().collect();
     let n = lines.len();
@@ -188,21 +193,60 @@ fn the_checked_in_journals_resume_from_every_cut_to_their_outcome() {
         write_fixture("good.jsonl", false);
         write_fixture("rolled_back.jsonl", true);
     }
-    resume_cuts("good.jsonl", false);
-    resume_cuts("rolled_back.jsonl", true);
+    resume_cuts(JOURNAL_FORMAT, "good.jsonl", false);
+    resume_cuts(JOURNAL_FORMAT, "rolled_back.jsonl", true);
+}
+
+#[test]
+fn journals_of_the_oldest_resumable_format_resume_from_every_cut_to_their_outcome() {
+    const { assert!(OLDEST_RESUMABLE_FORMAT < JOURNAL_FORMAT) };
+    for format in OLDEST_RESUMABLE_FORMAT..JOURNAL_FORMAT {
+        resume_cuts(format, "good.jsonl", false);
+        resume_cuts(format, "rolled_back.jsonl", true);
+    }
 }
 
 #[test]
 fn a_journal_of_another_format_is_refused_naming_both_versions() {
-    let text = std::fs::read_to_string(dir().join("good.jsonl")).unwrap();
-    let newer = text.replacen(
+    let older = refused_as(OLDEST_RESUMABLE_FORMAT - 1);
+    assert!(
+        older.contains(&format!(
+            "format {} by bluegreen-core {}, older than this engine's format {JOURNAL_FORMAT}",
+            OLDEST_RESUMABLE_FORMAT - 1,
+            bluegreen_core::journal::ENGINE_VERSION
+        )),
+        "{older}"
+    );
+    let msg = refused_as(JOURNAL_FORMAT + 1);
+    assert!(
+        msg.contains(&format!(
+            "which resumes formats {OLDEST_RESUMABLE_FORMAT} to {JOURNAL_FORMAT}"
+        )),
+        "{msg}"
+    );
+    assert!(
+        msg.contains(&format!(
+            "format {} by bluegreen-core {}, newer than this engine's format {JOURNAL_FORMAT}",
+            JOURNAL_FORMAT + 1,
+            bluegreen_core::journal::ENGINE_VERSION
+        )),
+        "{msg}"
+    );
+}
+
+/// The error of resuming the good fixture of this format with its format
+/// field changed to `format`.
+fn refused_as(format: u32) -> String {
+    let text = std::fs::read_to_string(dir(JOURNAL_FORMAT).join("good.jsonl")).unwrap();
+    let changed = text.replacen(
         &format!("\"format\":{JOURNAL_FORMAT}"),
-        &format!("\"format\":{}", JOURNAL_FORMAT + 1),
+        &format!("\"format\":{format}"),
         1,
     );
+    assert_ne!(changed, text);
     let tmp = tempfile::tempdir().unwrap();
     let path = tmp.path().join("journal.jsonl");
-    let cut: Vec<&str> = newer.lines().take(20).collect();
+    let cut: Vec<&str> = changed.lines().take(20).collect();
     std::fs::write(&path, cut.join("\n") + "\n").unwrap();
     let err = runtime().block_on(async {
         let f = Fakes::new();
@@ -216,20 +260,12 @@ fn a_journal_of_another_format_is_refused_naming_both_versions() {
             .await
             .expect_err("refused")
     });
-    let msg = err.to_string();
-    assert!(
-        msg.contains(&format!(
-            "format {} by bluegreen-core {}, newer than this engine's format {JOURNAL_FORMAT}",
-            JOURNAL_FORMAT + 1,
-            bluegreen_core::journal::ENGINE_VERSION
-        )),
-        "{msg}"
-    );
+    err.to_string()
 }
 
 #[test]
 fn rewording_events_and_notifications_in_a_patch_release_keeps_a_journal_resumable() {
-    let text = std::fs::read_to_string(dir().join("good.jsonl")).unwrap();
+    let text = std::fs::read_to_string(dir(JOURNAL_FORMAT).join("good.jsonl")).unwrap();
     // What an older wording of the same decisions looks like in the journal.
     let reworded = text
         .replace(

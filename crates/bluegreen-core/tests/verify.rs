@@ -727,3 +727,167 @@ fn a_second_id_with_the_same_holder_is_refused_while_the_first_is_unfinished() {
         assert_eq!(f.world.lock().colors[&Color::Green].autoscaling, as_found());
     });
 }
+
+/// A deployer freezes inside `set_split` (the switch) and its
+/// write lands four minutes later. Another run resumes the deployment under
+/// the same holder at once, which takes the lease over, and is told to
+/// abort. Before, it rolled back at once and the frozen write landed after:
+/// the traffic on a color scaled to 0. Now it waits out the superseded
+/// lease plus the call timeout before its first mutating call, so the late
+/// write lands first and the rollback's own write and read-back come after.
+#[test]
+fn a_deployer_frozen_inside_set_split_cannot_land_its_write_after_the_takeover_rolled_back() {
+    paused_runtime().block_on(async {
+        let f = Fakes::new();
+        healthy(&f);
+        let frozen_for = Duration::from_secs(4 * 60);
+        f.faults
+            .inject("router.set_split", 0, Fault::Frozen { after: frozen_for });
+        let first = tokio::spawn(f.builder(reference_plan()).build().unwrap().run());
+        for _ in 0..7200 {
+            if f.faults.calls("router.set_split") >= 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        assert_eq!(
+            f.faults.calls("router.set_split"),
+            1,
+            "frozen in the switch: {:#?}",
+            f.world.changes()
+        );
+        // The frozen process never acts again (a stopped process holds no
+        // timers); its write is already on its way.
+        first.abort();
+        let frozen_at = tokio::time::Instant::now();
+        let late =
+            TrafficSplit::with_percent(Color::Blue, reference_plan().strategy.steps()[0].percent);
+
+        let second = f.builder(reference_plan()).resume("sim-1").build().unwrap();
+        assert!(second.control().abort("the frozen deployer is gone"));
+        let report = second.run().await.unwrap();
+
+        assert!(matches!(report.outcome, Some(Outcome::RolledBack { .. })));
+        assert_eq!(f.world.split(), TrafficSplit::all_on(Color::Green));
+        assert_eq!(f.world.desired(Color::Blue), 0);
+        let landed = f
+            .world
+            .lock()
+            .changes
+            .iter()
+            .rev()
+            .find(|(_, c)| *c == Change::Split(late))
+            .map(|(t, _)| *t)
+            .expect("the switch landed");
+        // The test notices the freeze up to a second after the call began.
+        assert!(
+            landed - frozen_at <= frozen_for
+                && landed - frozen_at >= frozen_for - Duration::from_secs(1),
+            "the frozen write landed {:?} after the freeze",
+            landed - frozen_at
+        );
+        let restored = f
+            .world
+            .lock()
+            .changes
+            .iter()
+            .rev()
+            .find(|(_, c)| matches!(c, Change::Split(_)))
+            .map(|(t, c)| (*t, c.clone()))
+            .unwrap();
+        assert_eq!(
+            restored.1,
+            Change::Split(TrafficSplit::all_on(Color::Green)),
+            "the last write is the rollback's"
+        );
+        assert!(
+            restored.0 > landed,
+            "the rollback wrote after the late write"
+        );
+        // The wait is bounded by the lease TTL (5 min) plus the call timeout (30 s).
+        assert!(restored.0 - frozen_at <= Duration::from_secs(5 * 60 + 30 + 60));
+    });
+}
+
+/// A deployer whose lease another run took over stops before its next
+/// mutating call, with nothing changed by it after the takeover.
+#[test]
+fn a_deployer_whose_lease_was_taken_over_stops_before_its_next_mutating_call() {
+    use bluegreen_core::{ErrorKind, Journal};
+    paused_runtime().block_on(async {
+        let f = Fakes::new();
+        healthy(&f);
+        let mut plan = reference_plan();
+        plan.gates = vec![bluegreen_core::plan::Gate::BeforeShift];
+        let deployment = f.builder(plan).build().unwrap();
+        let control = deployment.control();
+        let run = tokio::spawn(deployment.run());
+        tokio::time::sleep(Duration::from_secs(10 * 60)).await;
+        // Another run takes the lease (as a resume under the same holder would).
+        let now = bluegreen_core::Clock::now(&*f.clock);
+        f.journal
+            .acquire("order-api", "sim-1", Duration::from_secs(300), now)
+            .await
+            .unwrap();
+        let changes = f.world.changes().len();
+        assert!(control.promote());
+        let err = run.await.unwrap().expect_err("fenced");
+        assert_eq!(err.kind(), ErrorKind::Fenced, "{err}");
+        assert_eq!(
+            f.world.changes().len(),
+            changes,
+            "no write after the takeover"
+        );
+        assert_eq!(f.world.split(), TrafficSplit::all_on(Color::Green));
+    });
+}
+
+/// The deployer dies during the switch; a human resumes it half an hour
+/// later, beyond the stage's progress deadline. Nothing
+/// drove the stage meanwhile, so its deadline restarts on resume instead of
+/// rolling back a deployment that is fine.
+#[test]
+fn a_deployment_resumed_after_longer_than_its_stage_deadline_goes_on_instead_of_rolling_back() {
+    use bluegreen_core::testing::CrashingJournal;
+    use std::sync::Arc;
+    paused_runtime().block_on(async {
+        let f = Fakes::new();
+        healthy(&f);
+        let dying = Arc::new(CrashingJournal::new(f.journal.clone(), 24));
+        assert!(f
+            .builder(reference_plan())
+            .journal(dying)
+            .build()
+            .unwrap()
+            .run()
+            .await
+            .is_err());
+        let entries = bluegreen_core::Journal::read(&*f.journal, "sim-1")
+            .await
+            .unwrap();
+        let stage = bluegreen_core::Report::from_entries(&entries)
+            .stages
+            .last()
+            .map(|s| s.stage.clone());
+        assert_eq!(stage.as_deref(), Some("shift_100"));
+        tokio::time::sleep(Duration::from_secs(30 * 60)).await;
+        let report = f
+            .builder(reference_plan())
+            .resume("sim-1")
+            .build()
+            .unwrap()
+            .run()
+            .await
+            .unwrap();
+        assert_eq!(
+            report.outcome,
+            Some(Outcome::Succeeded),
+            "{:?}",
+            report.outcome
+        );
+        assert!(report.decisions.iter().any(|d| d
+            .text
+            .starts_with("resumed: the traffic progress deadline of")));
+        assert_eq!(f.world.split(), TrafficSplit::all_on(Color::Blue));
+    });
+}

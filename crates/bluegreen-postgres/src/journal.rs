@@ -205,6 +205,7 @@ impl Journal for PostgresJournal {
             token: token as u64 + 1,
             acquired_at: now,
             expires_at: now.after(ttl),
+            superseded: (!released && token > 0).then(|| ts(expires)),
         };
         tx.execute(
             "UPDATE bluegreen_journal_leases SET holder = $2, token = $3, acquired_at_ms = $4, expires_at_ms = $5, released = false

@@ -335,6 +335,11 @@ pub enum Input {
         /// The instruction.
         control: Control,
     },
+    /// A deployer resumed the deployment from its journal (after a crash or
+    /// a takeover): nothing drove the current stage while no deployer ran,
+    /// so its progress deadline restarts now. Hold timeouts and the
+    /// rollback window do not restart. Journal format 3.
+    Resumed,
 }
 
 /// Why the deployment is holding.

@@ -286,6 +286,7 @@ impl Machine {
             Input::Reply { id, reply } => self.on_reply(id, reply),
             Input::Failed { id, error } => self.on_failed(id, error),
             Input::Control { control } => self.on_control(control),
+            Input::Resumed => self.on_resumed(),
         }
         std::mem::take(&mut self.step)
     }
@@ -688,6 +689,17 @@ impl Machine {
             self.fail(Reason::new(summary));
         } else {
             self.halt(Reason::new(summary));
+        }
+    }
+
+    /// Restarts the current stage's progress deadline (see [`Input::Resumed`]).
+    fn on_resumed(&mut self) {
+        if let Some((_, group, length)) = self.deadline {
+            self.deadline = Some((self.now.after(length), group, length));
+            self.note(format!(
+                "resumed: the {group} progress deadline of {} restarts",
+                humantime::format_duration(length)
+            ));
         }
     }
 

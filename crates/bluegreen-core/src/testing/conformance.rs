@@ -347,6 +347,7 @@ pub async fn journal(j: &dyn Journal) {
         .acquire(svc, "deployer-a", ttl, t0)
         .await
         .expect("a free lease is granted");
+    assert_eq!(a1.superseded, None, "a free lease supersedes nothing");
     let held = j
         .acquire(svc, "deployer-b", ttl, t0.after(Duration::from_secs(1)))
         .await
@@ -361,6 +362,11 @@ pub async fn journal(j: &dyn Journal) {
         .acquire(svc, "deployer-a", ttl, t0.after(Duration::from_secs(2)))
         .await
         .expect("the same holder re-acquires (resume)");
+    assert_eq!(
+        a2.superseded,
+        Some(a1.expires_at),
+        "re-acquiring names the expiry of the lease it took over"
+    );
     assert!(
         a2.token > a1.token,
         "tokens increase: {} then {}",
@@ -404,6 +410,11 @@ pub async fn journal(j: &dyn Journal) {
         .acquire(svc, "deployer-b", ttl, after_expiry)
         .await
         .expect("an expired lease can be taken over");
+    assert_eq!(
+        b.superseded,
+        Some(a3.expires_at),
+        "a takeover names the expiry of the lease it took over (after its renewal)"
+    );
     assert!(b.token > a3.token);
     let fenced = j
         .append(&a3, "dep-1", after_expiry, &rec(4))
@@ -440,6 +451,10 @@ pub async fn journal(j: &dyn Journal) {
         .acquire(svc, "deployer-c", ttl, after_expiry)
         .await
         .expect("a released lease is free");
+    assert_eq!(
+        c.superseded, None,
+        "a released lease leaves nothing to wait for"
+    );
     assert!(c.token > b.token);
     j.release(&c).await.unwrap();
 }

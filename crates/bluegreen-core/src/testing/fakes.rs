@@ -49,6 +49,14 @@ pub enum Fault {
         /// Its new desired count.
         count: u32,
     },
+    /// On `router.set_split`: the caller freezes inside the call, as a
+    /// stopped process would. The write lands `after` later whatever the
+    /// caller does meanwhile (dropped, timed out, superseded), and the call
+    /// never returns.
+    Frozen {
+        /// How long after the call its write lands.
+        after: Duration,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -178,7 +186,12 @@ impl Faults {
                 }
                 Ok(None)
             }
-            Some(f @ (Fault::WrongReadBack | Fault::LostReply | Fault::OldRelease)) => Ok(Some(f)),
+            Some(
+                f @ (Fault::WrongReadBack
+                | Fault::LostReply
+                | Fault::OldRelease
+                | Fault::Frozen { .. }),
+            ) => Ok(Some(f)),
             Some(Fault::Error(kind)) => {
                 err(Error::new(kind, format!("injected fault on call {n}")))
             }
@@ -554,6 +567,20 @@ impl TrafficRouter for FakeRouter {
 
     async fn set_split(&self, split: TrafficSplit) -> Result<()> {
         let fault = self.faults.check_fault("router.set_split").await?;
+        if let Some(Fault::Frozen { after }) = fault {
+            let world = self.world.clone();
+            let previous = self.previous.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(after).await;
+                let mut w = world.lock();
+                if w.split != split {
+                    *lock(&previous) = Some(w.split);
+                    w.split = split;
+                    w.record(Change::Split(split));
+                }
+            });
+            return std::future::pending().await;
+        }
         {
             let mut w = self.world.lock();
             if w.split != split {
