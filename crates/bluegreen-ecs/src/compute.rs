@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_sdk_applicationautoscaling::types::{ScalableDimension, ServiceNamespace, SuspendedState};
+use aws_sdk_ecs::config::interceptors::InterceptorContext;
+use aws_sdk_ecs::config::retry::{ClassifyRetry, RetryAction};
 use aws_sdk_ecs::types::{
     ContainerDefinition, DeploymentRolloutState, KeyValuePair, Secret, Service, SortOrder, Tag,
     TaskDefinition, TaskDefinitionField, TaskDefinitionStatus,
@@ -35,6 +37,41 @@ const LIST_PAGES_MAX: usize = 5;
 /// The newest revisions of the family `prepare` describes at most when it
 /// looks for one it registered before.
 const REVISIONS_CHECKED_MAX: usize = 10;
+
+/// The SDK's retry rule for `RegisterTaskDefinition`, which is not
+/// idempotent: every call AWS applies registers one more revision.
+///
+/// The SDK retries a call whose connection dropped or timed out, or that
+/// AWS answered with a 5xx error, and any of those may have been applied
+/// (the reply, not the request, may be what was lost). Such a retry would
+/// register a second revision, bypassing the lookup by [`VERSION_TAG`] that
+/// `prepare` makes before registering; so it is forbidden, and the error
+/// goes back to the caller, whose own retry (the driver's) calls `prepare`
+/// again, which finds the revision if it was registered. An error AWS
+/// answered with a 4xx status (throttling above all) was not applied: the
+/// SDK retries it as it retries any call.
+#[derive(Debug)]
+struct NoRetryOfWhatAwsMayHaveApplied;
+
+impl ClassifyRetry for NoRetryOfWhatAwsMayHaveApplied {
+    fn classify_retry(&self, ctx: &InterceptorContext) -> RetryAction {
+        let Some(Err(error)) = ctx.output_or_error() else {
+            return RetryAction::NoActionIndicated;
+        };
+        let refused = error.is_operation_error()
+            && ctx.response().is_some_and(|r| r.status().is_client_error());
+        if refused {
+            // The SDK's own classifiers decide (throttling is retried).
+            RetryAction::NoActionIndicated
+        } else {
+            RetryAction::RetryForbidden
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        "bluegreen: no retry of a RegisterTaskDefinition AWS may have applied"
+    }
+}
 
 /// Builds an [`EcsCompute`]; see [`EcsCompute::builder`].
 #[derive(Debug, Clone)]
@@ -730,7 +767,10 @@ impl ComputeProvider for EcsCompute {
     /// service's current revision, the one this provider registered, or an
     /// ACTIVE revision of the family found by [`VERSION_TAG`] (a registration
     /// whose reply was lost, or made by a deployer that died) already carries
-    /// the release, no new revision is registered.
+    /// the release, no new revision is registered. The SDK does not retry a
+    /// `RegisterTaskDefinition` that AWS may have applied (a dropped
+    /// connection, a timeout, a 5xx answer): the error comes back as
+    /// temporary, and calling `prepare` again finds the revision by its tag.
     async fn prepare(&self, color: Color, release: &Release) -> Result<PreparedRelease> {
         const OP: &str = "prepare";
         self.check_release(release)
@@ -823,6 +863,11 @@ impl ComputeProvider for EcsCompute {
                     .set_runtime_platform(td.runtime_platform.clone())
                     .set_enable_fault_injection(td.enable_fault_injection)
                     .set_tags(Some(new_tags))
+                    .customize()
+                    .config_override(
+                        aws_sdk_ecs::config::Builder::default()
+                            .retry_classifier(NoRetryOfWhatAwsMayHaveApplied),
+                    )
                     .send()
                     .await
                     .map_err(|e| {

@@ -12,6 +12,11 @@
 //! SDK retry never reaches moto), and signals the test, which drops the
 //! deployer's future at once, as a SIGKILL would.
 //!
+//! Within one process, a lost `RegisterTaskDefinition` reply registers no
+//! second revision either: the SDK does not retry that call (its retry would
+//! bypass `prepare`'s lookup by tag), and the driver's retry of `prepare`
+//! finds the revision the lost call registered.
+//!
 //! Throttling costs at most twice the calls: with every second call
 //! throttled, the deployment makes at most twice the AWS calls of a clean
 //! run (`cargo test -p bluegreen-ecs --test unreliable_aws throttled --
@@ -34,13 +39,13 @@ use aws_sdk_applicationautoscaling::types::{ScalableDimension, ServiceNamespace}
 use aws_smithy_types::retry::RetryConfig;
 use aws_types::SdkConfig;
 use bluegreen_alb::AlbRouter;
-use bluegreen_core::driver::{BlueGreen, TokioClock};
+use bluegreen_core::driver::{with_retry, BlueGreen, RetryPolicy, TokioClock};
 use bluegreen_core::journal::FileJournal;
 use bluegreen_core::testing::{reference_plan, FakeSmokeTest, Faults, ScriptedMetrics, World};
 use bluegreen_core::{
-    AutoscalingState, Clock, Color, ComputeProvider, ComputeStatus, Outcome, PreparedRelease,
-    Release, Result, SecretMetadata, SecretSource, SecretValue, TargetHealth, Timestamp,
-    TrafficRouter, TrafficSplit,
+    AutoscalingState, Clock, Color, ComputeProvider, ComputeStatus, ErrorStatus, Outcome,
+    PreparedRelease, Release, Result, SecretMetadata, SecretSource, SecretValue, TargetHealth,
+    Timestamp, TrafficRouter, TrafficSplit,
 };
 use bluegreen_ecs::{EcsCompute, VERSION_TAG};
 use bluegreen_secretsmanager::SecretsManagerSource;
@@ -668,6 +673,155 @@ fn a_lost_modify_rule_reply_resumes_to_the_same_weights() {
 #[test]
 fn a_lost_modify_listener_reply_resumes_to_the_same_weights() {
     every_lost_reply_of("elasticloadbalancing:ModifyListener", Route::Listener);
+}
+
+/// The ARNs of the ACTIVE revisions of `family`.
+async fn revisions_of(ecs: &aws_sdk_ecs::Client, family: &str) -> Vec<String> {
+    ecs.list_task_definitions()
+        .family_prefix(family)
+        .status(aws_sdk_ecs::types::TaskDefinitionStatus::Active)
+        .send()
+        .await
+        .unwrap()
+        .task_definition_arns()
+        .to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_register_reply_within_one_process_registers_no_second_revision() {
+    let moto = common::moto();
+    let ecs = aws_sdk_ecs::Client::new(&moto);
+    let fixture = ecs_fixture(&ecs, 0).await;
+    let family = fixture
+        .task_definition
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .split(':')
+        .next()
+        .unwrap()
+        .to_string();
+    assert_eq!(revisions_of(&ecs, &family).await.len(), 1);
+
+    // The first RegisterTaskDefinition is applied by moto and its reply
+    // lost; the process lives on, and every later call (an SDK retry of the
+    // lost one included) reaches moto.
+    let proxy = CountingProxy::start(&common::endpoint()).await;
+    let lost = proxy.lose_reply_and_go_on("ecs:RegisterTaskDefinition", 1);
+    let compute = EcsCompute::builder(&common::config_for(proxy.endpoint(), sdk_retries()))
+        .cluster(&fixture.cluster)
+        .service(Color::Blue, &fixture.blue)
+        .service(Color::Green, &fixture.green)
+        .build()
+        .unwrap();
+    let mut release = Release::new("2.5.0", "order-api:2.5.0");
+    release.env.insert("FEATURE_X".into(), "on".into());
+
+    // `prepare` as the driver calls it: under its retry policy, a
+    // temporary error calls `prepare` again.
+    let policy = RetryPolicy {
+        max_attempts: 3,
+        initial_backoff: Duration::from_millis(50),
+        max_backoff: Duration::from_millis(50),
+        jitter: false,
+    };
+    // The errors of the attempts that failed: (status, message).
+    let errors = std::sync::Mutex::new(Vec::new());
+    let prepared = with_retry(
+        &policy,
+        Duration::from_secs(10),
+        ("ecs", "prepare"),
+        || async {
+            let r = compute.prepare(Color::Blue, &release).await;
+            if let Err(e) = &r {
+                errors.lock().unwrap().push((e.status(), e.to_string()));
+            }
+            r
+        },
+    )
+    .await
+    .expect("prepare succeeds");
+    assert!(lost.has_fired(), "the reply was lost");
+    let errors = errors.into_inner().unwrap();
+
+    let revisions = revisions_of(&ecs, &family).await;
+    assert_eq!(
+        revisions.len(),
+        2,
+        "one revision registered besides the fixture's: {revisions:?}"
+    );
+    let registered = revisions
+        .iter()
+        .find(|arn| **arn != fixture.task_definition)
+        .unwrap();
+    assert_eq!(
+        prepared.id.as_deref(),
+        Some(registered.as_str()),
+        "prepare answers the revision the lost call registered"
+    );
+    assert_eq!(
+        proxy.calls().count("ecs:RegisterTaskDefinition"),
+        1,
+        "RegisterTaskDefinition was sent once, not retried by the SDK"
+    );
+    // The lost reply came back to the driver as a temporary error, and its
+    // retry found the revision by its tag.
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0].0, ErrorStatus::Temporary, "{:?}", errors[0]);
+    // At zero, prepare points the service at the revision.
+    let svc = ecs
+        .describe_services()
+        .cluster(&fixture.cluster)
+        .services(&fixture.blue)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        svc.services()[0].task_definition.as_deref(),
+        Some(registered.as_str())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_throttled_register_is_still_retried_by_the_sdk_and_registers_one_revision() {
+    let moto = common::moto();
+    let ecs = aws_sdk_ecs::Client::new(&moto);
+    let fixture = ecs_fixture(&ecs, 0).await;
+    let family = fixture
+        .task_definition
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .split(':')
+        .next()
+        .unwrap()
+        .to_string();
+    // Every second call is throttled; prepare's calls run one after the
+    // other, so each is throttled once or not at all.
+    let proxy = CountingProxy::start(&common::endpoint()).await;
+    proxy.throttle(Some(Throttle {
+        every: 2,
+        retry_after: None,
+    }));
+    let compute = EcsCompute::builder(&common::config_for(proxy.endpoint(), sdk_retries()))
+        .cluster(&fixture.cluster)
+        .service(Color::Blue, &fixture.blue)
+        .service(Color::Green, &fixture.green)
+        .build()
+        .unwrap();
+    let release = Release::new("2.5.0", "order-api:2.5.0");
+    // A throttled call was not applied: the SDK retries it, and prepare
+    // succeeds at its first call.
+    let prepared = compute
+        .prepare(Color::Blue, &release)
+        .await
+        .expect("the SDK retries the throttled calls");
+    let throttled = proxy.throttled().count("ecs:RegisterTaskDefinition");
+    assert_eq!(throttled, 1, "{:?}", proxy.throttled().counts());
+    assert_eq!(proxy.calls().count("ecs:RegisterTaskDefinition"), 2);
+    let revisions = revisions_of(&ecs, &family).await;
+    assert_eq!(revisions.len(), 2, "{revisions:?}");
+    assert!(revisions.contains(prepared.id.as_ref().unwrap()));
 }
 
 #[test]

@@ -6,8 +6,9 @@
 //! clients a test cannot wrap: point the process's endpoint at
 //! [`CountingProxy::endpoint`] and read [`CountingProxy::calls`]; and tests
 //! that must see what the providers do when a reply never comes
-//! ([`CountingProxy::lose_reply`]) or AWS throttles
-//! ([`CountingProxy::throttle`]).
+//! ([`CountingProxy::lose_reply`] for a caller that dies then,
+//! [`CountingProxy::lose_reply_and_go_on`] for one that lives on) or AWS
+//! throttles ([`CountingProxy::throttle`]).
 //!
 //! Requests are parsed only as far as needed to name their operation (the
 //! `x-amz-target` header, or the `Action=` parameter of a query-protocol
@@ -75,12 +76,24 @@ struct State {
     /// Calls received so far, every operation counted.
     received: AtomicU32,
     throttle: Mutex<Option<Throttle>>,
-    /// (operation, its call number) whose reply is lost.
-    lose: Mutex<Option<(String, u32)>>,
-    /// Once a reply was lost, every later request is held unanswered and
-    /// never forwarded: the world stays as it was when the reply was lost.
+    /// The reply to lose.
+    lose: Mutex<Option<Lose>>,
+    /// Once a reply was lost with [`Lose::stall`], every later request is
+    /// held unanswered and never forwarded: the world stays as it was when
+    /// the reply was lost.
     stalled: AtomicBool,
     fired: watch::Sender<bool>,
+}
+
+/// Which reply the proxy loses, and what it does after.
+#[derive(Debug)]
+struct Lose {
+    operation: String,
+    /// The call number of `operation`, from 1.
+    nth: u32,
+    /// Whether every later request is held ([`CountingProxy::lose_reply`])
+    /// rather than forwarded ([`CountingProxy::lose_reply_and_go_on`]).
+    stall: bool,
 }
 
 impl CountingProxy {
@@ -150,8 +163,25 @@ impl CountingProxy {
     /// SDK retry included) reaches moto: as seen from AWS, the caller died
     /// the moment its call was applied. Replaces an earlier `lose_reply`.
     pub fn lose_reply(&self, operation: &str, nth: u32) -> LostReply {
+        self.lose(operation, nth, true)
+    }
+
+    /// Loses the reply of the `nth` call of `operation` as
+    /// [`lose_reply`](Self::lose_reply) does, but then goes on forwarding
+    /// every request as before, the retry of the lost call included: as
+    /// seen from AWS, the caller lived on and retried (an AWS SDK retries a
+    /// call whose connection dropped). Replaces an earlier `lose_reply`.
+    pub fn lose_reply_and_go_on(&self, operation: &str, nth: u32) -> LostReply {
+        self.lose(operation, nth, false)
+    }
+
+    fn lose(&self, operation: &str, nth: u32, stall: bool) -> LostReply {
         assert!(nth >= 1, "calls are counted from 1");
-        *self.state.lose.lock().unwrap() = Some((operation.to_string(), nth));
+        *self.state.lose.lock().unwrap() = Some(Lose {
+            operation: operation.to_string(),
+            nth,
+            stall,
+        });
         LostReply {
             fired: self.state.fired.subscribe(),
         }
@@ -180,7 +210,8 @@ async fn relay(mut client: TcpStream, state: Arc<State>) {
     let lost = {
         let lose = state.lose.lock().unwrap();
         lose.as_ref()
-            .is_some_and(|(op, nth)| *op == operation && state.calls.count(op) == *nth)
+            .filter(|l| l.operation == operation && state.calls.count(&operation) == l.nth)
+            .map(|l| l.stall)
     };
     let Ok(mut server) = TcpStream::connect(&state.upstream).await else {
         return;
@@ -191,9 +222,11 @@ async fn relay(mut client: TcpStream, state: Arc<State>) {
     let Some(answer) = read_response(&mut server).await else {
         return;
     };
-    if lost {
+    if let Some(stall) = lost {
         // moto applied the call; the caller never learns it.
-        state.stalled.store(true, Ordering::SeqCst);
+        if stall {
+            state.stalled.store(true, Ordering::SeqCst);
+        }
         drop(client);
         state.fired.send_replace(true);
         return;
