@@ -501,6 +501,7 @@ mod tests {
                 input,
                 commands: Vec::new(),
                 events: Vec::new(),
+                notifications: Vec::new(),
             },
         }
     }

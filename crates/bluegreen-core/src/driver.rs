@@ -25,6 +25,7 @@ use crate::machine::{
     SmokeScope, Stage,
 };
 use crate::plan::{Barrier, Plan};
+use crate::provider::Notification;
 use crate::provider::{
     ComputeProvider, EventSink, MetricQuery, MetricsSource, MigrationContext, MigrationRunner,
     SecretSource, SmokeTarget, SmokeTest, TrafficRouter,
@@ -705,7 +706,11 @@ impl BlueGreen {
                     lease = self.journal.renew(&lease, self.lease_ttl, now).await?;
                 }
                 let step = machine.handle(now, input.clone());
-                if step.commands.is_empty() && step.events.is_empty() && input == Input::Tick {
+                if step.commands.is_empty()
+                    && step.events.is_empty()
+                    && step.notifications.is_empty()
+                    && input == Input::Tick
+                {
                     continue;
                 }
                 let commands = step.commands.clone();
@@ -719,6 +724,7 @@ impl BlueGreen {
                             input,
                             commands: step.commands,
                             events: step.events.clone(),
+                            notifications: step.notifications.clone(),
                         },
                     )
                     .await?;
@@ -734,6 +740,9 @@ impl BlueGreen {
                     // The append above proved the lease current; a mutating
                     // call also needs the lease to outlast it.
                     lease = self.lease_for_mutation(lease).await?;
+                }
+                for n in step.notifications {
+                    self.notify(n, &mut notifications);
                 }
                 for c in commands {
                     self.dispatch(&machine, c, &mut inflight, &mut notifications);
@@ -857,6 +866,26 @@ impl BlueGreen {
         }
     }
 
+    /// Sends `notification` to every event sink, each bounded by 10 s; a
+    /// failure is logged and the deployment goes on.
+    fn notify(&self, notification: Notification, notifications: &mut FuturesUnordered<Fire>) {
+        for sink in self.providers.sinks.iter() {
+            let n = notification.clone();
+            let sink = sink.clone();
+            notifications.push(Box::pin(async move {
+                match tokio::time::timeout(Duration::from_secs(10), sink.notify(&n)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e, title = %n.title, "notification failed; the deployment goes on")
+                    }
+                    Err(_) => {
+                        tracing::warn!(title = %n.title, "notification timed out; the deployment goes on")
+                    }
+                }
+            }));
+        }
+    }
+
     fn dispatch(
         &self,
         machine: &Machine,
@@ -874,22 +903,8 @@ impl BlueGreen {
             backup_id: machine.facts().backup.as_ref().map(|b| b.id.clone()),
         };
         if let Action::Notify { notification } = command.action {
-            for sink in providers.sinks.iter() {
-                let n = notification.clone();
-                let sink = sink.clone();
-                notifications.push(Box::pin(async move {
-                    match tokio::time::timeout(Duration::from_secs(10), sink.notify(&n)).await {
-                        Ok(Ok(())) => {}
-                        Ok(Err(e)) => {
-                            tracing::warn!(error = %e, title = %n.title, "notification failed; the deployment goes on")
-                        }
-                        Err(_) => {
-                            tracing::warn!(title = %n.title, "notification timed out; the deployment goes on")
-                        }
-                    }
-                }));
-            }
-            return;
+            // Never issued now; a format-2 journal's is sent like any other.
+            return self.notify(notification, notifications);
         }
         inflight.push(Box::pin(async move {
             let operation = command.action.operation();
@@ -975,6 +990,7 @@ fn replay(
                 input,
                 commands,
                 events,
+                ..
             } => {
                 let step = machine.handle(e.at, input.clone());
                 if !same_decisions(&step.commands, commands) || !same_kinds(&step.events, events) {

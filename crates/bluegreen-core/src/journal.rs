@@ -21,6 +21,7 @@ use crate::color::Timestamp;
 use crate::error::{Error, ErrorKind, Result};
 use crate::machine::{Command, Event, Input};
 use crate::plan::Plan;
+use crate::provider::Notification;
 
 /// The exclusive right of one deployer to act on one service.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -77,6 +78,10 @@ pub enum Record {
         /// The decisions and observations.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         events: Vec<Event>,
+        /// The notifications sent (format 3; format 2 journaled them as
+        /// [`Action::Notify`](crate::machine::Action::Notify) commands).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        notifications: Vec<Notification>,
     },
 }
 
@@ -802,6 +807,7 @@ mod tests {
             input: Input::Tick,
             commands: vec![],
             events: vec![],
+            notifications: vec![],
         }
     }
 
@@ -895,6 +901,7 @@ mod tests {
             },
             commands: vec![],
             events: vec![],
+            notifications: vec![],
         }
     }
 

@@ -111,7 +111,11 @@ impl Report {
                     input,
                     commands,
                     events,
+                    notifications,
                 } => {
+                    for n in notifications {
+                        r.decide(e.at, format!("notified: {}", n.title));
+                    }
                     match input {
                         Input::Reply { id, .. } => r.close_action(*id, "ok".into()),
                         Input::Failed { id, error } => r.close_action(*id, error.message.clone()),

@@ -85,6 +85,7 @@ fn barrier_times(entries: &[JournalEntry], barrier: Barrier) -> (Timestamp, Opti
             input,
             commands,
             events,
+            ..
         } = &e.record
         {
             for ev in events {

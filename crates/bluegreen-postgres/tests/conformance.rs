@@ -61,6 +61,7 @@ async fn two_deployers_on_two_connections_share_one_lease_and_the_stale_one_is_f
         input: bluegreen_core::machine::Input::Tick,
         commands: vec![],
         events: vec![],
+        notifications: vec![],
     };
     let fenced = a
         .append(&lease_a, "dep-1", t0.after(Duration::from_secs(32)), &rec)

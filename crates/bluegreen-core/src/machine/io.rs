@@ -128,7 +128,9 @@ pub enum Action {
         /// Periodic or final.
         kind: MeasurementKind,
     },
-    /// `EventSink::notify`; fire and forget, never blocks the deployment.
+    /// Only in journals of format 2, which carried notifications as
+    /// commands with id 0; the machine no longer issues it (see
+    /// [`Step::notifications`]). Kept so those journals still read.
     Notify {
         /// The notification.
         notification: Notification,
@@ -594,4 +596,7 @@ pub struct Step {
     pub commands: Vec<Command>,
     /// Events to journal and publish.
     pub events: Vec<Event>,
+    /// Notifications for the event sinks: fire and forget, never blocking
+    /// the deployment; journaled with the step, never replayed.
+    pub notifications: Vec<Notification>,
 }

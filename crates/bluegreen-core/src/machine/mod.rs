@@ -339,10 +339,7 @@ impl Machine {
             severity,
             tags: all,
         };
-        self.step.commands.push(Command {
-            id: 0,
-            action: Action::Notify { notification },
-        });
+        self.step.notifications.push(notification);
     }
 
     fn old(&self) -> Color {
@@ -965,10 +962,12 @@ mod tests {
         let mut m = Machine::new(plan(), "d");
         let step = m.handle(Timestamp(0), Input::Start);
         let actions: Vec<&Action> = step.commands.iter().map(|c| &c.action).collect();
-        assert!(matches!(actions[0], Action::Notify { .. }));
-        assert_eq!(actions[1], &Action::ReadSplit);
+        assert_eq!(step.notifications.len(), 1, "the start is announced");
+        assert_eq!(step.notifications[0].title, "Deployment Start");
+        assert!(step.commands.iter().all(|c| c.id != 0), "no sentinel ids");
+        assert_eq!(actions[0], &Action::ReadSplit);
         assert_eq!(
-            actions[2],
+            actions[1],
             &Action::ReadStatus {
                 colors: vec![Color::Blue, Color::Green]
             }

@@ -341,6 +341,7 @@ pub async fn journal(j: &dyn Journal) {
         },
         commands: Vec::new(),
         events: Vec::new(),
+        notifications: Vec::new(),
     };
 
     let a1 = j
