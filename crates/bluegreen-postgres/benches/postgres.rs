@@ -52,6 +52,7 @@ fn main() {
             input: bluegreen_core::machine::Input::Tick,
             commands: vec![],
             events: vec![],
+            notifications: vec![],
         };
         let mut appends = Vec::new();
         for _ in 0..300 {
