@@ -7,6 +7,7 @@ pub mod error;
 pub mod machine;
 pub mod plan;
 pub mod provider;
+pub mod reason;
 
 pub use color::{Color, Timestamp, TrafficSplit};
 pub use error::{Error, ErrorKind, ErrorRecord, ErrorStatus, PlanError, Result, MAX_RETRY_AFTER};
@@ -22,4 +23,5 @@ pub mod testing;
 pub use driver::{BlueGreen, Builder, Clock, ControlHandle, RetryPolicy, TokioClock};
 pub use group::{Group, GroupOutcome, GroupReport};
 pub use machine::{Control, Outcome};
+pub use reason::Cause;
 pub use report::Report;

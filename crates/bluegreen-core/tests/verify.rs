@@ -891,3 +891,43 @@ fn a_deployment_resumed_after_longer_than_its_stage_deadline_goes_on_instead_of_
         assert_eq!(f.world.split(), TrafficSplit::all_on(Color::Blue));
     });
 }
+
+// ------------------------------------------- 10. journals survive upgrades --
+
+/// The reason a rollback records is its kind and values, in the journal as
+/// in the report; the line is rendered from them outside the machine.
+#[test]
+fn a_rollback_reason_is_journaled_as_its_kind_and_values() {
+    use bluegreen_core::Cause;
+    let (report, f) = simulate(|f| {
+        healthy(f);
+        f.faults.inject("compute.scale", 0, Fault::OldRelease);
+        f.builder(reference_plan())
+    });
+    let Some(Outcome::RolledBack { reason }) = &report.outcome else {
+        panic!("{:?}", report.outcome)
+    };
+    let Some(Cause::WrongRelease {
+        color,
+        capacity,
+        mismatch,
+    }) = &reason.cause
+    else {
+        panic!("{:?}", reason.cause)
+    };
+    assert_eq!((*color, *capacity), (Color::Blue, 3));
+    assert!(mismatch.contains("found version 2.4.0"), "{mismatch}");
+    assert_eq!(reason.summary, reason.cause.as_ref().unwrap().to_string());
+    // Read back from the journal as a resumed deployer or `report` would.
+    let entries = futures_read(&f);
+    let from_journal = Report::from_entries(&entries);
+    assert_eq!(from_journal.outcome, report.outcome);
+    let text = serde_json::to_string(&entries).unwrap();
+    assert!(text.contains(r#""kind":"wrong_release""#));
+}
+
+fn futures_read(f: &Fakes) -> Vec<bluegreen_core::JournalEntry> {
+    paused_runtime()
+        .block_on(bluegreen_core::Journal::read(&*f.journal, "sim-1"))
+        .unwrap()
+}

@@ -386,18 +386,32 @@ pub enum EvalPoint {
 /// Why a deployment rolled back or halted, with the evidence behind it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Reason {
-    /// One line, e.g. `error-rate > 0.05 for 5m: 0.0712 over 5m`.
+    /// What it was for, as a kind and its values (`None` in journals of
+    /// format 2, which kept the line only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cause: Option<Cause>,
+    /// One line rendered from the cause when the decision was made (see
+    /// [`Cause`]'s `Display`), e.g. `automatic rollback: error-rate > 0.05
+    /// for 5m; last value 0.0712 over 10 samples`.
     pub summary: String,
     /// The measurements the decision used.
     pub evidence: Vec<Measurement>,
 }
 
 impl Reason {
-    pub(super) fn new(summary: impl Into<String>) -> Self {
+    /// A reason for `cause`, its line rendered by [`Cause`]'s `Display`.
+    pub fn because(cause: Cause) -> Self {
         Reason {
-            summary: summary.into(),
+            summary: cause.to_string(),
+            cause: Some(cause),
             evidence: Vec::new(),
         }
+    }
+
+    /// The same reason with the measurements behind it.
+    pub fn with_evidence(mut self, evidence: Vec<Measurement>) -> Self {
+        self.evidence = evidence;
+        self
     }
 }
 

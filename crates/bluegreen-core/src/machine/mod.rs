@@ -35,6 +35,7 @@ use crate::provider::{
     MigrationPhase, Notification, PreparedRelease, Rollout, SecretMetadata, Severity, SmokeOutcome,
     TargetHealth, VerificationCheck,
 };
+use crate::reason::Cause;
 
 mod io;
 mod monitor;
@@ -496,18 +497,18 @@ impl Machine {
             return;
         }
         if self.rolling_back() {
-            let summary = format!(
-                "rollback could not complete: {}; rollback was for: {}",
-                reason.summary,
-                self.rollback_reason
-                    .as_ref()
-                    .map(|r| r.summary.as_str())
-                    .unwrap_or("")
+            let rollback_for = self
+                .rollback_reason
+                .as_ref()
+                .map(|r| r.summary.clone())
+                .unwrap_or_default();
+            self.halt(
+                Reason::because(Cause::RollbackIncomplete {
+                    failure: reason.summary,
+                    rollback_for,
+                })
+                .with_evidence(reason.evidence),
             );
-            self.halt(Reason {
-                summary,
-                evidence: reason.evidence,
-            });
             return;
         }
         let serving = match &self.stage {
@@ -515,14 +516,12 @@ impl Machine {
             s => s.old_color_serving(),
         };
         if !serving {
-            let summary = format!(
-                "{}; the old color is being or has been scaled down, so traffic cannot return to it",
-                reason.summary
+            self.halt(
+                Reason::because(Cause::PastPointOfNoReturn {
+                    failure: reason.summary,
+                })
+                .with_evidence(reason.evidence),
             );
-            self.halt(Reason {
-                summary,
-                evidence: reason.evidence,
-            });
             return;
         }
         self.start_rollback(reason);
@@ -583,43 +582,36 @@ impl Machine {
                     let problem = self
                         .old_color_problem()
                         .unwrap_or_else(|| "it did not settle".into());
-                    let reason = Reason::new(format!(
-                        "the old color {} could not be brought back to its capacity of {cap} within {} ({problem}), so traffic was not moved back to it; traffic stays as last read back ({})",
-                        self.old(),
-                        humantime::format_duration(d),
-                        self.facts
-                            .confirmed_split
-                            .map_or("unknown".to_string(), |s| s.to_string()),
-                    ));
-                    let summary = format!(
-                        "{}; rollback was for: {}",
-                        reason.summary,
-                        self.rollback_reason
+                    self.halt(Reason::because(Cause::OldColorCannotReturn {
+                        color: self.old(),
+                        capacity: cap,
+                        within: d,
+                        problem,
+                        split: self.facts.confirmed_split,
+                        rollback_for: self
+                            .rollback_reason
                             .as_ref()
-                            .map(|r| r.summary.as_str())
-                            .unwrap_or("")
-                    );
-                    self.halt(Reason::new(summary));
+                            .map(|r| r.summary.clone())
+                            .unwrap_or_default(),
+                    }));
                     return;
                 }
-                let reason = Reason::new(format!(
-                    "progress deadline of {} exceeded in {} (stage {})",
-                    humantime::format_duration(d),
-                    group,
-                    self.stage.name()
-                ));
-                self.fail(reason);
+                self.fail(Reason::because(Cause::ProgressDeadline {
+                    deadline: d,
+                    group: group.to_string(),
+                    stage: self.stage.name(),
+                }));
                 return;
             }
         }
         if let Some(at) = self.rollback_deadline {
             if now >= at && self.outcome.is_none() && self.halt_reason.is_none() {
                 let d = self.plan.timing.rollback_window;
-                self.fail(Reason::new(format!(
-                    "progress deadline of {} exceeded in rollback (stage {})",
-                    humantime::format_duration(d),
-                    self.stage.name()
-                )));
+                self.fail(Reason::because(Cause::ProgressDeadline {
+                    deadline: d,
+                    group: "rollback".into(),
+                    stage: self.stage.name(),
+                }));
                 return;
             }
         }
@@ -677,15 +669,15 @@ impl Machine {
             HoldTimeoutPolicy::Rollback => ("rollback", true),
             HoldTimeoutPolicy::Halt => ("halt", false),
         };
-        let summary = format!(
-            "held for {} ({}) without a decision; on_hold_timeout is {policy}",
-            humantime::format_duration(self.plan.timing.hold_timeout),
-            describe_hold(reason)
-        );
+        let reason = Reason::because(Cause::HoldTimedOut {
+            after: self.plan.timing.hold_timeout,
+            hold: describe_hold(reason),
+            policy: policy.into(),
+        });
         if act {
-            self.fail(Reason::new(summary));
+            self.fail(reason);
         } else {
-            self.halt(Reason::new(summary));
+            self.halt(reason);
         }
     }
 
@@ -820,7 +812,9 @@ impl Machine {
                 if self.rolling_back() {
                     "refused: already rolling back".into()
                 } else {
-                    let reason = Reason::new(format!("manual abort: {reason}"));
+                    let reason = Reason::because(Cause::ManualAbort {
+                        reason: reason.clone(),
+                    });
                     self.event(Event::Control {
                         control: control.clone(),
                         effect: "rolling back".into(),
@@ -873,20 +867,21 @@ impl Machine {
                     }
                     return;
                 }
-                self.fail(Reason::new(format!(
-                    "{provider} {op} failed in stage {}: {}",
-                    self.stage.name(),
-                    error.message
-                )));
+                self.fail(Reason::because(Cause::ProviderFailed {
+                    provider: provider.to_string(),
+                    operation: op.to_string(),
+                    stage: self.stage.name(),
+                    error: error.message.clone(),
+                }));
             }
         }
     }
 
     fn bad_reply(&mut self, what: &str) {
-        self.fail(Reason::new(format!(
-            "provider answered nonsense in stage {}: {what}",
-            self.stage.name()
-        )));
+        self.fail(Reason::because(Cause::Nonsense {
+            stage: self.stage.name(),
+            what: what.to_string(),
+        }));
     }
 
     fn on_reply(&mut self, id: CommandId, reply: Reply) {

@@ -142,17 +142,18 @@ impl Machine {
                 if let Some((t, describe)) = fired {
                     let evidence = std::mem::take(&mut self.run_evidence[t]);
                     self.breach_runs[t] = BreachRun::default();
-                    let summary = format!(
-                        "automatic rollback: {describe}; last value {:.4} over {} samples",
-                        meas.value.unwrap_or(f64::NAN),
-                        meas.samples.len()
-                    );
+                    let reason = Reason::because(Cause::MetricTrigger {
+                        trigger: describe,
+                        value: meas.value,
+                        samples: meas.samples.len(),
+                    })
+                    .with_evidence(evidence);
                     if check.dry_run {
                         self.event(Event::DryRun {
-                            detail: format!("dry run, not acted on: {summary}"),
+                            detail: format!("dry run, not acted on: {}", reason.summary),
                         });
                     } else {
-                        self.fail(Reason { summary, evidence });
+                        self.fail(reason);
                     }
                 }
             }
@@ -182,11 +183,12 @@ impl Machine {
                     }
                 }
                 if let Some(describe) = fired {
-                    self.fail(Reason::new(format!(
-                        "automatic rollback: {describe}: {} of {} targets of {color} unhealthy",
-                        health.total - health.healthy,
-                        health.total
-                    )));
+                    self.fail(Reason::because(Cause::UnhealthyTargets {
+                        trigger: describe,
+                        color,
+                        unhealthy: health.total - health.healthy,
+                        total: health.total,
+                    }));
                 }
             }
             (_, action, reply) => {

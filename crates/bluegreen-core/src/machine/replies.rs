@@ -74,7 +74,9 @@ impl Machine {
                 );
                 self.facts.backup_verification = Some(verification);
                 if !ok {
-                    self.fail(Reason::new(format!("backup verification failed: {detail}")));
+                    self.fail(Reason::because(Cause::BackupVerification {
+                        detail: detail.clone(),
+                    }));
                 } else {
                     self.note(detail);
                 }
@@ -93,10 +95,10 @@ impl Machine {
                     .map(|c| format!("{}: {}", c.name, c.detail))
                     .collect();
                 if !failed.is_empty() {
-                    self.fail(Reason::new(format!(
-                        "{phase} migration verification failed: {}",
-                        failed.join("; ")
-                    )));
+                    self.fail(Reason::because(Cause::MigrationVerification {
+                        phase,
+                        failed,
+                    }));
                 }
             }
             (Action::RevertMigrations { .. }, Reply::Reverted { reverted }) => {
@@ -162,9 +164,7 @@ impl Machine {
                         new: old.other(),
                     });
                 }
-                None => self.fail(Reason::new(format!(
-                    "traffic is split ({split}): finish or roll back the deployment in progress first"
-                ))),
+                None => self.fail(Reason::because(Cause::AlreadySplit { split })),
             },
             Stage::Shift { percent, step, .. } => {
                 let want = TrafficSplit::with_percent(self.new_color(), percent);
@@ -204,10 +204,10 @@ impl Machine {
                     self.traffic_left_at.get_or_insert(self.now);
                     self.event(Event::TrafficConfirmed { split });
                 } else {
-                    self.fail(Reason::new(format!(
-                        "read-back before scale-down shows {split}: the old color {} still holds traffic",
-                        self.old()
-                    )));
+                    self.fail(Reason::because(Cause::OldColorHoldsTraffic {
+                        color: self.old(),
+                        split,
+                    }));
                 }
             }
             Stage::RestoreTraffic { .. } => {
@@ -223,7 +223,11 @@ impl Machine {
                     let wait = self.read_back_backoff();
                     self.note(format!(
                         "rollback read-back shows {split}, expected {want}; {} in {}",
-                        if resend { "setting again" } else { "reading again" },
+                        if resend {
+                            "setting again"
+                        } else {
+                            "reading again"
+                        },
                         humantime::format_duration(wait)
                     ));
                     if resend {
@@ -270,9 +274,7 @@ impl Machine {
                 let s = &statuses[0];
                 let old = self.old();
                 if s.desired == 0 {
-                    return self.fail(Reason::new(format!(
-                        "the old color {old} holds all traffic but its desired count is 0 now that autoscaling is suspended: something else is scaling it"
-                    )));
+                    return self.fail(Reason::because(Cause::OldColorAtZero { color: old }));
                 }
                 let count = match self.plan.capacity {
                     CapacityPolicy::AtLeastOld => self.plan.replicas.max(s.desired),
@@ -292,17 +294,19 @@ impl Machine {
                 let s = &statuses[0];
                 let cap = self.capacity();
                 if s.rollout == Rollout::Failed {
-                    self.fail(Reason::new(format!(
-                        "the new color's rollout failed (desired {}, running {}, failed {})",
-                        s.desired, s.running, s.failed
-                    )));
+                    self.fail(Reason::because(Cause::RolloutFailed {
+                        desired: s.desired,
+                        running: s.running,
+                        failed: s.failed,
+                    }));
                 } else if !s.is_stable_at(cap) {
                     self.next_poll = Some(self.now.after(self.plan.timing.poll_interval));
                 } else if let Some(mismatch) = self.release_mismatch(s) {
-                    self.fail(Reason::new(format!(
-                        "the new color {} is stable at {cap} but does not run the prepared release: {mismatch}",
-                        self.new_color()
-                    )));
+                    self.fail(Reason::because(Cause::WrongRelease {
+                        color: self.new_color(),
+                        capacity: cap,
+                        mismatch,
+                    }));
                 } else {
                     self.event(Event::ReleaseVerified {
                         color: self.new_color(),
@@ -323,10 +327,10 @@ impl Machine {
                     self.release_mismatch(s)
                 };
                 match problem {
-                    Some(p) => self.fail(Reason::new(format!(
-                        "before scaling the old color down, the new color {} was checked again: {p}",
-                        self.new_color()
-                    ))),
+                    Some(problem) => self.fail(Reason::because(Cause::ReleaseDrifted {
+                        color: self.new_color(),
+                        problem,
+                    })),
                     None => self.event(Event::ReleaseVerified {
                         color: self.new_color(),
                         version: self.plan.release.version.clone(),
@@ -368,17 +372,20 @@ impl Machine {
 
     pub(super) fn finish_preflight(&mut self) {
         let Some(old) = self.facts.old else {
-            return self.fail(Reason::new("preflight did not determine the live color"));
+            return self.fail(Reason::because(Cause::NoLiveColor));
         };
         let Some((_, status)) = self.preflight_statuses.iter().find(|(c, _)| *c == old) else {
-            return self.fail(Reason::new(format!("no status for the old color {old}")));
+            return self.fail(Reason::because(Cause::NoOldStatus { color: old }));
         };
         if status.desired == 0 || !status.is_stable_at(status.desired) {
             let s = status.clone();
-            return self.fail(Reason::new(format!(
-                "the old color {old} holds all traffic but is not stable (desired {}, running {}, pending {}, healthy {:?}): there would be nothing safe to roll back to",
-                s.desired, s.running, s.pending, s.healthy
-            )));
+            return self.fail(Reason::because(Cause::OldColorUnstable {
+                color: old,
+                desired: s.desired,
+                running: s.running,
+                pending: s.pending,
+                healthy: s.healthy,
+            }));
         }
         self.facts.old_capacity = Some(status.desired);
         self.facts.old_version = status.version.clone();
@@ -422,10 +429,7 @@ impl Machine {
             }
         }
         if !problems.is_empty() {
-            self.fail(Reason::new(format!(
-                "required secrets failed preflight: {}",
-                problems.join("; ")
-            )));
+            self.fail(Reason::because(Cause::Secrets { problems }));
         }
     }
 
@@ -458,11 +462,10 @@ impl Machine {
                 format!("smoke tests on the old color {c} after restoring traffic")
             }
         };
-        self.fail(Reason::new(format!(
-            "{what}: {} of {} failed: {}",
-            failed.len(),
-            results.len(),
-            failed.join("; ")
-        )));
+        self.fail(Reason::because(Cause::SmokeTests {
+            what,
+            total: results.len(),
+            failed,
+        }));
     }
 }

@@ -434,14 +434,10 @@ impl Machine {
                         .iter()
                         .map(|m| format!("{} {} ({})", m.version, m.name, m.phase))
                         .collect();
-                    let mut r = Reason::new(format!(
-                        "irreversible migration(s) applied: {}; the schema cannot be returned to its state before the deployment, so the rollback stops here with traffic on the old color",
-                        names.join(", ")
-                    ));
-                    if let Some(rb) = &self.rollback_reason {
-                        r.summary = format!("{}; rollback was for: {}", r.summary, rb.summary);
-                    }
-                    self.halt(r);
+                    self.halt(Reason::because(Cause::IrreversibleMigrations {
+                        migrations: names,
+                        rollback_for: self.rollback_reason.as_ref().map(|r| r.summary.clone()),
+                    }));
                     return;
                 }
                 let reverted: BTreeSet<u64> =
@@ -653,19 +649,21 @@ impl Machine {
                 self.finish(Outcome::Succeeded);
             }
             (Stage::HaltRestoreAutoscaling, Stage::Done) => {
-                let reason = self
-                    .halt_reason
-                    .clone()
-                    .unwrap_or_else(|| Reason::new("halted"));
+                let reason = self.halt_reason.clone().unwrap_or_else(|| {
+                    Reason::because(Cause::Unrecorded {
+                        what: "halted".into(),
+                    })
+                });
                 self.finish(Outcome::Halted { reason });
             }
             (Stage::RollbackRestoreAutoscaling, Stage::Done) => {
                 self.facts.autoscaling_restored = !self.facts.autoscaling.is_empty();
                 let outcome = Outcome::RolledBack {
-                    reason: self
-                        .rollback_reason
-                        .clone()
-                        .unwrap_or_else(|| Reason::new("rolled back")),
+                    reason: self.rollback_reason.clone().unwrap_or_else(|| {
+                        Reason::because(Cause::Unrecorded {
+                            what: "rolled back".into(),
+                        })
+                    }),
                 };
                 self.finish(outcome);
             }

@@ -12,12 +12,9 @@ impl Machine {
                 detail: format!("dry run, not acted on: {}", m.describe()),
             });
         }
-        let where_ = match point {
-            EvalPoint::Step { step } => {
-                format!("traffic step {} ({}%)", step + 1, self.steps[step].percent)
-            }
-            EvalPoint::Analysis => "the analysis window".into(),
-            EvalPoint::Soak => "the soak".into(),
+        let percent = match point {
+            EvalPoint::Step { step } => Some(self.steps[step].percent),
+            _ => None,
         };
         let failed: Vec<String> = acted
             .iter()
@@ -26,13 +23,15 @@ impl Machine {
             .collect();
         if !failed.is_empty() {
             let evidence = acted.iter().map(|m| (*m).clone()).collect();
-            return self.fail(Reason {
-                summary: format!(
-                    "analysis failed at the end of {where_}: {}",
-                    failed.join("; ")
-                ),
-                evidence,
-            });
+            return self.fail(
+                Reason::because(Cause::Analysis {
+                    point,
+                    percent,
+                    failed: true,
+                    checks: failed,
+                })
+                .with_evidence(evidence),
+            );
         }
         let inconclusive: Vec<String> = acted
             .iter()
@@ -40,17 +39,17 @@ impl Machine {
             .map(|m| m.describe())
             .collect();
         if !inconclusive.is_empty() {
-            let detail = format!(
-                "analysis inconclusive at the end of {where_}: {}",
-                inconclusive.join("; ")
-            );
+            let cause = Cause::Analysis {
+                point,
+                percent,
+                failed: false,
+                checks: inconclusive,
+            };
+            let detail = cause.to_string();
             match self.plan.on_inconclusive {
                 InconclusivePolicy::Rollback => {
                     let evidence = acted.iter().map(|m| (*m).clone()).collect();
-                    return self.fail(Reason {
-                        summary: detail,
-                        evidence,
-                    });
+                    return self.fail(Reason::because(cause).with_evidence(evidence));
                 }
                 InconclusivePolicy::Pause => {
                     let then = self.next_stage();

@@ -1,0 +1,445 @@
+//! Why a deployment rolled back or halted, as a kind with its values.
+//!
+//! The machine decides on a [`Cause`]; its wording lives here, outside the
+//! machine, in `Cause`'s [`Display`](fmt::Display). Journals keep the cause
+//! and the line rendered from it when the decision was made; resuming never
+//! compares either, so rewording a cause in a later release changes reports
+//! and notifications only, never whether a journal resumes.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::color::{Color, TrafficSplit};
+use crate::machine::EvalPoint;
+use crate::provider::MigrationPhase;
+
+/// What a deployment's rollback or halt was for: a kind and its values.
+///
+/// Serialized with a `kind` tag in `snake_case`, e.g.
+/// `{"kind": "progress_deadline", "deadline": "1m", "group": "traffic", "stage": "shift_100"}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Cause {
+    /// A stage group did not finish within its progress deadline.
+    ProgressDeadline {
+        /// The deadline.
+        #[serde(with = "humantime_serde")]
+        deadline: Duration,
+        /// The stage group (`preflight`, `deploy`, `traffic`, ..., or
+        /// `rollback` for the rollback window).
+        group: String,
+        /// The stage it was in.
+        stage: String,
+    },
+    /// In a rollback, the old color could not be brought back to its
+    /// capacity in time; traffic stays where it was last read back.
+    OldColorCannotReturn {
+        /// The old color.
+        color: Color,
+        /// Its recorded capacity.
+        capacity: u32,
+        /// The `restore_old` deadline.
+        #[serde(with = "humantime_serde")]
+        within: Duration,
+        /// What was still wrong with it.
+        problem: String,
+        /// The split last read back, if any.
+        split: Option<TrafficSplit>,
+        /// The rollback's own reason.
+        rollback_for: String,
+    },
+    /// A hold lasted `timing.hold_timeout` without a decision.
+    HoldTimedOut {
+        /// The timeout.
+        #[serde(with = "humantime_serde")]
+        after: Duration,
+        /// The hold, in words.
+        hold: String,
+        /// `rollback` or `halt`.
+        policy: String,
+    },
+    /// A human aborted it.
+    ManualAbort {
+        /// The reason the human gave.
+        reason: String,
+    },
+    /// A provider call failed for good.
+    ProviderFailed {
+        /// The provider, e.g. `router`.
+        provider: String,
+        /// The operation, e.g. `set_split`.
+        operation: String,
+        /// The stage.
+        stage: String,
+        /// The error's message.
+        error: String,
+    },
+    /// A provider answered something that cannot be true.
+    Nonsense {
+        /// The stage.
+        stage: String,
+        /// What was wrong.
+        what: String,
+    },
+    /// An unhealthy-targets rollback trigger fired.
+    UnhealthyTargets {
+        /// The trigger, described.
+        trigger: String,
+        /// The color.
+        color: Color,
+        /// Unhealthy targets.
+        unhealthy: u32,
+        /// All targets.
+        total: u32,
+    },
+    /// A metric rollback trigger fired.
+    MetricTrigger {
+        /// The trigger, described.
+        trigger: String,
+        /// The last value.
+        value: Option<f64>,
+        /// The samples behind it.
+        samples: usize,
+    },
+    /// The analysis at a point failed, or was inconclusive under
+    /// `on_inconclusive = "rollback"`.
+    Analysis {
+        /// Where.
+        point: EvalPoint,
+        /// The traffic step's percent, for a step.
+        percent: Option<u8>,
+        /// True when failed, false when inconclusive.
+        failed: bool,
+        /// The checks that did, described.
+        checks: Vec<String>,
+    },
+    /// The backup's verification failed.
+    BackupVerification {
+        /// The verifier's detail.
+        detail: String,
+    },
+    /// A migration phase's verification failed.
+    MigrationVerification {
+        /// The phase.
+        phase: MigrationPhase,
+        /// The failed checks.
+        failed: Vec<String>,
+    },
+    /// Irreversible migrations ran, so the rollback stops before reverting.
+    IrreversibleMigrations {
+        /// The migrations, e.g. `26 drop_legacy_status (contract)`.
+        migrations: Vec<String>,
+        /// The rollback's own reason, if any.
+        rollback_for: Option<String>,
+    },
+    /// Traffic was already split at the start.
+    AlreadySplit {
+        /// The split found.
+        split: TrafficSplit,
+    },
+    /// Before scale-down, the old color still held traffic.
+    OldColorHoldsTraffic {
+        /// The old color.
+        color: Color,
+        /// The split read back.
+        split: TrafficSplit,
+    },
+    /// Once autoscaling was suspended, the old color's desired count was 0.
+    OldColorAtZero {
+        /// The old color.
+        color: Color,
+    },
+    /// The new color's rollout failed.
+    RolloutFailed {
+        /// Desired.
+        desired: u32,
+        /// Running.
+        running: u32,
+        /// Failed.
+        failed: u32,
+    },
+    /// The new color, stable, does not run the prepared release.
+    WrongRelease {
+        /// The new color.
+        color: Color,
+        /// Its capacity.
+        capacity: u32,
+        /// Expected against found.
+        mismatch: String,
+    },
+    /// Checked again before the old color's scale-down, the new color had
+    /// drifted off the release.
+    ReleaseDrifted {
+        /// The new color.
+        color: Color,
+        /// What was found.
+        problem: String,
+    },
+    /// Preflight could not tell which color is live.
+    NoLiveColor,
+    /// No status came back for the old color.
+    NoOldStatus {
+        /// The old color.
+        color: Color,
+    },
+    /// The old color, holding all traffic, is not stable.
+    OldColorUnstable {
+        /// The old color.
+        color: Color,
+        /// Desired.
+        desired: u32,
+        /// Running.
+        running: u32,
+        /// Pending.
+        pending: u32,
+        /// Healthy, where the provider says.
+        healthy: Option<u32>,
+    },
+    /// Required secrets failed preflight.
+    Secrets {
+        /// Each problem.
+        problems: Vec<String>,
+    },
+    /// Smoke tests failed.
+    SmokeTests {
+        /// Which suite, in words.
+        what: String,
+        /// Tests run.
+        total: usize,
+        /// Each failure.
+        failed: Vec<String>,
+    },
+    /// A step of the rollback itself failed.
+    RollbackIncomplete {
+        /// What failed.
+        failure: String,
+        /// The rollback's own reason.
+        rollback_for: String,
+    },
+    /// A failure once the old color is being or has been scaled down:
+    /// traffic cannot return to it.
+    PastPointOfNoReturn {
+        /// What failed.
+        failure: String,
+    },
+    /// A rollback or halt whose cause was not recorded.
+    Unrecorded {
+        /// `rolled back` or `halted`.
+        what: String,
+    },
+}
+
+impl fmt::Display for Cause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let d = |d: &Duration| humantime::format_duration(*d).to_string();
+        match self {
+            Cause::ProgressDeadline {
+                deadline,
+                group,
+                stage,
+            } => write!(
+                f,
+                "progress deadline of {} exceeded in {group} (stage {stage})",
+                d(deadline)
+            ),
+            Cause::OldColorCannotReturn {
+                color,
+                capacity,
+                within,
+                problem,
+                split,
+                rollback_for,
+            } => write!(
+                f,
+                "the old color {color} could not be brought back to its capacity of {capacity} within {} ({problem}), so traffic was not moved back to it; traffic stays as last read back ({}); rollback was for: {rollback_for}",
+                d(within),
+                split.map_or("unknown".to_string(), |s| s.to_string())
+            ),
+            Cause::HoldTimedOut {
+                after,
+                hold,
+                policy,
+            } => write!(
+                f,
+                "held for {} ({hold}) without a decision; on_hold_timeout is {policy}",
+                d(after)
+            ),
+            Cause::ManualAbort { reason } => write!(f, "manual abort: {reason}"),
+            Cause::ProviderFailed {
+                provider,
+                operation,
+                stage,
+                error,
+            } => write!(f, "{provider} {operation} failed in stage {stage}: {error}"),
+            Cause::Nonsense { stage, what } => {
+                write!(f, "provider answered nonsense in stage {stage}: {what}")
+            }
+            Cause::UnhealthyTargets {
+                trigger,
+                color,
+                unhealthy,
+                total,
+            } => write!(
+                f,
+                "automatic rollback: {trigger}: {unhealthy} of {total} targets of {color} unhealthy"
+            ),
+            Cause::MetricTrigger {
+                trigger,
+                value,
+                samples,
+            } => write!(
+                f,
+                "automatic rollback: {trigger}; last value {:.4} over {samples} samples",
+                value.unwrap_or(f64::NAN)
+            ),
+            Cause::Analysis {
+                point,
+                percent,
+                failed,
+                checks,
+            } => {
+                let at = match point {
+                    EvalPoint::Step { step } => {
+                        format!("traffic step {} ({}%)", step + 1, percent.unwrap_or(0))
+                    }
+                    EvalPoint::Analysis => "the analysis window".into(),
+                    EvalPoint::Soak => "the soak".into(),
+                };
+                let verdict = if *failed { "failed" } else { "inconclusive" };
+                write!(
+                    f,
+                    "analysis {verdict} at the end of {at}: {}",
+                    checks.join("; ")
+                )
+            }
+            Cause::BackupVerification { detail } => {
+                write!(f, "backup verification failed: {detail}")
+            }
+            Cause::MigrationVerification { phase, failed } => write!(
+                f,
+                "{phase} migration verification failed: {}",
+                failed.join("; ")
+            ),
+            Cause::IrreversibleMigrations {
+                migrations,
+                rollback_for,
+            } => {
+                write!(
+                    f,
+                    "irreversible migration(s) applied: {}; the schema cannot be returned to its state before the deployment, so the rollback stops here with traffic on the old color",
+                    migrations.join(", ")
+                )?;
+                if let Some(r) = rollback_for {
+                    write!(f, "; rollback was for: {r}")?;
+                }
+                Ok(())
+            }
+            Cause::AlreadySplit { split } => write!(
+                f,
+                "traffic is split ({split}): finish or roll back the deployment in progress first"
+            ),
+            Cause::OldColorHoldsTraffic { color, split } => write!(
+                f,
+                "read-back before scale-down shows {split}: the old color {color} still holds traffic"
+            ),
+            Cause::OldColorAtZero { color } => write!(
+                f,
+                "the old color {color} holds all traffic but its desired count is 0 now that autoscaling is suspended: something else is scaling it"
+            ),
+            Cause::RolloutFailed {
+                desired,
+                running,
+                failed,
+            } => write!(
+                f,
+                "the new color's rollout failed (desired {desired}, running {running}, failed {failed})"
+            ),
+            Cause::WrongRelease {
+                color,
+                capacity,
+                mismatch,
+            } => write!(
+                f,
+                "the new color {color} is stable at {capacity} but does not run the prepared release: {mismatch}"
+            ),
+            Cause::ReleaseDrifted { color, problem } => write!(
+                f,
+                "before scaling the old color down, the new color {color} was checked again: {problem}"
+            ),
+            Cause::NoLiveColor => f.write_str("preflight did not determine the live color"),
+            Cause::NoOldStatus { color } => write!(f, "no status for the old color {color}"),
+            Cause::OldColorUnstable {
+                color,
+                desired,
+                running,
+                pending,
+                healthy,
+            } => write!(
+                f,
+                "the old color {color} holds all traffic but is not stable (desired {desired}, running {running}, pending {pending}, healthy {}): there would be nothing safe to roll back to",
+                healthy.map_or("unknown".to_string(), |h| h.to_string())
+            ),
+            Cause::Secrets { problems } => write!(
+                f,
+                "required secrets failed preflight: {}",
+                problems.join("; ")
+            ),
+            Cause::SmokeTests {
+                what,
+                total,
+                failed,
+            } => write!(
+                f,
+                "{what}: {} of {total} failed: {}",
+                failed.len(),
+                failed.join("; ")
+            ),
+            Cause::RollbackIncomplete {
+                failure,
+                rollback_for,
+            } => write!(
+                f,
+                "rollback could not complete: {failure}; rollback was for: {rollback_for}"
+            ),
+            Cause::PastPointOfNoReturn { failure } => write!(
+                f,
+                "{failure}; the old color is being or has been scaled down, so traffic cannot return to it"
+            ),
+            Cause::Unrecorded { what } => f.write_str(what),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A cause travels as its kind and values, and renders the line reports
+    /// and notifications show.
+    #[test]
+    fn a_cause_is_kept_as_kind_and_values_and_rendered_outside_the_machine() {
+        let c = Cause::ProgressDeadline {
+            deadline: Duration::from_secs(60),
+            group: "traffic".into(),
+            stage: "shift_100".into(),
+        };
+        let json = serde_json::to_value(&c).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "kind": "progress_deadline",
+                "deadline": "1m",
+                "group": "traffic",
+                "stage": "shift_100"
+            })
+        );
+        assert_eq!(serde_json::from_value::<Cause>(json).unwrap(), c);
+        assert_eq!(
+            c.to_string(),
+            "progress deadline of 1m exceeded in traffic (stage shift_100)"
+        );
+    }
+}
