@@ -41,11 +41,13 @@ mod io;
 mod monitor;
 mod replies;
 mod stage;
+mod timers;
 mod verdict;
 
 pub use io::*;
 use monitor::Monitor;
 pub use stage::Stage;
+use timers::Timers;
 
 /// The longest wait between two read-backs of a split that disagrees.
 pub const READ_BACK_MAX_BACKOFF: Duration = Duration::from_secs(60);
@@ -68,8 +70,7 @@ pub struct Machine {
     next_id: CommandId,
     pending: BTreeMap<CommandId, (Pending, Action)>,
     facts: Facts,
-    deadline: Option<(Timestamp, &'static str, Duration)>,
-    next_poll: Option<Timestamp>,
+    timers: Timers,
     paused: bool,
     gates_passed: BTreeSet<Gate>,
     barriers_passed: BTreeSet<Barrier>,
@@ -82,12 +83,6 @@ pub struct Machine {
     window_start: Timestamp,
     final_results: Vec<Measurement>,
     rollback_reason: Option<Reason>,
-    /// The rollback window's end, once a rollback started.
-    rollback_deadline: Option<Timestamp>,
-    /// A hold's timeout and next reminder.
-    hold_until: Option<Timestamp>,
-    next_reminder: Option<Timestamp>,
-    held_since: Option<Timestamp>,
     /// When a read-back last confirmed that the color to be drained holds
     /// no traffic.
     traffic_left_at: Option<Timestamp>,
@@ -122,8 +117,7 @@ impl Machine {
             next_id: 1,
             pending: BTreeMap::new(),
             facts: Facts::default(),
-            deadline: None,
-            next_poll: None,
+            timers: Timers::default(),
             paused: false,
             gates_passed: BTreeSet::new(),
             barriers_passed: BTreeSet::new(),
@@ -136,10 +130,6 @@ impl Machine {
             window_start: Timestamp(0),
             final_results: Vec::new(),
             rollback_reason: None,
-            rollback_deadline: None,
-            hold_until: None,
-            next_reminder: None,
-            held_since: None,
             traffic_left_at: None,
             requested_split: None,
             read_back_attempts: 0,
@@ -232,13 +222,7 @@ impl Machine {
                 t = Some(t.map_or(x, |t| t.min(x)));
             }
         };
-        consider(self.deadline.map(|d| d.0));
-        consider(self.rollback_deadline);
-        consider(self.hold_until);
-        consider(self.next_reminder);
-        if !self.stage_pending() {
-            consider(self.next_poll);
-        }
+        consider(self.timers.earliest(!self.stage_pending()));
         match &self.stage {
             Stage::Watch { until, .. }
             | Stage::Analysis { until }
@@ -373,19 +357,7 @@ impl Machine {
                 return;
             }
         }
-        let group = stage.deadline_group();
-        match group {
-            Some(g) if self.deadline.is_some_and(|d| d.1 == g) => {}
-            Some(g) => {
-                let d = self.group_deadline(g);
-                self.deadline = Some((self.now.after(d), g, d));
-            }
-            None => self.deadline = None,
-        }
-        self.next_poll = None;
-        self.hold_until = None;
-        self.next_reminder = None;
-        self.held_since = None;
+        self.timers.enter(&stage, self.now, &self.plan.deadlines);
         if !matches!(
             stage,
             Stage::Shift {
@@ -409,27 +381,9 @@ impl Machine {
         self.begin(stage);
     }
 
-    fn group_deadline(&self, g: &str) -> Duration {
-        let d = &self.plan.deadlines;
-        match g {
-            "preflight" => d.preflight,
-            "backup" => d.backup,
-            "migrate" => d.migrate,
-            "deploy" => d.deploy,
-            "smoke" => d.smoke,
-            "traffic" => d.traffic,
-            "restore_old" => d.restore_old,
-            _ => d.scale_down,
-        }
-    }
-
     fn hold(&mut self, reason: HoldReason, then: Stage) {
-        self.deadline = None;
-        self.next_poll = None;
         let t = &self.plan.timing;
-        self.held_since = Some(self.now);
-        self.hold_until = Some(self.now.after(t.hold_timeout));
-        self.next_reminder = Some(self.now.after(t.hold_reminder));
+        self.timers.hold(self.now, t.hold_timeout, t.hold_reminder);
         let stage = Stage::Hold {
             reason,
             then: Box::new(then),
@@ -441,11 +395,7 @@ impl Machine {
     fn finish(&mut self, outcome: Outcome) {
         self.abandon_stage();
         self.pending.clear();
-        self.deadline = None;
-        self.rollback_deadline = None;
-        self.hold_until = None;
-        self.next_reminder = None;
-        self.next_poll = None;
+        self.timers = Timers::default();
         self.monitoring_since = None;
         let (title, severity, tag) = match &outcome {
             Outcome::Succeeded => (
@@ -536,8 +486,8 @@ impl Machine {
         }
         self.abandon_stage();
         self.monitoring_since = None;
-        self.next_poll = None;
-        self.rollback_deadline = None;
+        self.timers.poll = None;
+        self.timers.rollback = None;
         self.halt_reason = Some(reason);
         self.enter(Stage::HaltRestoreAutoscaling);
     }
@@ -545,7 +495,7 @@ impl Machine {
     fn start_rollback(&mut self, reason: Reason) {
         self.abandon_stage();
         self.monitoring_since = None;
-        self.next_poll = None;
+        self.timers.poll = None;
         self.notify(
             "Deployment Rollback",
             format!(
@@ -557,7 +507,7 @@ impl Machine {
         );
         self.rollback_reason = Some(reason.clone());
         self.event(Event::RollbackStarted { reason });
-        self.rollback_deadline = Some(self.now.after(self.plan.timing.rollback_window));
+        self.timers.rollback = Some(self.now.after(self.plan.timing.rollback_window));
         if self.facts.old.is_none() {
             // Nothing is known, so nothing was changed.
             self.enter(Stage::RollbackRestoreAutoscaling);
@@ -574,9 +524,14 @@ impl Machine {
 
     fn on_tick(&mut self) {
         let now = self.now;
-        if let Some((at, group, d)) = self.deadline {
+        if let Some(timers::Deadline {
+            at,
+            group,
+            length: d,
+        }) = self.timers.deadline
+        {
             if now >= at && self.outcome.is_none() {
-                if group == "restore_old" {
+                if group == timers::DeadlineGroup::RestoreOld {
                     self.critical = true;
                     let cap = self.facts.old_capacity.unwrap_or(self.plan.replicas);
                     let problem = self
@@ -598,13 +553,13 @@ impl Machine {
                 }
                 self.fail(Reason::because(Cause::ProgressDeadline {
                     deadline: d,
-                    group: group.to_string(),
+                    group: group.name().to_string(),
                     stage: self.stage.name(),
                 }));
                 return;
             }
         }
-        if let Some(at) = self.rollback_deadline {
+        if let Some(at) = self.timers.rollback {
             if now >= at && self.outcome.is_none() && self.halt_reason.is_none() {
                 let d = self.plan.timing.rollback_window;
                 self.fail(Reason::because(Cause::ProgressDeadline {
@@ -616,14 +571,14 @@ impl Machine {
             }
         }
         if let Stage::Hold { reason, .. } = self.stage.clone() {
-            if self.hold_until.is_some_and(|t| now >= t) {
+            if self.timers.hold.is_some_and(|t| now >= t) {
                 self.hold_timed_out(&reason);
                 return;
             }
-            if let Some(at) = self.next_reminder.filter(|t| now >= *t) {
-                self.next_reminder = Some(at.after(self.plan.timing.hold_reminder));
-                let since = self.held_since.unwrap_or(now);
-                let left = self.hold_until.map_or(Duration::ZERO, |t| t.since(now));
+            if let Some(at) = self.timers.reminder.filter(|t| now >= *t) {
+                self.timers.reminder = Some(at.after(self.plan.timing.hold_reminder));
+                let since = self.timers.held_since.unwrap_or(now);
+                let left = self.timers.hold.map_or(Duration::ZERO, |t| t.since(now));
                 let action = match self.plan.on_hold_timeout {
                     HoldTimeoutPolicy::Rollback => "rolls back",
                     HoldTimeoutPolicy::Halt => "halts",
@@ -643,9 +598,9 @@ impl Machine {
                 );
             }
         }
-        if let Some(at) = self.next_poll {
+        if let Some(at) = self.timers.poll {
             if now >= at && !self.stage_pending() {
-                self.next_poll = None;
+                self.timers.poll = None;
                 let stage = self.stage.clone();
                 self.begin(stage);
             }
@@ -683,11 +638,11 @@ impl Machine {
 
     /// Restarts the current stage's progress deadline (see [`Input::Resumed`]).
     fn on_resumed(&mut self) {
-        if let Some((_, group, length)) = self.deadline {
-            self.deadline = Some((self.now.after(length), group, length));
+        if let Some(d) = self.timers.restart_deadline(self.now) {
             self.note(format!(
-                "resumed: the {group} progress deadline of {} restarts",
-                humantime::format_duration(length)
+                "resumed: the {} progress deadline of {} restarts",
+                d.group.name(),
+                humantime::format_duration(d.length)
             ));
         }
     }
@@ -892,7 +847,7 @@ impl Machine {
             Pending::Monitor(m) => self.on_monitor_reply(m, action, reply),
             Pending::Stage => {
                 self.on_stage_reply(action, reply);
-                if self.outcome.is_none() && !self.stage_pending() && self.next_poll.is_none() {
+                if self.outcome.is_none() && !self.stage_pending() && self.timers.poll.is_none() {
                     self.stage_complete();
                 }
             }

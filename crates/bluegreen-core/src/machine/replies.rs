@@ -25,7 +25,7 @@ impl Machine {
                 if self.old_color_problem().is_none() {
                     self.advance();
                 } else {
-                    self.next_poll = Some(self.now.after(self.plan.timing.poll_interval));
+                    self.timers.poll = Some(self.now.after(self.plan.timing.poll_interval));
                 }
             }
             Stage::Hold { .. } | Stage::Done => {}
@@ -195,7 +195,7 @@ impl Machine {
                         "read-back shows {split}, expected {want}; reading again in {}",
                         humantime::format_duration(wait)
                     ));
-                    self.next_poll = Some(self.now.after(wait));
+                    self.timers.poll = Some(self.now.after(wait));
                 }
             }
             Stage::ConfirmDrained => {
@@ -233,7 +233,7 @@ impl Machine {
                     if resend {
                         self.stage = Stage::RestoreTraffic { confirming: false };
                     }
-                    self.next_poll = Some(self.now.after(wait));
+                    self.timers.poll = Some(self.now.after(wait));
                 }
             }
             _ => {}
@@ -300,7 +300,7 @@ impl Machine {
                         failed: s.failed,
                     }));
                 } else if !s.is_stable_at(cap) {
-                    self.next_poll = Some(self.now.after(self.plan.timing.poll_interval));
+                    self.timers.poll = Some(self.now.after(self.plan.timing.poll_interval));
                 } else if let Some(mismatch) = self.release_mismatch(s) {
                     self.fail(Reason::because(Cause::WrongRelease {
                         color: self.new_color(),
@@ -345,7 +345,7 @@ impl Machine {
             Stage::ScaleDownOld { polling: true } | Stage::ScaleDownNew { polling: true } => {
                 let s = &statuses[0];
                 if !(s.desired == 0 && s.running == 0 && s.pending == 0) {
-                    self.next_poll = Some(self.now.after(self.plan.timing.poll_interval));
+                    self.timers.poll = Some(self.now.after(self.plan.timing.poll_interval));
                 }
             }
             _ => {}

@@ -192,20 +192,6 @@ impl Stage {
         }
     }
 
-    pub(super) fn deadline_group(&self) -> Option<&'static str> {
-        Some(match self {
-            Stage::Preflight | Stage::SuspendAutoscaling | Stage::ReadCapacity => "preflight",
-            Stage::Backup | Stage::VerifyBackup => "backup",
-            Stage::Migrate { .. } | Stage::VerifyMigrations { .. } => "migrate",
-            Stage::Prepare | Stage::ScaleUp | Stage::WaitStable => "deploy",
-            Stage::SmokeTests => "smoke",
-            Stage::Shift { .. } | Stage::ConfirmDrained => "traffic",
-            Stage::ScaleDownOld { .. } | Stage::RestoreAutoscaling => "scale_down",
-            Stage::CheckOld | Stage::RestoreOld { .. } => "restore_old",
-            _ => return None,
-        })
-    }
-
     /// Whether traffic may still go back to the old color from here.
     pub(super) fn old_color_serving(&self) -> bool {
         !matches!(
