@@ -201,6 +201,18 @@ pub struct Progress {
 }
 
 impl Progress {
+    /// Whether this already says what `machine` would (compared without
+    /// building a new one: most steps change none of it).
+    fn is_of(&self, machine: &Machine) -> bool {
+        self.running
+            && self.stage == *machine.stage()
+            && self.waiting_at == machine.waiting_at()
+            && self.barriers_passed == machine.barriers_passed()
+            && self.rollback_reason.as_deref()
+                == machine.rollback_reason().map(|r| r.summary.as_str())
+            && self.outcome.as_ref() == machine.outcome()
+    }
+
     fn of(machine: &Machine) -> Progress {
         Progress {
             running: true,
@@ -572,12 +584,11 @@ impl BlueGreen {
     }
 
     fn publish(&self, machine: &Machine) {
-        let now = Progress::of(machine);
         self.progress.send_if_modified(|p| {
-            if *p == now {
+            if p.is_of(machine) {
                 false
             } else {
-                *p = now;
+                *p = Progress::of(machine);
                 true
             }
         });
@@ -713,22 +724,28 @@ impl BlueGreen {
                 {
                     continue;
                 }
-                let commands = step.commands.clone();
-                let mutating = commands.iter().any(|c| c.action.is_mutating());
+                let mutating = step.commands.iter().any(|c| c.action.is_mutating());
+                // The record owns the step while it is journaled, then gives
+                // it back: nothing is copied but what the journal keeps.
+                let record = Record::Step {
+                    input,
+                    commands: step.commands,
+                    events: step.events,
+                    notifications: step.notifications,
+                };
                 self.journal
-                    .append(
-                        &lease,
-                        &self.deployment_id,
-                        now,
-                        &Record::Step {
-                            input,
-                            commands: step.commands,
-                            events: step.events.clone(),
-                            notifications: step.notifications.clone(),
-                        },
-                    )
+                    .append(&lease, &self.deployment_id, now, &record)
                     .await?;
-                for event in step.events {
+                let Record::Step {
+                    commands,
+                    events,
+                    notifications: sent,
+                    ..
+                } = record
+                else {
+                    unreachable!("built as a step above")
+                };
+                for event in events {
                     log_event(&event);
                     let _ = self.events.send(DeploymentEvent {
                         deployment_id: self.deployment_id.clone(),
@@ -741,7 +758,7 @@ impl BlueGreen {
                     // call also needs the lease to outlast it.
                     lease = self.lease_for_mutation(lease).await?;
                 }
-                for n in step.notifications {
+                for n in sent {
                     self.notify(n, &mut notifications);
                 }
                 for c in commands {
