@@ -573,7 +573,7 @@ pub enum Severity {
 }
 
 /// A notification about a deployment (the reference's Datadog events).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Notification {
     /// The deployment.
     pub deployment_id: String,
@@ -589,6 +589,10 @@ pub struct Notification {
     pub severity: Severity,
     /// Tags, e.g. `deployment:success`, `version:2.5.0`.
     pub tags: Vec<String>,
+    /// For a rollback, a rolled-back or halted deployment: why, as a kind
+    /// with values (the text renders it), for sinks that route on it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cause: Option<crate::reason::Cause>,
 }
 
 /// Receives notifications. Failures are logged by the engine and never block

@@ -894,8 +894,9 @@ fn a_deployment_resumed_after_longer_than_its_stage_deadline_goes_on_instead_of_
 
 // ------------------------------------------- 10. journals survive upgrades --
 
-/// The reason a rollback records is its kind and values, in the journal as
-/// in the report; the line is rendered from them outside the machine.
+/// The reason a rollback records is its kind and values, in the journal, the
+/// report and the notifications; the line is rendered from them outside the
+/// machine.
 #[test]
 fn a_rollback_reason_is_journaled_as_its_kind_and_values() {
     use bluegreen_core::Cause;
@@ -924,6 +925,29 @@ fn a_rollback_reason_is_journaled_as_its_kind_and_values() {
     assert_eq!(from_journal.outcome, report.outcome);
     let text = serde_json::to_string(&entries).unwrap();
     assert!(text.contains(r#""kind":"wrong_release""#));
+    // The notifications carry it too, for sinks that route on the kind.
+    let sent = f.events.sent();
+    for title in ["Deployment Rollback", "Deployment Rolled Back"] {
+        let n = sent
+            .iter()
+            .find(|n| n.title == title)
+            .unwrap_or_else(|| panic!("no {title} in {sent:#?}"));
+        assert!(
+            matches!(
+                n.cause,
+                Some(Cause::WrongRelease {
+                    color: Color::Blue,
+                    ..
+                })
+            ),
+            "{title}: {:?}",
+            n.cause
+        );
+    }
+    assert!(sent
+        .iter()
+        .filter(|n| n.title == "Deployment Start")
+        .all(|n| n.cause.is_none()));
 }
 
 fn futures_read(f: &Fakes) -> Vec<bluegreen_core::JournalEntry> {

@@ -557,6 +557,7 @@ fn notification(title: &str, severity: Severity, tags: &[&str]) -> Notification 
         text: "v2.5.0 deployed successfully to production".into(),
         severity,
         tags: tags.iter().map(|t| t.to_string()).collect(),
+        cause: None,
     }
 }
 

@@ -323,6 +323,7 @@ impl Machine {
             text,
             severity,
             tags: all,
+            cause: None,
         };
         self.step.notifications.push(notification);
     }
@@ -421,6 +422,11 @@ impl Machine {
             Outcome::RolledBack { reason } | Outcome::Halted { reason } => reason.summary.clone(),
         };
         self.notify(title, text, severity, &[tag]);
+        if let (Some(n), Outcome::RolledBack { reason } | Outcome::Halted { reason }) =
+            (self.step.notifications.last_mut(), &outcome)
+        {
+            n.cause = reason.cause.clone();
+        }
         self.stage = Stage::Done;
         self.event(Event::Stage { stage: Stage::Done });
         self.event(Event::Finished {
@@ -505,6 +511,9 @@ impl Machine {
             Severity::Warning,
             &["deployment:rollback"],
         );
+        if let Some(n) = self.step.notifications.last_mut() {
+            n.cause = reason.cause.clone();
+        }
         self.rollback_reason = Some(reason.clone());
         self.event(Event::RollbackStarted { reason });
         self.timers.rollback = Some(self.now.after(self.plan.timing.rollback_window));
