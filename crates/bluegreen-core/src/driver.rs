@@ -679,26 +679,19 @@ impl BlueGreen {
                 .await?;
         }
 
-        if machine.outcome().is_none() {
-            lease = self.wait_for_previous_holder(lease).await?;
-        }
-
         let mut inflight: FuturesUnordered<Pending> = FuturesUnordered::new();
         let mut notifications: FuturesUnordered<Fire> = FuturesUnordered::new();
         let mut queue: Vec<Input> = Vec::new();
+        let mut deferred: Option<Vec<Command>> = None;
         if machine.outcome().is_none() {
             if self.resume && *machine.stage() != crate::machine::Stage::Pending {
-                if first.iter().any(|c| c.action.is_mutating()) {
-                    lease = self.lease_for_mutation(lease).await?;
-                }
-                for c in first {
-                    self.dispatch(&machine, c, &mut inflight, &mut notifications);
-                }
                 // Nothing drove the stage while no deployer ran: its
-                // progress deadline restarts (journaled, so a later replay
-                // decides the same).
-                queue.push(Input::Resumed);
-                queue.push(Input::Tick);
+                // progress deadline restarts once the previous holder's
+                // calls have landed (journaled with the wait, so a later
+                // replay decides the same). The re-executed commands wait.
+                let wait = self.previous_holder_wait(&lease);
+                queue.push(Input::Resumed { wait });
+                deferred = Some(first);
             } else {
                 queue.push(Input::Start);
             }
@@ -765,6 +758,17 @@ impl BlueGreen {
                     self.dispatch(&machine, c, &mut inflight, &mut notifications);
                 }
             }
+            if let Some(first) = deferred.take() {
+                lease = self.wait_for_previous_holder(lease).await?;
+                if first.iter().any(|c| c.action.is_mutating()) {
+                    lease = self.lease_for_mutation(lease).await?;
+                }
+                for c in first {
+                    self.dispatch(&machine, c, &mut inflight, &mut notifications);
+                }
+                queue.push(Input::Tick);
+                continue;
+            }
             self.publish(&machine);
             if machine.outcome().is_some() {
                 break;
@@ -823,6 +827,12 @@ impl BlueGreen {
     /// The machine then reads back what it changes, so a late write of the
     /// previous holder is seen, not assumed away. At most the lease TTL
     /// plus the call timeout.
+    fn previous_holder_wait(&self, lease: &Lease) -> Duration {
+        lease.superseded.map_or(Duration::ZERO, |e| {
+            e.after(self.call_timeout).since(self.clock.now())
+        })
+    }
+
     async fn wait_for_previous_holder(&self, mut lease: Lease) -> Result<Lease> {
         let Some(expiry) = lease.superseded else {
             return Ok(lease);

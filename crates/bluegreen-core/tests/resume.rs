@@ -203,7 +203,7 @@ fn a_compacting_journal_resumes_from_compressed_blocks_to_the_same_effects() {
                     matches!(
                         e.record,
                         bluegreen_core::journal::Record::Step {
-                            input: bluegreen_core::machine::Input::Resumed,
+                            input: bluegreen_core::machine::Input::Resumed { .. },
                             ..
                         }
                     )

@@ -804,6 +804,14 @@ fn a_deployer_frozen_inside_set_split_cannot_land_its_write_after_the_takeover_r
             restored.0 > landed,
             "the rollback wrote after the late write"
         );
+        assert!(
+            report
+                .decisions
+                .iter()
+                .any(|d| d.text.contains("for the previous deployer's calls to land")),
+            "the wait is on record: {:#?}",
+            report.decisions
+        );
         // The wait is bounded by the lease TTL (5 min) plus the call timeout (30 s).
         assert!(restored.0 - frozen_at <= Duration::from_secs(5 * 60 + 30 + 60));
     });

@@ -338,10 +338,15 @@ pub enum Input {
         control: Control,
     },
     /// A deployer resumed the deployment from its journal (after a crash or
-    /// a takeover): nothing drove the current stage while no deployer ran,
-    /// so its progress deadline restarts now. Hold timeouts and the
-    /// rollback window do not restart. Journal format 3.
-    Resumed,
+    /// a takeover) and first waits `wait` for the previous holder's calls
+    /// to land: nothing drove the current stage while no deployer ran, so
+    /// its progress deadline restarts once the wait is over. Hold timeouts
+    /// and the rollback window do not restart. Journal format 3.
+    Resumed {
+        /// How long the deployer waits before it acts.
+        #[serde(default, with = "humantime_serde")]
+        wait: Duration,
+    },
 }
 
 /// Why the deployment is holding.

@@ -271,7 +271,7 @@ impl Machine {
             Input::Reply { id, reply } => self.on_reply(id, reply),
             Input::Failed { id, error } => self.on_failed(id, error),
             Input::Control { control } => self.on_control(control),
-            Input::Resumed => self.on_resumed(),
+            Input::Resumed { wait } => self.on_resumed(wait),
         }
         std::mem::take(&mut self.step)
     }
@@ -645,14 +645,27 @@ impl Machine {
         }
     }
 
-    /// Restarts the current stage's progress deadline (see [`Input::Resumed`]).
-    fn on_resumed(&mut self) {
-        if let Some(d) = self.timers.restart_deadline(self.now) {
-            self.note(format!(
-                "resumed: the {} progress deadline of {} restarts",
+    /// Restarts the current stage's progress deadline once the resumed
+    /// deployer's `wait` is over (see [`Input::Resumed`]).
+    fn on_resumed(&mut self, wait: Duration) {
+        let restart = self.timers.restart_deadline(self.now.after(wait));
+        let waiting = format!(
+            "waiting {} for the previous deployer's calls to land",
+            humantime::format_duration(wait)
+        );
+        match (restart, wait.is_zero()) {
+            (Some(d), zero) => self.note(format!(
+                "resumed: {}the {} progress deadline of {} restarts",
+                if zero {
+                    String::new()
+                } else {
+                    format!("{waiting}, then ")
+                },
                 d.group.name(),
                 humantime::format_duration(d.length)
-            ));
+            )),
+            (None, false) => self.note(format!("resumed: {waiting} before acting")),
+            (None, true) => {}
         }
     }
 
