@@ -93,6 +93,9 @@ pub struct Machine {
     /// The old color as read in a rollback.
     old_status: Option<ComputeStatus>,
     old_health: Option<TargetHealth>,
+    /// The old color was read again after its smoke tests failed once
+    /// traffic had returned to it.
+    old_rechecked: bool,
     /// Why the deployment halts, while it restores autoscaling first.
     halt_reason: Option<Reason>,
     /// The halt needs a human now (critical notification).
@@ -135,6 +138,7 @@ impl Machine {
             read_back_attempts: 0,
             old_status: None,
             old_health: None,
+            old_rechecked: false,
             halt_reason: None,
             critical: false,
             outcome: None,

@@ -453,6 +453,27 @@ impl Machine {
             }
             return;
         }
+        if scope == SmokeScope::Color(self.old())
+            && self.rolling_back()
+            && self.facts.new.is_some()
+            && !self.old_rechecked
+        {
+            // Traffic is back on the old color and it fails: it may have
+            // dropped since it was read at its capacity (killed from
+            // outside). Read it again once; below its capacity, it is
+            // scaled back and checked again before anything else.
+            self.old_rechecked = true;
+            self.note(format!(
+                "smoke tests on the old color {} failed after traffic returned ({} of {}): reading it again before deciding",
+                self.old(),
+                failed.len(),
+                results.len()
+            ));
+            self.old_status = None;
+            self.old_health = None;
+            self.enter(Stage::CheckOld);
+            return;
+        }
         let what = match scope {
             SmokeScope::Staging => "staging health check".to_string(),
             SmokeScope::Color(c) if Some(c) == self.facts.new => {
