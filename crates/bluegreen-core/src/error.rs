@@ -108,8 +108,10 @@ impl fmt::Display for ErrorStatus {
 }
 
 /// The longest provider retry hint honoured: a hint beyond it (a clock skew,
-/// a daily quota's reset) is capped, so one answer cannot park a deployment
-/// past its deadlines. Five minutes.
+/// a daily quota's reset) is capped, so one answer cannot park a call for
+/// long. Five minutes. The wait still counts against the stage's progress
+/// deadline (`traffic` is one minute by default): a hint longer than what is
+/// left of it ends in that deadline's rollback.
 pub const MAX_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(300);
 
 type Source = Box<dyn std::error::Error + Send + Sync + 'static>;
