@@ -700,13 +700,7 @@ impl BlueGreen {
         while machine.outcome().is_none() {
             for input in std::mem::take(&mut queue) {
                 let now = self.clock.now();
-                let renewed_at = Timestamp(
-                    lease
-                        .expires_at
-                        .0
-                        .saturating_sub(self.lease_ttl.as_millis() as u64),
-                );
-                if now.since(renewed_at) >= self.lease_ttl / 2 {
+                if now >= self.renew_at(&lease) {
                     lease = self.journal.renew(&lease, self.lease_ttl, now).await?;
                 }
                 let step = machine.handle(now, input.clone());
@@ -755,7 +749,7 @@ impl BlueGreen {
                     self.notify(n, &mut notifications);
                 }
                 for c in commands {
-                    self.dispatch(&machine, c, &mut inflight, &mut notifications);
+                    self.dispatch(&machine, c, &mut inflight);
                 }
             }
             if let Some(first) = deferred.take() {
@@ -764,7 +758,7 @@ impl BlueGreen {
                     lease = self.lease_for_mutation(lease).await?;
                 }
                 for c in first {
-                    self.dispatch(&machine, c, &mut inflight, &mut notifications);
+                    self.dispatch(&machine, c, &mut inflight);
                 }
                 queue.push(Input::Tick);
                 continue;
@@ -775,14 +769,10 @@ impl BlueGreen {
             }
             // The lease is renewed on its own timer at half its TTL, so a
             // deployment that waits (a gate, a hold) keeps the service.
-            let renew_in = Timestamp(
-                lease
-                    .expires_at
-                    .0
-                    .saturating_sub((self.lease_ttl / 2).as_millis() as u64),
-            )
-            .since(self.clock.now())
-            .max(Duration::from_millis(1));
+            let renew_in = self
+                .renew_at(&lease)
+                .since(self.clock.now())
+                .max(Duration::from_millis(1));
             // At least a millisecond, so a timer the machine has nothing to
             // do for yet can never spin the loop.
             let tick_in = machine
@@ -827,6 +817,16 @@ impl BlueGreen {
     /// The machine then reads back what it changes, so a late write of the
     /// previous holder is seen, not assumed away. At most the lease TTL
     /// plus the call timeout.
+    /// When `lease` is renewed: once half its TTL is left.
+    fn renew_at(&self, lease: &Lease) -> Timestamp {
+        Timestamp(
+            lease
+                .expires_at
+                .0
+                .saturating_sub((self.lease_ttl / 2).as_millis() as u64),
+        )
+    }
+
     fn previous_holder_wait(&self, lease: &Lease) -> Duration {
         lease.superseded.map_or(Duration::ZERO, |e| {
             e.after(self.call_timeout).since(self.clock.now())
@@ -852,12 +852,7 @@ impl BlueGreen {
             if now >= until {
                 return Ok(lease);
             }
-            let renew_at = Timestamp(
-                lease
-                    .expires_at
-                    .0
-                    .saturating_sub((self.lease_ttl / 2).as_millis() as u64),
-            );
+            let renew_at = self.renew_at(&lease);
             let wake = until.min(renew_at);
             tokio::time::sleep(wake.since(now).max(Duration::from_millis(1))).await;
             if self.clock.now() >= renew_at {
@@ -918,7 +913,6 @@ impl BlueGreen {
         machine: &Machine,
         command: Command,
         inflight: &mut FuturesUnordered<Pending>,
-        notifications: &mut FuturesUnordered<Fire>,
     ) {
         let providers = self.providers.clone();
         let plan = self.plan.clone();
@@ -929,10 +923,6 @@ impl BlueGreen {
             deployment_id: self.deployment_id.clone(),
             backup_id: machine.facts().backup.as_ref().map(|b| b.id.clone()),
         };
-        if let Action::Notify { notification } = command.action {
-            // Never issued now; a format-2 journal's is sent like any other.
-            return self.notify(notification, notifications);
-        }
         inflight.push(Box::pin(async move {
             let operation = command.action.operation();
             let result = execute(&providers, &plan, &retry, timeout, &ctx, command.action).await;
@@ -1261,6 +1251,8 @@ async fn execute(
                 answer: with_retry(r, timeout, op, || source.query(&q)).await?,
             }
         }
+        // Never issued, so never outstanding: format-2 journals carry it,
+        // and replay leaves it out.
         Action::Notify { .. } => Reply::Done,
     })
 }

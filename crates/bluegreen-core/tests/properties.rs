@@ -430,6 +430,13 @@ fn check_journal(
 }
 
 fn run_case(case: &Case) -> Result<(), String> {
+    let (report, fakes, promoted) = simulate_case(case);
+    check_world(&fakes, &plan_for(case), &report)?;
+    check_journal(&fakes, case, &report, promoted)
+}
+
+/// Runs `case` with the human on call; also says whether they promoted.
+fn simulate_case(case: &Case) -> (Report, Fakes, bool) {
     let plan = plan_for(case);
     let mut promoted = false;
     let (report, fakes) = simulate_with(
@@ -460,8 +467,7 @@ fn run_case(case: &Case) -> Result<(), String> {
             }
         },
     );
-    check_world(&fakes, &plan, &report)?;
-    check_journal(&fakes, case, &report, promoted)
+    (report, fakes, promoted)
 }
 
 fn cases() -> u32 {
@@ -529,14 +535,7 @@ fn the_old_color_killed_while_the_split_back_to_it_is_retried_is_scaled_back_and
         inconclusive_rolls_back: false,
         faults: vec![(20, 3, 108), (7, 2, 31)],
     };
-    let plan = plan_for(&case);
-    let (report, f) = simulate_with(
-        |f| {
-            script(f, &case);
-            f.builder(plan.clone())
-        },
-        |_, _| {},
-    );
+    let (report, f, _) = simulate_case(&case);
     assert!(
         matches!(report.outcome, Some(Outcome::RolledBack { .. })),
         "{:?}",
@@ -549,5 +548,5 @@ fn the_old_color_killed_while_the_split_back_to_it_is_retried_is_scaled_back_and
         .decisions
         .iter()
         .any(|d| d.text.contains("failed after traffic returned")));
-    run_case(&case).unwrap();
+    check_world(&f, &plan_for(&case), &report).unwrap();
 }

@@ -500,6 +500,17 @@ fn a_hold_reminder_names_the_hold_and_when_the_timeout_acts() {
 
 // ------------------------------------------------ 8. one deployer acts --
 
+/// Runs `builder`'s deployment on the fakes' journal, which fails every
+/// append after the first `records`: a deployer killed there.
+async fn die_after(f: &Fakes, builder: bluegreen_core::Builder, records: usize) {
+    let dying = std::sync::Arc::new(bluegreen_core::testing::CrashingJournal::new(
+        f.journal.clone(),
+        records,
+    ));
+    let run = builder.journal(dying).build().unwrap().run().await;
+    assert!(run.is_err(), "the deployer dies after {records} records");
+}
+
 fn paused_runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_time()
@@ -677,22 +688,11 @@ fn two_runs_with_the_same_id_on_one_journal_the_second_is_refused_before_it_acts
 
 #[test]
 fn a_second_id_with_the_same_holder_is_refused_while_the_first_is_unfinished() {
-    use bluegreen_core::testing::CrashingJournal;
-    use std::sync::Arc;
     paused_runtime().block_on(async {
         let f = Fakes::new();
         healthy(&f);
         // The first deployment dies after suspending autoscaling.
-        let dying = Arc::new(CrashingJournal::new(f.journal.clone(), 12));
-        assert!(f
-            .builder(reference_plan())
-            .holder("ci-runner-7")
-            .journal(dying)
-            .build()
-            .unwrap()
-            .run()
-            .await
-            .is_err());
+        die_after(&f, f.builder(reference_plan()).holder("ci-runner-7"), 12).await;
         assert!(
             f.world.lock().colors[&Color::Green]
                 .autoscaling
@@ -856,20 +856,10 @@ fn a_deployer_whose_lease_was_taken_over_stops_before_its_next_mutating_call() {
 /// rolling back a deployment that is fine.
 #[test]
 fn a_deployment_resumed_after_longer_than_its_stage_deadline_goes_on_instead_of_rolling_back() {
-    use bluegreen_core::testing::CrashingJournal;
-    use std::sync::Arc;
     paused_runtime().block_on(async {
         let f = Fakes::new();
         healthy(&f);
-        let dying = Arc::new(CrashingJournal::new(f.journal.clone(), 24));
-        assert!(f
-            .builder(reference_plan())
-            .journal(dying)
-            .build()
-            .unwrap()
-            .run()
-            .await
-            .is_err());
+        die_after(&f, f.builder(reference_plan()), 24).await;
         let entries = bluegreen_core::Journal::read(&*f.journal, "sim-1")
             .await
             .unwrap();
@@ -962,4 +952,42 @@ fn futures_read(f: &Fakes) -> Vec<bluegreen_core::JournalEntry> {
     paused_runtime()
         .block_on(bluegreen_core::Journal::read(&*f.journal, "sim-1"))
         .unwrap()
+}
+
+/// A mutating call never starts on a lease that could lapse before the call
+/// ends: with a 31 s lease renewed at half and a 30 s call timeout, the lease
+/// can be down to 15.5 s between renewals, yet 29.5 s after a deployer died
+/// inside `set_split` another deployer is still refused.
+#[test]
+fn a_mutating_call_starts_only_with_the_call_timeout_left_on_the_lease() {
+    use bluegreen_core::{ErrorKind, Journal};
+    paused_runtime().block_on(async {
+        let f = Fakes::new();
+        healthy(&f);
+        f.faults.inject("router.set_split", 0, Fault::Hang);
+        let deployment = f
+            .builder(reference_plan())
+            .lease_ttl(Duration::from_secs(31))
+            .build()
+            .unwrap();
+        let run = tokio::spawn(deployment.run());
+        while f.faults.calls("router.set_split") < 1 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // The deployer dies with its call in flight: nothing renews now.
+        run.abort();
+        tokio::time::sleep(Duration::from_millis(29_500)).await;
+        let now = bluegreen_core::Clock::now(&*f.clock);
+        let err = f
+            .journal
+            .acquire(
+                "order-api",
+                "another-deployer",
+                Duration::from_secs(300),
+                now,
+            )
+            .await
+            .expect_err("the lease outlasts the call");
+        assert_eq!(err.kind(), ErrorKind::LeaseHeld, "{err}");
+    });
 }

@@ -599,10 +599,7 @@ impl EcsCompute {
         revisions.sort_by_key(|r| std::cmp::Reverse(r.0));
         for (_, arn) in revisions.into_iter().take(REVISIONS_CHECKED_MAX) {
             let (td, tags) = self.describe_task_definition(&arn, operation).await?;
-            let tagged = tags.iter().any(|t| {
-                t.key.as_deref() == Some(VERSION_TAG) && t.value.as_deref() == Some(version)
-            });
-            if !tagged {
+            if !carries_version(&tags, version) {
                 continue;
             }
             let Ok((_, container)) = self.pick_container(&td, &arn) else {
@@ -742,6 +739,12 @@ fn derive_container(
     Ok(next)
 }
 
+/// Whether a task definition's `tags` mark it as a revision of `version`.
+fn carries_version(tags: &[Tag], version: &str) -> bool {
+    tags.iter()
+        .any(|t| t.key.as_deref() == Some(VERSION_TAG) && t.value.as_deref() == Some(version))
+}
+
 /// Whether two container definitions run the same release: image, environment
 /// (as a set) and secrets (as a set).
 fn same_release(a: &ContainerDefinition, b: &ContainerDefinition) -> bool {
@@ -789,11 +792,7 @@ impl ComputeProvider for EcsCompute {
             .pick_container(&td, &current_arn)
             .map_err(|e| e.with_operation(OP))?;
         let wanted = derive_container(container, release).map_err(|e| e.with_operation(OP))?;
-        let tagged = tags.iter().any(|t| {
-            t.key.as_deref() == Some(VERSION_TAG)
-                && t.value.as_deref() == Some(release.version.as_str())
-        });
-        if same_release(container, &wanted) && tagged {
+        if same_release(container, &wanted) && carries_version(&tags, &release.version) {
             // The service already runs a revision of this release (a repeat after a crash).
             self.prepared.lock().expect("prepared lock").insert(
                 color,

@@ -479,22 +479,8 @@ fn final_state(stage: &Stage) -> Final {
                 format!("revision {revision} ({version})"),
             ));
         }
-        let family = stage
-            .ecs
-            .task_definition
-            .rsplit('/')
-            .next()
-            .unwrap()
-            .split(':')
-            .next()
-            .unwrap();
-        let revisions = ecs
-            .list_task_definitions()
-            .family_prefix(family)
-            .send()
+        let revisions = revisions_of(&ecs, family_of(&stage.ecs.task_definition))
             .await
-            .unwrap()
-            .task_definition_arns()
             .len();
 
         let reader = EcsCompute::builder(&config)
@@ -676,6 +662,13 @@ fn a_lost_modify_listener_reply_resumes_to_the_same_weights() {
 }
 
 /// The ARNs of the ACTIVE revisions of `family`.
+/// The family of a task definition ARN (`.../order-api-blue:3` → `order-api-blue`).
+fn family_of(arn: &str) -> &str {
+    let name = arn.rsplit('/').next().unwrap_or(arn);
+    name.split(':').next().unwrap_or(name)
+}
+
+/// The family's ACTIVE revisions.
 async fn revisions_of(ecs: &aws_sdk_ecs::Client, family: &str) -> Vec<String> {
     ecs.list_task_definitions()
         .family_prefix(family)
@@ -692,15 +685,7 @@ async fn a_lost_register_reply_within_one_process_registers_no_second_revision()
     let moto = common::moto();
     let ecs = aws_sdk_ecs::Client::new(&moto);
     let fixture = ecs_fixture(&ecs, 0).await;
-    let family = fixture
-        .task_definition
-        .rsplit('/')
-        .next()
-        .unwrap()
-        .split(':')
-        .next()
-        .unwrap()
-        .to_string();
+    let family = family_of(&fixture.task_definition).to_string();
     assert_eq!(revisions_of(&ecs, &family).await.len(), 1);
 
     // The first RegisterTaskDefinition is applied by moto and its reply
@@ -787,15 +772,7 @@ async fn a_throttled_register_is_still_retried_by_the_sdk_and_registers_one_revi
     let moto = common::moto();
     let ecs = aws_sdk_ecs::Client::new(&moto);
     let fixture = ecs_fixture(&ecs, 0).await;
-    let family = fixture
-        .task_definition
-        .rsplit('/')
-        .next()
-        .unwrap()
-        .split(':')
-        .next()
-        .unwrap()
-        .to_string();
+    let family = family_of(&fixture.task_definition).to_string();
     // Every second call is throttled; prepare's calls run one after the
     // other, so each is throttled once or not at all.
     let proxy = CountingProxy::start(&common::endpoint()).await;
