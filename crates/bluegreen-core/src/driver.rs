@@ -21,8 +21,8 @@ use crate::color::{Color, Timestamp};
 use crate::error::{Error, ErrorKind, Result};
 use crate::journal::{Journal, JournalEntry, Lease, MemoryJournal, Record};
 use crate::machine::{
-    Action, Command, Control, Event, Input, Machine, Outcome, Reply, SecretCheck, SmokeResult,
-    SmokeScope, Stage,
+    Action, Checkpoint, Command, Control, Event, Input, Machine, Outcome, Reply, SecretCheck,
+    SmokeResult, SmokeScope, Stage,
 };
 use crate::plan::{Barrier, Plan};
 use crate::provider::Notification;
@@ -583,6 +583,18 @@ impl BlueGreen {
         self.progress.subscribe()
     }
 
+    /// Logs `events` and sends them to the subscribers.
+    fn publish_events(&self, at: Timestamp, events: Vec<Event>) {
+        for event in events {
+            log_event(&event);
+            let _ = self.events.send(DeploymentEvent {
+                deployment_id: self.deployment_id.clone(),
+                at,
+                event,
+            });
+        }
+    }
+
     fn publish(&self, machine: &Machine) {
         self.progress.send_if_modified(|p| {
             if p.is_of(machine) {
@@ -683,6 +695,9 @@ impl BlueGreen {
         let mut notifications: FuturesUnordered<Fire> = FuturesUnordered::new();
         let mut queue: Vec<Input> = Vec::new();
         let mut deferred: Option<Vec<Command>> = None;
+        // Steps left out of the journal (they only repeated a held
+        // deployment's readings) and the machine's state after the last.
+        let mut unjournaled: Option<(u64, Box<Checkpoint>)> = None;
         if machine.outcome().is_none() {
             if self.resume && *machine.stage() != crate::machine::Stage::Pending {
                 // Nothing drove the stage while no deployer ran: its
@@ -711,6 +726,23 @@ impl BlueGreen {
                 {
                     continue;
                 }
+                if step.repeats {
+                    // Nothing new: published, dispatched, not journaled. The
+                    // state goes to the journal before the next step that is.
+                    let skipped = unjournaled.take().map_or(0, |(n, _)| n) + 1;
+                    unjournaled = Some((skipped, Box::new(machine.checkpoint())));
+                    self.publish_events(now, step.events);
+                    for c in step.commands {
+                        self.dispatch(&machine, c, &mut inflight);
+                    }
+                    continue;
+                }
+                if let Some((skipped, state)) = unjournaled.take() {
+                    let record = Record::Checkpoint { skipped, state };
+                    self.journal
+                        .append(&lease, &self.deployment_id, now, &record)
+                        .await?;
+                }
                 let mutating = step.commands.iter().any(|c| c.action.is_mutating());
                 // The record owns the step while it is journaled, then gives
                 // it back: nothing is copied but what the journal keeps.
@@ -732,14 +764,7 @@ impl BlueGreen {
                 else {
                     unreachable!("built as a step above")
                 };
-                for event in events {
-                    log_event(&event);
-                    let _ = self.events.send(DeploymentEvent {
-                        deployment_id: self.deployment_id.clone(),
-                        at: now,
-                        event,
-                    });
-                }
+                self.publish_events(now, events);
                 if mutating {
                     // The append above proved the lease current; a mutating
                     // call also needs the lease to outlast it.
@@ -1003,6 +1028,7 @@ fn replay(
                 }
                 started = true;
             }
+            Record::Checkpoint { state, .. } => machine.restore((**state).clone()),
             Record::Step {
                 input,
                 commands,

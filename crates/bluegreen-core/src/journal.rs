@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::color::Timestamp;
 use crate::error::{Error, ErrorKind, Result};
-use crate::machine::{Command, Event, Input};
+use crate::machine::{Checkpoint, Command, Event, Input};
 use crate::plan::Plan;
 use crate::provider::Notification;
 
@@ -83,6 +83,18 @@ pub enum Record {
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         notifications: Vec<Notification>,
     },
+    /// The machine's whole state, journaled (format 4) before the first
+    /// step that follows steps left out of the journal because they only
+    /// repeated a held deployment's readings ([`Step::repeats`]). A replay
+    /// restores it and goes on from there.
+    ///
+    /// [`Step::repeats`]: crate::machine::Step::repeats
+    Checkpoint {
+        /// How many steps were left out since the record before.
+        skipped: u64,
+        /// The state after the last of them.
+        state: Box<Checkpoint>,
+    },
 }
 
 /// The journal format this engine writes and resumes.
@@ -100,9 +112,12 @@ pub enum Record {
 ///   timeouts, autoscaling read before it is suspended.
 /// * 3: [`Input::Resumed`] (a resumed stage's progress deadline restarts);
 ///   notifications journaled beside the commands, not as commands; reasons
-///   and notes carry their structured cause. A superset of 2: this engine
-///   resumes both (see [`OLDEST_RESUMABLE_FORMAT`]).
-pub const JOURNAL_FORMAT: u32 = 3;
+///   and notes carry their structured cause. A superset of 2.
+/// * 4: [`Record::Checkpoint`]: a held deployment's repeated readings are
+///   left out of the journal, and the machine's state is journaled instead.
+///   A superset of 3: this engine resumes 2, 3 and 4 (see
+///   [`OLDEST_RESUMABLE_FORMAT`]).
+pub const JOURNAL_FORMAT: u32 = 4;
 
 /// The oldest journal format this engine resumes: journals of formats
 /// `OLDEST_RESUMABLE_FORMAT..=JOURNAL_FORMAT` replay to the same commands

@@ -140,6 +140,13 @@ impl Report {
                         r.absorb(e.at, ev);
                     }
                 }
+                Record::Checkpoint { skipped, .. } => r.decide(
+                    e.at,
+                    format!(
+                        "{skipped} held step{} that repeated the previous readings left out of the journal",
+                        if *skipped == 1 { "" } else { "s" }
+                    ),
+                ),
             }
         }
         r

@@ -15,11 +15,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bluegreen_core::journal::{Record, JOURNAL_FORMAT, OLDEST_RESUMABLE_FORMAT};
-use bluegreen_core::machine::{Action, Input};
+use bluegreen_core::machine::{Action, HoldReason, Input, Stage};
+use bluegreen_core::plan::Gate;
 use bluegreen_core::testing::{reference_plan, Fakes};
 use bluegreen_core::{
-    Color, ComputeProvider, FileJournal, Journal, MigrationContext, MigrationRunner, Outcome, Plan,
-    Report, TrafficRouter, TrafficSplit,
+    BlueGreen, Color, ComputeProvider, FileJournal, Journal, MigrationContext, MigrationRunner,
+    Outcome, Plan, Report, TrafficRouter, TrafficSplit,
 };
 
 /// The fixtures of journal format `format`.
@@ -29,11 +30,51 @@ fn dir(format: u32) -> PathBuf {
         .join(format!("format-{format}"))
 }
 
-/// The fixtures' plan: the reference with a 10-minute soak (smaller files).
-fn plan() -> Plan {
+/// The fixtures' plan for journal format `format`: the reference with a
+/// 10-minute soak (smaller files) and, from format 4, a gate before the old
+/// color is scaled down, so the good deployment is held with its monitors
+/// running and its journal holds a checkpoint in place of the repeated
+/// readings.
+fn plan(format: u32) -> Plan {
     let mut p = reference_plan();
     p.timing.soak = Duration::from_secs(10 * 60);
+    if format >= 4 {
+        p.gates = vec![Gate::BeforeScaleDown];
+    }
     p
+}
+
+/// How long the fixture writer leaves the deployment held at the gate
+/// before it promotes: past a hold reminder (10 minutes), so a checkpoint is
+/// journaled before the reminder's step.
+const HELD_WHEN_WRITTEN: Duration = Duration::from_secs(15 * 60);
+
+/// How long a resumed deployer of a fixture waits at the gate before it
+/// promotes: within the hold timeout however far into the hold it was cut.
+const HELD_WHEN_RESUMED: Duration = Duration::from_secs(60);
+
+/// Promotes `deployment` each time it is held at a gate, `after` later.
+fn promote_at_gates(deployment: &BlueGreen, after: Duration) {
+    let control = deployment.control();
+    let mut progress = deployment.progress();
+    tokio::spawn(async move {
+        loop {
+            let held = matches!(
+                progress.borrow_and_update().stage,
+                Stage::Hold {
+                    reason: HoldReason::Gate { .. },
+                    ..
+                }
+            );
+            if held {
+                tokio::time::sleep(after).await;
+                control.promote();
+            }
+            if progress.changed().await.is_err() {
+                return;
+            }
+        }
+    });
 }
 
 fn script(f: &Fakes, bad: bool) {
@@ -108,7 +149,12 @@ async fn rebuild_world(f: &Fakes, plan: &Plan, journal: &FileJournal) {
 /// Writes the first `cut` lines of `lines` to a fresh file journal, rebuilds
 /// the fakes' world from it, resumes `sim-1` on it to the end, and returns
 /// the report and the fakes.
-fn resume_cut(lines: &[&str], cut: usize, bad: bool) -> bluegreen_core::Result<(Report, Fakes)> {
+fn resume_cut(
+    format: u32,
+    lines: &[&str],
+    cut: usize,
+    bad: bool,
+) -> bluegreen_core::Result<(Report, Fakes)> {
     let tmp = tempfile::tempdir().unwrap();
     let path = tmp.path().join("journal.jsonl");
     std::fs::write(&path, lines[..cut].join("\n") + "\n").unwrap();
@@ -116,15 +162,15 @@ fn resume_cut(lines: &[&str], cut: usize, bad: bool) -> bluegreen_core::Result<(
         let f = Fakes::new();
         script(&f, bad);
         let journal = Arc::new(FileJournal::open(&path).unwrap());
-        rebuild_world(&f, &plan(), &journal).await;
-        let report = f
-            .builder(plan())
+        rebuild_world(&f, &plan(format), &journal).await;
+        let deployment = f
+            .builder(plan(format))
             .journal(journal)
             .resume("sim-1")
             .build()
-            .unwrap()
-            .run()
-            .await?;
+            .unwrap();
+        promote_at_gates(&deployment, HELD_WHEN_RESUMED);
+        let report = deployment.run().await?;
         Ok((report, f))
     })
 }
@@ -137,13 +183,13 @@ fn write_fixture(name: &str, bad: bool) {
         let f = Fakes::new();
         script(&f, bad);
         let journal = Arc::new(FileJournal::open(&path).unwrap());
-        f.builder(plan())
+        let deployment = f
+            .builder(plan(JOURNAL_FORMAT))
             .journal(journal)
             .build()
-            .unwrap()
-            .run()
-            .await
             .unwrap();
+        promote_at_gates(&deployment, HELD_WHEN_WRITTEN);
+        deployment.run().await.unwrap();
     });
 }
 
@@ -163,8 +209,15 @@ fn resume_cuts(format: u32, name: &str, bad: bool) {
     // The start, every 1/12 of the file, and just before the end.
     let mut cuts: Vec<usize> = (1..12).map(|i| i * n / 12).collect();
     cuts.extend([3, 8, n - 2]);
+    // Right after each checkpoint, and right before it: resumed from the
+    // checkpointed state, and from the state before the steps it replaced.
+    for (i, line) in lines.iter().enumerate() {
+        if line.contains("\"record\":\"checkpoint\"") {
+            cuts.extend([i, i + 1]);
+        }
+    }
     for cut in cuts {
-        let (report, f) = resume_cut(&lines, cut, bad)
+        let (report, f) = resume_cut(format, &lines, cut, bad)
             .unwrap_or_else(|e| panic!("{name} cut after {cut} of {n} lines: {e}"));
         let outcome = report.outcome;
         let (live, blue, green) = (
@@ -195,6 +248,16 @@ fn the_checked_in_journals_resume_from_every_cut_to_their_outcome() {
     }
     resume_cuts(JOURNAL_FORMAT, "good.jsonl", false);
     resume_cuts(JOURNAL_FORMAT, "rolled_back.jsonl", true);
+}
+
+#[test]
+fn the_good_fixture_was_held_with_its_repeated_readings_checkpointed() {
+    let text = std::fs::read_to_string(dir(JOURNAL_FORMAT).join("good.jsonl")).unwrap();
+    let checkpoints = text
+        .lines()
+        .filter(|l| l.contains("\"record\":\"checkpoint\""))
+        .count();
+    assert!(checkpoints >= 2, "{checkpoints} checkpoints");
 }
 
 #[test]
@@ -251,7 +314,7 @@ fn refused_as(format: u32) -> String {
     let err = runtime().block_on(async {
         let f = Fakes::new();
         let journal = Arc::new(FileJournal::open(&path).unwrap());
-        f.builder(plan())
+        f.builder(plan(JOURNAL_FORMAT))
             .journal(journal)
             .resume("sim-1")
             .build()
@@ -276,8 +339,8 @@ fn rewording_events_and_notifications_in_a_patch_release_keeps_a_journal_resumab
         .replace("100% of traffic on blue", "blue now takes 100%");
     assert_ne!(reworded, text);
     let lines: Vec<&str> = reworded.lines().collect();
-    let (report, _) =
-        resume_cut(&lines, lines.len() / 2, false).expect("the reworded journal resumes");
+    let (report, _) = resume_cut(JOURNAL_FORMAT, &lines, lines.len() / 2, false)
+        .expect("the reworded journal resumes");
     let outcome = report.outcome;
     assert_eq!(outcome, Some(Outcome::Succeeded));
 }

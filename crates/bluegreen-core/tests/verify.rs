@@ -345,6 +345,144 @@ fn a_deployment_held_with_no_data_rolls_back_after_the_hold_timeout_with_reminde
     assert!(took < Duration::from_secs(60 * 60), "{took:?}");
 }
 
+/// Held for 72 virtual hours with no data (before holds ended, a deployment
+/// sat like this with about 360 journal records an hour): each reading
+/// repeats the verdict before it, so only the reminders and a checkpoint
+/// before each are journaled.
+#[test]
+fn a_deployment_held_72_hours_with_no_data_journals_its_reminders_not_360_readings_an_hour() {
+    use bluegreen_core::journal::Record;
+    let (report, f) = simulate(|f| {
+        f.metrics
+            .no_data("error-rate")
+            .constant("p95-latency", 180.0);
+        let mut plan = reference_plan();
+        plan.timing.hold_timeout = Duration::from_secs(72 * 3600);
+        f.builder(plan)
+    });
+    assert!(
+        matches!(report.outcome, Some(Outcome::RolledBack { .. })),
+        "{:?}",
+        report.outcome
+    );
+    let hold = report
+        .stages
+        .iter()
+        .find(|s| s.stage == "hold")
+        .expect("held");
+    let (from, to) = (hold.started_at, hold.ended_at.unwrap());
+    assert_eq!(to.since(from), Duration::from_secs(72 * 3600));
+    let entries = futures_read(&f);
+    let held: Vec<_> = entries
+        .iter()
+        .filter(|e| e.at > from && e.at < to)
+        .collect();
+    let reminders = f
+        .events
+        .sent()
+        .iter()
+        .filter(|n| n.title == "Deployment Held")
+        .count();
+    assert_eq!(reminders, 72 * 6 - 1, "every 10 minutes until the timeout");
+    let (checkpoints, skipped) = held.iter().fold((0, 0), |(n, s), e| match &e.record {
+        Record::Checkpoint { skipped, .. } => (n + 1, s + skipped),
+        _ => (n, s),
+    });
+    // One reminder step and one checkpoint before it, each 10 minutes.
+    assert_eq!(checkpoints, reminders, "{} held records", held.len());
+    assert_eq!(held.len(), 2 * reminders, "records in 72 hours");
+    // What was left out: each check's and the health monitor's polls and
+    // readings, thousands over 72 hours.
+    assert!(skipped > 72 * 100, "{skipped} steps left out");
+    assert!(report.decisions.iter().any(|d| d
+        .text
+        .contains("repeated the previous readings left out of the journal")));
+}
+
+/// Held at a gate with its monitors running: the readings repeat, so they
+/// are left out of the journal, until the error rate breaches and the
+/// trigger fires. A deployer killed right after that decision is resumed:
+/// the replay restores the checkpoint, decides the same, and rolls back.
+#[test]
+fn a_deployer_killed_after_a_held_breach_fired_resumes_from_the_checkpoint_to_the_same_rollback() {
+    use bluegreen_core::journal::Record;
+    use bluegreen_core::plan::Gate;
+    fn breaching(f: &Fakes) {
+        // Blue (the new color) breaks 40 minutes in: the hold at the gate
+        // began at 25 minutes (a 10-minute soak), so after 15 minutes of
+        // repeated readings and a reminder.
+        let late = SIMULATION_EPOCH.after(Duration::from_secs(40 * 60));
+        f.metrics.constant("p95-latency", 150.0);
+        f.metrics.script("error-rate", move |q, t| {
+            Some(if q.query.contains("color:blue") && t > late {
+                0.3
+            } else {
+                0.002
+            })
+        });
+    }
+    fn plan() -> bluegreen_core::Plan {
+        let mut plan = reference_plan();
+        plan.timing.soak = Duration::from_secs(10 * 60);
+        plan.gates = vec![Gate::BeforeScaleDown];
+        plan
+    }
+    paused_runtime().block_on(async {
+        // The whole run, to find the record that decided the rollback.
+        let whole = Fakes::new();
+        breaching(&whole);
+        let report = whole.builder(plan()).build().unwrap().run().await.unwrap();
+        assert!(
+            reason(&report).contains("error-rate"),
+            "{:?}",
+            report.outcome
+        );
+        let entries = bluegreen_core::Journal::read(&*whole.journal, "sim-1")
+            .await
+            .unwrap();
+        let checkpoint = entries
+            .iter()
+            .position(|e| matches!(e.record, Record::Checkpoint { .. }))
+            .unwrap_or_else(|| {
+                panic!(
+                    "the hold's repeated readings were not checkpointed: {:?}",
+                    report
+                        .stages
+                        .iter()
+                        .map(|s| (
+                            s.stage.clone(),
+                            s.started_at.since(SIMULATION_EPOCH).as_secs() / 60
+                        ))
+                        .collect::<Vec<_>>()
+                )
+            });
+        let decided = entries
+            .iter()
+            .position(|e| {
+                matches!(&e.record, Record::Step { events, .. }
+                    if events.iter().any(|ev| matches!(ev, Event::RollbackStarted { .. })))
+            })
+            .expect("a rollback");
+        assert!(checkpoint < decided, "{checkpoint} {decided}");
+
+        let f = Fakes::new();
+        breaching(&f);
+        die_after(&f, f.builder(plan()), decided + 1).await;
+        let resumed = f
+            .builder(plan())
+            .resume("sim-1")
+            .build()
+            .unwrap()
+            .run()
+            .await
+            .expect("the journal replays through its checkpoint");
+        assert_eq!(resumed.outcome, report.outcome);
+        assert_eq!(f.world.split(), TrafficSplit::all_on(Color::Green));
+        assert_eq!(f.world.desired(Color::Blue), 0);
+        assert_eq!(f.world.desired(Color::Green), 3);
+    });
+}
+
 #[test]
 fn a_hold_that_times_out_with_the_halt_policy_halts_and_restores_autoscaling_where_traffic_is() {
     let (report, f) = simulate(|f| {

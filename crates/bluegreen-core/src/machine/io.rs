@@ -618,4 +618,12 @@ pub struct Step {
     /// Notifications for the event sinks: fire and forget, never blocking
     /// the deployment; journaled with the step, never replayed.
     pub notifications: Vec<Notification>,
+    /// The step only repeated what the journal already says: a held
+    /// deployment's poll of its monitors, or a reading with the same verdict
+    /// (a check's) or the same counts (target health) as the one before,
+    /// with no other event, notification or command. A driver may leave
+    /// such steps out of the journal, provided it journals the machine's
+    /// [`Checkpoint`](super::Checkpoint) before the next step it does
+    /// journal, so a replay goes on from the same state.
+    pub repeats: bool,
 }

@@ -52,56 +52,116 @@ use timers::Timers;
 /// The longest wait between two read-backs of a split that disagrees.
 pub const READ_BACK_MAX_BACKOFF: Duration = Duration::from_secs(60);
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 enum Pending {
     Stage,
     Monitor(Monitor),
 }
 
-/// The deployment state machine. See the [module docs](self).
-#[derive(Debug, Clone)]
-pub struct Machine {
-    plan: Arc<Plan>,
-    deployment_id: String,
-    steps: Vec<TrafficStep>,
-    stage: Stage,
-    now: Timestamp,
-    started_at: Option<Timestamp>,
-    next_id: CommandId,
-    pending: BTreeMap<CommandId, (Pending, Action)>,
-    facts: Facts,
-    timers: Timers,
-    paused: bool,
-    gates_passed: BTreeSet<Gate>,
-    barriers_passed: BTreeSet<Barrier>,
-    monitoring_since: Option<Timestamp>,
-    next_measure: Vec<Timestamp>,
-    next_health: Option<Timestamp>,
-    breach_runs: Vec<BreachRun>,
-    run_evidence: Vec<Vec<Measurement>>,
-    preflight_statuses: Vec<(Color, ComputeStatus)>,
-    window_start: Timestamp,
-    final_results: Vec<Measurement>,
-    rollback_reason: Option<Reason>,
-    /// When a read-back last confirmed that the color to be drained holds
-    /// no traffic.
-    traffic_left_at: Option<Timestamp>,
-    /// The split last requested (confirmed or not).
-    requested_split: Option<TrafficSplit>,
-    /// Disagreeing read-backs in the current stage.
-    read_back_attempts: u32,
-    /// The old color as read in a rollback.
-    old_status: Option<ComputeStatus>,
-    old_health: Option<TargetHealth>,
-    /// The old color was read again after its smoke tests failed once
-    /// traffic had returned to it.
-    old_rechecked: bool,
-    /// Why the deployment halts, while it restores autoscaling first.
-    halt_reason: Option<Reason>,
-    /// The halt needs a human now (critical notification).
-    critical: bool,
-    outcome: Option<Outcome>,
-    step: Step,
+/// Defines [`Machine`] from its fixed parts (the plan and what is derived
+/// from it) and its state, and [`Checkpoint`] from the state alone, from one
+/// list of fields, so a field added to the machine cannot be left out of
+/// its checkpoint.
+macro_rules! machine {
+    (
+        fixed { $($(#[$fm:meta])* $fixed:ident: $fty:ty,)* }
+        state { $($(#[$sm:meta])* $field:ident: $ty:ty,)* }
+    ) => {
+        /// The deployment state machine. See the [module docs](self).
+        #[derive(Debug, Clone)]
+        pub struct Machine {
+            $($(#[$fm])* $fixed: $fty,)*
+            $($(#[$sm])* $field: $ty,)*
+        }
+
+        /// The whole state of a [`Machine`] between two inputs, without its
+        /// plan: what [`Record::Checkpoint`](crate::journal::Record::Checkpoint)
+        /// journals where steps that only repeated a held deployment's
+        /// verdicts were left out, so a replay goes on from exactly where the
+        /// deployer was. Opaque: its fields follow the machine's and change
+        /// with the journal format.
+        #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+        pub struct Checkpoint {
+            $($field: $ty,)*
+        }
+
+        impl Machine {
+            /// Its state now, for a [`Checkpoint`] record.
+            pub fn checkpoint(&self) -> Checkpoint {
+                Checkpoint { $($field: self.$field.clone(),)* }
+            }
+
+            /// Puts the machine in the state `checkpoint` recorded (of a
+            /// machine of the same plan).
+            pub fn restore(&mut self, checkpoint: Checkpoint) {
+                $(self.$field = checkpoint.$field;)*
+            }
+        }
+    };
+}
+
+machine! {
+    fixed {
+        plan: Arc<Plan>,
+        deployment_id: String,
+        steps: Vec<TrafficStep>,
+        /// What the input being handled produced (empty between inputs).
+        step: Step,
+        /// A monitor read something other than it last did while the
+        /// input was handled (false between inputs).
+        fresh_reading: bool,
+    }
+    state {
+        stage: Stage,
+        now: Timestamp,
+        started_at: Option<Timestamp>,
+        next_id: CommandId,
+        pending: BTreeMap<CommandId, (Pending, Action)>,
+        facts: Facts,
+        timers: Timers,
+        paused: bool,
+        gates_passed: BTreeSet<Gate>,
+        barriers_passed: BTreeSet<Barrier>,
+        monitoring_since: Option<Timestamp>,
+        next_measure: Vec<Timestamp>,
+        next_health: Option<Timestamp>,
+        breach_runs: Vec<BreachRun>,
+        run_evidence: Vec<Vec<Measurement>>,
+        preflight_statuses: Vec<(Color, ComputeStatus)>,
+        window_start: Timestamp,
+        final_results: Vec<Measurement>,
+        rollback_reason: Option<Reason>,
+        /// When a read-back last confirmed that the color to be drained holds
+        /// no traffic.
+        traffic_left_at: Option<Timestamp>,
+        /// The split last requested (confirmed or not).
+        requested_split: Option<TrafficSplit>,
+        /// Disagreeing read-backs in the current stage.
+        read_back_attempts: u32,
+        /// The old color as read in a rollback.
+        old_status: Option<ComputeStatus>,
+        old_health: Option<TargetHealth>,
+        /// The old color was read again after its smoke tests failed once
+        /// traffic had returned to it.
+        old_rechecked: bool,
+        /// Why the deployment halts, while it restores autoscaling first.
+        halt_reason: Option<Reason>,
+        /// The halt needs a human now (critical notification).
+        critical: bool,
+        outcome: Option<Outcome>,
+        /// The last reading of each monitor (a check's verdict, a color's
+        /// target health), to tell a held deployment's repeated readings.
+        last_readings: BTreeMap<String, Reading>,
+    }
+}
+
+/// What a monitor last read, as far as a repeat is concerned.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+enum Reading {
+    /// A check's verdict and whether it breached a rollback trigger.
+    Check { verdict: Verdict, breach: bool },
+    /// A color's target health.
+    Health { healthy: u32, total: u32 },
 }
 
 impl Machine {
@@ -142,7 +202,9 @@ impl Machine {
             halt_reason: None,
             critical: false,
             outcome: None,
+            last_readings: BTreeMap::new(),
             step: Step::default(),
+            fresh_reading: false,
         }
     }
 
@@ -255,6 +317,10 @@ impl Machine {
         if self.outcome.is_some() {
             return Step::default();
         }
+        let held = matches!(self.stage, Stage::Hold { .. })
+            && matches!(input, Input::Tick | Input::Reply { .. });
+        let before = held.then(|| self.stage.clone());
+        self.fresh_reading = false;
         match input {
             Input::Start => {
                 if self.stage == Stage::Pending {
@@ -277,7 +343,30 @@ impl Machine {
             Input::Control { control } => self.on_control(control),
             Input::Resumed { wait } => self.on_resumed(wait),
         }
-        std::mem::take(&mut self.step)
+        let mut step = std::mem::take(&mut self.step);
+        step.repeats = before.is_some_and(|b| b == self.stage)
+            && !self.fresh_reading
+            && step.notifications.is_empty()
+            && step.commands.iter().all(|c| {
+                matches!(
+                    c.action,
+                    Action::Measure { .. } | Action::ReadTargetHealth { .. }
+                )
+            })
+            && step
+                .events
+                .iter()
+                .all(|e| matches!(e, Event::Measured { .. } | Event::TargetHealth { .. }));
+        step
+    }
+
+    /// Records a monitor's reading under `key`, noting when it differs from
+    /// the one before.
+    fn reading(&mut self, key: String, reading: Reading) {
+        if self.last_readings.get(&key) != Some(&reading) {
+            self.fresh_reading = true;
+            self.last_readings.insert(key, reading);
+        }
     }
 
     // ------------------------------------------------------------ plumbing --

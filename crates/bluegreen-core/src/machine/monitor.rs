@@ -1,6 +1,6 @@
 use super::*;
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(super) enum Monitor {
     Check(usize),
     Health,
@@ -136,6 +136,13 @@ impl Machine {
                         self.run_evidence[t].push(meas.clone());
                     }
                 }
+                self.reading(
+                    format!("check {}", check.name),
+                    Reading::Check {
+                        verdict: meas.verdict,
+                        breach: meas.breach,
+                    },
+                );
                 self.event(Event::Measured {
                     measurement: Box::new(meas.clone()),
                 });
@@ -164,6 +171,13 @@ impl Machine {
                         health.healthy, health.total
                     ));
                 }
+                self.reading(
+                    format!("health {color}"),
+                    Reading::Health {
+                        healthy: health.healthy,
+                        total: health.total,
+                    },
+                );
                 self.event(Event::TargetHealth { color, health });
                 let frac = health.unhealthy_fraction();
                 let now = self.now;

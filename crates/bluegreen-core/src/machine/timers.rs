@@ -8,7 +8,7 @@ use crate::plan::Deadlines;
 
 /// The stage groups that share a progress deadline (`deadlines.*` of the
 /// plan): a deadline runs from the first stage of its group to the last.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub(super) enum DeadlineGroup {
     Preflight,
     Backup,
@@ -68,7 +68,7 @@ impl DeadlineGroup {
 }
 
 /// A running progress deadline.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub(super) struct Deadline {
     /// When it passes.
     pub(super) at: Timestamp,
@@ -79,7 +79,7 @@ pub(super) struct Deadline {
 }
 
 /// Every timer of the machine.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub(super) struct Timers {
     /// The current stage group's progress deadline.
     pub(super) deadline: Option<Deadline>,
