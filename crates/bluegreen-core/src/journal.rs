@@ -566,6 +566,12 @@ pub struct TornTail {
 /// A journal in one append-only JSON-lines file, fsynced on every append and
 /// locked (`flock`) against other processes for each operation, so a CLI can
 /// read it while a deployer writes.
+///
+/// Nobody but its owner can steer it: the directories it creates are mode
+/// 0700 and the file 0600, and the file is opened with [`open_private`]
+/// (no symbolic link followed; a file another user owns, or that group or
+/// others may write, is refused with [`ErrorKind::PermissionDenied`]). The
+/// directory it lives in is trusted: keep it private to the deployer's user.
 #[derive(Debug)]
 pub struct FileJournal {
     path: PathBuf,
@@ -587,7 +593,7 @@ impl FileJournal {
     pub fn open(path: impl AsRef<Path>) -> Result<FileJournal> {
         let path = path.as_ref().to_path_buf();
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| io_error(&path, "create directory", e))?;
+            create_private_dir(dir).map_err(|e| io_error(&path, "create directory", e))?;
         }
         let j = FileJournal {
             path,
@@ -637,12 +643,10 @@ impl FileJournal {
     }
 
     fn open_file(&self) -> Result<File> {
-        OpenOptions::new()
-            .read(true)
-            .append(true)
-            .create(true)
-            .open(&self.path)
-            .map_err(|e| io_error(&self.path, "open", e))
+        let mut options = OpenOptions::new();
+        options.read(true).append(true).create(true);
+        open_private(&self.path, options, "journal")
+            .map_err(|e| e.with_provider("file-journal").with_operation("open"))
     }
 
     /// Reads what other processes appended since the last look.
@@ -739,6 +743,113 @@ impl FileJournal {
         let _ = f.unlock();
         result
     }
+}
+
+/// Creates `dir` and its missing parents, each with mode 0700 (the umask
+/// may narrow it further). Directories that exist are left as they are.
+pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    let mut b = std::fs::DirBuilder::new();
+    b.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut b, 0o700);
+    b.create(dir)
+}
+
+/// Opens `path` with `options` as a file through which a deployment is
+/// steered (a [`FileJournal`], the CLI's control file), so that no other
+/// local user can steer it:
+///
+/// * a symbolic link at `path` is not followed (`O_NOFOLLOW`), dangling or
+///   not: nothing is written to the file a link points at, and no file is
+///   created through a dangling one;
+/// * a file it creates has mode 0600 (the umask may narrow it further);
+/// * the file opened is refused unless it is a regular file, owned by this
+///   process's effective user, and not writable by group or others. The
+///   check is made on the opened file, not on the path, so the file cannot
+///   be swapped between the check and its use.
+///
+/// The open does not block on a FIFO (`O_NONBLOCK`; it is then refused as
+/// not a regular file). `what` names the file in messages ("journal",
+/// "control file"). A refusal is [`ErrorKind::PermissionDenied`] naming the
+/// path and why (the link, the owner's uid or the mode); a missing file
+/// (when `options` do not create) is [`ErrorKind::NotFound`]; any other
+/// failure [`ErrorKind::Unavailable`], permanent. Outside Unix the file is
+/// opened as `options` say, with no checks.
+pub fn open_private(path: &Path, options: OpenOptions, what: &str) -> Result<File> {
+    #[cfg(unix)]
+    let options = {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut options = options;
+        options
+            .custom_flags(
+                (rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK).bits() as i32,
+            )
+            .mode(0o600);
+        options
+    };
+    let f = options.open(path).map_err(|e| {
+        #[cfg(unix)]
+        if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error())
+            && std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink())
+        {
+            return refused(format!(
+                "{what} {} is a symbolic link: bluegreen does not follow links to journals and control files (another user could point one at a file of yours, or at a file of theirs); remove the link",
+                path.display()
+            ));
+        }
+        let kind = if e.kind() == std::io::ErrorKind::NotFound {
+            ErrorKind::NotFound
+        } else {
+            ErrorKind::Unavailable
+        };
+        Error::new(kind, format!("open {what} {}", path.display()))
+            .with_status(crate::ErrorStatus::Permanent)
+            .with_source(e)
+    })?;
+    #[cfg(unix)]
+    check_private(&f, path, what)?;
+    Ok(f)
+}
+
+fn refused(message: String) -> Error {
+    Error::new(ErrorKind::PermissionDenied, message).with_status(crate::ErrorStatus::Permanent)
+}
+
+/// Refuses an opened file that is not a regular file of this user's that
+/// group and others cannot write.
+#[cfg(unix)]
+fn check_private(f: &File, path: &Path, what: &str) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let m = f
+        .metadata()
+        .map_err(|e| io_error(path, &format!("stat {what}"), e))?;
+    if !m.file_type().is_file() {
+        return Err(refused(format!(
+            "{what} {} is not a regular file; refused",
+            path.display()
+        )));
+    }
+    let me = rustix::process::geteuid().as_raw();
+    if m.uid() != me {
+        return Err(refused(format!(
+            "{what} {} is owned by uid {}, not by this user (uid {me}): another user could steer the deployment through it; refused (remove it, or make it this user's with mode 0600)",
+            path.display(),
+            m.uid()
+        )));
+    }
+    let mode = m.mode() & 0o7777;
+    if mode & 0o022 != 0 {
+        return Err(refused(format!(
+            "{what} {} has mode {mode:04o}, writable by {}: they could steer the deployment through it; refused (chmod 600 it)",
+            path.display(),
+            match (mode & 0o020 != 0, mode & 0o002 != 0) {
+                (true, true) => "group and others",
+                (true, false) => "its group",
+                _ => "others",
+            }
+        )));
+    }
+    Ok(())
 }
 
 fn io_error(path: &Path, what: &str, e: std::io::Error) -> Error {
@@ -851,6 +962,120 @@ mod tests {
         let again = FileJournal::open(&path).unwrap();
         assert!(again.torn_tail().is_none());
         assert_eq!(again.read("d1").await.unwrap().len(), 4);
+    }
+
+    /// The mode bits of `path`, not following a link.
+    #[cfg(unix)]
+    fn mode(path: &Path) -> u32 {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::symlink_metadata(path)
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o7777
+    }
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn a_new_journal_directory_is_0700_and_its_file_0600_and_ours() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("deep/er/j.jsonl");
+        let j = FileJournal::open(&path).unwrap();
+        j.acquire("svc", "a", TTL, Timestamp(0)).await.unwrap();
+        assert_eq!(mode(&dir.path().join("deep")), 0o700);
+        assert_eq!(mode(&dir.path().join("deep/er")), 0o700);
+        assert_eq!(mode(&path), 0o600);
+        let me = rustix::process::geteuid().as_raw();
+        assert_eq!(std::fs::metadata(&path).unwrap().uid(), me);
+    }
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn a_symlinked_journal_is_refused_and_the_file_it_points_at_is_unchanged() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim.conf");
+        let before = vec![b'x'; 11 * 1024];
+        std::fs::write(&victim, &before).unwrap();
+        let link = dir.path().join("j.jsonl");
+        std::os::unix::fs::symlink(&victim, &link).unwrap();
+        let err = match FileJournal::open(&link) {
+            Err(e) => e,
+            Ok(j) => {
+                // Without the check the journal writes into the victim.
+                let lease = j.acquire("svc", "a", TTL, Timestamp(0)).await.unwrap();
+                for _ in 0..40 {
+                    let _ = j.append(&lease, "d1", Timestamp(1), &tick()).await;
+                }
+                panic!("a symlinked journal was opened")
+            }
+        };
+        assert_eq!(err.kind(), ErrorKind::PermissionDenied, "{err}");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("symbolic link") && msg.contains(&link.display().to_string()),
+            "{msg}"
+        );
+        assert_eq!(
+            std::fs::read(&victim).unwrap(),
+            before,
+            "the target is unchanged"
+        );
+    }
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn a_dangling_journal_link_is_not_created_through() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("planted");
+        let link = dir.path().join("j.jsonl");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let err = FileJournal::open(&link).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::PermissionDenied, "{err}");
+        assert!(err.to_string().contains("symbolic link"), "{err}");
+        assert!(!target.exists(), "nothing was created through the link");
+    }
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn a_journal_another_user_planted_is_refused_naming_its_owner() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.jsonl");
+        let planted = "{\"line\":\"released\",\"service\":\"s\",\"token\":1}\n";
+        std::fs::write(&path, planted).unwrap();
+        if std::os::unix::fs::chown(&path, Some(65534), Some(65534)).is_err() {
+            eprintln!("skipped: giving a file to another user needs root");
+            return;
+        }
+        let err = FileJournal::open(&path).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::PermissionDenied, "{err}");
+        assert!(err.to_string().contains("owned by uid 65534"), "{err}");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), planted);
+    }
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn a_journal_others_may_write_is_refused_naming_its_mode() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.jsonl");
+        FileJournal::open(&path).unwrap();
+        for (m, who) in [
+            (0o666, "group and others"),
+            (0o620, "its group"),
+            (0o602, "others"),
+        ] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(m)).unwrap();
+            let err = FileJournal::open(&path).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::PermissionDenied, "{err}");
+            let msg = err.to_string();
+            assert!(
+                msg.contains(&format!("mode {m:04o}, writable by {who}")),
+                "{msg}"
+            );
+        }
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        FileJournal::open(&path).unwrap();
     }
 
     #[tokio::test]
