@@ -7,6 +7,7 @@ mod journal;
 mod ledger;
 mod runner;
 mod source;
+mod watch;
 
 pub use backup::{count_list_entries, parse_tool_version};
 pub use database::{Database, TlsMode, DEFAULT_CONNECT_TIMEOUT};

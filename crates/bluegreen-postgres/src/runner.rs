@@ -14,26 +14,56 @@ use tokio_postgres::error::ErrorPosition;
 use tokio_postgres::{Client, SimpleQueryMessage};
 
 use crate::database::Database;
-use crate::error::{describe_db_error, err, is_lock_not_available, map_pg};
+use crate::error::{describe_db_error, err, is_lock_not_available, map_pg, redact};
 use crate::ledger::{ensure_schema, read_ledger, LedgerEntry, LedgerState};
-use crate::source::{line_col, split_statements, Migration, MigrationFile, MigrationSource};
+use crate::source::{
+    line_col, split_statements, Migration, MigrationFile, MigrationSource, Statement,
+};
+use crate::watch::{
+    elapsed_ms, index_oids, invalid_indexes, jitter, mentions, snippet, InvalidIndex, WaitSample,
+    Watch,
+};
+
+/// How a statement's attempts went, for its error.
+struct Tries<'a> {
+    attempts: u32,
+    started: Instant,
+    lock_timeout: Duration,
+    seen: Option<&'a WaitSample>,
+    unavailable: Option<&'a str>,
+}
 
 /// The advisory lock key that serialises runners on one database ("bgmigrat").
 pub const MIGRATION_LOCK_KEY: i64 = 0x6267_6d69_6772_6174;
 
 /// How migrations run: time limits, retries, the wait for the runner lock,
 /// and where backups go. One place for every default.
+///
+/// The lock defaults keep DDL from stalling the application: a statement
+/// that needs a lock others hold (an `ALTER TABLE` behind an open
+/// transaction that read the table, say) queues for at most `lock_timeout`,
+/// and every query of that table queues behind it meanwhile, so readers wait
+/// at most about `lock_timeout` per attempt. Then the statement (or the
+/// whole transaction of a transactional file) is retried up to
+/// `lock_retries` times, after waits that start at `retry_backoff`, double
+/// up to `retry_backoff_max`, and are each jittered to between half and all
+/// of that. With the defaults (500 ms, 40 retries, 200 ms doubling to 5 s),
+/// a statement keeps trying for about 1.5 to 3 minutes, holding readers up
+/// for at most 500 ms at a time (about 20 s in all).
 #[derive(Debug, Clone)]
 pub struct MigrationSettings {
-    /// `lock_timeout` for every migration statement (a file header may override it).
+    /// `lock_timeout` for every migration statement (a file header may
+    /// override it). Default 500 ms.
     pub lock_timeout: Duration,
-    /// `statement_timeout` for every migration statement (a file header may override it).
+    /// `statement_timeout` for every migration statement (a file header may
+    /// override it). Default 15 min.
     pub statement_timeout: Duration,
-    /// Extra attempts after `lock_not_available` (SQLSTATE 55P03).
+    /// Extra attempts after `lock_not_available` (SQLSTATE 55P03). Default 40.
     pub lock_retries: u32,
-    /// The first backoff after `lock_not_available`; doubled each time.
+    /// The first backoff after `lock_not_available`; doubled each time, then
+    /// jittered to between half and all of it. Default 200 ms.
     pub retry_backoff: Duration,
-    /// The longest backoff.
+    /// The longest backoff (before jitter). Default 5 s.
     pub retry_backoff_max: Duration,
     /// How long a runner waits for another runner's advisory lock before failing.
     pub lock_wait: Duration,
@@ -46,11 +76,11 @@ pub struct MigrationSettings {
 impl Default for MigrationSettings {
     fn default() -> Self {
         MigrationSettings {
-            lock_timeout: Duration::from_secs(5),
+            lock_timeout: Duration::from_millis(500),
             statement_timeout: Duration::from_secs(15 * 60),
-            lock_retries: 5,
-            retry_backoff: Duration::from_millis(500),
-            retry_backoff_max: Duration::from_secs(10),
+            lock_retries: 40,
+            retry_backoff: Duration::from_millis(200),
+            retry_backoff_max: Duration::from_secs(5),
             lock_wait: Duration::from_secs(60),
             lock_poll: Duration::from_millis(250),
             backup: BackupSettings::default(),
@@ -168,7 +198,16 @@ pub enum Resolution {
 ///   statement (for `CREATE INDEX CONCURRENTLY`), its progress recorded after
 ///   each one, so an interruption leaves a *dirty* row that blocks every
 ///   later run until [`resolve_dirty`](Self::resolve_dirty).
-/// * `lock_not_available` (55P03) is retried with exponential backoff.
+/// * `lock_not_available` (55P03) is retried many times with a short
+///   `lock_timeout` and growing, jittered waits (see [`MigrationSettings`]).
+///   A failed statement's error names the statement and its line, the lock
+///   it waited for and its relation, the blocking sessions
+///   (`pg_blocking_pids`: pid, `application_name`, state, when their query
+///   started), the attempts and the time spent.
+/// * An INVALID index a failed `CREATE INDEX CONCURRENTLY` left is dropped
+///   (`DROP INDEX CONCURRENTLY`) before the statement is tried again; the
+///   ledger never records a migration applied while an index it created or
+///   names is INVALID.
 /// * One runner at a time per database: a session advisory lock, polled
 ///   with `pg_try_advisory_lock` (never a blocking wait, which could deadlock
 ///   with `CREATE INDEX CONCURRENTLY`), for at most
@@ -493,13 +532,27 @@ impl PostgresMigrations {
         }
     }
 
-    fn backoff(&self, attempt: u32) -> Duration {
-        let factor = 1u32 << attempt.min(16);
-        (self.settings.retry_backoff * factor).min(self.settings.retry_backoff_max)
+    /// The wait before retry `retry` (0-based) after `lock_not_available`:
+    /// `retry_backoff` doubled per retry up to `retry_backoff_max`, then
+    /// jittered to between half and all of it, so runners and the sessions
+    /// they queue behind do not fall into step.
+    fn backoff(&self, retry: u32) -> Duration {
+        let factor = 1u32 << retry.min(16);
+        let base = self
+            .settings
+            .retry_backoff
+            .saturating_mul(factor)
+            .min(self.settings.retry_backoff_max);
+        let half = base / 2;
+        half + half.mul_f64(jitter())
+    }
+
+    fn lock_timeout_of(&self, file: &MigrationFile) -> Duration {
+        file.lock_timeout.unwrap_or(self.settings.lock_timeout)
     }
 
     fn timeouts_sql(&self, file: &MigrationFile, local: bool) -> String {
-        let lock = file.lock_timeout.unwrap_or(self.settings.lock_timeout);
+        let lock = self.lock_timeout_of(file);
         let stmt = file
             .statement_timeout
             .unwrap_or(self.settings.statement_timeout);
@@ -511,43 +564,58 @@ impl PostgresMigrations {
         )
     }
 
-    /// The error for a statement of `file` (starting at character `offset`)
-    /// that the server refused: names the file and the server's position.
-    fn sql_error(
+    /// The error for statement `st` of `file` that the server refused (or
+    /// whose connection failed): the file, the statement and its real line
+    /// (and column, when the server gave a position), the server's message,
+    /// what the statement waited for and who blocked it, and the attempts
+    /// and time spent. Never contains the password.
+    fn statement_error(
         &self,
         op: &'static str,
         file: &MigrationFile,
-        offset: usize,
+        st: &Statement,
         e: tokio_postgres::Error,
+        tries: &Tries<'_>,
+        extra: &str,
     ) -> bluegreen_core::Error {
-        let Some(db) = e.as_db_error() else {
-            return map_pg(
-                e,
-                op,
-                &format!("migration file {} on {}", file.file_name, self.db.label()),
-            );
-        };
-        let at = match db.position() {
+        let (line, _) = line_col(&file.sql, st.offset);
+        let at = match e.as_db_error().and_then(|db| db.position()) {
             Some(ErrorPosition::Original(p)) => {
-                let (line, col) = line_col(&file.sql, offset + (*p as usize).saturating_sub(1));
+                let (line, col) = line_col(&file.sql, st.offset + (*p as usize).saturating_sub(1));
                 format!("line {line}, column {col}")
             }
-            _ => {
-                let (line, _) = line_col(&file.sql, offset);
-                format!("statement starting at line {line}")
-            }
+            _ => format!("line {line}"),
         };
-        let described = describe_db_error(db);
+        let timed_out = matches!(e.code().map(|c| c.code()), Some("55P03") | Some("57014"));
         let base = map_pg(e, op, "");
-        err(
-            base.kind(),
-            op,
-            format!(
-                "migration file {} failed at {at}: {described}",
-                file.file_name
-            ),
-        )
-        .with_status(base.status())
+        let cause = base
+            .message()
+            .trim_start_matches(':')
+            .trim_start()
+            .to_string();
+        let mut msg = format!(
+            "migration file {} on {} failed at {at} (statement `{}`): {cause}",
+            file.file_name,
+            self.db.label(),
+            snippet(&st.text),
+        );
+        match (tries.seen, tries.unavailable) {
+            (Some(s), _) => msg.push_str(&format!("; {}", s.describe())),
+            (None, Some(why)) if timed_out => msg.push_str(&format!(
+                "; the blocking sessions could not be listed: {why}"
+            )),
+            (None, _) if timed_out => msg.push_str("; no lock wait was seen while it ran"),
+            _ => {}
+        }
+        msg.push_str(&format!(
+            "; {} attempt{} in {} (lock_timeout {} each)",
+            tries.attempts,
+            if tries.attempts == 1 { "" } else { "s" },
+            elapsed_ms(tries.started),
+            humantime::format_duration(tries.lock_timeout),
+        ));
+        msg.push_str(extra);
+        err(base.kind(), op, redact(&msg, self.secret().as_deref())).with_status(base.status())
     }
 
     async fn record_row_counts(
@@ -648,7 +716,14 @@ impl PostgresMigrations {
     }
 
     /// Runs `file` of `m` as one step (`up` or `down`), in a transaction or
-    /// statement by statement, with retries on `lock_not_available`.
+    /// statement by statement, retrying on `lock_not_available` with a
+    /// jittered, growing backoff. A second session watches what a slow
+    /// statement waits for, so errors can name the blockers. In a
+    /// no-transaction file, an INVALID index a failed statement left (a
+    /// `CREATE INDEX CONCURRENTLY` that timed out, say) is dropped with
+    /// `DROP INDEX CONCURRENTLY` before the statement runs again, and a
+    /// statement that succeeds while an index it created or names is INVALID
+    /// fails.
     async fn run_file(
         &self,
         client: &mut Client,
@@ -674,18 +749,19 @@ impl PostgresMigrations {
         let started = Instant::now();
         let finish_sql = "UPDATE bluegreen_migrations SET state = $2, finished_at = now(), duration_ms = $3,
                             statements_done = statements_total, last_error = NULL WHERE version = $1";
+        let statements = split_statements(&file.sql);
+        let lock_timeout = self.lock_timeout_of(file);
+        let pid: i32 = client
+            .query_one("SELECT pg_backend_pid()", &[])
+            .await
+            .map_err(|e| map_pg(e, op, "cannot read the migration session's pid"))?
+            .get(0);
+        let mut watch = Watch::new(self, ctx, pid, lock_timeout);
         if !file.no_transaction {
-            let mut attempt = 0u32;
+            let mut attempts = 0u32;
             loop {
-                self.mark(
-                    client,
-                    m,
-                    ctx,
-                    running,
-                    false,
-                    split_statements(&file.sql).len(),
-                )
-                .await?;
+                self.mark(client, m, ctx, running, false, statements.len())
+                    .await?;
                 let tx = client.transaction().await.map_err(|e| {
                     map_pg(
                         e,
@@ -696,45 +772,53 @@ impl PostgresMigrations {
                 tx.batch_execute(&self.timeouts_sql(file, true))
                     .await
                     .map_err(|e| map_pg(e, op, "cannot set the migration timeouts"))?;
-                match tx.batch_execute(&file.sql).await {
-                    Ok(()) => {
-                        let ms = started.elapsed().as_millis() as i64;
-                        tx.execute(finish_sql, &[&(m.version as i64), &done.as_str(), &ms])
-                            .await
-                            .map_err(|e| {
-                                map_pg(e, op, "cannot record the migration in the ledger")
-                            })?;
-                        return tx.commit().await.map_err(|e| {
-                            map_pg(
-                                e,
-                                op,
-                                &format!("cannot commit migration file {}", file.file_name),
-                            )
-                        });
-                    }
-                    Err(e) => {
-                        drop(tx);
-                        if e.is_closed() {
-                            return Err(self.sql_error(op, file, 0, e));
-                        }
-                        if is_lock_not_available(&e) && attempt < self.settings.lock_retries {
-                            let wait = self.backoff(attempt);
-                            attempt += 1;
-                            tracing::info!(file = %file.file_name, attempt, ?wait, "lock_not_available; retrying the migration");
-                            tokio::time::sleep(wait).await;
-                            continue;
-                        }
-                        let error = self.sql_error(op, file, 0, e);
-                        let state = if up { failed } else { LedgerState::Applied };
-                        self.note_failure(client, m.version, state, error.message())
-                            .await;
-                        return Err(error);
+                attempts += 1;
+                let mut failure = None;
+                for (i, st) in statements.iter().enumerate() {
+                    watch.statement(i);
+                    if let Err(e) = watch.run(tx.batch_execute(&st.text)).await {
+                        failure = Some((st, e));
+                        break;
                     }
                 }
+                let Some((st, e)) = failure else {
+                    let ms = started.elapsed().as_millis() as i64;
+                    tx.execute(finish_sql, &[&(m.version as i64), &done.as_str(), &ms])
+                        .await
+                        .map_err(|e| map_pg(e, op, "cannot record the migration in the ledger"))?;
+                    return tx.commit().await.map_err(|e| {
+                        map_pg(
+                            e,
+                            op,
+                            &format!("cannot commit migration file {}", file.file_name),
+                        )
+                    });
+                };
+                drop(tx);
+                let closed = e.is_closed();
+                if !closed && is_lock_not_available(&e) && attempts <= self.settings.lock_retries {
+                    let wait = self.backoff(attempts - 1);
+                    tracing::info!(file = %file.file_name, attempts, ?wait, "lock_not_available; retrying the migration");
+                    tokio::time::sleep(wait).await;
+                    continue;
+                }
+                let tries = Tries {
+                    attempts,
+                    started,
+                    lock_timeout,
+                    seen: watch.seen.as_ref(),
+                    unavailable: watch.unavailable(),
+                };
+                let error = self.statement_error(op, file, st, e, &tries, "");
+                if !closed {
+                    let state = if up { failed } else { LedgerState::Applied };
+                    self.note_failure(client, m.version, state, error.message())
+                        .await;
+                }
+                return Err(error);
             }
         }
 
-        let statements = split_statements(&file.sql);
         self.mark(client, m, ctx, running, true, statements.len())
             .await?;
         client
@@ -742,29 +826,80 @@ impl PostgresMigrations {
             .await
             .map_err(|e| map_pg(e, op, "cannot set the migration timeouts"))?;
         for (i, st) in statements.iter().enumerate() {
-            let mut attempt = 0u32;
+            watch.statement(i);
+            let before = index_oids(client)
+                .await
+                .map_err(|e| map_pg(e, op, "cannot list the indexes before a statement"))?;
+            let st_started = Instant::now();
+            let mut attempts = 0u32;
             loop {
-                match client.batch_execute(&st.text).await {
-                    Ok(()) => break,
-                    Err(e) if is_lock_not_available(&e) && attempt < self.settings.lock_retries => {
-                        let wait = self.backoff(attempt);
-                        attempt += 1;
-                        tracing::info!(file = %file.file_name, statement = i + 1, attempt, ?wait, "lock_not_available; retrying the statement");
-                        tokio::time::sleep(wait).await;
-                    }
-                    Err(e) => {
-                        let closed = e.is_closed();
-                        let error = self.sql_error(op, file, st.offset, e);
-                        if !closed {
-                            self.note_failure(client, m.version, running, error.message())
-                                .await;
-                            let _ = client
-                                .batch_execute("RESET lock_timeout; RESET statement_timeout")
-                                .await;
-                        }
+                attempts += 1;
+                // What an earlier attempt left: drop it first.
+                let mut result = Ok(());
+                if attempts > 1 {
+                    result = self.drop_new_invalid(client, &before, &mut watch).await;
+                }
+                if result.is_ok() {
+                    result = watch.run(client.batch_execute(&st.text)).await;
+                }
+                let e = match result {
+                    Ok(()) => {
+                        let Some(problem) =
+                            self.invalid_after(client, &before, st, &mut watch).await
+                        else {
+                            break;
+                        };
+                        let (line, _) = line_col(&file.sql, st.offset);
+                        let error = err(
+                            ErrorKind::Conflict,
+                            op,
+                            redact(
+                                &format!(
+                                    "migration file {} on {}: the statement at line {line} (`{}`) succeeded, but {problem}",
+                                    file.file_name,
+                                    self.db.label(),
+                                    snippet(&st.text),
+                                ),
+                                self.secret().as_deref(),
+                            ),
+                        );
+                        self.note_failure(client, m.version, running, error.message())
+                            .await;
+                        let _ = client
+                            .batch_execute("RESET lock_timeout; RESET statement_timeout")
+                            .await;
                         return Err(error);
                     }
+                    Err(e) => e,
+                };
+                let closed = e.is_closed();
+                if !closed && is_lock_not_available(&e) && attempts <= self.settings.lock_retries {
+                    let wait = self.backoff(attempts - 1);
+                    tracing::info!(file = %file.file_name, statement = i + 1, attempts, ?wait, "lock_not_available; retrying the statement");
+                    tokio::time::sleep(wait).await;
+                    continue;
                 }
+                let extra = if closed {
+                    String::new()
+                } else {
+                    self.clean_up_after(client, &before, &mut watch).await
+                };
+                let tries = Tries {
+                    attempts,
+                    started: st_started,
+                    lock_timeout,
+                    seen: watch.seen.as_ref(),
+                    unavailable: watch.unavailable(),
+                };
+                let error = self.statement_error(op, file, st, e, &tries, &extra);
+                if !closed {
+                    self.note_failure(client, m.version, running, error.message())
+                        .await;
+                    let _ = client
+                        .batch_execute("RESET lock_timeout; RESET statement_timeout")
+                        .await;
+                }
+                return Err(error);
             }
             client
                 .execute(
@@ -784,6 +919,117 @@ impl PostgresMigrations {
             .await
             .map_err(|e| map_pg(e, op, "cannot reset the session timeouts"))?;
         Ok(())
+    }
+
+    /// Drops, with `DROP INDEX CONCURRENTLY`, every INVALID index that is not
+    /// in `before` (the indexes that existed before the statement first ran):
+    /// what a failed `CREATE INDEX CONCURRENTLY` (or `REINDEX CONCURRENTLY`)
+    /// of this statement left. Runs under the session's `lock_timeout`.
+    async fn drop_new_invalid(
+        &self,
+        client: &Client,
+        before: &[u32],
+        watch: &mut Watch<'_>,
+    ) -> std::result::Result<(), tokio_postgres::Error> {
+        for ix in invalid_indexes(client).await? {
+            if before.contains(&ix.oid) {
+                continue;
+            }
+            tracing::info!(index = %ix.qualified, table = %ix.table, "dropping the INVALID index a failed attempt left");
+            watch
+                .run(client.batch_execute(&format!(
+                    "DROP INDEX CONCURRENTLY IF EXISTS {}",
+                    ix.qualified
+                )))
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// After a statement failed for good: drops what it left (see
+    /// [`drop_new_invalid`](Self::drop_new_invalid)) and says what happened,
+    /// as text to append to the error.
+    async fn clean_up_after(
+        &self,
+        client: &Client,
+        before: &[u32],
+        watch: &mut Watch<'_>,
+    ) -> String {
+        let left: Vec<InvalidIndex> = match invalid_indexes(client).await {
+            Ok(all) => all
+                .into_iter()
+                .filter(|ix| !before.contains(&ix.oid))
+                .collect(),
+            Err(e) => {
+                return format!("; the INVALID indexes it may have left could not be listed ({e})")
+            }
+        };
+        let mut notes = Vec::new();
+        for ix in left {
+            let drop = watch
+                .run(client.batch_execute(&format!(
+                    "DROP INDEX CONCURRENTLY IF EXISTS {}",
+                    ix.qualified
+                )))
+                .await;
+            notes.push(match drop {
+                Ok(()) => format!("the INVALID {} it left was dropped", ix.describe()),
+                Err(e) => format!(
+                    "it left the INVALID {}, which could not be dropped ({}): drop it with DROP INDEX CONCURRENTLY {} before running the migration again",
+                    ix.describe(),
+                    e.as_db_error().map(describe_db_error).unwrap_or_else(|| e.to_string()),
+                    ix.qualified,
+                ),
+            });
+        }
+        notes.iter().map(|n| format!("; {n}")).collect()
+    }
+
+    /// After a statement succeeded: an INVALID index it created (dropped
+    /// here), or an INVALID index it names that it left alone (`CREATE INDEX
+    /// CONCURRENTLY IF NOT EXISTS` skips one an earlier failed build left),
+    /// described; `None` when there is none.
+    async fn invalid_after(
+        &self,
+        client: &Client,
+        before: &[u32],
+        st: &Statement,
+        watch: &mut Watch<'_>,
+    ) -> Option<String> {
+        let all = match invalid_indexes(client).await {
+            Ok(all) => all,
+            Err(e) => {
+                return Some(format!(
+                    "the check for INVALID indexes it may have left failed ({e})"
+                ))
+            }
+        };
+        let mut problems = Vec::new();
+        for ix in all {
+            if !before.contains(&ix.oid) {
+                let dropped = watch
+                    .run(client.batch_execute(&format!(
+                        "DROP INDEX CONCURRENTLY IF EXISTS {}",
+                        ix.qualified
+                    )))
+                    .await;
+                problems.push(format!(
+                    "it created the INVALID {}{}",
+                    ix.describe(),
+                    match dropped {
+                        Ok(()) => ", which was dropped".to_string(),
+                        Err(e) => format!(", which could not be dropped ({e}): drop it with DROP INDEX CONCURRENTLY {}", ix.qualified),
+                    }
+                ));
+            } else if mentions(&st.text, &ix.name) {
+                problems.push(format!(
+                    "the {} it names is INVALID (an earlier failed build left it; IF NOT EXISTS skips it): drop it with DROP INDEX CONCURRENTLY {} and run the migration again",
+                    ix.describe(),
+                    ix.qualified,
+                ));
+            }
+        }
+        (!problems.is_empty()).then(|| problems.join("; "))
     }
 
     /// A fresh connection holding the migration lock, and the ledger read
