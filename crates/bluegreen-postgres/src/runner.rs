@@ -797,6 +797,7 @@ impl PostgresMigrations {
                 drop(tx);
                 let closed = e.is_closed();
                 if !closed && is_lock_not_available(&e) && attempts <= self.settings.lock_retries {
+                    watch.prepare();
                     let wait = self.backoff(attempts - 1);
                     tracing::info!(file = %file.file_name, attempts, ?wait, "lock_not_available; retrying the migration");
                     tokio::time::sleep(wait).await;
@@ -874,6 +875,7 @@ impl PostgresMigrations {
                 };
                 let closed = e.is_closed();
                 if !closed && is_lock_not_available(&e) && attempts <= self.settings.lock_retries {
+                    watch.prepare();
                     let wait = self.backoff(attempts - 1);
                     tracing::info!(file = %file.file_name, statement = i + 1, attempts, ?wait, "lock_not_available; retrying the statement");
                     tokio::time::sleep(wait).await;

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use bluegreen_core::MigrationContext;
 use tokio_postgres::Client;
 
+use crate::error::map_pg;
 use crate::runner::PostgresMigrations;
 
 /// The lock the migration's backend waits for: type, mode, relation, other object.
@@ -29,6 +30,14 @@ SELECT a.pid, coalesce(a.application_name, ''), coalesce(a.state, 'unknown'),
        coalesce(extract(epoch FROM clock_timestamp() - a.query_start)::float8, 0)
 FROM unnest(pg_blocking_pids($1)) AS b(pid) JOIN pg_stat_activity a ON a.pid = b.pid
 ORDER BY a.pid";
+
+/// The second connection.
+enum Monitor {
+    Closed,
+    Connecting(tokio::task::JoinHandle<bluegreen_core::Result<Client>>),
+    Ready(Client),
+    Failed(String),
+}
 
 /// One look at a waiting statement.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -62,8 +71,7 @@ pub(crate) struct Watch<'a> {
     ctx: &'a MigrationContext,
     pid: i32,
     every: Duration,
-    monitor: Option<Client>,
-    unavailable: Option<String>,
+    monitor: Monitor,
     statement: Option<usize>,
     /// The last sample of the current statement that showed a wait.
     pub seen: Option<WaitSample>,
@@ -83,8 +91,7 @@ impl<'a> Watch<'a> {
             ctx,
             pid,
             every: (lock_timeout / 2).clamp(Duration::from_millis(20), Duration::from_secs(1)),
-            monitor: None,
-            unavailable: None,
+            monitor: Monitor::Closed,
             statement: None,
             seen: None,
         }
@@ -101,7 +108,30 @@ impl<'a> Watch<'a> {
 
     /// Why no blocker could be seen, when the second connection failed.
     pub fn unavailable(&self) -> Option<&str> {
-        self.unavailable.as_deref()
+        match &self.monitor {
+            Monitor::Failed(why) => Some(why),
+            _ => None,
+        }
+    }
+
+    /// Starts opening the second connection in the background (a task,
+    /// so a statement that ends first does not cut the handshake short).
+    pub fn prepare(&mut self) {
+        if matches!(self.monitor, Monitor::Closed) {
+            let db = self.runner.database().clone();
+            let name = match self.ctx.deployment_id.as_str() {
+                "" => "bluegreen migrations (watch)".to_string(),
+                d => format!("bluegreen migrations (watch, deployment {d})"),
+            };
+            let name: String = name.chars().take(63).collect();
+            self.monitor = Monitor::Connecting(tokio::spawn(async move {
+                let c = db.connect_for("watch").await?;
+                c.execute("SELECT set_config('application_name', $1, false)", &[&name])
+                    .await
+                    .map_err(|e| map_pg(e, "watch", "cannot name the watching session"))?;
+                Ok(c)
+            }));
+        }
     }
 
     /// Runs `exec`, sampling what it waits for until it ends.
@@ -124,16 +154,20 @@ impl<'a> Watch<'a> {
     }
 
     async fn sample(&mut self) {
-        if self.monitor.is_none() && self.unavailable.is_none() {
-            match self.runner.connect("watch", Some(self.ctx)).await {
-                Ok(c) => self.monitor = Some(c),
-                Err(e) => {
+        self.prepare();
+        if let Monitor::Connecting(handle) = &mut self.monitor {
+            // Awaiting by reference: if the statement ends first, the task
+            // goes on and a later sample finds the connection.
+            self.monitor = match handle.await {
+                Ok(Ok(c)) => Monitor::Ready(c),
+                Ok(Err(e)) => {
                     tracing::warn!(error = %e, "cannot open the session that watches migration locks");
-                    self.unavailable = Some(e.message().to_string());
+                    Monitor::Failed(e.message().to_string())
                 }
-            }
+                Err(e) => Monitor::Failed(e.to_string()),
+            };
         }
-        let Some(m) = &self.monitor else {
+        let Monitor::Ready(m) = &self.monitor else {
             return;
         };
         let mut sample = WaitSample::default();

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bluegreen_core::{ErrorKind, MigrationPhase, MigrationRunner};
 use bluegreen_postgres::{
-    Expectation, LedgerState, PostgresMigrations, Resolution, VerificationQuery,
+    Expectation, LedgerState, MigrationSettings, PostgresMigrations, Resolution, VerificationQuery,
 };
 use common::*;
 use tokio_postgres::Client;
@@ -449,4 +449,393 @@ async fn lock_not_available_is_retried_with_backoff_until_the_lock_frees() {
         .unwrap();
     assert_eq!(row.state, LedgerState::Applied);
     assert!(row.attempts >= 2, "it was retried: {row:?}");
+}
+
+/// The test server's password, which no error may show.
+fn server_password() -> String {
+    let config: tokio_postgres::Config = server_url().parse().expect("the test URL parses");
+    String::from_utf8_lossy(config.get_password().expect("the test URL has a password"))
+        .into_owned()
+}
+
+/// The runner with test settings but `lock_retries` extra attempts.
+fn runner_with_retries(
+    db: &bluegreen_postgres::Database,
+    files: &[(&str, &str)],
+    backups: &tempfile::TempDir,
+    lock_retries: u32,
+) -> PostgresMigrations {
+    runner(db, files, backups).with_settings(MigrationSettings {
+        lock_retries,
+        ..settings(backups.path().to_path_buf())
+    })
+}
+
+/// A session named `name` that has read `table` in an open transaction of
+/// `isolation`, so it holds ACCESS SHARE on it (and, under REPEATABLE READ,
+/// a snapshot); returns it and its pid.
+async fn reader_in_transaction(
+    db: &bluegreen_postgres::Database,
+    name: &str,
+    isolation: &str,
+    table: &str,
+) -> (Client, i32) {
+    let c = db
+        .with_application_name(name)
+        .connect()
+        .await
+        .expect("connect the blocker");
+    c.batch_execute(&format!(
+        "BEGIN ISOLATION LEVEL {isolation}; SELECT count(*) FROM {table}"
+    ))
+    .await
+    .unwrap();
+    let pid: i32 = c
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    (c, pid)
+}
+
+const ORDERS_1000: (&str, &str) = (
+    "0001_orders.up.sql",
+    "CREATE TABLE orders (id bigint PRIMARY KEY, customer_id bigint);\nINSERT INTO orders SELECT g, g % 10 FROM generate_series(1, 1000) g;",
+);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_queued_alter_holds_readers_up_no_longer_than_the_lock_timeout() {
+    let db = fresh_database("probe_reader").await;
+    let backups = tempfile::tempdir().unwrap();
+    let files = [
+        ORDERS_1000,
+        (
+            "0002_add_note.up.sql",
+            "ALTER TABLE orders ADD COLUMN note text;",
+        ),
+    ];
+    runner(&db, &files[..1], &backups)
+        .apply(EXPAND, &ctx("d1"))
+        .await
+        .unwrap();
+    let lock_timeout = MigrationSettings::default().lock_timeout;
+    assert!(lock_timeout <= Duration::from_secs(1), "{lock_timeout:?}");
+
+    // An open transaction that read orders: the ALTER queues behind it.
+    let (blocker, _) =
+        reader_in_transaction(&db, "probe-blocker", "READ COMMITTED", "orders").await;
+    // The probe reads orders in a loop and times each read.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let probe_client = admin(&db).await;
+    let probe_stop = stop.clone();
+    let probe = tokio::spawn(async move {
+        let mut waits = Vec::new();
+        while !probe_stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let t = std::time::Instant::now();
+            probe_client
+                .query_one("SELECT count(*) FROM orders", &[])
+                .await
+                .unwrap();
+            waits.push(t.elapsed());
+        }
+        waits
+    });
+
+    let r = runner(&db, &files, &backups);
+    let run = tokio::spawn(async move { r.apply(EXPAND, &ctx("d2")).await.map(|m| (m, r)) });
+    let watcher = admin(&db).await;
+    // Let the ALTER time out and be retried a few times, then commit the blocker.
+    for _ in 0..1500 {
+        let attempts = watcher
+            .query_opt(
+                "SELECT attempts FROM bluegreen_migrations WHERE version = 2",
+                &[],
+            )
+            .await
+            .unwrap()
+            .map(|r| r.get::<_, i32>(0))
+            .unwrap_or(0);
+        if attempts >= 5 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    blocker.batch_execute("COMMIT").await.unwrap();
+    let (applied, r) = run
+        .await
+        .unwrap()
+        .expect("the ALTER applies once the blocker commits");
+    assert_eq!(versions(&applied), vec![2]);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let waits = probe.await.unwrap();
+    let longest = waits.iter().max().copied().unwrap_or_default();
+    let row = r
+        .ledger()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|e| e.version == 2)
+        .unwrap();
+    assert_eq!(row.state, LedgerState::Applied);
+    eprintln!(
+        "probe reader: {} reads, longest wait {longest:?} (lock_timeout {lock_timeout:?}); the ALTER took {} attempts",
+        waits.len(),
+        row.attempts
+    );
+    assert!(row.attempts >= 5, "it timed out and was retried: {row:?}");
+    assert!(
+        longest <= lock_timeout + Duration::from_millis(200),
+        "a reader waited {longest:?} behind the queued ALTER (lock_timeout {lock_timeout:?})"
+    );
+    assert!(
+        longest >= lock_timeout / 4,
+        "the probe was queued behind the ALTER at least once: {longest:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_timeout_error_names_the_relation_the_blocker_the_statement_line_and_the_attempts() {
+    let db = fresh_database("lock_error").await;
+    let backups = tempfile::tempdir().unwrap();
+    let files = [
+        ORDERS_1000,
+        (
+            "0002_notes.up.sql",
+            "-- bluegreen: lock_timeout=200ms\nCREATE TABLE notes (id int);\n\nALTER TABLE orders ADD COLUMN note text;\n",
+        ),
+    ];
+    runner(&db, &files[..1], &backups)
+        .apply(EXPAND, &ctx("d1"))
+        .await
+        .unwrap();
+    let (blocker, blocker_pid) =
+        reader_in_transaction(&db, "report-job-blocker", "READ COMMITTED", "orders").await;
+    let r = runner_with_retries(&db, &files, &backups, 2);
+    let e = r.apply(EXPAND, &ctx("d2")).await.unwrap_err();
+    blocker.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(e.kind(), ErrorKind::Timeout, "{e}");
+    let msg = e.to_string();
+    eprintln!("lock-timeout error: {msg}");
+    for want in [
+        "0002_notes.up.sql",
+        "line 4",
+        "`ALTER TABLE orders ADD COLUMN note text`",
+        "lock timeout",
+        "AccessExclusiveLock on relation orders",
+        &format!("pid {blocker_pid} (application_name 'report-job-blocker', state idle in transaction, query started 20"),
+        "3 attempts in ",
+        "lock_timeout 200ms each",
+    ] {
+        assert!(msg.contains(want), "`{want}` in {msg}");
+    }
+    assert!(!msg.contains(&server_password()), "{msg}");
+    let row = r
+        .ledger()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|e| e.version == 2)
+        .unwrap();
+    assert_eq!(row.state, LedgerState::Failed);
+    assert!(
+        row.last_error
+            .as_deref()
+            .unwrap_or("")
+            .contains("report-job-blocker"),
+        "{row:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_timeout_in_a_no_transaction_file_names_the_blocker_and_the_second_statement() {
+    let db = fresh_database("lock_error_no_tx").await;
+    let backups = tempfile::tempdir().unwrap();
+    let files = [
+        ORDERS_1000,
+        (
+            "0002_notes.up.sql",
+            "-- bluegreen: no-transaction, lock_timeout=200ms\nCREATE TABLE notes (id int);\nALTER TABLE orders\n  ADD COLUMN note text;",
+        ),
+    ];
+    runner(&db, &files[..1], &backups)
+        .apply(EXPAND, &ctx("d1"))
+        .await
+        .unwrap();
+    let (blocker, blocker_pid) =
+        reader_in_transaction(&db, "nightly-export", "READ COMMITTED", "orders").await;
+    let e = runner_with_retries(&db, &files, &backups, 1)
+        .apply(EXPAND, &ctx("d2"))
+        .await
+        .unwrap_err();
+    blocker.batch_execute("COMMIT").await.unwrap();
+    let msg = e.to_string();
+    for want in [
+        "line 3",
+        "`ALTER TABLE orders ADD COLUMN note text`",
+        "on relation orders",
+        &format!("pid {blocker_pid} (application_name 'nightly-export', state idle in transaction"),
+        "2 attempts in ",
+    ] {
+        assert!(msg.contains(want), "`{want}` in {msg}");
+    }
+    assert!(!msg.contains(&server_password()), "{msg}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_statement_after_the_first_in_a_transactional_file_is_reported_at_its_own_line() {
+    let db = fresh_database("tx_line").await;
+    let backups = tempfile::tempdir().unwrap();
+    let files = [
+        ORDERS_1000,
+        (
+            "0002_seed.up.sql",
+            "-- seed\nINSERT INTO orders VALUES (5000, 1);\n\n\nINSERT INTO orders VALUES (1, 1);\n",
+        ),
+    ];
+    let e = runner(&db, &files, &backups)
+        .apply(EXPAND, &ctx("d1"))
+        .await
+        .unwrap_err();
+    let msg = e.to_string();
+    assert!(msg.contains("0002_seed.up.sql"), "{msg}");
+    assert!(msg.contains("failed at line 5 "), "{msg}");
+    assert!(msg.contains("`INSERT INTO orders VALUES (1, 1)`"), "{msg}");
+    assert!(msg.contains("23505"), "{msg}");
+    assert!(msg.contains("1 attempt in "), "{msg}");
+}
+
+/// Whether index `name` exists, and whether it is valid.
+async fn index_validity(c: &Client, name: &str) -> Option<bool> {
+    c.query_opt(
+        "SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid WHERE c.relname = $1",
+        &[&name],
+    )
+    .await
+    .unwrap()
+    .map(|r| r.get(0))
+}
+
+const CIC_IF_NOT_EXISTS: (&str, &str) = (
+    "0002_orders_customer_idx.up.sql",
+    "-- bluegreen: no-transaction, lock_timeout=1s\nCREATE INDEX CONCURRENTLY IF NOT EXISTS idx ON orders(customer_id);",
+);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_index_concurrently_if_not_exists_under_an_old_snapshot_is_never_recorded_applied_with_an_invalid_index(
+) {
+    let db = fresh_database("cic_snapshot").await;
+    let backups = tempfile::tempdir().unwrap();
+    let files = [ORDERS_1000, CIC_IF_NOT_EXISTS];
+    runner(&db, &files[..1], &backups)
+        .apply(EXPAND, &ctx("d1"))
+        .await
+        .unwrap();
+    let c = admin(&db).await;
+    // A REPEATABLE READ snapshot on orders: CIC waits for it, and with
+    // lock_timeout=1s fails, leaving an INVALID idx behind.
+    let (holder, _) = reader_in_transaction(&db, "old-snapshot", "REPEATABLE READ", "orders").await;
+    let r = runner(&db, &files, &backups);
+    let run = tokio::spawn(async move { r.apply(EXPAND, &ctx("d2")).await.map(|m| (m, r)) });
+    for _ in 0..1500 {
+        if index_validity(&c, "idx").await == Some(false) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        index_validity(&c, "idx").await,
+        Some(false),
+        "the build started"
+    );
+    // Past the first attempt's lock_timeout: it failed, leaving idx INVALID.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    holder.batch_execute("COMMIT").await.unwrap();
+    let (applied, r) = run
+        .await
+        .unwrap()
+        .expect("the index is built once the old snapshot is gone");
+    assert_eq!(versions(&applied), vec![2]);
+    assert_eq!(
+        index_validity(&c, "idx").await,
+        Some(true),
+        "the ledger says applied, so idx must be valid"
+    );
+    let row = r
+        .ledger()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|e| e.version == 2)
+        .unwrap();
+    assert_eq!(row.state, LedgerState::Applied);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_index_concurrently_that_never_gets_past_an_old_snapshot_fails_instead_of_claiming_an_invalid_index(
+) {
+    let db = fresh_database("cic_snapshot_held").await;
+    let backups = tempfile::tempdir().unwrap();
+    let files = [ORDERS_1000, CIC_IF_NOT_EXISTS];
+    runner(&db, &files[..1], &backups)
+        .apply(EXPAND, &ctx("d1"))
+        .await
+        .unwrap();
+    let c = admin(&db).await;
+    let (holder, holder_pid) =
+        reader_in_transaction(&db, "old-snapshot", "REPEATABLE READ", "orders").await;
+    let r = runner_with_retries(&db, &files, &backups, 1);
+    let e = r.apply(EXPAND, &ctx("d2")).await.unwrap_err();
+    holder.batch_execute("COMMIT").await.unwrap();
+    let msg = e.to_string();
+    eprintln!("CIC error: {msg}");
+    for want in [
+        "line 2",
+        "CREATE INDEX CONCURRENTLY IF NOT EXISTS idx ON orders(customer_id)",
+        "lock timeout",
+        &format!("pid {holder_pid} (application_name 'old-snapshot'"),
+        "2 attempts in ",
+        "INVALID index public.idx on orders",
+        "DROP INDEX CONCURRENTLY public.idx",
+    ] {
+        assert!(msg.contains(want), "`{want}` in {msg}");
+    }
+    let row = r
+        .ledger()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|e| e.version == 2)
+        .unwrap();
+    assert_ne!(row.state, LedgerState::Applied, "{row:?}");
+    assert!(row.is_dirty(), "{row:?}");
+    assert_eq!(index_validity(&c, "idx").await, Some(false));
+
+    // Marked not applied without dropping idx: the next run's IF NOT EXISTS
+    // skips the INVALID index, and the runner refuses to call that applied.
+    r.resolve_dirty(2, Resolution::NotApplied).await.unwrap();
+    let e = r.apply(EXPAND, &ctx("d3")).await.unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        msg.contains("index public.idx on orders it names is INVALID"),
+        "{msg}"
+    );
+    let row = r
+        .ledger()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|e| e.version == 2)
+        .unwrap();
+    assert_ne!(row.state, LedgerState::Applied, "{row:?}");
+
+    // Dropped by hand and resolved: the next run builds it.
+    c.batch_execute("DROP INDEX CONCURRENTLY idx")
+        .await
+        .unwrap();
+    r.resolve_dirty(2, Resolution::NotApplied).await.unwrap();
+    assert_eq!(
+        versions(&r.apply(EXPAND, &ctx("d4")).await.unwrap()),
+        vec![2]
+    );
+    assert_eq!(index_validity(&c, "idx").await, Some(true));
 }
