@@ -25,6 +25,9 @@ pub mod defaults {
     pub const RETRIES: u32 = 3;
     /// The wait before the first retry; it doubles before each next one.
     pub const BACKOFF: Duration = Duration::from_secs(1);
+    /// The most redirects one attempt follows when a check allows them
+    /// ([`FollowRedirects::SameOrigin`](super::FollowRedirects::SameOrigin)).
+    pub const MAX_REDIRECTS: usize = 10;
 }
 
 /// One HTTP smoke test or health check.
@@ -81,6 +84,39 @@ pub struct HttpCheck {
     /// The wait before the first retry; doubled before each next one.
     #[serde(default = "default_backoff", with = "humantime_serde")]
     pub backoff: Duration,
+    /// Whether redirects are followed: `never` (the default; a 3xx answer is
+    /// what the check judges) or `same_origin`. See [`FollowRedirects`].
+    #[serde(default, skip_serializing_if = "FollowRedirects::is_never")]
+    pub follow_redirects: FollowRedirects,
+}
+
+/// Which redirects a check follows.
+///
+/// Headers from secrets are meant for the host the check names, and a
+/// redirect must never carry them elsewhere, so by default no redirect is
+/// followed: a `301`, `302`, `303`, `307` or `308` answer is the answer the
+/// check judges, and a failure says it was a redirect and where to.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FollowRedirects {
+    /// Follow no redirect (the default).
+    #[default]
+    Never,
+    /// Follow redirects to the same origin (scheme, host and port) as the
+    /// check's URL, up to [`defaults::MAX_REDIRECTS`] of them. Before
+    /// the first redirect is followed, every header whose value comes from a
+    /// secret is removed; other headers are kept. `301`, `302` and `303` turn
+    /// the request into a `GET` without a body (a `HEAD` stays a `HEAD`);
+    /// `307` and `308` repeat the method and body. A redirect to another
+    /// origin is never followed: it is the answer the check judges.
+    SameOrigin,
+}
+
+impl FollowRedirects {
+    /// Whether this is [`FollowRedirects::Never`].
+    pub fn is_never(&self) -> bool {
+        *self == FollowRedirects::Never
+    }
 }
 
 fn default_method() -> String {
@@ -168,6 +204,7 @@ impl HttpCheck {
             timeout: defaults::TIMEOUT,
             retries: defaults::RETRIES,
             backoff: defaults::BACKOFF,
+            follow_redirects: FollowRedirects::Never,
         }
     }
 

@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 mod check;
+mod redact;
 mod suite;
 
 use std::fmt;
@@ -12,11 +13,17 @@ use bluegreen_core::{
     Error, ErrorKind, Result, SecretSource, SmokeOutcome, SmokeTarget, SmokeTest,
 };
 
-pub use check::{defaults, FieldExpectation, HeaderValueSpec, HttpCheck, Rule, VARIABLES};
+pub use check::{
+    defaults, FieldExpectation, FollowRedirects, HeaderValueSpec, HttpCheck, Rule, VARIABLES,
+};
+use redact::Redactor;
 pub use suite::{SmokeSuite, SuiteReport, TestResult};
 
 const PROVIDER: &str = "http";
-const REDACTED: &str = "[redacted]";
+/// The longest part of a response body shown in a failure, in characters.
+const BODY_SNIPPET: usize = 200;
+/// The longest JSON value or URL shown in a detail, in characters.
+const VALUE_SNIPPET: usize = 80;
 
 /// An [`HttpCheck`] ready to run: a [`SmokeTest`] over reqwest (rustls).
 ///
@@ -47,10 +54,17 @@ fn invalid(check: &str, message: impl fmt::Display) -> Error {
 
 impl HttpSmokeTest {
     /// Validates `check` (see [`HttpCheck::validate`]) and prepares its client.
+    ///
+    /// The client itself follows no redirect: reqwest's redirect policies
+    /// can refuse a hop but not change the headers it carries, and a
+    /// redirect this check allows ([`FollowRedirects::SameOrigin`]) must be
+    /// sent without the headers that come from secrets, so
+    /// [`run`](SmokeTest::run) follows those itself, hop by hop.
     pub fn new(check: HttpCheck) -> Result<Self> {
         check.validate().map_err(|m| invalid(&check.name, m))?;
         let client = reqwest::Client::builder()
             .user_agent(concat!("bluegreen-http/", env!("CARGO_PKG_VERSION")))
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| {
                 Error::new(
@@ -118,6 +132,7 @@ impl HttpSmokeTest {
         };
         let mut headers = reqwest::header::HeaderMap::new();
         let mut secrets = Vec::new();
+        let mut secret_headers = Vec::new();
         for (name, spec) in &c.headers {
             let header_name = reqwest::header::HeaderName::from_bytes(name.as_bytes())
                 .map_err(|_| invalid(&c.name, format!("headers: {name:?} is not a header name")))?;
@@ -167,6 +182,9 @@ impl HttpSmokeTest {
                 )
             })?;
             hv.set_sensitive(sensitive);
+            if sensitive {
+                secret_headers.push(header_name.clone());
+            }
             headers.insert(header_name, hv);
         }
         let body = match &c.body {
@@ -198,43 +216,114 @@ impl HttpSmokeTest {
                 format!("method: {:?} is not an HTTP method", c.method),
             )
         })?;
+        let url = reqwest::Url::parse(&url)
+            .map_err(|e| invalid(&c.name, format!("url: {url:?} is not a URL ({e})")))?;
         Ok(Prepared {
             method,
             url,
             headers,
+            secret_headers,
             body,
             expectations,
-            secrets,
+            redactor: Redactor::new(secrets),
         })
     }
 
     /// One attempt: `Ok(detail)` when it passed, `Err(reason)` when not.
+    ///
+    /// The check's timeout bounds the whole attempt, redirects included.
     async fn attempt(&self, p: &Prepared) -> (Duration, std::result::Result<String, String>) {
         let c = &self.check;
-        let mut req = self
-            .client
-            .request(p.method.clone(), &p.url)
-            .headers(p.headers.clone())
-            .timeout(c.timeout);
-        if let Some(body) = &p.body {
-            req = req
-                .header(reqwest::header::CONTENT_TYPE, "application/json")
-                .body(body.clone());
-        }
+        let r = &p.redactor;
         let start = Instant::now();
-        let resp = match req.send().await {
-            Ok(r) => r,
-            Err(e) => {
-                let took = start.elapsed();
-                let why = if e.is_timeout() {
-                    format!("no answer within {}", humantime::format_duration(c.timeout))
-                } else if e.is_connect() {
-                    format!("cannot connect: {}", chain(&e.without_url()))
-                } else {
-                    format!("request failed: {}", chain(&e.without_url()))
-                };
-                return (took, Err(why));
+        let deadline = start + c.timeout;
+        let timed_out = || format!("no answer within {}", humantime::format_duration(c.timeout));
+        let mut hop = Hop {
+            method: p.method.clone(),
+            url: p.url.clone(),
+            headers: p.headers.clone(),
+            body: p.body.clone(),
+        };
+        let mut followed = 0usize;
+        let (resp, redirect) = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return (start.elapsed(), Err(timed_out()));
             }
+            let mut req = self
+                .client
+                .request(hop.method.clone(), hop.url.clone())
+                .headers(hop.headers.clone())
+                .timeout(left);
+            if let Some(body) = &hop.body {
+                req = req
+                    .header(reqwest::header::CONTENT_TYPE, "application/json")
+                    .body(body.clone());
+            }
+            let resp = match req.send().await {
+                Ok(r) => r,
+                Err(e) => {
+                    let took = start.elapsed();
+                    let why = if e.is_timeout() {
+                        timed_out()
+                    } else if e.is_connect() {
+                        format!("cannot connect: {}", chain(&e.without_url()))
+                    } else {
+                        format!("request failed: {}", chain(&e.without_url()))
+                    };
+                    return (took, Err(why));
+                }
+            };
+            let Some(location) = redirect_target(&resp) else {
+                break (resp, None);
+            };
+            let next = match location {
+                Ok(next) => next,
+                Err(raw) => {
+                    let note = format!(
+                        "a redirect whose Location {:?} is not a URL, not followed",
+                        r.mask_and_cut(&raw, VALUE_SNIPPET)
+                    );
+                    break (resp, Some(note));
+                }
+            };
+            let shown = r.mask_and_cut(next.as_str(), VALUE_SNIPPET);
+            let refused = match c.follow_redirects {
+                FollowRedirects::Never => Some(format!(
+                    "a redirect to {shown}, not followed (follow_redirects is never)"
+                )),
+                FollowRedirects::SameOrigin if next.origin() != p.url.origin() => Some(format!(
+                    "a redirect to {shown}, not followed: another origin than {}",
+                    p.url.origin().ascii_serialization()
+                )),
+                FollowRedirects::SameOrigin if followed >= defaults::MAX_REDIRECTS => {
+                    return (
+                        start.elapsed(),
+                        Err(format!(
+                            "more than {} redirects (the last to {shown})",
+                            defaults::MAX_REDIRECTS
+                        )),
+                    );
+                }
+                FollowRedirects::SameOrigin => None,
+            };
+            if let Some(note) = refused {
+                break (resp, Some(note));
+            }
+            // Secrets are for the URL the check names, not for wherever it
+            // sends us: none goes with any redirect.
+            for name in &p.secret_headers {
+                hop.headers.remove(name);
+            }
+            let status = resp.status();
+            if matches!(status.as_u16(), 301..=303) {
+                if hop.method != reqwest::Method::HEAD {
+                    hop.method = reqwest::Method::GET;
+                }
+                hop.body = None;
+            }
+            hop.url = next;
+            followed += 1;
         };
         let status = resp.status().as_u16();
         let body = resp.bytes().await;
@@ -242,26 +331,40 @@ impl HttpSmokeTest {
         let body = match body {
             Ok(b) => b,
             Err(e) => {
-                return (
-                    took,
-                    Err(format!(
+                let why = if e.is_timeout() {
+                    timed_out()
+                } else {
+                    format!(
                         "HTTP {status}, reading the body failed: {}",
                         chain(&e.without_url())
-                    )),
-                )
+                    )
+                };
+                return (took, Err(why));
             }
+        };
+        let got = match &redirect {
+            Some(note) => format!("HTTP {status}, {note}"),
+            None => format!("HTTP {status}"),
         };
         if status != c.expect_status {
             return (
                 took,
                 Err(format!(
-                    "expected HTTP {}, got {status}: {}",
+                    "expected HTTP {}, got {status}{}: {}",
                     c.expect_status,
-                    snippet(&body)
+                    redirect.map(|n| format!(", {n}")).unwrap_or_default(),
+                    snippet(r, &body)
                 )),
             );
         }
-        let mut observed = vec![format!("HTTP {status}")];
+        let mut observed = vec![got.clone()];
+        if followed > 0 {
+            observed[0] = format!(
+                "{got} after {followed} same-origin redirect{} to {}",
+                if followed == 1 { "" } else { "s" },
+                r.mask_and_cut(hop.url.as_str(), VALUE_SNIPPET)
+            );
+        }
         if !p.expectations.is_empty() {
             let json: serde_json::Value = match serde_json::from_slice(&body) {
                 Ok(v) => v,
@@ -269,16 +372,16 @@ impl HttpSmokeTest {
                     return (
                         took,
                         Err(format!(
-                            "HTTP {status}, but the body is not JSON ({e}): {}",
-                            snippet(&body)
+                            "{got}, but the body is not JSON ({e}): {}",
+                            snippet(r, &body)
                         )),
                     )
                 }
             };
             for e in &p.expectations {
-                match judge(&json, e) {
+                match judge(r, &json, e) {
                     Ok(seen) => observed.push(seen),
-                    Err(why) => return (took, Err(format!("HTTP {status}, but {why}"))),
+                    Err(why) => return (took, Err(format!("{got}, but {why}"))),
                 }
             }
         }
@@ -298,27 +401,44 @@ impl HttpSmokeTest {
     }
 }
 
-struct Prepared {
+/// What one request of an attempt sends; redirects change it.
+struct Hop {
     method: reqwest::Method,
-    url: String,
+    url: reqwest::Url,
     headers: reqwest::header::HeaderMap,
     body: Option<Vec<u8>>,
-    expectations: Vec<FieldExpectation>,
-    /// Secret values sent with this request, to redact from every text.
-    secrets: Vec<String>,
 }
 
-impl Prepared {
-    fn redact(&self, text: &str) -> String {
-        let mut out = text.to_string();
-        for s in &self.secrets {
-            out = out.replace(s.as_str(), REDACTED);
-        }
-        out
+/// Where a redirect answer points: `None` when `resp` is not a redirect
+/// (`301`, `302`, `303`, `307`, `308` with a `Location`), `Err` with the raw
+/// value when the location is not a URL.
+fn redirect_target(resp: &reqwest::Response) -> Option<std::result::Result<reqwest::Url, String>> {
+    if !matches!(resp.status().as_u16(), 301..=303 | 307 | 308) {
+        return None;
     }
+    let raw = resp.headers().get(reqwest::header::LOCATION)?;
+    let text = String::from_utf8_lossy(raw.as_bytes()).into_owned();
+    Some(resp.url().join(&text).map_err(|_| text))
 }
 
-fn judge(json: &serde_json::Value, e: &FieldExpectation) -> std::result::Result<String, String> {
+struct Prepared {
+    method: reqwest::Method,
+    url: reqwest::Url,
+    headers: reqwest::header::HeaderMap,
+    /// The headers whose values come from secrets: never sent on a redirect.
+    secret_headers: Vec<reqwest::header::HeaderName>,
+    body: Option<Vec<u8>>,
+    expectations: Vec<FieldExpectation>,
+    /// Masks the secret values sent with this request out of every text.
+    redactor: Redactor,
+}
+
+fn judge(
+    r: &Redactor,
+    json: &serde_json::Value,
+    e: &FieldExpectation,
+) -> std::result::Result<String, String> {
+    let short = |v: &serde_json::Value| r.mask_and_cut(&v.to_string(), VALUE_SNIPPET);
     let found = check::lookup_path(json, &e.field);
     match (&e.rule, found) {
         (Rule::Exists(true), Some(v)) => Ok(format!("{} = {}", e.field, short(v))),
@@ -353,24 +473,14 @@ fn judge(json: &serde_json::Value, e: &FieldExpectation) -> std::result::Result<
     }
 }
 
-fn short(v: &serde_json::Value) -> String {
-    let s = v.to_string();
-    if s.chars().count() > 80 {
-        format!("{}…", s.chars().take(80).collect::<String>())
-    } else {
-        s
-    }
-}
-
-fn snippet(body: &[u8]) -> String {
+/// The start of a response body for a failure: secrets masked, then cut.
+fn snippet(r: &Redactor, body: &[u8]) -> String {
     let s = String::from_utf8_lossy(body);
     let s = s.trim();
     if s.is_empty() {
         "(empty body)".into()
-    } else if s.chars().count() > 200 {
-        format!("{}…", s.chars().take(200).collect::<String>())
     } else {
-        s.to_string()
+        r.mask_and_cut(s, BODY_SNIPPET)
     }
 }
 
@@ -417,11 +527,11 @@ impl SmokeTest for HttpSmokeTest {
                     return Ok(SmokeOutcome {
                         passed: true,
                         duration: took,
-                        detail: p.redact(&detail),
+                        detail: p.redactor.mask(&detail),
                     });
                 }
                 Err(why) => {
-                    let why = p.redact(&why);
+                    let why = p.redactor.mask(&why);
                     tracing::info!(check = %c.name, attempt = n, attempts, reason = %why, "smoke test attempt failed");
                     last = (took, why);
                 }
