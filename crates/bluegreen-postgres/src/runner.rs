@@ -594,9 +594,8 @@ impl PostgresMigrations {
             .trim_start()
             .to_string();
         let mut msg = format!(
-            "migration file {} on {} failed at {at} (statement `{}`): {cause}",
+            "migration file {} failed at {at} (statement `{}`): {cause}",
             file.file_name,
-            self.db.label(),
             snippet(&st.text),
         );
         match (tries.seen, tries.unavailable) {
@@ -837,8 +836,10 @@ impl PostgresMigrations {
                 attempts += 1;
                 // What an earlier attempt left: drop it first.
                 let mut result = Ok(());
+                let mut in_drop = false;
                 if attempts > 1 {
                     result = self.drop_new_invalid(client, &before, &mut watch).await;
+                    in_drop = result.is_err();
                 }
                 if result.is_ok() {
                     result = watch.run(client.batch_execute(&st.text)).await;
@@ -881,11 +882,15 @@ impl PostgresMigrations {
                     tokio::time::sleep(wait).await;
                     continue;
                 }
-                let extra = if closed {
-                    String::new()
-                } else {
-                    self.clean_up_after(client, &before, &mut watch).await
-                };
+                let mut extra = String::new();
+                if in_drop {
+                    extra.push_str(
+                        "; the last attempt failed while dropping the INVALID index the attempt before it left",
+                    );
+                }
+                if !closed {
+                    extra.push_str(&self.clean_up_after(client, &before, &mut watch).await);
+                }
                 let tries = Tries {
                     attempts,
                     started: st_started,

@@ -267,7 +267,9 @@ pub(crate) async fn index_oids(
         .map(|r| r.get(0))
 }
 
-/// The INVALID indexes of the database (usually none).
+/// The INVALID indexes of the database (usually none), but for those
+/// another session is building right now (`pg_stat_progress_create_index`):
+/// a concurrent build's index is INVALID until it finishes.
 pub(crate) async fn invalid_indexes(
     client: &Client,
 ) -> std::result::Result<Vec<InvalidIndex>, tokio_postgres::Error> {
@@ -276,7 +278,10 @@ pub(crate) async fn invalid_indexes(
             "SELECT i.indexrelid, c.relname::text, format('%I.%I', n.nspname, c.relname), i.indrelid::regclass::text
              FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
                   JOIN pg_namespace n ON n.oid = c.relnamespace
-             WHERE NOT i.indisvalid ORDER BY 1",
+             WHERE NOT i.indisvalid
+               AND NOT EXISTS (SELECT 1 FROM pg_stat_progress_create_index p
+                               WHERE p.index_relid = i.indexrelid AND p.pid <> pg_backend_pid())
+             ORDER BY 1",
             &[],
         )
         .await?;
