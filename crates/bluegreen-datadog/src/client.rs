@@ -141,6 +141,11 @@ impl Http {
             }
             let resp = req.send().await.map_err(|e| self.transport(op, e))?;
             let status = resp.status();
+            if status.is_redirection() {
+                // The client follows no redirect (see `DatadogBuilder::build`):
+                // the keys go to the configured site and nowhere else.
+                return Err(self.redirect_error(op, status, &resp, &headers));
+            }
             let resp_headers = resp.headers().clone();
             let body = resp.bytes().await.map_err(|e| self.transport(op, e))?;
             if status.is_success() {
@@ -181,6 +186,50 @@ impl Http {
             }
             return Err(self.status_error(op, status, &body, auth).await);
         }
+    }
+
+    /// A 3xx answer, never followed: names the status and the origin it
+    /// pointed to (not its path or query, and never a key).
+    fn redirect_error(
+        &self,
+        op: &'static str,
+        status: StatusCode,
+        resp: &reqwest::Response,
+        sent: &HeaderMap,
+    ) -> Error {
+        let code = status.as_u16();
+        let to = match resp.headers().get(reqwest::header::LOCATION) {
+            None => "without a Location".to_string(),
+            Some(raw) => match std::str::from_utf8(raw.as_bytes())
+                .ok()
+                .and_then(|l| resp.url().join(l.trim()).ok())
+            {
+                None => "whose Location is not a URL".to_string(),
+                Some(url) => {
+                    let shown = shown_origin(&url);
+                    let lower = shown.to_ascii_lowercase();
+                    let has_key = ["DD-API-KEY", "DD-APPLICATION-KEY"].iter().any(|h| {
+                        sent.get(*h).and_then(|v| v.to_str().ok()).is_some_and(|k| {
+                            !k.is_empty() && lower.contains(&k.to_ascii_lowercase())
+                        })
+                    });
+                    if has_key {
+                        "a redirect to a URL that contains a key (not shown)".to_string()
+                    } else {
+                        format!("a redirect to {shown}")
+                    }
+                }
+            },
+        };
+        error(
+            ErrorKind::Other,
+            op,
+            format!(
+                "Datadog answered HTTP {code}, {to}, not followed: the API keys go only to the configured site, {}",
+                self.host()
+            ),
+        )
+        .with_status(ErrorStatus::Permanent)
     }
 
     async fn status_error(
@@ -329,6 +378,19 @@ impl RateLimit {
             name: get("X-RateLimit-Name").map(str::to_string),
         }
     }
+}
+
+/// `scheme://host[:port]/` of `url`, with `…` for any path or query: where a
+/// redirect pointed, without what it carried.
+fn shown_origin(url: &reqwest::Url) -> String {
+    let host = url.host_str().unwrap_or("");
+    let port = url.port().map(|p| format!(":{p}")).unwrap_or_default();
+    let rest = if url.path() == "/" && url.query().is_none() {
+        ""
+    } else {
+        "…"
+    };
+    format!("{}://{host}{port}/{rest}", url.scheme())
 }
 
 /// Datadog's error text from a body: `{"errors": [..]}`, `{"errors": ".."}`,

@@ -184,7 +184,9 @@ impl DatadogBuilder {
     }
 
     /// Builds the client. Fails on an unknown `DD_SITE` or a base URL that is
-    /// not `http://` or `https://`.
+    /// not `http://` or `https://`. The client follows no redirects: a 3xx
+    /// answer is a permanent error naming where it pointed, so the keys are
+    /// sent only to the site or base URL configured here.
     pub fn build(self) -> Result<Datadog> {
         let (site, base_url) = match self.base_url {
             Some(url) => {
@@ -209,6 +211,9 @@ impl DatadogBuilder {
         let client = reqwest::Client::builder()
             .user_agent(concat!("bluegreen-datadog/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(Duration::from_secs(10))
+            // reqwest keeps custom headers such as DD-API-KEY on a redirect to
+            // another host; a 3xx is an error instead (see `client`).
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| {
                 Error::new(

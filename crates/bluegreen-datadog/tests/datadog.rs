@@ -658,3 +658,121 @@ async fn v2_an_error_text_without_series_is_a_rejected_query() {
         "Datadog rejected the query of check error-rate: Error parsing query: unknown metric aggregator 'p96'"
     );
 }
+
+/// A second HTTP server on another loopback address (Linux routes all of
+/// 127/8 to `lo`): another host, which records every request it gets.
+async fn other_host() -> MockServer {
+    let listener = std::net::TcpListener::bind("127.0.0.2:0").expect("bind 127.0.0.2");
+    MockServer::builder().listener(listener).start().await
+}
+
+#[tokio::test]
+async fn a_redirect_to_another_host_never_receives_the_keys() {
+    // A proxy or a misconfigured base URL that redirects: to another host,
+    // reqwest would carry DD-API-KEY and DD-APPLICATION-KEY along.
+    for (status, what) in [(302, "v1 query"), (307, "v2 query"), (308, "event")] {
+        let other = other_host().await;
+        let away = format!("{}/collect?from=datadog", other.uri());
+        let home = MockServer::start().await;
+        Mock::given(wiremock::matchers::any())
+            .respond_with(ResponseTemplate::new(status).insert_header("Location", away.as_str()))
+            .mount(&home)
+            .await;
+        let dd = client(&home);
+        let e = match what {
+            "v1 query" => dd.query(&q(ERRORS_BLUE)).await.unwrap_err(),
+            "v2 query" => dd
+                .query(&q("a = sum:x{*}; b = sum:y{*}; a / b"))
+                .await
+                .unwrap_err(),
+            _ => dd
+                .notify(&notification("Deployment Start", Severity::Info, &[]))
+                .await
+                .unwrap_err(),
+        };
+        let reached = other.received_requests().await.unwrap();
+        let leaked: Vec<_> = reached
+            .iter()
+            .filter(|r| {
+                r.headers.contains_key("DD-API-KEY") || r.headers.contains_key("DD-APPLICATION-KEY")
+            })
+            .collect();
+        assert!(
+            leaked.is_empty(),
+            "{what}: the other host got the keys: {leaked:?}"
+        );
+        assert!(
+            reached.is_empty(),
+            "{what}: the redirect to another host was followed: {reached:?}"
+        );
+        assert_eq!(e.status(), ErrorStatus::Permanent, "{what}: {e}");
+        assert_eq!(
+            e.message(),
+            format!(
+                "Datadog answered HTTP {status}, a redirect to {}/…, not followed: \
+                 the API keys go only to the configured site, {}",
+                other.uri(),
+                home.address()
+            ),
+            "{what}"
+        );
+        assert_no_keys(&e);
+        // The keys did go where they were meant for: the one request home got.
+        let sent = home.received_requests().await.unwrap();
+        assert_eq!(sent.len(), 1, "{what}");
+        assert_eq!(sent[0].headers["DD-API-KEY"], API_KEY, "{what}");
+    }
+}
+
+#[tokio::test]
+async fn a_redirect_of_the_validate_call_after_a_403_never_receives_the_key() {
+    let other = other_host().await;
+    let home = MockServer::start().await;
+    v1(&home, ERRORS_BLUE, 403, "error_403.json").await;
+    Mock::given(method("GET"))
+        .and(path("/api/v1/validate"))
+        .respond_with(
+            ResponseTemplate::new(301)
+                .insert_header("Location", format!("{}/api/v1/validate", other.uri())),
+        )
+        .mount(&home)
+        .await;
+    let e = client(&home).query(&q(ERRORS_BLUE)).await.unwrap_err();
+    let reached = other.received_requests().await.unwrap();
+    assert!(reached.is_empty(), "the redirect was followed: {reached:?}");
+    assert_eq!(e.kind(), ErrorKind::PermissionDenied);
+    assert!(
+        e.to_string()
+            .contains("(GET /api/v1/validate answered HTTP 301)"),
+        "{e}"
+    );
+    assert_no_keys(&e);
+}
+
+#[tokio::test]
+async fn a_redirect_location_that_carries_a_key_is_not_shown() {
+    for location in [
+        format!("http://{API_KEY}.example/"),
+        format!("https://collector.example/in?k={API_KEY}"),
+        "/somewhere/else".to_string(),
+    ] {
+        let home = MockServer::start().await;
+        Mock::given(wiremock::matchers::any())
+            .respond_with(ResponseTemplate::new(302).insert_header("Location", location.as_str()))
+            .mount(&home)
+            .await;
+        let e = client(&home).query(&q(ERRORS_BLUE)).await.unwrap_err();
+        assert_no_keys(&e);
+        let shown = match location.as_str() {
+            l if l.starts_with("http://") => "a URL that contains a key (not shown)".to_string(),
+            l if l.starts_with("https://") => "https://collector.example/…".to_string(),
+            // A relative Location is on the same host: still not followed.
+            _ => format!("{}/…", home.uri()),
+        };
+        assert!(
+            e.to_string()
+                .contains(&format!("HTTP 302, a redirect to {shown}, not followed")),
+            "{location}: {e}"
+        );
+    }
+}
