@@ -223,13 +223,60 @@ pub(crate) async fn take(
     })
 }
 
-/// Counts the entries `pg_restore --list` prints (comment lines excluded).
+/// bluegreen's own tables and the objects they own (keys, sequences,
+/// indexes), which a backup of a database holding nothing else also lists.
+const OWN_OBJECTS: &[&str] = &[
+    crate::ledger::MIGRATIONS_TABLE,
+    crate::ledger::BACKUPS_TABLE,
+    crate::ledger::ROW_COUNTS_TABLE,
+    "bluegreen_journal_leases",
+    "bluegreen_journal_entries",
+    "bluegreen_journal_entries_id_seq",
+    "bluegreen_journal_entries_service",
+];
+
+/// Counts the entries `pg_restore --list` prints, leaving out comment lines
+/// and bluegreen's own tables (the migration, backup and row-count ledgers
+/// and the journal: their definitions, data, keys, sequences and indexes),
+/// so that a backup of a database holding only those counts 0 and the
+/// minimum says something about the application's data.
+///
+/// ```
+/// # use bluegreen_postgres::count_list_entries;
+/// let listing = ";\n; Archive created at ...\n\
+///     215; 1259 16386 TABLE public orders app\n\
+///     214; 1259 16380 TABLE public bluegreen_migrations app\n\
+///     3352; 0 16380 TABLE DATA public bluegreen_migrations app\n\
+///     3205; 2606 16384 CONSTRAINT public bluegreen_migrations bluegreen_migrations_pkey app\n";
+/// assert_eq!(count_list_entries(listing), 1);
+/// ```
 pub fn count_list_entries(listing: &str) -> u64 {
     listing
         .lines()
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.starts_with(';'))
+        .filter(|l| !is_own_entry(l))
         .count() as u64
+}
+
+/// Whether a `pg_restore --list` line (`3205; 2606 16384 CONSTRAINT public
+/// bluegreen_migrations bluegreen_migrations_pkey owner`) is about one of
+/// bluegreen's own objects: the first name after the type (upper-case
+/// words) and the schema is one of them.
+fn is_own_entry(line: &str) -> bool {
+    let Some((_, rest)) = line.split_once(';') else {
+        return false;
+    };
+    let mut words = rest.split_whitespace().skip(2); // catalog oid, object oid
+    let mut word = words.next();
+    while let Some(w) = word {
+        if !w.bytes().all(|b| b.is_ascii_uppercase()) {
+            break;
+        }
+        word = words.next();
+    }
+    // `word` is the schema; the next word names the object (or its table).
+    matches!(words.next(), Some(name) if OWN_OBJECTS.contains(&name))
 }
 
 pub(crate) async fn verify(
@@ -319,5 +366,21 @@ mod tests {
     fn list_entries_skip_comments() {
         let listing = ";\n; Archive created at ...\n;\n215; 1259 16386 TABLE public orders app\n3337; 0 16386 TABLE DATA public orders app\n\n";
         assert_eq!(count_list_entries(listing), 2);
+    }
+
+    #[test]
+    fn list_entries_leave_out_bluegreens_own_tables() {
+        let listing = "216; 1259 1 TABLE public bluegreen_row_counts bg\n\
+            220; 1259 2 SEQUENCE public bluegreen_journal_entries_id_seq bg\n\
+            221; 0 0 SEQUENCE OWNED BY public bluegreen_journal_entries_id_seq bg\n\
+            3210; 2604 3 DEFAULT public bluegreen_journal_entries id bg\n\
+            3215; 1259 4 INDEX public bluegreen_journal_entries_service bg\n\
+            215; 1259 5 TABLE public bluegreen_migrations_archive app\n\
+            3337; 0 6 TABLE DATA public orders bluegreen_migrations\n";
+        assert_eq!(
+            count_list_entries(listing),
+            2,
+            "the user's archive table and orders' data"
+        );
     }
 }

@@ -98,8 +98,14 @@ impl Database {
     ///
     /// Fails with [`ErrorKind::InvalidInput`] on a malformed string; the
     /// message never repeats the string (it may hold a password).
+    ///
+    /// In a URL, the credentials end at the last `@` before the host, so a
+    /// password with an unencoded `@` (`postgres://app:p@ss@db/orders`) is
+    /// read as the password `p@ss`, never as part of the host (which would
+    /// put the rest of the password in the label and in errors).
     pub fn from_url(url: &str) -> Result<Database> {
-        let (rest, ssl) = take_tls_params(url);
+        let url = encode_at_in_credentials(url);
+        let (rest, ssl) = take_tls_params(&url);
         let mut config: tokio_postgres::Config = rest.parse().map_err(|e| {
             err(
                 ErrorKind::InvalidInput,
@@ -345,6 +351,35 @@ fn label_of(config: &tokio_postgres::Config) -> String {
         format!("{user}@")
     };
     format!("postgres://{at}{host}:{port}/{db}")
+}
+
+/// Percent-encodes every `@` of a URL's credentials but the last one, which
+/// ends them: a host never contains `@`, so in `postgres://app:p@ss@db/x`
+/// the password is `p@ss`. libpq and tokio-postgres end the credentials at
+/// the first `@` instead and would take `ss@db` for the host. Key/value
+/// strings are returned unchanged.
+fn encode_at_in_credentials(url: &str) -> String {
+    let Some(start) = ["postgres://", "postgresql://"]
+        .iter()
+        .find(|p| url.starts_with(**p))
+        .map(|p| p.len())
+    else {
+        return url.to_string();
+    };
+    let rest = &url[start..];
+    // The authority ends at the path or the query; a `/` or `?` in the
+    // password is not supported unencoded (libpq does not allow it either).
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let authority = &rest[..end];
+    match authority.rfind('@') {
+        Some(last) if authority[..last].contains('@') => format!(
+            "{}{}{}",
+            &url[..start],
+            authority[..last].replace('@', "%40"),
+            &rest[last..]
+        ),
+        _ => url.to_string(),
+    }
 }
 
 #[derive(Default)]

@@ -150,6 +150,51 @@ async fn bad_credentials_give_a_clear_error_without_the_password() {
     }
 }
 
+/// libpq and tokio-postgres end the credentials at the first `@`: the rest
+/// of such a password became the host, shown in the label and every error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_with_an_unencoded_at_sign_leaks_into_no_label_or_error() {
+    let db = Database::from_url("postgres://user:p@ss@127.0.0.1:1/db?connect_timeout=5").unwrap();
+    assert_eq!(db.label(), "postgres://user@127.0.0.1:1/db");
+    let err = db.connect().await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
+    for shown in [
+        db.label().to_string(),
+        format!("{db:?}"),
+        err.to_string(),
+        format!("{err:?}"),
+    ] {
+        assert!(
+            !shown.contains("p@ss") && !shown.contains("ss@"),
+            "the password leaked: {shown}"
+        );
+    }
+
+    // On the real server: the host is read right, and the wrong password
+    // (with two unencoded `@`) is refused without showing any part of it.
+    let url = with_password(&server_url(), "wr@ng-Xq7@pw");
+    let db = Database::from_url(&url).unwrap();
+    let real = Database::from_url(&server_url()).unwrap();
+    assert_eq!(db.label(), real.label());
+    let r = PostgresMigrations::new(
+        db.clone(),
+        MigrationSource::from_files([("1_a.up.sql", "SELECT 1;")]).unwrap(),
+    );
+    let err = r.status().await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::PermissionDenied, "{err}");
+    assert!(err.to_string().contains(real.label()), "{err}");
+    for shown in [
+        err.to_string(),
+        format!("{err:?}"),
+        format!("{db:?}"),
+        format!("{r:?}"),
+    ] {
+        for fragment in ["wr@ng", "Xq7", "@pw"] {
+            assert!(!shown.contains(fragment), "the password leaked: {shown}");
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_host_gives_a_clear_temporary_error_without_the_password() {
     // Port 1 on the loopback: nothing listens there.
