@@ -2,7 +2,8 @@
 //!
 //! The webhook URL is a credential: it is read from a [`SecretSource`] on
 //! every call (so rotation needs no restart) and never appears in errors,
-//! logs or `Debug` output.
+//! logs or `Debug` output: Slack's reply is masked before it is cut, and
+//! redirects are not followed (reqwest would name the URL in `Referer`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,6 +35,9 @@ impl SlackWebhook {
     pub fn new(secrets: Arc<dyn SecretSource>, url_secret: impl Into<String>) -> Result<Self> {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
+            // A redirect would carry the webhook URL to another host in
+            // `Referer`: the URL goes to its own host only.
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| {
                 Error::new(
@@ -111,10 +115,123 @@ impl EventSink for SlackWebhook {
             format!(
                 "the Slack webhook (secret {:?}) answered {status}: {}",
                 self.url_secret,
-                body.chars().take(200).collect::<String>()
+                masked_reply(&body, url.expose())
             ),
         )
         .with_provider(PROVIDER)
         .with_operation(op))
+    }
+}
+
+/// The most of a reply an error shows.
+const REPLY_CHARS: usize = 200;
+
+/// `reply` with the webhook URL masked, and the parts of it a server may echo
+/// (its path and query, its last path segment, its query values), then cut to
+/// [`REPLY_CHARS`]: masked first, so a cut never leaves part of the URL.
+fn masked_reply(reply: &str, url: &str) -> String {
+    let url = url.trim();
+    let mut parts = vec![url.to_string()];
+    if let Ok(u) = reqwest::Url::parse(url) {
+        parts.push(u.as_str().to_string());
+        parts.push(match u.query() {
+            Some(q) => format!("{}?{q}", u.path()),
+            None => u.path().to_string(),
+        });
+        parts.extend(
+            u.path_segments()
+                .and_then(|mut s| s.next_back())
+                .map(str::to_string),
+        );
+        parts.extend(u.query_pairs().map(|(_, v)| v.into_owned()));
+    }
+    // Short parts (`/`, `services`) are no secret; longest first, so a part
+    // is masked whole rather than around a shorter one inside it.
+    parts.retain(|p| p.chars().count() > 8);
+    parts.sort_by_key(|p| std::cmp::Reverse(p.len()));
+    let mut out = reply.to_string();
+    for p in &parts {
+        out = out.replace(p.as_str(), "[redacted]");
+    }
+    out.chars().take(REPLY_CHARS).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const URL: &str =
+        "https://hooks.slack.com/services/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3";
+    const TOKEN: &str = "xoxsecret24charstoken0123";
+
+    fn shows_part_of_the_token(text: &str) -> bool {
+        (4..=TOKEN.len()).any(|n| text.contains(&TOKEN[..n]))
+    }
+
+    #[test]
+    fn slack_reply_echoing_the_webhook_url_across_the_cut_is_masked_before_cutting() {
+        // The token straddles character 200: cut first, its first 10
+        // characters would show.
+        let before = REPLY_CHARS - (URL.len() - TOKEN.len()) - 10;
+        let reply = format!("{}{URL} rest", "x".repeat(before));
+        let shown = masked_reply(&reply, URL);
+        assert!(!shows_part_of_the_token(&shown), "{shown}");
+        assert!(shown.contains("[redacted]"), "{shown}");
+        assert!(shown.chars().count() <= REPLY_CHARS);
+        for reply in [
+            // A proxy's 404 page echoing the path, or the token alone.
+            "Cannot POST /services/T0AAAAAAA/B0BBBBBBB/xoxsecret24charstoken0123".to_string(),
+            format!("invalid_token: {TOKEN}"),
+        ] {
+            let shown = masked_reply(&reply, URL);
+            assert!(!shows_part_of_the_token(&shown), "{shown}");
+            assert!(shown.contains("[redacted]"), "{shown}");
+        }
+        assert_eq!(masked_reply("no_service", URL), "no_service");
+    }
+
+    #[tokio::test]
+    async fn slack_redirect_to_another_host_is_not_followed() {
+        use std::io::{Read, Write};
+        use std::net::TcpListener;
+        // Another host (Linux routes all of 127/8 to lo), counting connections.
+        let other = TcpListener::bind("127.0.0.2:0").unwrap();
+        other.set_nonblocking(true).unwrap();
+        let away = format!("http://{}/collect", other.local_addr().unwrap());
+        let home = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!(
+            "http://{}/services/T0AAAAAAA/B0BBBBBBB/{TOKEN}",
+            home.local_addr().unwrap()
+        );
+        let server = std::thread::spawn(move || {
+            let (mut c, _) = home.accept().unwrap();
+            let mut buf = [0u8; 4096];
+            let _ = c.read(&mut buf);
+            let answer = format!(
+                "HTTP/1.1 302 Found\r\nLocation: {away}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            );
+            c.write_all(answer.as_bytes()).unwrap();
+        });
+        let secrets = bluegreen_core::testing::FakeSecrets::new();
+        secrets.insert("slack-url", &url, None);
+        let sink = SlackWebhook::new(Arc::new(secrets), "slack-url").unwrap();
+        let n = Notification {
+            deployment_id: "d-1".into(),
+            service: "order-api".into(),
+            version: "2.5.0".into(),
+            title: "Deployment Start".into(),
+            text: String::new(),
+            severity: Severity::Info,
+            tags: vec![],
+            cause: None,
+        };
+        let e = sink.notify(&n).await.unwrap_err();
+        server.join().unwrap();
+        assert!(
+            other.accept().is_err(),
+            "the redirect to another host was followed (with the URL in Referer)"
+        );
+        assert!(e.to_string().contains("answered 302 Found"), "{e}");
+        assert!(!shows_part_of_the_token(&e.to_string()), "{e}");
     }
 }
