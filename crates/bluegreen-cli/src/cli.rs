@@ -570,7 +570,7 @@ fn show(ev: &DeploymentEvent, out: OutputFormat, bar: Option<&indicatif::Progres
         OutputFormat::Json => {
             println!(
                 "{}",
-                serde_json::json!({"deployment_id": ev.deployment_id, "at": ev.at, "event": ev.event})
+                serde_json::json!({"deployment_id": &*ev.deployment_id, "at": ev.at, "event": ev.event})
             );
         }
         OutputFormat::Text => {

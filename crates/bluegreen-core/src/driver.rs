@@ -171,8 +171,8 @@ where
 /// A published machine event with its deployment and time.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DeploymentEvent {
-    /// The deployment.
-    pub deployment_id: String,
+    /// The deployment (shared by all its events).
+    pub deployment_id: Arc<str>,
     /// When.
     pub at: Timestamp,
     /// What.
@@ -482,6 +482,7 @@ impl Builder {
             retry: self.retry,
             call_timeout: self.call_timeout,
             holder: self.holder.unwrap_or_else(|| deployment_id.clone()),
+            event_id: Arc::from(deployment_id.as_str()),
             deployment_id,
             resume: self.resume.is_some(),
             lease_ttl: self.lease_ttl,
@@ -517,6 +518,8 @@ pub struct BlueGreen {
     retry: RetryPolicy,
     call_timeout: Duration,
     pub(crate) deployment_id: String,
+    /// The deployment id its events carry.
+    event_id: Arc<str>,
     pub(crate) holder: String,
     pub(crate) resume: bool,
     pub(crate) lease_ttl: Duration,
@@ -588,7 +591,7 @@ impl BlueGreen {
         for event in events {
             log_event(&event);
             let _ = self.events.send(DeploymentEvent {
-                deployment_id: self.deployment_id.clone(),
+                deployment_id: self.event_id.clone(),
                 at,
                 event,
             });
@@ -638,9 +641,13 @@ impl BlueGreen {
         }
         let mut machine = Machine::new(self.plan.clone(), self.deployment_id.clone());
         let mut first: Vec<Command> = Vec::new();
+        // Kept as the records are written: the journal is not read back at
+        // the end.
+        let mut report = Report::default();
         if self.resume {
             let entries = self.journal.read(&self.deployment_id).await?;
             first = replay(&mut machine, &self.plan, &self.deployment_id, &entries)?;
+            report = Report::from_entries(&entries);
             tracing::info!(
                 records = entries.len(),
                 stage = %machine.stage().name(),
@@ -676,19 +683,16 @@ impl BlueGreen {
                 ))
                 .with_operation("start"));
             }
+            let started = Record::Started {
+                plan: Box::new((*self.plan).clone()),
+                holder: self.holder.clone(),
+                format: crate::journal::JOURNAL_FORMAT,
+                engine: crate::journal::ENGINE_VERSION.to_string(),
+            };
             self.journal
-                .append(
-                    &lease,
-                    &self.deployment_id,
-                    now,
-                    &Record::Started {
-                        plan: Box::new((*self.plan).clone()),
-                        holder: self.holder.clone(),
-                        format: crate::journal::JOURNAL_FORMAT,
-                        engine: crate::journal::ENGINE_VERSION.to_string(),
-                    },
-                )
+                .append(&lease, &self.deployment_id, now, &started)
                 .await?;
+            report.add(&self.deployment_id, now, &started);
         }
 
         let mut inflight: FuturesUnordered<Pending> = FuturesUnordered::new();
@@ -712,6 +716,9 @@ impl BlueGreen {
             }
         }
         self.publish(&machine);
+        // One timer, reset each turn rather than made anew.
+        let timer = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(timer);
         while machine.outcome().is_none() {
             for input in std::mem::take(&mut queue) {
                 let now = self.clock.now();
@@ -742,6 +749,7 @@ impl BlueGreen {
                     self.journal
                         .append(&lease, &self.deployment_id, now, &record)
                         .await?;
+                    report.add(&self.deployment_id, now, &record);
                 }
                 let mutating = step.commands.iter().any(|c| c.action.is_mutating());
                 // The record owns the step while it is journaled, then gives
@@ -755,6 +763,7 @@ impl BlueGreen {
                 self.journal
                     .append(&lease, &self.deployment_id, now, &record)
                     .await?;
+                report.add(&self.deployment_id, now, &record);
                 let Record::Step {
                     commands,
                     events,
@@ -794,26 +803,30 @@ impl BlueGreen {
             }
             // The lease is renewed on its own timer at half its TTL, so a
             // deployment that waits (a gate, a hold) keeps the service.
+            let now = self.clock.now();
             let renew_in = self
                 .renew_at(&lease)
-                .since(self.clock.now())
+                .since(now)
                 .max(Duration::from_millis(1));
             // At least a millisecond, so a timer the machine has nothing to
             // do for yet can never spin the loop.
             let tick_in = machine
                 .next_wakeup()
-                .map(|at| at.since(self.clock.now()).max(Duration::from_millis(1)));
+                .map(|at| at.since(now).max(Duration::from_millis(1)));
             // One timer: the machine's next wake-up, or the renewal when it
             // comes first (a renewal never moves a tick).
             let (sleep_for, tick) = match tick_in {
                 Some(t) if t <= renew_in => (t, true),
                 _ => (renew_in, false),
             };
+            timer
+                .as_mut()
+                .reset(tokio::time::Instant::now() + sleep_for);
             tokio::select! {
                 biased;
                 Some((_, input)) = inflight.next(), if !inflight.is_empty() => queue.push(input),
                 Some(control) = self.control_rx.recv() => queue.push(Input::Control { control }),
-                _ = tokio::time::sleep(sleep_for) => {
+                _ = &mut timer => {
                     if tick {
                         queue.push(Input::Tick);
                     } else {
@@ -829,8 +842,7 @@ impl BlueGreen {
         })
         .await;
         let _ = self.journal.release(&lease).await;
-        let entries = self.journal.read(&self.deployment_id).await?;
-        Ok(Report::from_entries(&entries))
+        Ok(report)
     }
 
     /// After taking over a lease another run (or this holder's earlier,
@@ -944,9 +956,24 @@ impl BlueGreen {
         let retry = self.retry.clone();
         let timeout = self.timeout_for(&command.action);
         let id = command.id;
-        let ctx = MigrationContext {
-            deployment_id: self.deployment_id.clone(),
-            backup_id: machine.facts().backup.as_ref().map(|b| b.id.clone()),
+        // Only the migration runner's calls carry the context.
+        let ctx = if matches!(
+            command.action,
+            Action::Backup
+                | Action::VerifyBackup { .. }
+                | Action::Migrate { .. }
+                | Action::VerifyMigrations { .. }
+                | Action::RevertMigrations { .. }
+        ) {
+            MigrationContext {
+                deployment_id: self.deployment_id.clone(),
+                backup_id: machine.facts().backup.as_ref().map(|b| b.id.clone()),
+            }
+        } else {
+            MigrationContext {
+                deployment_id: String::new(),
+                backup_id: None,
+            }
         };
         inflight.push(Box::pin(async move {
             let operation = command.action.operation();

@@ -92,16 +92,25 @@ pub struct Report {
 impl Report {
     /// Rebuilds the report from a deployment's journal entries.
     pub fn from_entries(entries: &[JournalEntry]) -> Report {
-        let mut r = Report {
-            records: entries.len(),
-            ..Report::default()
-        };
+        let mut r = Report::default();
         for e in entries {
-            if r.deployment_id.is_empty() {
-                r.deployment_id = e.deployment_id.clone();
-                r.started_at = e.at;
-            }
-            match &e.record {
+            r.add(&e.deployment_id, e.at, &e.record);
+        }
+        r
+    }
+
+    /// Adds one journal record of `deployment_id`, written at `at`, to the
+    /// report: what [`Report::from_entries`] does for each entry, for a
+    /// report kept as the records are written.
+    pub fn add(&mut self, deployment_id: &str, at: Timestamp, record: &Record) {
+        let r = self;
+        r.records += 1;
+        if r.deployment_id.is_empty() {
+            r.deployment_id = deployment_id.to_string();
+            r.started_at = at;
+        }
+        {
+            match record {
                 Record::Started { plan, .. } => {
                     r.service = plan.service.clone();
                     r.version = plan.release.version.clone();
@@ -114,34 +123,34 @@ impl Report {
                     notifications,
                 } => {
                     for n in notifications {
-                        r.decide(e.at, format!("notified: {}", n.title));
+                        r.decide(at, format!("notified: {}", n.title));
                     }
                     match input {
                         Input::Reply { id, .. } => r.close_action(*id, "ok".into()),
                         Input::Failed { id, error } => r.close_action(*id, error.message.clone()),
-                        Input::Control { control } => r.decide(e.at, format!("human: {control:?}")),
+                        Input::Control { control } => r.decide(at, format!("human: {control:?}")),
                         _ => {}
                     }
                     for c in commands {
                         if let Action::Notify { notification } = &c.action {
-                            r.decide(e.at, format!("notified: {}", notification.title));
+                            r.decide(at, format!("notified: {}", notification.title));
                             continue;
                         }
                         let (p, o) = c.action.operation();
                         r.actions.push(ActionRecord {
-                            at: e.at,
+                            at,
                             id: c.id,
-                            operation: format!("{p} {o}"),
+                            operation: [p, " ", o].concat(),
                             detail: describe_action(&c.action),
                             result: None,
                         });
                     }
                     for ev in events {
-                        r.absorb(e.at, ev);
+                        r.absorb(at, ev);
                     }
                 }
                 Record::Checkpoint { skipped, .. } => r.decide(
-                    e.at,
+                    at,
                     format!(
                         "{skipped} held step{} that repeated the previous readings left out of the journal",
                         if *skipped == 1 { "" } else { "s" }
@@ -149,7 +158,6 @@ impl Report {
                 ),
             }
         }
-        r
     }
 
     fn close_action(&mut self, id: u64, result: String) {

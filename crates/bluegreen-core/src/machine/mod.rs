@@ -110,6 +110,8 @@ machine! {
         /// A monitor read something other than it last did while the
         /// input was handled (false between inputs).
         fresh_reading: bool,
+        /// Each check's query, rendered for each color as the new one.
+        queries: Vec<(Color, Vec<String>)>,
     }
     state {
         stage: Stage,
@@ -151,8 +153,16 @@ machine! {
         outcome: Option<Outcome>,
         /// The last reading of each monitor (a check's verdict, a color's
         /// target health), to tell a held deployment's repeated readings.
-        last_readings: BTreeMap<String, Reading>,
+        last_readings: Vec<(ReadingOf, Reading)>,
     }
+}
+
+/// Whose reading: a check's (by index in the plan) or a color's target
+/// health.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+enum ReadingOf {
+    Check(usize),
+    Health(Color),
 }
 
 /// What a monitor last read, as far as a repeat is concerned.
@@ -170,6 +180,15 @@ impl Machine {
         let steps = plan.strategy.steps();
         let checks = plan.analysis.len();
         let triggers = plan.rollback_triggers.len();
+        let queries = [Color::Blue, Color::Green]
+            .into_iter()
+            .map(|c| {
+                let q = (0..checks)
+                    .map(|i| monitor::render_query(&plan, i, c))
+                    .collect();
+                (c, q)
+            })
+            .collect();
         Machine {
             plan,
             deployment_id: deployment_id.into(),
@@ -202,9 +221,10 @@ impl Machine {
             halt_reason: None,
             critical: false,
             outcome: None,
-            last_readings: BTreeMap::new(),
+            last_readings: Vec::new(),
             step: Step::default(),
             fresh_reading: false,
+            queries,
         }
     }
 
@@ -362,10 +382,17 @@ impl Machine {
 
     /// Records a monitor's reading under `key`, noting when it differs from
     /// the one before.
-    fn reading(&mut self, key: String, reading: Reading) {
-        if self.last_readings.get(&key) != Some(&reading) {
-            self.fresh_reading = true;
-            self.last_readings.insert(key, reading);
+    fn reading(&mut self, key: ReadingOf, reading: Reading) {
+        match self.last_readings.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, last)) if *last == reading => {}
+            Some((_, last)) => {
+                self.fresh_reading = true;
+                *last = reading;
+            }
+            None => {
+                self.fresh_reading = true;
+                self.last_readings.push((key, reading));
+            }
         }
     }
 

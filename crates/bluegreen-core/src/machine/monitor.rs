@@ -137,7 +137,7 @@ impl Machine {
                     }
                 }
                 self.reading(
-                    format!("check {}", check.name),
+                    ReadingOf::Check(i),
                     Reading::Check {
                         verdict: meas.verdict,
                         breach: meas.breach,
@@ -172,7 +172,7 @@ impl Machine {
                     ));
                 }
                 self.reading(
-                    format!("health {color}"),
+                    ReadingOf::Health(color),
                     Reading::Health {
                         healthy: health.healthy,
                         total: health.total,
@@ -213,15 +213,24 @@ impl Machine {
     }
 
     pub(super) fn render_query(&self, check: usize) -> String {
-        let c = &self.plan.analysis[check];
         let color = self.new_color();
-        let p = &self.plan;
-        render_template(&c.query, |name| match name {
-            "service" => Some(p.service.as_str()),
-            "color" => Some(color.as_str()),
-            "version" => Some(p.release.version.as_str()),
-            _ => None,
-        })
-        .unwrap_or_else(|_| c.query.clone())
+        self.queries
+            .iter()
+            .find(|(c, _)| *c == color)
+            .map(|(_, q)| q[check].clone())
+            .unwrap_or_else(|| render_query(&self.plan, check, color))
     }
+}
+
+/// Check `check`'s query of `plan` for the new color `color`, its
+/// `{service}`, `{color}` and `{version}` filled in.
+pub(super) fn render_query(plan: &Plan, check: usize, color: Color) -> String {
+    let c = &plan.analysis[check];
+    render_template(&c.query, |name| match name {
+        "service" => Some(plan.service.as_str()),
+        "color" => Some(color.as_str()),
+        "version" => Some(plan.release.version.as_str()),
+        _ => None,
+    })
+    .unwrap_or_else(|_| c.query.clone())
 }
