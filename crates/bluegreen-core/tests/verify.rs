@@ -394,6 +394,11 @@ fn a_deployment_held_72_hours_with_no_data_journals_its_reminders_not_360_readin
     // What was left out: each check's and the health monitor's polls and
     // readings, thousands over 72 hours.
     assert!(skipped > 72 * 100, "{skipped} steps left out");
+    // Checkpoints go through JSON in the file and Postgres journals.
+    let text = serde_json::to_string(&entries).expect("the journal serializes");
+    let back: Vec<bluegreen_core::JournalEntry> =
+        serde_json::from_str(&text).expect("and reads back");
+    assert_eq!(back, entries);
     assert!(report.decisions.iter().any(|d| d
         .text
         .contains("repeated the previous readings left out of the journal")));
