@@ -161,15 +161,18 @@ fn spec_of(cmd: &Command) -> &Path {
 /// Runs a parsed command line; returns the exit code.
 pub fn run(cli: Cli) -> i32 {
     let path = spec_of(&cli.command);
-    if let Ok(text) = std::fs::read_to_string(path) {
-        if group::is_group(&text, Format::of(&path.display().to_string())) {
-            return match LoadedGroup::parse(&text, path) {
-                Ok(g) => run_group(cli, g),
-                Err(e) => bad_spec(&cli, &e),
-            };
-        }
+    // Read once, refused unless a regular file within the limits.
+    let text = match crate::specfile::read(path) {
+        Ok(t) => t,
+        Err(e) => return bad_spec(&cli, &e),
+    };
+    if group::is_group(&text, Format::of(&path.display().to_string())) {
+        return match LoadedGroup::parse(&text, path) {
+            Ok(g) => run_group(cli, g),
+            Err(e) => bad_spec(&cli, &e),
+        };
     }
-    let loaded = match LoadedSpec::load(spec_of(&cli.command)) {
+    let loaded = match LoadedSpec::from_text(path, text) {
         Ok(l) => l,
         Err(e) => return bad_spec(&cli, &e),
     };
@@ -513,11 +516,13 @@ fn describe(e: &Event) -> Option<String> {
                 .count(),
             results.len()
         ),
-        Event::Note { text } => format!("note: {text}"),
-        Event::Control { control, effect } => format!("control {control:?}: {effect}"),
+        Event::Note { text, .. } => format!("note: {text}"),
+        Event::Control {
+            control, effect, ..
+        } => format!("control {control:?}: {effect}"),
         Event::RollbackStarted { reason } => format!("ROLLBACK: {}", reason.summary),
         Event::Finished { outcome, .. } => format!("finished: {}", outcome.name()),
-        Event::DryRun { detail } => format!("dry-run check: {detail}"),
+        Event::DryRun { detail, .. } => format!("dry-run check: {detail}"),
         _ => return None,
     })
 }
@@ -625,7 +630,13 @@ async fn deploy(
     let id = dep.deployment_id().to_string();
     // Human controls sent while no deployer ran are applied first, then
     // every later one as it comes (one read of the control file for both).
-    let (sent, from) = journal::control_snapshot(journal_path, &id);
+    let (sent, from) = match journal::control_snapshot(journal_path, &id) {
+        Ok(s) => s,
+        Err(e) => {
+            assembled.shutdown().await;
+            return Err(e);
+        }
+    };
     if resume.is_some() {
         let entries = dep.journal().read(&id).await?;
         for c in sent.into_iter().skip(journal::controls_taken(&entries)) {

@@ -5,13 +5,13 @@
 //! demands, and a duplicated non-idempotent action shows up as a second record.
 
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
+use bluegreen_core::journal::open_private;
 use bluegreen_core::provider::{
     AutoscalingState, BackupRecord, BackupVerification, ComputeProvider, ComputeStatus,
     MetricAnswer, MetricQuery, MetricsSource, MigrationContext, MigrationInfo, MigrationPhase,
@@ -160,7 +160,10 @@ impl FakeWorld {
 
     fn save(&self, s: &FakeWorldState) -> Result<()> {
         let tmp = self.path.with_extension("tmp");
-        let mut f = File::create(&tmp).map_err(|e| io(&tmp, "write", e))?;
+        // Not through a link, and not another user's file (as the journal).
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        let mut f = open_private(&tmp, options, "fake world file")?;
         let text = serde_json::to_vec_pretty(s).map_err(|e| io(&tmp, "encode", e))?;
         f.write_all(&text).map_err(|e| io(&tmp, "write", e))?;
         f.sync_all().map_err(|e| io(&tmp, "sync", e))?;
@@ -170,7 +173,9 @@ impl FakeWorld {
     /// Reads, changes and writes the state under a file lock.
     pub fn update<T>(&self, f: impl FnOnce(&mut FakeWorldState) -> T) -> Result<T> {
         let lock_path = self.path.with_extension("lock");
-        let lock = File::create(&lock_path).map_err(|e| io(&lock_path, "lock", e))?;
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create(true);
+        let lock = open_private(&lock_path, options, "fake world lock file")?;
         lock.lock().map_err(|e| io(&lock_path, "lock", e))?;
         let mut s = self.load()?;
         let out = f(&mut s);

@@ -87,6 +87,9 @@ pub fn is_group(text: &str, format: Format) -> bool {
         Format::Toml => text
             .parse::<toml::Table>()
             .is_ok_and(|t| t.contains_key("group")),
+        // Too deep to parse quickly: not read as a group; loading it as a
+        // spec refuses it, naming the file.
+        Format::Yaml if crate::specfile::check_yaml_depth(text, "").is_err() => false,
         Format::Yaml => serde_norway::from_str::<serde_norway::Value>(text)
             .ok()
             .and_then(|v| v.as_mapping().map(|m| m.contains_key("group")))
@@ -342,7 +345,7 @@ async fn pick(
 async fn open(g: &LoadedGroup, path: &Path) -> Result<Arc<dyn Journal>, Error> {
     if g.spec.journal.kind == spec::JournalKind::File && !path.exists() {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)
+            bluegreen_core::journal::create_private_dir(dir)
                 .map_err(|e| Error::unavailable(format!("{}: {e}", dir.display())))?;
         }
     }
@@ -404,7 +407,15 @@ pub async fn deploy(
     // ran, or to one killed before any member journaled them), then every
     // later one as it comes.
     let control = group.control();
-    let (sent, from) = journal::control_snapshot(path, &gid);
+    let (sent, from) = match journal::control_snapshot(path, &gid) {
+        Ok(s) => s,
+        Err(e) => {
+            for a in assembled {
+                a.shutdown().await;
+            }
+            return Err(e);
+        }
+    };
     if resume.is_some() && !sent.is_empty() {
         let members = match members_entries(g, &journal, &gid).await {
             Ok(m) => m,

@@ -1,15 +1,19 @@
 //! The CLI's journal: the core [`FileJournal`], a test-only kill switch, and
 //! the control file through which `abort` and `promote` reach the deploying
 //! process.
+//!
+//! The control file steers a deployment, so it is kept as private as the
+//! journal ([`open_private`]): created 0600, never through a symbolic link,
+//! and refused when another user owns it or group or others may write it.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bluegreen_core::journal::DeploymentSummary;
+use bluegreen_core::journal::{open_private, DeploymentSummary};
 use bluegreen_core::{
     Control, ControlHandle, Error, FileJournal, Journal, JournalEntry, Lease, Record, Result,
     Timestamp,
@@ -272,7 +276,10 @@ pub fn control_path(journal: &Path) -> PathBuf {
     PathBuf::from(p)
 }
 
-/// Appends an instruction for `deployment_id`.
+/// Appends an instruction for `deployment_id`. The control file is created
+/// with mode 0600 if it does not exist; one that is a symbolic link, that
+/// another user owns, or that group or others may write is refused
+/// ([`open_private`]), naming the path and why.
 pub fn send_control(journal: &Path, deployment_id: &str, control: Control) -> Result<()> {
     let path = control_path(journal);
     let line = serde_json::to_string(&ControlLine {
@@ -280,17 +287,33 @@ pub fn send_control(journal: &Path, deployment_id: &str, control: Control) -> Re
         control,
     })
     .map_err(|e| Error::invalid_input(format!("cannot encode the control: {e}")))?;
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&path)
-        .map_err(|e| Error::unavailable(format!("{}: {e}", path.display())))?;
+    let mut options = std::fs::OpenOptions::new();
+    options.create(true).append(true);
+    let mut f = open_private(&path, options, "control file")?;
     writeln!(f, "{line}").map_err(|e| Error::unavailable(format!("{}: {e}", path.display())))
 }
 
+/// The control file's text; empty when there is none. Refused, like the
+/// journal, when it is a symbolic link, another user owns it, or group or
+/// others may write it ([`open_private`]).
+pub fn read_control(journal: &Path) -> Result<String> {
+    let path = control_path(journal);
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    let mut f = match open_private(&path, options, "control file") {
+        Ok(f) => f,
+        Err(e) if e.kind() == bluegreen_core::ErrorKind::NotFound => return Ok(String::new()),
+        Err(e) => return Err(e),
+    };
+    let mut text = String::new();
+    f.read_to_string(&mut text)
+        .map_err(|e| Error::unavailable(format!("read control file {}: {e}", path.display())))?;
+    Ok(text)
+}
+
 /// The instructions for `deployment_id` in the control file, in order.
-pub fn controls_for(journal: &Path, deployment_id: &str) -> Vec<Control> {
-    control_snapshot(journal, deployment_id).0
+pub fn controls_for(journal: &Path, deployment_id: &str) -> Result<Vec<Control>> {
+    Ok(control_snapshot(journal, deployment_id)?.0)
 }
 
 /// The instructions for `deployment_id` in the control file, in order, and
@@ -298,10 +321,13 @@ pub fn controls_for(journal: &Path, deployment_id: &str) -> Vec<Control> {
 /// started there ([`forward_with_from`]) sees every later line and none of
 /// these, so nothing is both applied as pending and forwarded, and nothing
 /// falls between the two.
-pub fn control_snapshot(journal: &Path, deployment_id: &str) -> (Vec<Control>, usize) {
-    let Ok(text) = std::fs::read_to_string(control_path(journal)) else {
-        return (Vec::new(), 0);
-    };
+///
+/// A control file that is a symbolic link, that another user owns, or that
+/// group or others may write is an error naming the path and why: a
+/// deployer refuses to start or resume on it rather than take instructions
+/// someone else could have written.
+pub fn control_snapshot(journal: &Path, deployment_id: &str) -> Result<(Vec<Control>, usize)> {
+    let text = read_control(journal)?;
     let complete = text.rfind('\n').map_or(0, |i| i + 1);
     let controls = text[..complete]
         .lines()
@@ -309,7 +335,7 @@ pub fn control_snapshot(journal: &Path, deployment_id: &str) -> (Vec<Control>, u
         .filter(|c| c.deployment_id == deployment_id)
         .map(|c| c.control)
         .collect();
-    (controls, complete)
+    Ok((controls, complete))
 }
 
 /// How many human instructions (not a group's `Proceed`) the journal shows
@@ -420,11 +446,11 @@ pub fn pending_controls(
     journal: &Path,
     deployment_id: &str,
     entries: &[bluegreen_core::JournalEntry],
-) -> Vec<Control> {
-    controls_for(journal, deployment_id)
+) -> Result<Vec<Control>> {
+    Ok(controls_for(journal, deployment_id)?
         .into_iter()
         .skip(controls_taken(entries))
-        .collect()
+        .collect())
 }
 
 /// Forwards instructions written to the control file after now to `handle`,
@@ -446,13 +472,14 @@ pub fn forward_with(
     deployment_id: String,
     apply: impl FnMut(Control) + Send + 'static,
 ) -> tokio::task::JoinHandle<()> {
-    let from = std::fs::read_to_string(control_path(journal)).map_or(0, |t| t.len());
+    let from = read_control(journal).map_or(0, |t| t.len());
     forward_with_from(journal, from, deployment_id, apply)
 }
 
 /// Calls `apply` with each instruction for `deployment_id` in the control
 /// file from byte offset `from` on (the end of a [`control_snapshot`]),
-/// until the task is dropped. Polls every 200 ms.
+/// until the task is dropped. Polls every 200 ms. A control file that
+/// becomes unsafe to read ([`read_control`]) is not read, with a warning.
 pub fn forward_with_from(
     journal: &Path,
     from: usize,
@@ -460,12 +487,21 @@ pub fn forward_with_from(
     mut apply: impl FnMut(Control) + Send + 'static,
 ) -> tokio::task::JoinHandle<()> {
     let path = control_path(journal);
+    let journal = journal.to_path_buf();
     let mut seen = from;
+    let mut warned = false;
     tokio::spawn(async move {
         loop {
             tokio::time::sleep(Duration::from_millis(200)).await;
-            let Ok(text) = std::fs::read_to_string(&path) else {
-                continue;
+            let text = match read_control(&journal) {
+                Ok(text) => text,
+                Err(e) => {
+                    if e.kind() == bluegreen_core::ErrorKind::PermissionDenied && !warned {
+                        tracing::warn!(path = %path.display(), "control file not read: {e}");
+                        warned = true;
+                    }
+                    continue;
+                }
             };
             if text.len() <= seen {
                 continue;
@@ -558,6 +594,7 @@ mod tests {
             events.push(Event::Control {
                 control: Control::Promote,
                 effect: "promoted past the gate before-shift by a human".into(),
+                kind: None,
             });
         }
         let entries = vec![control(1, Control::Promote), step(2, Input::Tick), taken];
@@ -574,11 +611,77 @@ mod tests {
         );
     }
 
+    fn mode(path: &Path) -> u32 {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::symlink_metadata(path)
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o7777
+    }
+
+    #[test]
+    fn a_control_file_is_created_0600() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = dir.path().join("d.journal");
+        send_control(&j, "d1", Control::Promote).unwrap();
+        assert_eq!(mode(&control_path(&j)), 0o600);
+    }
+
+    #[test]
+    fn a_symlinked_control_file_is_refused_and_the_file_it_points_at_is_unchanged() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = dir.path().join("d.journal");
+        let victim = dir.path().join("authorized_keys");
+        std::fs::write(&victim, "ssh-ed25519 AAAA ops\n").unwrap();
+        std::os::unix::fs::symlink(&victim, control_path(&j)).unwrap();
+        let err = send_control(&j, "d1", Control::Promote).unwrap_err();
+        assert_eq!(err.kind(), bluegreen_core::ErrorKind::PermissionDenied);
+        assert!(err.to_string().contains("symbolic link"), "{err}");
+        assert_eq!(
+            std::fs::read_to_string(&victim).unwrap(),
+            "ssh-ed25519 AAAA ops\n"
+        );
+        // Nor is it read: a deployer refuses to start on it.
+        let err = control_snapshot(&j, "d1").unwrap_err();
+        assert!(err.to_string().contains("symbolic link"), "{err}");
+    }
+
+    #[test]
+    fn a_dangling_control_link_is_not_created_through() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = dir.path().join("d.journal");
+        let target = dir.path().join("planted");
+        std::os::unix::fs::symlink(&target, control_path(&j)).unwrap();
+        let err = send_control(&j, "d1", Control::Promote).unwrap_err();
+        assert!(err.to_string().contains("symbolic link"), "{err}");
+        assert!(!target.exists(), "nothing was created through the link");
+    }
+
+    #[test]
+    fn a_control_file_group_or_others_may_write_is_refused_naming_its_mode() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let j = dir.path().join("d.journal");
+        send_control(&j, "d1", Control::Promote).unwrap();
+        std::fs::set_permissions(control_path(&j), std::fs::Permissions::from_mode(0o666)).unwrap();
+        let err = control_snapshot(&j, "d1").unwrap_err();
+        assert_eq!(err.kind(), bluegreen_core::ErrorKind::PermissionDenied);
+        let msg = err.to_string();
+        assert!(
+            msg.contains(&control_path(&j).display().to_string())
+                && msg.contains("mode 0666, writable by group and others"),
+            "{msg}"
+        );
+        let err = send_control(&j, "d1", Control::Promote).unwrap_err();
+        assert!(err.to_string().contains("mode 0666"), "{err}");
+    }
+
     #[test]
     fn a_snapshot_ends_at_the_last_complete_line() {
         let dir = tempfile::tempdir().unwrap();
         let j = dir.path().join("d.journal");
-        assert_eq!(control_snapshot(&j, "g1"), (Vec::new(), 0));
+        assert_eq!(control_snapshot(&j, "g1").unwrap(), (Vec::new(), 0));
         send_control(&j, "g1", Control::Promote).unwrap();
         send_control(&j, "other", Control::Pause).unwrap();
         let whole = std::fs::read_to_string(control_path(&j)).unwrap().len();
@@ -588,6 +691,9 @@ mod tests {
             .open(control_path(&j))
             .unwrap();
         f.write_all(br#"{"deployment_id":"g1","con"#).unwrap();
-        assert_eq!(control_snapshot(&j, "g1"), (vec![Control::Promote], whole));
+        assert_eq!(
+            control_snapshot(&j, "g1").unwrap(),
+            (vec![Control::Promote], whole)
+        );
     }
 }

@@ -9,6 +9,7 @@ pub mod journal;
 pub mod providers;
 pub mod slack;
 pub mod spec;
+pub mod specfile;
 
 pub use cli::main;
 pub use spec::{LoadedSpec, Spec, SpecError};

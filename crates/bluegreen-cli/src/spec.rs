@@ -799,17 +799,15 @@ pub struct LoadedSpec {
 }
 
 impl LoadedSpec {
-    /// Reads and validates the spec at `path`.
+    /// Reads and validates the spec at `path`; refused unless it is a
+    /// regular file within the limits of [`crate::specfile::read`].
     pub fn load(path: &Path) -> Result<LoadedSpec, SpecError> {
-        let name = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| SpecError {
-            file: name.clone(),
-            line: 0,
-            column: 0,
-            field: String::new(),
-            message: format!("cannot read the spec: {e}"),
-        })?;
-        let spec = Spec::from_str(&text, &name)?;
+        Self::from_text(path, crate::specfile::read(path)?)
+    }
+
+    /// Validates `text`, read from the spec at `path`.
+    pub fn from_text(path: &Path, text: String) -> Result<LoadedSpec, SpecError> {
+        let spec = Spec::from_str(&text, &path.display().to_string())?;
         Ok(LoadedSpec {
             spec,
             path: path.to_path_buf(),
@@ -1149,6 +1147,7 @@ pub fn deserialize<T: serde::de::DeserializeOwned>(
             })?
         }
         Format::Yaml => {
+            crate::specfile::check_yaml_depth(text, file)?;
             let de = serde_norway::Deserializer::from_str(text);
             serde_path_to_error::deserialize::<_, T>(de).map_err(|e| {
                 let field = e.path().to_string();
