@@ -99,7 +99,9 @@ struct Pair {
 
 impl MigrationSource {
     /// Reads every `*.sql` file of `dir` (not recursively; other files are
-    /// ignored).
+    /// ignored). A file whose extension is `.sql` in another case (`.SQL`,
+    /// `.Sql`) is read too, and refused by name: it is never silently
+    /// ignored, which would leave a migration out.
     pub fn from_dir(dir: impl AsRef<Path>) -> Result<MigrationSource> {
         let dir = dir.as_ref();
         let entries = std::fs::read_dir(dir).map_err(|e| {
@@ -119,7 +121,7 @@ impl MigrationSource {
                 )
             })?;
             let name = entry.file_name().to_string_lossy().into_owned();
-            if !name.ends_with(".sql") || !entry.path().is_file() {
+            if !name.to_ascii_lowercase().ends_with(".sql") || !entry.path().is_file() {
                 continue;
             }
             let sql = std::fs::read_to_string(entry.path()).map_err(|e| {
@@ -230,6 +232,15 @@ fn parse_file_name(file_name: &str) -> Result<(u64, String, bool)> {
             "{file_name} is not named NNNN_name.up.sql or NNNN_name.down.sql"
         ))
     };
+    // `.SQL`, `.UP.sql`, `.Down.Sql`...: the suffix in another case.
+    let lower = file_name.to_ascii_lowercase();
+    let migration_suffix = lower.ends_with(".up.sql") || lower.ends_with(".down.sql");
+    let exact = file_name.ends_with(".up.sql") || file_name.ends_with(".down.sql");
+    if !exact && (migration_suffix || (lower.ends_with(".sql") && !file_name.ends_with(".sql"))) {
+        return Err(invalid(format!(
+            "{file_name} differs only by case from a migration file name: the suffix must be .up.sql or .down.sql in lower case; rename it (it is neither ignored nor run)"
+        )));
+    }
     let (stem, is_up) = if let Some(s) = file_name.strip_suffix(".up.sql") {
         (s, true)
     } else if let Some(s) = file_name.strip_suffix(".down.sql") {
@@ -559,6 +570,14 @@ mod tests {
             MigrationSource::from_files([("1_a.up.sql", "-- bluegreen: phase=later\nSELECT 1;")])
                 .unwrap_err();
         assert!(e.to_string().contains("1_a.up.sql line 1"), "{e}");
+        for name in ["1_a.up.SQL", "1_a.UP.sql", "1_a.Down.Sql"] {
+            let e = MigrationSource::from_files([(name, "SELECT 1;")]).unwrap_err();
+            assert!(
+                e.to_string()
+                    .contains(&format!("{name} differs only by case")),
+                "{e}"
+            );
+        }
         let e = MigrationSource::from_files([("1_a.down.sql", "SELECT 1;")]).unwrap_err();
         assert!(e.to_string().contains("1_a.down.sql has no up file"), "{e}");
     }
