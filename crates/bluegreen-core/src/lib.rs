@@ -23,5 +23,5 @@ pub mod testing;
 pub use driver::{BlueGreen, Builder, Clock, ControlHandle, RetryPolicy, TokioClock};
 pub use group::{Group, GroupOutcome, GroupReport};
 pub use machine::{Control, Outcome};
-pub use reason::Cause;
+pub use reason::{Cause, Effect, Noted, Refusal};
 pub use report::Report;

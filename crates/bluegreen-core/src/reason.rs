@@ -1,4 +1,6 @@
-//! Why a deployment rolled back or halted, as a kind with its values.
+//! Why a deployment rolled back or halted ([`Cause`]), what the engine
+//! noted on its way ([`Noted`]) and what a human's instruction did
+//! ([`Effect`]), each as a kind with its values.
 //!
 //! The machine decides on a [`Cause`]; its wording lives here, outside the
 //! machine, in `Cause`'s [`Display`](fmt::Display). Journals keep the cause
@@ -409,6 +411,325 @@ impl fmt::Display for Cause {
                 "{failure}; the old color is being or has been scaled down, so traffic cannot return to it"
             ),
             Cause::Unrecorded { what } => f.write_str(what),
+        }
+    }
+}
+
+/// What the engine noted on its way, as a kind with its values: the cause
+/// of an [`Event::Note`](crate::machine::Event::Note). Its wording lives in
+/// its [`Display`](fmt::Display), outside the machine, like [`Cause`]'s.
+///
+/// Serialized with a `kind` tag in `snake_case`, e.g.
+/// `{"kind": "read_back_disagrees", "found": ..., "expected": ..., "resend": false, "wait": "2s", "rollback": false}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Noted {
+    /// A resumed deployment waits for the previous deployer's calls to
+    /// land, and its stage's progress deadline restarts.
+    Resumed {
+        /// The wait before the first call (zero if none).
+        #[serde(with = "humantime_serde")]
+        wait: Duration,
+        /// The stage group whose deadline restarts, if the stage has one.
+        deadline: Option<String>,
+        /// That deadline's length.
+        #[serde(default, with = "humantime_serde")]
+        length: Option<Duration>,
+    },
+    /// A read-back of the split disagreed with the split set.
+    ReadBackDisagrees {
+        /// The split read back.
+        found: TrafficSplit,
+        /// The split set.
+        expected: TrafficSplit,
+        /// Whether the split is set again (a rollback sends it again after
+        /// a backed-off read still disagrees), not only read.
+        resend: bool,
+        /// The wait before the next read (or write).
+        #[serde(with = "humantime_serde")]
+        wait: Duration,
+        /// Whether in a rollback.
+        rollback: bool,
+    },
+    /// In a rollback, the old color was below its capacity before traffic
+    /// returned: it is scaled back first.
+    OldColorBelowCapacity {
+        /// The old color.
+        color: Color,
+        /// What was wrong with it.
+        problem: String,
+        /// The capacity it is scaled back to.
+        capacity: u32,
+    },
+    /// The old color's smoke tests failed after traffic returned to it: it
+    /// is read again before deciding.
+    OldColorSmokeTestsFailed {
+        /// The old color.
+        color: Color,
+        /// How many failed.
+        failed: usize,
+        /// How many ran.
+        total: usize,
+    },
+    /// The backup verified.
+    BackupVerified {
+        /// The entries it lists.
+        entries: u64,
+        /// The entries the plan requires at least.
+        min_entries: u64,
+        /// The runner's detail.
+        detail: String,
+    },
+    /// The plan has no smoke tests.
+    NoSmokeTests,
+    /// A periodic measurement failed: no evidence either way.
+    MeasurementFailed {
+        /// The check.
+        check: String,
+        /// The error.
+        error: String,
+    },
+    /// A periodic target-health read failed.
+    TargetHealthFailed {
+        /// The error.
+        error: String,
+    },
+    /// Restoring autoscaling on the way to a halt failed; the halt stands.
+    AutoscalingNotRestored {
+        /// Why.
+        reason: String,
+    },
+}
+
+impl fmt::Display for Noted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let d = |d: &Duration| humantime::format_duration(*d).to_string();
+        match self {
+            Noted::Resumed {
+                wait,
+                deadline,
+                length,
+            } => {
+                let waiting = format!(
+                    "waiting {} for the previous deployer's calls to land",
+                    d(wait)
+                );
+                match (deadline, length) {
+                    (Some(group), Some(length)) => write!(
+                        f,
+                        "resumed: {}the {group} progress deadline of {} restarts",
+                        if wait.is_zero() {
+                            String::new()
+                        } else {
+                            format!("{waiting}, then ")
+                        },
+                        d(length)
+                    ),
+                    _ => write!(f, "resumed: {waiting} before acting"),
+                }
+            }
+            Noted::ReadBackDisagrees {
+                found,
+                expected,
+                resend,
+                wait,
+                rollback,
+            } => {
+                if *rollback {
+                    write!(
+                        f,
+                        "rollback read-back shows {found}, expected {expected}; {} in {}",
+                        if *resend {
+                            "setting again"
+                        } else {
+                            "reading again"
+                        },
+                        d(wait)
+                    )
+                } else {
+                    write!(
+                        f,
+                        "read-back shows {found}, expected {expected}; reading again in {}",
+                        d(wait)
+                    )
+                }
+            }
+            Noted::OldColorBelowCapacity {
+                color,
+                problem,
+                capacity,
+            } => write!(
+                f,
+                "the old color {color} is below its capacity ({problem}): scaling it back to {capacity} and waiting until it is stable before any traffic returns"
+            ),
+            Noted::OldColorSmokeTestsFailed {
+                color,
+                failed,
+                total,
+            } => write!(
+                f,
+                "smoke tests on the old color {color} failed after traffic returned ({failed} of {total}): reading it again before deciding"
+            ),
+            Noted::BackupVerified {
+                entries,
+                min_entries,
+                detail,
+            } => write!(
+                f,
+                "backup lists {entries} entries (at least {min_entries} required): {detail}"
+            ),
+            Noted::NoSmokeTests => f.write_str("no smoke tests in the plan"),
+            Noted::MeasurementFailed { check, error } => {
+                write!(f, "measurement of {check} failed: {error}")
+            }
+            Noted::TargetHealthFailed { error } => {
+                write!(f, "target health read failed: {error}")
+            }
+            Noted::AutoscalingNotRestored { reason } => write!(
+                f,
+                "autoscaling could not be restored before the halt: {reason}"
+            ),
+        }
+    }
+}
+
+/// What a human's instruction did, as a kind with its values: the effect
+/// of an [`Event::Control`](crate::machine::Event::Control), worded by its
+/// [`Display`](fmt::Display).
+///
+/// Serialized with an `effect` tag in `snake_case`, e.g.
+/// `{"effect": "refused", "why": {"refusal": "rolling_back"}}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "effect", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Effect {
+    /// Paused at the next phase boundary.
+    Paused,
+    /// Resumed.
+    Resumed,
+    /// Promoted past a hold.
+    Promoted {
+        /// The hold, in words.
+        hold: String,
+    },
+    /// A wait was skipped; success is still evaluated where the stage
+    /// evaluates it.
+    WaitSkipped {
+        /// The stage.
+        stage: String,
+        /// Whether the stage's evaluation still runs.
+        evaluated: bool,
+    },
+    /// A wait was shortened to the evidence it still needs.
+    WaitShortened {
+        /// The stage.
+        stage: String,
+        /// When it now ends.
+        until: crate::color::Timestamp,
+        /// The evidence an evaluation needs (`timing.min_evidence`).
+        #[serde(with = "humantime_serde")]
+        min_evidence: Duration,
+    },
+    /// The whole group reached a barrier.
+    GroupProceeds {
+        /// The barrier.
+        barrier: crate::plan::Barrier,
+    },
+    /// A rollback started.
+    RollingBack,
+    /// The instruction was refused.
+    Refused {
+        /// Why.
+        why: Refusal,
+    },
+}
+
+/// Why a human's instruction was refused.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "refusal", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Refusal {
+    /// A rollback is never paused.
+    RollbackNotPaused,
+    /// The deployment is rolling back.
+    RollingBack,
+    /// Already rolling back.
+    AlreadyRollingBack,
+    /// Paused: resume first.
+    Paused,
+    /// Waiting for the rest of its group.
+    WaitingForGroup {
+        /// The barrier.
+        barrier: crate::plan::Barrier,
+    },
+    /// Nothing to promote in this stage.
+    NothingToPromote {
+        /// The stage.
+        stage: String,
+    },
+    /// A group's proceed for a barrier the deployment is not waiting at,
+    /// or while it rolls back.
+    NotWaitingAt {
+        /// The barrier.
+        barrier: crate::plan::Barrier,
+        /// Whether because it is rolling back.
+        rolling_back: bool,
+    },
+}
+
+impl fmt::Display for Effect {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Effect::Paused => f.write_str(
+                "paused: the deployment holds at the next phase boundary; monitoring and rollback triggers stay active",
+            ),
+            Effect::Resumed => f.write_str("resumed"),
+            Effect::Promoted { hold } => write!(f, "promoted past {hold} by a human"),
+            Effect::WaitSkipped { stage, evaluated } => write!(
+                f,
+                "wait of {stage} skipped by a human{}",
+                if *evaluated {
+                    "; success is still evaluated"
+                } else {
+                    ""
+                }
+            ),
+            Effect::WaitShortened {
+                stage,
+                until,
+                min_evidence,
+            } => write!(
+                f,
+                "wait of {stage} shortened by a human to end at {until}: an evaluation needs at least {} of evidence no earlier evaluation used",
+                humantime::format_duration(*min_evidence)
+            ),
+            Effect::GroupProceeds { barrier } => {
+                write!(f, "the whole group reached {barrier}: proceeding")
+            }
+            Effect::RollingBack => f.write_str("rolling back"),
+            Effect::Refused { why } => match why {
+                Refusal::RollbackNotPaused => f.write_str("refused: a rollback is never paused"),
+                Refusal::RollingBack => f.write_str("refused: the deployment is rolling back"),
+                Refusal::AlreadyRollingBack => f.write_str("refused: already rolling back"),
+                Refusal::Paused => {
+                    f.write_str("refused: the deployment is paused; resume it first")
+                }
+                Refusal::WaitingForGroup { barrier } => write!(
+                    f,
+                    "refused: waiting for the rest of its group at {barrier}; the group moves on when every member is there"
+                ),
+                Refusal::NothingToPromote { stage } => {
+                    write!(f, "refused: nothing to promote in stage {stage}")
+                }
+                Refusal::NotWaitingAt {
+                    barrier,
+                    rolling_back: true,
+                } => write!(f, "refused at {barrier}: the deployment is rolling back"),
+                Refusal::NotWaitingAt { barrier, .. } => {
+                    write!(f, "refused: not waiting at {barrier}")
+                }
+            },
         }
     }
 }

@@ -244,9 +244,11 @@ impl Report {
                 scope: *scope,
                 results: results.clone(),
             }),
-            Event::DryRun { detail } => self.decide(at, detail.clone()),
-            Event::Note { text } => self.decide(at, text.clone()),
-            Event::Control { control, effect } => {
+            Event::DryRun { detail, .. } => self.decide(at, detail.clone()),
+            Event::Note { text, .. } => self.decide(at, text.clone()),
+            Event::Control {
+                control, effect, ..
+            } => {
                 self.decide(at, format!("control {control:?}: {effect}"))
             }
             Event::RollbackStarted { reason } => {

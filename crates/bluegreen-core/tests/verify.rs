@@ -1035,6 +1035,108 @@ fn a_deployment_resumed_after_longer_than_its_stage_deadline_goes_on_instead_of_
 
 // ------------------------------------------- 10. journals survive upgrades --
 
+/// Notes and a human's controls are journaled as their kind and values too,
+/// with the line rendered from them: a patch release may reword the line,
+/// and tools read the kind.
+#[test]
+fn notes_and_control_effects_are_journaled_as_their_kind_and_values() {
+    use bluegreen_core::machine::{Control, HoldReason};
+    use bluegreen_core::plan::Gate;
+    use bluegreen_core::{Effect, Noted, Refusal};
+    let (_report, f) = simulate_with(
+        |f| {
+            healthy(f);
+            let mut plan = reference_plan();
+            plan.gates = vec![Gate::BeforeShift];
+            f.builder(plan)
+        },
+        |ev, ctl| {
+            if let Event::Stage {
+                stage:
+                    Stage::Hold {
+                        reason: HoldReason::Gate { .. },
+                        ..
+                    },
+            } = ev
+            {
+                // A group's proceed is refused (no group here); a promote
+                // passes the gate.
+                ctl.send(Control::Proceed {
+                    barrier: bluegreen_core::Barrier::Shift { step: 0 },
+                });
+                ctl.promote();
+            }
+        },
+    );
+    let entries = futures_read(&f);
+    let events: Vec<&Event> = entries
+        .iter()
+        .filter_map(|e| match &e.record {
+            bluegreen_core::journal::Record::Step { events, .. } => Some(events),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    let backup = events
+        .iter()
+        .find_map(|e| match e {
+            Event::Note {
+                text,
+                cause: Some(n @ Noted::BackupVerified { .. }),
+            } => Some((text, n)),
+            _ => None,
+        })
+        .expect("the verified backup is noted");
+    assert!(
+        matches!(
+            backup.1,
+            Noted::BackupVerified {
+                entries: 120,
+                min_entries: 100,
+                ..
+            }
+        ),
+        "{:?}",
+        backup.1
+    );
+    assert_eq!(*backup.0, backup.1.to_string());
+    let effects: Vec<(&String, &Effect)> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Control {
+                effect,
+                kind: Some(k),
+                ..
+            } => Some((effect, k)),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        effects.iter().any(|(_, k)| matches!(
+            k,
+            Effect::Refused {
+                why: Refusal::NotWaitingAt {
+                    rolling_back: false,
+                    ..
+                }
+            }
+        )),
+        "{effects:?}"
+    );
+    let (text, promoted) = effects
+        .iter()
+        .find(|(_, k)| matches!(k, Effect::Promoted { .. }))
+        .expect("promoted");
+    assert_eq!(**text, promoted.to_string());
+    assert!(
+        text.contains("promoted past the gate before-shift"),
+        "{text}"
+    );
+    let json = serde_json::to_string(&entries).unwrap();
+    assert!(json.contains(r#""kind":"backup_verified""#));
+    assert!(json.contains(r#""effect":"promoted""#));
+}
+
 /// The reason a rollback records is its kind and values, in the journal, the
 /// report and the notifications; the line is rendered from them outside the
 /// machine.

@@ -1,4 +1,5 @@
 use super::*;
+use crate::reason::{Effect, Noted};
 
 /// A command id, unique within one deployment.
 pub type CommandId = u64;
@@ -579,20 +580,31 @@ pub enum Event {
     },
     /// A dry-run check would have acted.
     DryRun {
-        /// What it would have done.
+        /// What it would have done, rendered from `cause`.
         detail: String,
+        /// Why it would have acted (format 4; `None` in older journals).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cause: Option<Cause>,
     },
-    /// A step's note (a skipped phase, a retried read-back).
+    /// A step's note (a retried read-back, a verified backup, a resume).
     Note {
-        /// The note.
+        /// The note, rendered from `cause`.
         text: String,
+        /// What was noted, as a kind with its values (format 4; `None` in
+        /// older journals).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cause: Option<Noted>,
     },
     /// A human's instruction took effect or was refused.
     Control {
         /// The instruction.
         control: Control,
-        /// What it did.
+        /// What it did, rendered from `kind`.
         effect: String,
+        /// What it did, as a kind with its values (format 4; `None` in
+        /// older journals).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        kind: Option<Effect>,
     },
     /// The rollback started.
     RollbackStarted {

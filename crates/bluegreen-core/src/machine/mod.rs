@@ -35,7 +35,7 @@ use crate::provider::{
     MigrationPhase, Notification, PreparedRelease, Rollout, SecretMetadata, Severity, SmokeOutcome,
     TargetHealth, VerificationCheck,
 };
-use crate::reason::Cause;
+use crate::reason::{Cause, Effect, Noted, Refusal};
 
 mod io;
 mod monitor;
@@ -424,8 +424,19 @@ impl Machine {
         self.step.events.push(e);
     }
 
-    fn note(&mut self, text: impl Into<String>) {
-        self.event(Event::Note { text: text.into() });
+    fn note(&mut self, noted: Noted) {
+        self.event(Event::Note {
+            text: noted.to_string(),
+            cause: Some(noted),
+        });
+    }
+
+    fn control_event(&mut self, control: Control, effect: Effect) {
+        self.event(Event::Control {
+            control,
+            effect: effect.to_string(),
+            kind: Some(effect),
+        });
     }
 
     fn notify(&mut self, title: &str, text: String, severity: Severity, tags: &[&str]) {
@@ -565,10 +576,9 @@ impl Machine {
         if let Some(halting) = self.halt_reason.clone() {
             // Restoring autoscaling on the way to a halt failed: halt as
             // decided, the failure on record.
-            self.note(format!(
-                "autoscaling could not be restored before the halt: {}",
-                reason.summary
-            ));
+            self.note(Noted::AutoscalingNotRestored {
+                reason: reason.summary.clone(),
+            });
             self.finish(Outcome::Halted { reason: halting });
             return;
         }
@@ -769,32 +779,24 @@ impl Machine {
     /// deployer's `wait` is over (see [`Input::Resumed`]).
     fn on_resumed(&mut self, wait: Duration) {
         let restart = self.timers.restart_deadline(self.now.after(wait));
-        let waiting = format!(
-            "waiting {} for the previous deployer's calls to land",
-            humantime::format_duration(wait)
-        );
-        match (restart, wait.is_zero()) {
-            (Some(d), zero) => self.note(format!(
-                "resumed: {}the {} progress deadline of {} restarts",
-                if zero {
-                    String::new()
-                } else {
-                    format!("{waiting}, then ")
-                },
-                d.group.name(),
-                humantime::format_duration(d.length)
-            )),
-            (None, false) => self.note(format!("resumed: {waiting} before acting")),
-            (None, true) => {}
+        if restart.is_none() && wait.is_zero() {
+            return;
         }
+        self.note(Noted::Resumed {
+            wait,
+            deadline: restart.map(|d| d.group.name().to_string()),
+            length: restart.map(|d| d.length),
+        });
     }
 
     fn on_control(&mut self, control: Control) {
-        let effect: String = match &control {
-            Control::Pause if self.rolling_back() => "refused: a rollback is never paused".into(),
+        let effect: Effect = match &control {
+            Control::Pause if self.rolling_back() => Effect::Refused {
+                why: Refusal::RollbackNotPaused,
+            },
             Control::Pause => {
                 self.paused = true;
-                "paused: the deployment holds at the next phase boundary; monitoring and rollback triggers stay active".into()
+                Effect::Paused
             }
             Control::Resume => {
                 self.paused = false;
@@ -804,37 +806,38 @@ impl Machine {
                 } = &self.stage
                 {
                     let then = (**then).clone();
-                    self.event(Event::Control {
-                        control: control.clone(),
-                        effect: "resumed".into(),
-                    });
+                    self.control_event(control.clone(), Effect::Resumed);
                     self.enter(then);
                     return;
                 }
-                "resumed".into()
+                Effect::Resumed
             }
-            Control::Promote if self.rolling_back() => {
-                "refused: the deployment is rolling back".into()
-            }
+            Control::Promote if self.rolling_back() => Effect::Refused {
+                why: Refusal::RollingBack,
+            },
             Control::Promote => match self.stage.clone() {
                 Stage::Hold {
                     reason: HoldReason::Paused,
                     ..
-                } => "refused: the deployment is paused; resume it first".into(),
+                } => Effect::Refused {
+                    why: Refusal::Paused,
+                },
                 Stage::Hold {
                     reason: HoldReason::Group { barrier },
                     ..
-                } => format!(
-                    "refused: waiting for the rest of its group at {barrier}; the group moves on when every member is there"
-                ),
+                } => Effect::Refused {
+                    why: Refusal::WaitingForGroup { barrier },
+                },
                 Stage::Hold { reason, then } => {
                     if let HoldReason::Gate { gate } = &reason {
                         self.gates_passed.insert(*gate);
                     }
-                    self.event(Event::Control {
-                        control: control.clone(),
-                        effect: format!("promoted past {} by a human", describe_hold(&reason)),
-                    });
+                    self.control_event(
+                        control.clone(),
+                        Effect::Promoted {
+                            hold: describe_hold(&reason),
+                        },
+                    );
                     self.enter(*then);
                     return;
                 }
@@ -843,13 +846,13 @@ impl Machine {
                     // evaluation covers at least `min_evidence` of fresh data.
                     let ready_at = self.window_start.after(self.plan.timing.min_evidence);
                     if self.now >= ready_at {
-                        self.event(Event::Control {
-                            control: control.clone(),
-                            effect: format!(
-                                "wait of {} skipped by a human; success is still evaluated",
-                                self.stage.name()
-                            ),
-                        });
+                        self.control_event(
+                            control.clone(),
+                            Effect::WaitSkipped {
+                                stage: self.stage.name(),
+                                evaluated: true,
+                            },
+                        );
                         self.advance();
                     } else {
                         let stage = match self.stage.clone() {
@@ -866,62 +869,71 @@ impl Machine {
                             s => s,
                         };
                         self.stage = stage;
-                        self.event(Event::Control {
-                            control: control.clone(),
-                            effect: format!(
-                                "wait of {} shortened by a human to end at {ready_at}: an evaluation needs at least {} of evidence no earlier evaluation used",
-                                self.stage.name(),
-                                humantime::format_duration(self.plan.timing.min_evidence)
-                            ),
-                        });
+                        self.control_event(
+                            control.clone(),
+                            Effect::WaitShortened {
+                                stage: self.stage.name(),
+                                until: ready_at,
+                                min_evidence: self.plan.timing.min_evidence,
+                            },
+                        );
                     }
                     return;
                 }
                 Stage::ScaleDownDelay { .. } => {
-                    self.event(Event::Control {
-                        control: control.clone(),
-                        effect: format!("wait of {} skipped by a human", self.stage.name()),
-                    });
+                    self.control_event(
+                        control.clone(),
+                        Effect::WaitSkipped {
+                            stage: self.stage.name(),
+                            evaluated: false,
+                        },
+                    );
                     self.advance();
                     return;
                 }
-                s => format!("refused: nothing to promote in stage {}", s.name()),
+                s => Effect::Refused {
+                    why: Refusal::NothingToPromote { stage: s.name() },
+                },
             },
-            Control::Proceed { barrier } if self.rolling_back() => {
-                format!("refused at {barrier}: the deployment is rolling back")
-            }
+            Control::Proceed { barrier } if self.rolling_back() => Effect::Refused {
+                why: Refusal::NotWaitingAt {
+                    barrier: *barrier,
+                    rolling_back: true,
+                },
+            },
             Control::Proceed { barrier } => match self.stage.clone() {
                 Stage::Hold {
                     reason: HoldReason::Group { barrier: at },
                     then,
                 } if at == *barrier => {
                     self.barriers_passed.insert(at);
-                    self.event(Event::Control {
-                        control: control.clone(),
-                        effect: format!("the whole group reached {at}: proceeding"),
-                    });
+                    self.control_event(control.clone(), Effect::GroupProceeds { barrier: at });
                     self.enter(*then);
                     return;
                 }
-                _ => format!("refused: not waiting at {barrier}"),
+                _ => Effect::Refused {
+                    why: Refusal::NotWaitingAt {
+                        barrier: *barrier,
+                        rolling_back: false,
+                    },
+                },
             },
             Control::Abort { reason } => {
                 if self.rolling_back() {
-                    "refused: already rolling back".into()
+                    Effect::Refused {
+                        why: Refusal::AlreadyRollingBack,
+                    }
                 } else {
                     let reason = Reason::because(Cause::ManualAbort {
                         reason: reason.clone(),
                     });
-                    self.event(Event::Control {
-                        control: control.clone(),
-                        effect: "rolling back".into(),
-                    });
+                    self.control_event(control.clone(), Effect::RollingBack);
                     self.fail(reason);
                     return;
                 }
             }
         };
-        self.event(Event::Control { control, effect });
+        self.control_event(control, effect);
     }
 
     fn on_failed(&mut self, id: CommandId, error: ErrorRecord) {
@@ -933,10 +945,15 @@ impl Machine {
             Pending::Monitor(Monitor::Check(i)) => {
                 // A failed periodic measurement is no evidence either way.
                 let name = self.plan.analysis[i].name.clone();
-                self.note(format!("measurement of {name} failed: {error}"));
+                self.note(Noted::MeasurementFailed {
+                    check: name,
+                    error: error.to_string(),
+                });
             }
             Pending::Monitor(Monitor::Health) => {
-                self.note(format!("target health read failed: {error}"));
+                self.note(Noted::TargetHealthFailed {
+                    error: error.to_string(),
+                });
             }
             Pending::Stage => {
                 if let Action::Measure {

@@ -158,6 +158,7 @@ impl Machine {
                     if check.dry_run {
                         self.event(Event::DryRun {
                             detail: format!("dry run, not acted on: {}", reason.summary),
+                            cause: reason.cause,
                         });
                     } else {
                         self.fail(reason);

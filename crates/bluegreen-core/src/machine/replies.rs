@@ -14,10 +14,11 @@ impl Machine {
                 None => self.advance(),
                 Some(problem) => {
                     let cap = self.facts.old_capacity.unwrap_or(self.plan.replicas);
-                    self.note(format!(
-                        "the old color {} is below its capacity ({problem}): scaling it back to {cap} and waiting until it is stable before any traffic returns",
-                        self.old()
-                    ));
+                    self.note(Noted::OldColorBelowCapacity {
+                        color: self.old(),
+                        problem,
+                        capacity: cap,
+                    });
                     self.enter(Stage::RestoreOld { polling: false });
                 }
             },
@@ -68,17 +69,18 @@ impl Machine {
             (Action::Backup, Reply::Backup { backup }) => self.facts.backup = Some(backup),
             (Action::VerifyBackup { min_entries, .. }, Reply::BackupVerified { verification }) => {
                 let ok = verification.passed && verification.entries >= min_entries;
-                let detail = format!(
-                    "backup lists {} entries (at least {min_entries} required): {}",
-                    verification.entries, verification.detail
-                );
+                let noted = Noted::BackupVerified {
+                    entries: verification.entries,
+                    min_entries,
+                    detail: verification.detail.clone(),
+                };
                 self.facts.backup_verification = Some(verification);
                 if !ok {
                     self.fail(Reason::because(Cause::BackupVerification {
-                        detail: detail.clone(),
+                        detail: noted.to_string(),
                     }));
                 } else {
-                    self.note(detail);
+                    self.note(noted);
                 }
             }
             (Action::Migrate { .. }, Reply::Migrated { applied }) => {
@@ -191,10 +193,13 @@ impl Machine {
                     self.start_monitoring();
                 } else {
                     let wait = self.read_back_backoff();
-                    self.note(format!(
-                        "read-back shows {split}, expected {want}; reading again in {}",
-                        humantime::format_duration(wait)
-                    ));
+                    self.note(Noted::ReadBackDisagrees {
+                        found: split,
+                        expected: want,
+                        resend: false,
+                        wait,
+                        rollback: false,
+                    });
                     self.timers.poll = Some(self.now.after(wait));
                 }
             }
@@ -221,15 +226,13 @@ impl Machine {
                     // when a backed-off read still disagrees.
                     let resend = self.read_back_attempts % 2 == 1;
                     let wait = self.read_back_backoff();
-                    self.note(format!(
-                        "rollback read-back shows {split}, expected {want}; {} in {}",
-                        if resend {
-                            "setting again"
-                        } else {
-                            "reading again"
-                        },
-                        humantime::format_duration(wait)
-                    ));
+                    self.note(Noted::ReadBackDisagrees {
+                        found: split,
+                        expected: want,
+                        resend,
+                        wait,
+                        rollback: true,
+                    });
                     if resend {
                         self.stage = Stage::RestoreTraffic { confirming: false };
                     }
@@ -463,12 +466,11 @@ impl Machine {
             // outside). Read it again once; below its capacity, it is
             // scaled back and checked again before anything else.
             self.old_rechecked = true;
-            self.note(format!(
-                "smoke tests on the old color {} failed after traffic returned ({} of {}): reading it again before deciding",
-                self.old(),
-                failed.len(),
-                results.len()
-            ));
+            self.note(Noted::OldColorSmokeTestsFailed {
+                color: self.old(),
+                failed: failed.len(),
+                total: results.len(),
+            });
             self.old_status = None;
             self.old_health = None;
             self.enter(Stage::CheckOld);

@@ -279,7 +279,7 @@ impl Machine {
             }
             Stage::SmokeTests => {
                 if self.plan.smoke_tests.is_empty() {
-                    self.note("no smoke tests in the plan");
+                    self.note(Noted::NoSmokeTests);
                     self.facts.smoke_passed = true;
                     self.advance();
                 } else {

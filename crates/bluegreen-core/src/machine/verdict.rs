@@ -4,18 +4,25 @@ impl Machine {
     pub(super) fn decide_evaluation(&mut self, point: EvalPoint) {
         let results = std::mem::take(&mut self.final_results);
         let acted: Vec<&Measurement> = results.iter().filter(|m| !m.dry_run).collect();
-        for m in results
-            .iter()
-            .filter(|m| m.dry_run && m.verdict != Verdict::Pass)
-        {
-            self.event(Event::DryRun {
-                detail: format!("dry run, not acted on: {}", m.describe()),
-            });
-        }
         let percent = match point {
             EvalPoint::Step { step } => Some(self.steps[step].percent),
             _ => None,
         };
+        for m in results
+            .iter()
+            .filter(|m| m.dry_run && m.verdict != Verdict::Pass)
+        {
+            let cause = Cause::Analysis {
+                point,
+                percent,
+                failed: m.verdict == Verdict::Fail,
+                checks: vec![m.describe()],
+            };
+            self.event(Event::DryRun {
+                detail: format!("dry run, not acted on: {}", m.describe()),
+                cause: Some(cause),
+            });
+        }
         let failed: Vec<String> = acted
             .iter()
             .filter(|m| m.verdict == Verdict::Fail)
