@@ -1,7 +1,8 @@
 //! The ledger tables the runner keeps in the target database.
 //!
 //! * `bluegreen_migrations`: one row per migration version: its file, SHA-256
-//!   checksum, phase, state (`applying`, `applied`, `failed`, `reverting`,
+//!   checksum (and its down file's, `down_checksum`, added to older ledgers
+//!   by `ADD COLUMN IF NOT EXISTS`; `NULL` in rows written before), phase, state (`applying`, `applied`, `failed`, `reverting`,
 //!   `reverted`), whether the last attempt ran outside a transaction and how
 //!   many of its statements completed, the deployment and backup it ran
 //!   under, and the last error.
@@ -49,6 +50,7 @@ CREATE TABLE IF NOT EXISTS bluegreen_migrations (
     reverted_by      text,
     last_error       text
 );
+ALTER TABLE bluegreen_migrations ADD COLUMN IF NOT EXISTS down_checksum text;
 CREATE TABLE IF NOT EXISTS bluegreen_backups (
     id              text PRIMARY KEY,
     deployment_id   text NOT NULL,
@@ -144,6 +146,9 @@ pub struct LedgerEntry {
     pub file_name: String,
     /// The SHA-256 of that file when it was applied.
     pub checksum: String,
+    /// The SHA-256 of its down file when it was applied; `None` when it had
+    /// none, or the row was written before down files were recorded.
+    pub down_checksum: Option<String>,
     /// Its phase.
     pub phase: MigrationPhase,
     /// Whether it had a down file.
@@ -219,12 +224,15 @@ pub(crate) async fn read_ledger(
     if !exists {
         return Ok(Vec::new());
     }
+    // `to_jsonb(m)` reads `down_checksum` from a ledger an older runner
+    // created without it too (status and dry runs never alter the ledger).
     let rows = client
         .query(
             "SELECT version, name, file_name, checksum, phase, reversible, state, no_transaction,
                     statements_done, statements_total, attempts, deployment_id, backup_id,
-                    reverted_by, duration_ms, last_error
-             FROM bluegreen_migrations ORDER BY version",
+                    reverted_by, duration_ms, last_error,
+                    to_jsonb(m) ->> 'down_checksum'
+             FROM bluegreen_migrations m ORDER BY version",
             &[],
         )
         .await
@@ -246,6 +254,7 @@ pub(crate) async fn read_ledger(
                 name: r.get(1),
                 file_name: r.get(2),
                 checksum: r.get(3),
+                down_checksum: r.get(16),
                 phase: match phase.as_str() {
                     "expand" => MigrationPhase::Expand,
                     "contract" => MigrationPhase::Contract,

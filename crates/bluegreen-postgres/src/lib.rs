@@ -5,6 +5,7 @@ mod database;
 mod error;
 mod journal;
 mod ledger;
+mod probe;
 mod runner;
 mod source;
 mod watch;

@@ -71,6 +71,15 @@ pub struct MigrationSettings {
     pub lock_poll: Duration,
     /// Backups.
     pub backup: BackupSettings,
+    /// Lets a pending migration run although a higher version of its phase
+    /// is already applied (a branch merged late with a lower number), with
+    /// a warning in the log. Default `false`: such a migration is refused,
+    /// naming both versions and both checksums, because it was written
+    /// against a schema without the later migration and may now undo or
+    /// contradict it. Versions are compared within a phase: a contract
+    /// migration pending below an applied expand migration is the normal
+    /// order of a deployment.
+    pub allow_out_of_order: bool,
 }
 
 impl Default for MigrationSettings {
@@ -84,6 +93,7 @@ impl Default for MigrationSettings {
             lock_wait: Duration::from_secs(60),
             lock_poll: Duration::from_millis(250),
             backup: BackupSettings::default(),
+            allow_out_of_order: false,
         }
     }
 }
@@ -213,8 +223,16 @@ pub enum Resolution {
 ///   with `CREATE INDEX CONCURRENTLY`), for at most
 ///   [`MigrationSettings::lock_wait`]; then an [`ErrorKind::LeaseHeld`] error
 ///   naming the holder's pid and `application_name`.
-/// * The ledger keeps the SHA-256 of each applied file (a changed file is
-///   refused, naming it), the deployment and backup each ran under.
+/// * The ledger keeps the SHA-256 of each applied up and down file, the
+///   deployment and backup each ran under. Drift is refused before anything
+///   runs, naming the version and the full checksums: a changed, renamed or
+///   deleted applied file (up or down), and a pending version below the
+///   highest applied one of its phase (unless
+///   [`MigrationSettings::allow_out_of_order`]).
+/// * A dirty migration's report says what the catalog shows of the
+///   statement after the last one recorded (the killed runner's session may
+///   have finished it): an index that exists and is valid, a table, column
+///   or constraint in place, or that the catalog cannot tell.
 pub struct PostgresMigrations {
     db: Database,
     source: MigrationSource,
@@ -328,7 +346,7 @@ impl PostgresMigrations {
     pub async fn dry_run(&self) -> Result<Vec<PlannedMigration>> {
         let client = self.connect("dry run", None).await?;
         let ledger = read_ledger(&client, self.db.label()).await?;
-        self.check_integrity(&ledger, "dry run")?;
+        self.check_integrity(&client, &ledger, "dry run").await?;
         let mut out = Vec::new();
         for phase in [MigrationPhase::Expand, MigrationPhase::Contract] {
             for m in self.pending(&ledger, phase) {
@@ -389,7 +407,26 @@ impl PostgresMigrations {
         r.map(|_| ())
     }
 
-    fn check_integrity(&self, ledger: &[LedgerEntry], op: &'static str) -> Result<()> {
+    /// Refuses a ledger the files no longer match: a dirty migration (with
+    /// what the catalog says of the statement after the last one recorded),
+    /// an applied migration whose up or down file was changed, renamed or
+    /// deleted, and a pending migration below the highest applied version
+    /// of its phase (unless [`MigrationSettings::allow_out_of_order`]).
+    /// Every refusal names the version and the full checksums.
+    async fn check_integrity(
+        &self,
+        client: &Client,
+        ledger: &[LedgerEntry],
+        op: &'static str,
+    ) -> Result<()> {
+        let label = self.db.label();
+        let conflict = |message: String| {
+            err(
+                ErrorKind::Conflict,
+                op,
+                redact(&message, self.secret().as_deref()),
+            )
+        };
         for e in ledger {
             if e.is_dirty() {
                 let action = if e.state == LedgerState::Reverting {
@@ -406,41 +443,156 @@ impl PostgresMigrations {
                 } else {
                     e.file_name.clone()
                 };
-                return Err(err(
-                    ErrorKind::Conflict,
-                    op,
-                    format!(
-                        "migration {} ({file}) is dirty in {}: a no-transaction {action} under deployment {} stopped after {} of {} statements{}; the schema may be half-migrated. Repair it by hand, then record the outcome with resolve_dirty({}, Applied|NotApplied)",
-                        e.version,
-                        self.db.label(),
-                        e.deployment_id.as_deref().unwrap_or("(unknown)"),
-                        e.statements_done,
-                        e.statements_total,
-                        e.last_error
-                            .as_deref()
-                            .map(|m| format!(" (last error: {m})"))
-                            .unwrap_or_else(|| " (the session was cut off)".to_string()),
-                        e.version,
-                    ),
-                ));
+                let next = self.what_came_next(client, e).await;
+                return Err(conflict(format!(
+                    "migration {} ({file}) is dirty in {label}: a no-transaction {action} under deployment {} stopped after {} of {} statements{}; {next}; the schema may be half-migrated. Repair it by hand, then record the outcome with resolve_dirty({}, Applied|NotApplied)",
+                    e.version,
+                    e.deployment_id.as_deref().unwrap_or("(unknown)"),
+                    e.statements_done,
+                    e.statements_total,
+                    e.last_error
+                        .as_deref()
+                        .map(|m| format!(" (last error: {m})"))
+                        .unwrap_or_else(|| " (the session was cut off)".to_string()),
+                    e.version,
+                )));
             }
-            if let (true, Some(m)) = (e.is_applied(), self.source.get(e.version)) {
-                if m.up.checksum != e.checksum {
-                    return Err(err(
-                        ErrorKind::Conflict,
-                        op,
-                        format!(
-                            "applied migration file {} was changed after it was applied to {} (ledger checksum {}, file checksum {}); restore the file, or add a new migration instead",
-                            m.up.file_name,
-                            self.db.label(),
-                            &e.checksum[..12.min(e.checksum.len())],
-                            &m.up.checksum[..12],
-                        ),
-                    ));
+            if !e.is_applied() {
+                continue;
+            }
+            let Some(m) = self.source.get(e.version) else {
+                let moved = self
+                    .source
+                    .migrations()
+                    .iter()
+                    .find(|m| m.up.checksum == e.checksum);
+                return Err(conflict(match moved {
+                    Some(m) => format!(
+                        "applied migration {} ({}, checksum {}) was renamed to {} (version {}, checksum {}) after it was applied to {label}; restore its name and version",
+                        e.version, e.file_name, e.checksum, m.up.file_name, m.version, m.up.checksum,
+                    ),
+                    None => format!(
+                        "applied migration {} ({}, checksum {}) has no file any more: it was deleted or renamed after it was applied to {label} (no file has version {} or that checksum); restore the file",
+                        e.version, e.file_name, e.checksum, e.version,
+                    ),
+                }));
+            };
+            if m.up.checksum != e.checksum {
+                return Err(conflict(format!(
+                    "applied migration file {} (version {}) was changed after it was applied to {label} (ledger checksum {}, file checksum {}); restore the file, or add a new migration instead",
+                    m.up.file_name, e.version, e.checksum, m.up.checksum,
+                )));
+            }
+            if m.up.file_name != e.file_name {
+                return Err(conflict(format!(
+                    "applied migration {} was renamed from {} to {} after it was applied to {label} (ledger checksum {}, file checksum {}); restore its name",
+                    e.version, e.file_name, m.up.file_name, e.checksum, m.up.checksum,
+                )));
+            }
+            match (&e.down_checksum, &m.down) {
+                (Some(recorded), Some(down)) if *recorded != down.checksum => {
+                    return Err(conflict(format!(
+                        "the down file {} of applied migration {} was changed after the migration was applied to {label} (ledger checksum {recorded}, file checksum {}); a revert would run SQL nobody applied the migration with: restore the file",
+                        down.file_name, e.version, down.checksum,
+                    )));
+                }
+                (Some(recorded), None) => {
+                    return Err(conflict(format!(
+                        "the down file of applied migration {} ({}) was deleted or renamed after the migration was applied to {label} (ledger checksum {recorded}, no down file now); restore it",
+                        e.version, e.file_name,
+                    )));
+                }
+                _ => {}
+            }
+        }
+        for phase in [MigrationPhase::Expand, MigrationPhase::Contract] {
+            let Some(top) = ledger
+                .iter()
+                .filter(|e| e.is_applied() && e.phase == phase)
+                .max_by_key(|e| e.version)
+            else {
+                continue;
+            };
+            for m in self.pending(ledger, phase) {
+                if m.version >= top.version {
+                    continue;
+                }
+                let message = format!(
+                    "pending {phase} migration {} ({}, checksum {}) is lower than the highest applied {phase} migration {} ({}, checksum {}) in {label}",
+                    m.version, m.up.file_name, m.up.checksum, top.version, top.file_name, top.checksum,
+                );
+                if self.settings.allow_out_of_order {
+                    tracing::warn!(
+                        version = m.version,
+                        highest = top.version,
+                        "{message}; running it out of order (allow_out_of_order)"
+                    );
+                } else {
+                    return Err(conflict(format!(
+                        "{message}: it was written against a schema without the later one; give it a version above {}, or set allow_out_of_order",
+                        top.version,
+                    )));
                 }
             }
         }
         Ok(())
+    }
+
+    /// What the catalog says of the statement after the last one a dirty
+    /// migration recorded: the abandoned session may have finished it.
+    async fn what_came_next(&self, client: &Client, e: &LedgerEntry) -> String {
+        let reverting = e.state == LedgerState::Reverting;
+        let m = self.source.get(e.version);
+        let file = match (m, reverting) {
+            (Some(m), false) if m.up.checksum == e.checksum => &m.up,
+            (Some(m), true) => match (&m.down, &e.down_checksum) {
+                (Some(d), Some(c)) if d.checksum == *c => d,
+                (Some(d), None) => d,
+                _ => {
+                    return "whether the next statement completed cannot be told: its down file changed or is missing".to_string()
+                }
+            },
+            _ => {
+                return "whether the next statement completed cannot be told: its file changed or is missing".to_string()
+            }
+        };
+        let statements = split_statements(&file.sql);
+        let (done, total) = (e.statements_done as usize, e.statements_total as usize);
+        if statements.len() != total {
+            return format!(
+                "whether the next statement completed cannot be told: {} holds {} statements now",
+                file.file_name,
+                statements.len()
+            );
+        }
+        let Some(st) = statements.get(done) else {
+            return format!(
+                "all {total} statements completed; the runner stopped before recording the {}",
+                if reverting {
+                    "revert"
+                } else {
+                    "migration applied"
+                }
+            );
+        };
+        let (line, _) = line_col(&file.sql, st.offset);
+        let which = format!(
+            "statement {} of {total} (line {line}, `{}`)",
+            done + 1,
+            snippet(&st.text)
+        );
+        let Some(effect) = crate::probe::effect_of(&st.text) else {
+            return format!(
+                "whether {which} completed cannot be read from the catalog: check it by hand"
+            );
+        };
+        match crate::probe::look(client, &effect).await {
+            Ok((Some(true), seen)) => format!("{which} appears to have completed: {seen}"),
+            Ok((_, seen)) => format!("{which} did not complete: {seen}"),
+            Err(err) => {
+                format!("whether {which} completed could not be read from the catalog ({err})")
+            }
+        }
     }
 
     fn pending<'a>(&'a self, ledger: &[LedgerEntry], phase: MigrationPhase) -> Vec<&'a Migration> {
@@ -671,10 +823,12 @@ impl PostgresMigrations {
             .execute(
                 "INSERT INTO bluegreen_migrations
                    (version, name, file_name, checksum, phase, reversible, state, no_transaction,
-                    statements_done, statements_total, attempts, deployment_id, backup_id, started_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 0, $9, 1, $10, $11, now())
+                    statements_done, statements_total, attempts, deployment_id, backup_id, started_at,
+                    down_checksum)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 0, $9, 1, $10, $11, now(), $12)
                  ON CONFLICT (version) DO UPDATE SET
                    name = EXCLUDED.name, file_name = EXCLUDED.file_name, checksum = EXCLUDED.checksum,
+                   down_checksum = EXCLUDED.down_checksum,
                    phase = EXCLUDED.phase, reversible = EXCLUDED.reversible, state = EXCLUDED.state,
                    no_transaction = EXCLUDED.no_transaction, statements_done = 0,
                    statements_total = EXCLUDED.statements_total,
@@ -695,6 +849,7 @@ impl PostgresMigrations {
                     &(total as i32),
                     &ctx.deployment_id,
                     &ctx.backup_id,
+                    &m.down.as_ref().map(|d| d.checksum.clone()),
                 ],
             )
             .await
@@ -1051,7 +1206,7 @@ impl PostgresMigrations {
         self.lock(&client, op).await?;
         let ledger = async {
             let ledger = read_ledger(&client, self.db.label()).await?;
-            self.check_integrity(&ledger, op)?;
+            self.check_integrity(&client, &ledger, op).await?;
             Ok(ledger)
         }
         .await;
@@ -1175,7 +1330,7 @@ impl MigrationRunner for PostgresMigrations {
     async fn status(&self) -> Result<MigrationStatus> {
         let client = self.connect("status", None).await?;
         let ledger = read_ledger(&client, self.db.label()).await?;
-        self.check_integrity(&ledger, "status")?;
+        self.check_integrity(&client, &ledger, "status").await?;
         let applied = ledger
             .iter()
             .filter(|e| e.is_applied())
@@ -1237,7 +1392,7 @@ impl MigrationRunner for PostgresMigrations {
         let client = self.connect(op, Some(ctx)).await?;
         let ledger = read_ledger(&client, self.db.label()).await?;
         let mut checks = Vec::new();
-        let integrity = self.check_integrity(&ledger, op);
+        let integrity = self.check_integrity(&client, &ledger, op).await;
         let pending: Vec<String> = self
             .pending(&ledger, phase)
             .iter()

@@ -305,7 +305,7 @@ async fn a_changed_applied_file_is_refused_naming_the_file() {
         assert_eq!(e.kind(), ErrorKind::Conflict);
         assert!(
             e.to_string()
-                .contains("applied migration file 0001_orders.up.sql was changed"),
+                .contains("applied migration file 0001_orders.up.sql (version 1) was changed"),
             "{e}"
         );
     }
@@ -841,4 +841,342 @@ async fn create_index_concurrently_that_never_gets_past_an_old_snapshot_fails_in
         vec![2]
     );
     assert_eq!(index_validity(&c, "idx").await, Some(true));
+}
+
+/// The first error in `errs` whose message lacks one of `wanted`, shown whole.
+fn assert_names(errs: &[bluegreen_core::Error], wanted: &[&str]) {
+    for e in errs {
+        assert_eq!(e.kind(), ErrorKind::Conflict, "{e}");
+        let msg = e.to_string();
+        for w in wanted {
+            assert!(msg.contains(w), "`{w}` missing from: {msg}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edited_down_file_of_an_applied_migration_is_refused_naming_the_version_and_both_checksums(
+) {
+    let db = fresh_database("drift_down").await;
+    let backups = tempfile::tempdir().unwrap();
+    let down = "DROP TABLE orders;";
+    let v1 = [
+        (
+            "0001_orders.up.sql",
+            "CREATE TABLE orders (id bigint PRIMARY KEY);",
+        ),
+        ("0001_orders.down.sql", down),
+    ];
+    runner(&db, &v1, &backups)
+        .apply(EXPAND, &ctx("d1"))
+        .await
+        .unwrap();
+    let ledger = runner(&db, &v1, &backups).ledger().await.unwrap();
+    assert_eq!(
+        ledger[0].down_checksum.as_deref(),
+        Some(bluegreen_postgres::checksum(down).as_str()),
+        "the down file's checksum is recorded at apply time"
+    );
+
+    let edited = "DROP TABLE orders CASCADE;";
+    let v2 = [v1[0], ("0001_orders.down.sql", edited)];
+    let r = runner(&db, &v2, &backups);
+    let errs = [
+        r.status().await.unwrap_err(),
+        r.revert(&[1], &ctx("d1")).await.unwrap_err(),
+    ];
+    assert_names(
+        &errs,
+        &[
+            "down file 0001_orders.down.sql of applied migration 1 was changed",
+            &format!("ledger checksum {}", bluegreen_postgres::checksum(down)),
+            &format!("file checksum {}", bluegreen_postgres::checksum(edited)),
+        ],
+    );
+    let c = admin(&db).await;
+    assert_eq!(
+        scalar_i64(
+            &c,
+            "SELECT count(*) FROM pg_tables WHERE tablename = 'orders'"
+        )
+        .await,
+        1,
+        "the edited down file did not run"
+    );
+    let deleted = runner(&db, &v1[..1], &backups);
+    assert_names(
+        &[deleted.status().await.unwrap_err()],
+        &[
+            "down file of applied migration 1 (0001_orders.up.sql) was deleted",
+            &bluegreen_postgres::checksum(down),
+        ],
+    );
+
+    // A ledger an older runner created has no down_checksum column: it is
+    // read (nothing recorded, nothing checked) and the next apply adds it.
+    c.batch_execute("ALTER TABLE bluegreen_migrations DROP COLUMN down_checksum")
+        .await
+        .unwrap();
+    assert_eq!(versions(&r.status().await.unwrap().applied), vec![1]);
+    assert_eq!(r.ledger().await.unwrap()[0].down_checksum, None);
+    let v3 = [
+        v2[0],
+        v2[1],
+        ("0002_more.up.sql", "CREATE TABLE more (id int);"),
+    ];
+    runner(&db, &v3, &backups)
+        .apply(EXPAND, &ctx("d2"))
+        .await
+        .unwrap();
+    assert_eq!(
+        scalar_i64(
+            &c,
+            "SELECT count(*) FROM bluegreen_migrations WHERE down_checksum IS NULL"
+        )
+        .await,
+        2,
+        "old rows stay unrecorded; 0002 has no down file"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renamed_or_deleted_applied_file_is_refused_naming_the_version_and_both_checksums() {
+    let db = fresh_database("drift_renamed").await;
+    let backups = tempfile::tempdir().unwrap();
+    let notes = "ALTER TABLE orders ADD COLUMN note text;";
+    let sum = bluegreen_postgres::checksum(notes);
+    let orders = (
+        "0001_orders.up.sql",
+        "CREATE TABLE orders (id bigint PRIMARY KEY);",
+    );
+    runner(&db, &[orders, ("0002_notes.up.sql", notes)], &backups)
+        .apply(EXPAND, &ctx("d1"))
+        .await
+        .unwrap();
+
+    let deleted = runner(&db, &[orders], &backups);
+    assert_names(
+        &[
+            deleted.status().await.unwrap_err(),
+            deleted.apply(EXPAND, &ctx("d2")).await.unwrap_err(),
+        ],
+        &[&format!(
+            "applied migration 2 (0002_notes.up.sql, checksum {sum}) has no file any more"
+        )],
+    );
+    let other_version = runner(&db, &[orders, ("0003_notes.up.sql", notes)], &backups);
+    assert_names(
+        &[other_version.dry_run().await.unwrap_err()],
+        &[&format!(
+            "applied migration 2 (0002_notes.up.sql, checksum {sum}) was renamed to 0003_notes.up.sql (version 3, checksum {sum})"
+        )],
+    );
+    for renamed in ["0002_remarks.up.sql", "0002_Notes.up.sql"] {
+        let r = runner(&db, &[orders, (renamed, notes)], &backups);
+        assert_names(
+            &[r.status().await.unwrap_err()],
+            &[&format!(
+                "applied migration 2 was renamed from 0002_notes.up.sql to {renamed} after it was applied to {} (ledger checksum {sum}, file checksum {sum})",
+                db.label()
+            )],
+        );
+    }
+    // A changed up file names the version and both full checksums.
+    let changed = "ALTER TABLE orders ADD COLUMN note varchar(10);";
+    let r = runner(&db, &[orders, ("0002_notes.up.sql", changed)], &backups);
+    assert_names(
+        &[r.status().await.unwrap_err()],
+        &[&format!(
+            "applied migration file 0002_notes.up.sql (version 2) was changed after it was applied to {} (ledger checksum {sum}, file checksum {})",
+            db.label(),
+            bluegreen_postgres::checksum(changed)
+        )],
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_version_below_the_highest_applied_is_refused_unless_out_of_order_is_allowed() {
+    let db = fresh_database("drift_out_of_order").await;
+    let backups = tempfile::tempdir().unwrap();
+    let v1 = [
+        (
+            "0010_orders.up.sql",
+            "CREATE TABLE orders (id bigint PRIMARY KEY);",
+        ),
+        (
+            "0030_notes.up.sql",
+            "ALTER TABLE orders ADD COLUMN note text;",
+        ),
+    ];
+    runner(&db, &v1, &backups)
+        .apply(EXPAND, &ctx("d1"))
+        .await
+        .unwrap();
+    let late = "CREATE TABLE late (id int);";
+    let v2 = [
+        v1[0],
+        v1[1],
+        ("0020_late.up.sql", late),
+        // A contract migration below an applied expand one is the normal order.
+        (
+            "0025_drop_note.up.sql",
+            "-- bluegreen: phase=contract\nALTER TABLE orders DROP COLUMN note;",
+        ),
+    ];
+    let r = runner(&db, &v2, &backups);
+    assert_names(
+        &[
+            r.status().await.unwrap_err(),
+            r.apply(EXPAND, &ctx("d2")).await.unwrap_err(),
+        ],
+        &[&format!(
+            "pending expand migration 20 (0020_late.up.sql, checksum {}) is lower than the highest applied expand migration 30 (0030_notes.up.sql, checksum {})",
+            bluegreen_postgres::checksum(late),
+            bluegreen_postgres::checksum(v1[1].1)
+        )],
+    );
+    let c = admin(&db).await;
+    assert_eq!(
+        scalar_i64(
+            &c,
+            "SELECT count(*) FROM pg_tables WHERE tablename = 'late'"
+        )
+        .await,
+        0,
+        "nothing ran"
+    );
+
+    let allowed = r.with_settings(MigrationSettings {
+        allow_out_of_order: true,
+        ..settings(backups.path().to_path_buf())
+    });
+    assert_eq!(
+        versions(&allowed.apply(EXPAND, &ctx("d2")).await.unwrap()),
+        vec![20]
+    );
+    assert_eq!(
+        versions(&allowed.apply(CONTRACT, &ctx("d2")).await.unwrap()),
+        vec![25]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sql_case_variant_in_the_migration_directory_is_refused_not_ignored() {
+    let db = fresh_database("drift_case").await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("0001_orders.up.sql"),
+        "CREATE TABLE orders (id bigint PRIMARY KEY);",
+    )
+    .unwrap();
+    let source = bluegreen_postgres::MigrationSource::from_dir(dir.path()).unwrap();
+    PostgresMigrations::new(db.clone(), source)
+        .apply(EXPAND, &ctx("d1"))
+        .await
+        .unwrap();
+    for name in [
+        "0002_notes.up.SQL",
+        "0002_notes.UP.sql",
+        "0001_orders.down.Sql",
+    ] {
+        let path = dir.path().join(name);
+        std::fs::write(&path, "ALTER TABLE orders ADD COLUMN note text;").unwrap();
+        let e = bluegreen_postgres::MigrationSource::from_dir(dir.path())
+            .expect_err("a case variant is refused");
+        assert_eq!(e.kind(), ErrorKind::InvalidInput);
+        assert!(
+            e.to_string()
+                .contains(&format!("{name} differs only by case")),
+            "{e}"
+        );
+        std::fs::remove_file(path).unwrap();
+    }
+}
+
+/// The ledger of a no-transaction migration as a runner killed after
+/// `done` of its statements leaves it.
+async fn record_killed_after(c: &Client, file: &str, sql: &str, done: i32, total: i32) {
+    c.execute(
+        "INSERT INTO bluegreen_migrations (version, name, file_name, checksum, phase, reversible, state,
+            no_transaction, statements_done, statements_total, attempts, deployment_id, started_at)
+         VALUES (1, 'indexes', $1, $2, 'expand', false, 'applying', true, $3, $4, 1, 'deploy-killed', now())
+         ON CONFLICT (version) DO UPDATE SET statements_done = EXCLUDED.statements_done",
+        &[&file, &bluegreen_postgres::checksum(sql), &done, &total],
+    )
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_kill_the_next_run_reads_from_the_catalog_whether_the_next_statement_completed() {
+    let db = fresh_database("killed_truth").await;
+    let backups = tempfile::tempdir().unwrap();
+    let file = "0001_indexes.up.sql";
+    let sql = "-- bluegreen: no-transaction\nCREATE TABLE t (a int, b int);\n\
+               CREATE INDEX CONCURRENTLY idx_t_a ON t (a);\nUPDATE t SET b = a;\n\
+               CREATE INDEX CONCURRENTLY idx_t_b ON t (b);";
+    // The ledger tables, then the state a runner killed after statement 1
+    // leaves, while its abandoned session went on to finish statement 2.
+    runner(&db, &[], &backups)
+        .apply(EXPAND, &ctx("setup"))
+        .await
+        .unwrap();
+    let c = admin(&db).await;
+    c.batch_execute("CREATE TABLE t (a int, b int)")
+        .await
+        .unwrap();
+    record_killed_after(&c, file, sql, 1, 4).await;
+    c.batch_execute("CREATE INDEX CONCURRENTLY idx_t_a ON t (a)")
+        .await
+        .unwrap();
+
+    let next = runner(&db, &[(file, sql)], &backups);
+    let report = |e: bluegreen_core::Error| {
+        assert_eq!(e.kind(), ErrorKind::Conflict, "{e}");
+        e.to_string()
+    };
+    let msg = report(next.status().await.unwrap_err());
+    assert!(msg.contains("stopped after 1 of 4 statements"), "{msg}");
+    assert!(
+        msg.contains("statement 2 of 4 (line 3, `CREATE INDEX CONCURRENTLY idx_t_a ON t (a)`) appears to have completed: index idx_t_a exists and is valid"),
+        "{msg}"
+    );
+    let msg = report(next.apply(EXPAND, &ctx("deploy-next")).await.unwrap_err());
+    assert!(msg.contains("index idx_t_a exists and is valid"), "{msg}");
+
+    c.batch_execute("DROP INDEX idx_t_a").await.unwrap();
+    let msg = report(next.status().await.unwrap_err());
+    assert!(
+        msg.contains("statement 2 of 4 (line 3, `CREATE INDEX CONCURRENTLY idx_t_a ON t (a)`) did not complete: index idx_t_a does not exist"),
+        "{msg}"
+    );
+
+    record_killed_after(&c, file, sql, 2, 4).await;
+    let msg = report(next.status().await.unwrap_err());
+    assert!(
+        msg.contains("whether statement 3 of 4 (line 4, `UPDATE t SET b = a`) completed cannot be read from the catalog"),
+        "{msg}"
+    );
+
+    // A build the kill cut short leaves an INVALID index.
+    record_killed_after(&c, file, sql, 3, 4).await;
+    c.batch_execute(
+        "CREATE INDEX idx_t_b ON t (b); UPDATE pg_index SET indisvalid = false WHERE indexrelid = 'idx_t_b'::regclass",
+    )
+    .await
+    .unwrap();
+    let msg = report(next.status().await.unwrap_err());
+    assert!(
+        msg.contains("statement 4 of 4 (line 5, `CREATE INDEX CONCURRENTLY idx_t_b ON t (b)`) did not complete: index idx_t_b exists but is INVALID"),
+        "{msg}"
+    );
+
+    record_killed_after(&c, file, sql, 4, 4).await;
+    let msg = report(next.status().await.unwrap_err());
+    assert!(
+        msg.contains(
+            "all 4 statements completed; the runner stopped before recording the migration applied"
+        ),
+        "{msg}"
+    );
 }
