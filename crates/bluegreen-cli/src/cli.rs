@@ -382,7 +382,20 @@ pub(crate) fn dry_run(l: &LoadedSpec, out: OutputFormat) -> Result<i32, Error> {
     let handle = std::thread::spawn(move || {
         simulate_with(
             move |fakes| {
-                fakes.world.lock().migrations.clear();
+                {
+                    let mut w = fakes.world.lock();
+                    w.migrations.clear();
+                    // The live color at the plan's own capacity (the new
+                    // color takes at least the old one's), and instances
+                    // that start well within the deploy deadline: the dry
+                    // run shows the path the plan takes, not the fakes'
+                    // defaults.
+                    w.settle = w.settle.min(p2.deadlines.deploy / 4);
+                    if let Some(live) = w.colors.get_mut(&bluegreen_core::Color::Green) {
+                        live.desired = p2.replicas;
+                        live.running_before = p2.replicas;
+                    }
+                }
                 for c in &p2.analysis {
                     fakes
                         .metrics
