@@ -56,6 +56,8 @@ pub struct LocalComputeBuilder {
     env: BTreeMap<String, String>,
     working_dir: Option<PathBuf>,
     log_dir: Option<PathBuf>,
+    pass_env: Vec<String>,
+    keep_logs: bool,
     health_path: String,
     startup_poll: Duration,
     health_interval: Duration,
@@ -72,6 +74,8 @@ impl std::fmt::Debug for LocalComputeBuilder {
         f.debug_struct("LocalComputeBuilder")
             .field("command", &self.command)
             .field("env", &self.env.keys().collect::<Vec<_>>())
+            .field("pass_env", &self.pass_env)
+            .field("keep_logs", &self.keep_logs)
             .field("health_path", &self.health_path)
             .field("grace", &self.grace)
             .finish_non_exhaustive()
@@ -102,11 +106,35 @@ impl LocalComputeBuilder {
         self
     }
 
-    /// Where each instance's stdout and stderr go, one file per instance
-    /// (`<color>-<n>.log`). Default: a fresh directory under the system's
-    /// temporary directory.
+    /// The directory under which this provider's own log directory is
+    /// created (created itself, mode 0700, if missing). Each instance's
+    /// stdout and stderr go to one file (`<color>-<n>.log`, mode 0600) in a
+    /// fresh directory of mode 0700, `bluegreen-local-<pid>-<n>-<random>`,
+    /// made by [`build`](Self::build) under this one ([`LocalCompute::log_dir`]
+    /// tells which). Default: the system's temporary directory.
     pub fn log_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.log_dir = Some(dir.into());
+        self
+    }
+
+    /// Keeps the instances' log directory when the deployment ends. Default
+    /// `false`: [`LocalCompute::shutdown`] and dropping the last handle
+    /// remove it with the log files in it.
+    pub fn keep_logs(mut self, keep: bool) -> Self {
+        self.keep_logs = keep;
+        self
+    }
+
+    /// Variables of the deployer's own environment passed through to every
+    /// instance by name, e.g. `["TZ", "LANG"]`; a variable the deployer does
+    /// not have is left out. Default: none. Instances inherit nothing else
+    /// from the deployer but `PATH` (see [`LocalCompute`], *Environment*).
+    pub fn pass_env<I, S>(mut self, names: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.pass_env.extend(names.into_iter().map(Into::into));
         self
     }
 
@@ -149,24 +177,21 @@ impl LocalComputeBuilder {
         self
     }
 
-    /// Builds the provider. Fails if the log directory cannot be created.
+    /// Builds the provider. Fails if a `pass_env` name is not a variable name
+    /// or the log directory cannot be created.
     pub fn build(self) -> Result<LocalCompute> {
-        let log_dir = match self.log_dir {
-            Some(d) => d,
-            None => std::env::temp_dir().join(format!(
-                "bluegreen-local-{}-{}",
-                std::process::id(),
-                NEXT_ID.fetch_add(1, Ordering::Relaxed)
-            )),
-        };
-        std::fs::create_dir_all(&log_dir).map_err(|e| {
-            Error::invalid_input(format!(
-                "log_dir {}: cannot create it: {e}",
-                log_dir.display()
+        if let Some(bad) = self
+            .pass_env
+            .iter()
+            .find(|n| n.is_empty() || n.contains(['=', '\0']))
+        {
+            return Err(Error::invalid_input(format!(
+                "pass_env {bad:?} is not an environment variable name"
             ))
             .with_provider(PROVIDER)
-            .with_operation("build")
-        })?;
+            .with_operation("build"));
+        }
+        let log_dir = create_run_log_dir(self.log_dir.as_deref())?;
         if !self.health_path.starts_with('/') {
             return Err(Error::invalid_input(format!(
                 "health_path {:?} must start with /",
@@ -184,6 +209,8 @@ impl LocalComputeBuilder {
                 env: self.env,
                 working_dir: self.working_dir,
                 log_dir,
+                pass_env: self.pass_env,
+                keep_logs: self.keep_logs,
                 health_path: self.health_path,
                 startup_poll: self.startup_poll,
                 health_interval: self.health_interval,
@@ -210,6 +237,41 @@ impl LocalComputeBuilder {
 
 static NEXT_ID: AtomicU32 = AtomicU32::new(0);
 
+/// Creates this provider's log directory: a new directory of mode 0700 under
+/// `parent` (the system's temporary directory if `None`; created 0700 if
+/// missing), never one that already exists.
+fn create_run_log_dir(parent: Option<&Path>) -> Result<PathBuf> {
+    use std::os::unix::fs::DirBuilderExt;
+    let fail = |dir: &Path, e: std::io::Error| {
+        Error::invalid_input(format!("log_dir {}: cannot create it: {e}", dir.display()))
+            .with_provider(PROVIDER)
+            .with_operation("build")
+    };
+    let parent = match parent {
+        Some(p) => {
+            bluegreen_core::journal::create_private_dir(p).map_err(|e| fail(p, e))?;
+            p.to_path_buf()
+        }
+        None => std::env::temp_dir(),
+    };
+    let mut last = None;
+    for _ in 0..16 {
+        let dir = parent.join(format!(
+            "bluegreen-local-{}-{}-{:08x}",
+            std::process::id(),
+            NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            rand::random::<u32>()
+        ));
+        match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+            Ok(()) => return Ok(dir),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => last = Some((dir, e)),
+            Err(e) => return Err(fail(&dir, e)),
+        }
+    }
+    let (dir, e) = last.expect("16 attempts");
+    Err(fail(&dir, e))
+}
+
 fn color_index(c: Color) -> usize {
     match c {
         Color::Blue => 0,
@@ -224,21 +286,31 @@ fn color_index(c: Color) -> usize {
 ///   instances of the color's prepared release at once and returns; a
 ///   background task checks each one's health until it first passes
 ///   (`pending` until then), and keeps checking it afterwards.
-/// * **Environment.** Each instance gets `PORT`, `BLUEGREEN_COLOR`,
-///   `BLUEGREEN_VERSION`, `BLUEGREEN_INSTANCE`, the builder's `env`, the
-///   release's `env`, and its resolved `secrets`.
+/// * **Environment.** Instances do not inherit the deployer's environment
+///   (which may hold the journal's URL with its password, or secrets). Each
+///   gets only: the deployer's `PATH`; the deployer's variables named by
+///   [`pass_env`](LocalComputeBuilder::pass_env) (none by default); the
+///   builder's `env`; the release's `env`; `PORT`, `BLUEGREEN_COLOR`,
+///   `BLUEGREEN_VERSION`, `BLUEGREEN_INSTANCE`; and the release's resolved
+///   `secrets`, each later one winning over an earlier one of the same name.
 /// * **Stop.** Scaling down takes instances out of rotation, waits the drain
 ///   time, sends SIGTERM to the instance's process group, and SIGKILL after
 ///   the grace period. `scale` returns once they have exited.
-/// * **Logs.** Each instance's stdout and stderr go to its own file in the
-///   log directory ([`instances`](Self::instances) tells which).
+/// * **Logs.** Each instance's stdout and stderr go to its own file (0600) in
+///   this provider's own log directory (0700, [`log_dir`](Self::log_dir);
+///   [`instances`](Self::instances) tells which file). The directory is
+///   removed with the deployment, by [`shutdown`](Self::shutdown) or when
+///   the last handle is dropped, unless
+///   [`keep_logs`](LocalComputeBuilder::keep_logs) says otherwise; a scale
+///   up after a shutdown creates it again.
 /// * **Crashes.** An instance that exits on its own is reported `failed`
 ///   (and unhealthy) and is never restarted behind the engine's back; the
 ///   next explicit `scale` of its color replaces it.
 /// * **Releases.** `prepare` records the release; the next `scale` of the
 ///   color to a non-zero count replaces instances running another release.
 /// * **Cleanup.** Dropping the last handle kills every instance left
-///   (SIGKILL); [`shutdown`](Self::shutdown) stops them gracefully.
+///   (SIGKILL); [`shutdown`](Self::shutdown) stops them gracefully. Both
+///   remove the log directory unless it is kept.
 ///
 /// Cloning is cheap and shares the instances.
 #[derive(Clone)]
@@ -260,6 +332,8 @@ struct Inner {
     env: BTreeMap<String, String>,
     working_dir: Option<PathBuf>,
     log_dir: PathBuf,
+    pass_env: Vec<String>,
+    keep_logs: bool,
     health_path: String,
     startup_poll: Duration,
     health_interval: Duration,
@@ -351,6 +425,8 @@ impl LocalCompute {
             env: BTreeMap::new(),
             working_dir: None,
             log_dir: None,
+            pass_env: Vec::new(),
+            keep_logs: false,
             health_path: defaults::HEALTH_PATH.to_string(),
             startup_poll: defaults::STARTUP_POLL,
             health_interval: defaults::HEALTH_INTERVAL,
@@ -363,7 +439,8 @@ impl LocalCompute {
         }
     }
 
-    /// The directory holding the instances' log files.
+    /// The directory holding the instances' log files (mode 0700; removed at
+    /// the end unless kept, see [`LocalComputeBuilder::keep_logs`]).
     pub fn log_dir(&self) -> &Path {
         &self.inner.log_dir
     }
@@ -388,7 +465,9 @@ impl LocalCompute {
     }
 
     /// Stops every instance of both colors gracefully (SIGTERM, then SIGKILL
-    /// after the grace period) and waits until they have exited.
+    /// after the grace period), waits until they have exited, and removes
+    /// the log directory unless [`keep_logs`](LocalComputeBuilder::keep_logs)
+    /// was set.
     pub async fn shutdown(&self) {
         let _ops = self.inner.ops.lock().await;
         for c in Color::ALL {
@@ -400,6 +479,7 @@ impl LocalCompute {
             self.inner.publish(c);
             self.inner.stop_all(all).await;
         }
+        self.inner.remove_log_dir();
     }
 }
 
@@ -438,6 +518,60 @@ impl Inner {
                 resolve_program(&parts, "release.image")?;
                 Ok(parts)
             }
+        }
+    }
+
+    /// Creates the log directory again (mode 0700) if a shutdown removed it,
+    /// and refuses one that is not a directory of this user that only this
+    /// user may enter.
+    fn ensure_log_dir(&self) -> Result<()> {
+        use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+        let dir = &self.log_dir;
+        let refuse = |why: String| {
+            Err(Error::new(
+                ErrorKind::PermissionDenied,
+                format!("log directory {}: {why}", dir.display()),
+            ))
+        };
+        match std::fs::symlink_metadata(dir) {
+            Ok(m) if !m.is_dir() => refuse("not a directory".into()),
+            Ok(m) if m.uid() != rustix::process::geteuid().as_raw() => {
+                refuse(format!("owned by uid {}, not this user", m.uid()))
+            }
+            Ok(m) if m.mode() & 0o077 != 0 => refuse(format!(
+                "mode {:o}: group or others may use it",
+                m.mode() & 0o7777
+            )),
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::DirBuilder::new()
+                .mode(0o700)
+                .create(dir)
+                .map_err(|e| {
+                    Error::new(
+                        ErrorKind::Other,
+                        format!("log directory {}: cannot create it: {e}", dir.display()),
+                    )
+                }),
+            Err(e) => Err(Error::new(
+                ErrorKind::Other,
+                format!("log directory {}: {e}", dir.display()),
+            )),
+        }
+    }
+
+    /// Removes the log directory and its files, unless they are kept.
+    fn remove_log_dir(&self) {
+        if self.keep_logs {
+            tracing::info!(log_dir = %self.log_dir.display(), "instance logs kept");
+            return;
+        }
+        match std::fs::remove_dir_all(&self.log_dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!(
+                log_dir = %self.log_dir.display(),
+                "cannot remove the instances' log directory: {e}"
+            ),
         }
     }
 
@@ -502,10 +636,13 @@ impl Inner {
                 port
             }
         };
+        use std::os::unix::fs::OpenOptionsExt;
+        self.ensure_log_dir().map_err(err)?;
         let log = self.log_dir.join(format!("{color}-{number}.log"));
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
+            .mode(0o600)
             .open(&log)
             .map_err(|e| {
                 err(Error::new(
@@ -520,8 +657,19 @@ impl Inner {
             ))
         })?;
         let mut c = tokio::process::Command::new(&cmd[0]);
-        c.args(&cmd[1..])
-            .envs(&self.env)
+        // Nothing of the deployer's environment but PATH and the variables
+        // passed through by name: it may hold the journal's URL with its
+        // password, and secrets.
+        c.args(&cmd[1..]).env_clear();
+        if let Some(path) = std::env::var_os("PATH") {
+            c.env("PATH", path);
+        }
+        for name in &self.pass_env {
+            if let Some(v) = std::env::var_os(name) {
+                c.env(name, v);
+            }
+        }
+        c.envs(&self.env)
             .envs(&release.env)
             .env("PORT", port.to_string())
             .env("BLUEGREEN_COLOR", color.as_str())
@@ -900,5 +1048,6 @@ impl Drop for Inner {
                 i.signal(Signal::KILL);
             }
         }
+        self.remove_log_dir();
     }
 }
