@@ -1236,6 +1236,10 @@ fn clean_path(p: &str) -> String {
 fn explain(msg: &str) -> String {
     let msg = msg.trim().trim_end_matches('\n');
     let first = msg.lines().next().unwrap_or(msg).to_string();
+    if first.is_empty() {
+        // The TOML parser says nothing for some cut-off files (`0=`).
+        return "the file does not parse here: a value is missing or cut off".into();
+    }
     if let Some(rest) = first
         .strip_prefix("unknown field `")
         .or_else(|| first.strip_prefix("unknown variant `"))

@@ -148,6 +148,15 @@ fn a_plan_rule_is_reported_with_the_spec_field() {
     assert!(e.line > 1, "{e}");
 }
 
+/// Found by the loader's fuzz test: the TOML parser gives no message for a
+/// file cut off after `=`, and the error said nothing.
+#[test]
+fn a_toml_file_cut_off_after_an_equals_sign_gets_a_message() {
+    let e = err("0=", "f.toml");
+    assert!(e.message.contains("does not parse here"), "{e}");
+    assert_eq!((e.line, e.column), (1, 3));
+}
+
 const FUZZ_CASES: u32 = 3000;
 
 proptest! {
