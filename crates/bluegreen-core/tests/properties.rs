@@ -156,9 +156,12 @@ fn script(f: &Fakes, case: &Case) {
     }
 }
 
-/// The longest a split call is retried by the fakes' driver (3 attempts,
-/// 200 and 400 ms apart), with margin.
-const RACE: Duration = Duration::from_secs(1);
+/// The longest one split call can be in flight in the fakes' driver: 3
+/// attempts of up to the 30 s call timeout each (a hang or a timeout), 200
+/// and 400 ms apart, with margin. The engine reads the old color and issues
+/// the split back to it in the same instant, so a kill landing within this
+/// window before the split took effect came after the engine's read.
+const RACE: Duration = Duration::from_secs(91);
 
 /// Replays the world's changes and checks invariants 1, 2 and 4 on them.
 fn check_world(f: &Fakes, plan: &Plan, report: &Report) -> Result<(), String> {
@@ -534,6 +537,39 @@ fn the_old_color_killed_while_the_split_back_to_it_is_retried_is_scaled_back_and
         irreversible_expand: false,
         inconclusive_rolls_back: false,
         faults: vec![(20, 3, 108), (7, 2, 31)],
+    };
+    let (report, f, _) = simulate_case(&case);
+    assert!(
+        matches!(report.outcome, Some(Outcome::RolledBack { .. })),
+        "{:?}",
+        report.outcome
+    );
+    assert_eq!(f.world.split(), TrafficSplit::all_on(Color::Green));
+    assert_eq!(f.world.desired(Color::Green), 3);
+    assert_eq!(f.world.desired(Color::Blue), 0);
+    assert!(report
+        .decisions
+        .iter()
+        .any(|d| d.text.contains("failed after traffic returned")));
+    check_world(&f, &plan_for(&case), &report).unwrap();
+}
+
+/// Found by the schedules (CI): an error-rate breach starts the rollback,
+/// the engine reads the old color at its capacity and sends the split back
+/// to it; in that same instant something outside kills the old color, and
+/// the split call hangs for its 30 s timeout before its retry lands. The
+/// traffic lands on a color at 0, which no deployer could have seen: its
+/// smoke tests then fail, the engine reads it again, scales it back to its
+/// capacity and finishes the rollback with all traffic on it at 3.
+#[test]
+fn the_old_color_killed_while_the_split_back_to_it_hangs_is_scaled_back_and_the_rollback_finishes()
+{
+    let case = Case {
+        metrics: Metrics::ErrorBreach,
+        strategy: 0,
+        irreversible_expand: false,
+        inconclusive_rolls_back: false,
+        faults: vec![(7, 1, 14), (20, 2, 18)],
     };
     let (report, f, _) = simulate_case(&case);
     assert!(
