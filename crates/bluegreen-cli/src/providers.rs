@@ -263,6 +263,8 @@ pub async fn assemble(loaded: &LoadedSpec) -> Result<Assembled> {
             let compute = LocalCompute::builder()
                 .command(command)
                 .health_path(&l.health_path)
+                .pass_env(l.pass_env.iter().cloned())
+                .keep_logs(l.keep_logs)
                 .health_interval(Duration::from_millis(200))
                 .grace(Duration::from_secs(3))
                 .build()?;

@@ -302,6 +302,15 @@ pub struct LocalTarget {
     /// proxy's metrics need traffic to measure).
     #[serde(default = "default_load_workers")]
     pub load_workers: usize,
+    /// Variables of the deployer's environment passed through to the
+    /// instances by name, e.g. `["TZ", "LANG"]` (default none). Instances
+    /// get no other variable of the deployer's but `PATH`.
+    #[serde(default)]
+    pub pass_env: Vec<String>,
+    /// Keep the instances' log directory after the deployment (default
+    /// false: it is removed when the local target shuts down).
+    #[serde(default)]
+    pub keep_logs: bool,
 }
 
 fn default_listen() -> String {
