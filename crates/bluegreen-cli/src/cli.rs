@@ -142,6 +142,7 @@ pub fn main() -> i32 {
             return if e.use_stderr() { EXIT_BAD_SPEC } else { 0 };
         }
     };
+    crate::logging::init(cli.output);
     run(cli)
 }
 
@@ -168,7 +169,12 @@ pub fn run(cli: Cli) -> i32 {
     };
     if group::is_group(&text, Format::of(&path.display().to_string())) {
         return match LoadedGroup::parse(&text, path) {
-            Ok(g) => run_group(cli, g),
+            Ok(g) => {
+                for m in g.members() {
+                    crate::logging::redact_spec_secrets(&m);
+                }
+                run_group(cli, g)
+            }
             Err(e) => bad_spec(&cli, &e),
         };
     }
@@ -176,6 +182,7 @@ pub fn run(cli: Cli) -> i32 {
         Ok(l) => l,
         Err(e) => return bad_spec(&cli, &e),
     };
+    crate::logging::redact_spec_secrets(&loaded);
     let paused = loaded
         .spec
         .target
@@ -284,8 +291,99 @@ fn bad_spec(cli: &Cli, e: &SpecError) -> i32 {
     EXIT_BAD_SPEC
 }
 
+/// A path the spec names, as the CLI uses it: relative to the spec's
+/// directory, whatever the working directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpecPath {
+    /// The spec's field, e.g. `migrations.directory`.
+    pub field: &'static str,
+    /// The path resolved against the spec's directory.
+    pub path: PathBuf,
+    /// Whether it leaves the spec's directory (`..` or absolute).
+    pub outside: bool,
+}
+
+impl SpecPath {
+    /// How `validate` and `plan` print it: in full (absolute, `..`
+    /// resolved) when it leaves the spec's directory, so a reviewer sees
+    /// where it goes.
+    pub fn shown(&self) -> String {
+        if self.outside {
+            format!(
+                "{} (outside the spec's directory)",
+                full_path(&self.path).display()
+            )
+        } else {
+            self.path.display().to_string()
+        }
+    }
+}
+
+/// `p` absolute, with `.` and `..` resolved without touching the disk.
+pub fn full_path(p: &Path) -> PathBuf {
+    let abs = std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    let mut out = PathBuf::new();
+    for c in abs.components() {
+        match c {
+            std::path::Component::CurDir => {}
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Whether `p`, as written in a spec, leaves the spec's directory.
+fn leaves(p: &Path) -> bool {
+    let mut depth = 0i32;
+    for c in p.components() {
+        match c {
+            std::path::Component::Normal(_) => depth += 1,
+            std::path::Component::ParentDir => {
+                depth -= 1;
+                if depth < 0 {
+                    return true;
+                }
+            }
+            std::path::Component::CurDir => {}
+            // Absolute (a root or a prefix).
+            _ => return true,
+        }
+    }
+    false
+}
+
+/// The journal file, the migrations directory and the backup directory the
+/// spec names, resolved against its directory.
+pub fn spec_paths(l: &LoadedSpec) -> Vec<SpecPath> {
+    let s = &l.spec;
+    let mut v = vec![SpecPath {
+        field: "journal.path",
+        path: l.journal_path(),
+        outside: s.journal.path.as_deref().is_some_and(leaves),
+    }];
+    if let Some(m) = &s.migrations {
+        for (field, p) in [
+            ("migrations.directory", &m.directory),
+            ("migrations.backup_dir", &m.backup_dir),
+        ] {
+            if let Some(p) = p {
+                v.push(SpecPath {
+                    field,
+                    path: l.resolve(p),
+                    outside: leaves(p),
+                });
+            }
+        }
+    }
+    v
+}
+
 pub(crate) fn validate(l: &LoadedSpec, out: OutputFormat) -> Result<i32, Error> {
     let s = &l.spec;
+    let paths = spec_paths(l);
     let target = match s.target_kind() {
         TargetKind::Local => "local",
         TargetKind::EcsAlb => "ecs+alb",
@@ -296,7 +394,12 @@ pub(crate) fn validate(l: &LoadedSpec, out: OutputFormat) -> Result<i32, Error> 
             "{}",
             serde_json::json!({"valid": true, "service": s.scope.service,
                 "version": s.scope.version, "target": target,
-                "journal": l.journal_path()})
+                "journal": l.journal_path(),
+                "paths": paths.iter().map(|p| serde_json::json!({
+                    "field": p.field,
+                    "path": if p.outside { full_path(&p.path) } else { p.path.clone() },
+                    "outside_spec_dir": p.outside,
+                })).collect::<Vec<_>>()})
         );
     } else {
         println!(
@@ -308,8 +411,11 @@ pub(crate) fn validate(l: &LoadedSpec, out: OutputFormat) -> Result<i32, Error> 
             s.monitoring.checks.len(),
             s.rollback_triggers.len(),
             s.acceptance.len(),
-            l.journal_path().display()
+            paths[0].shown()
         );
+        for p in &paths[1..] {
+            println!("  {}: {}", p.field, p.shown());
+        }
     }
     Ok(EXIT_SUCCEEDED)
 }
@@ -431,6 +537,11 @@ pub(crate) fn dry_run(l: &LoadedSpec, out: OutputFormat) -> Result<i32, Error> {
         plan.release.version,
         l.path.display()
     );
+    let paths = spec_paths(l);
+    for p in &paths {
+        println!("{}: {}", p.field, p.shown());
+    }
+    println!();
     let stages: Vec<&str> = report.stages.iter().map(|s| s.stage.as_str()).collect();
     println!("Steps: {}\n", stages.join(" -> "));
     println!("Provider calls (repeated polls folded):");

@@ -6,6 +6,7 @@ pub mod cli;
 pub mod fake;
 pub mod group;
 pub mod journal;
+pub mod logging;
 pub mod providers;
 pub mod slack;
 pub mod spec;

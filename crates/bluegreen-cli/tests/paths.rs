@@ -1,0 +1,107 @@
+//! Paths in a spec resolve against the spec's directory, not the working
+//! directory (issue 17, item 8), and one that leaves it is printed in full
+//! by `validate` and `plan`, with the real binary.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+const SPEC: &str = r#"
+[scope]
+service = "order-api"
+version = "2.5.0"
+image = "order-api:2.5.0-abc123"
+
+[target.fake]
+state = "world.json"
+paused_time = true
+initial_version = "2.4.0"
+
+[deployment]
+replicas = 2
+strategy = { type = "canary", percent = 20, wait = "2m" }
+
+[monitoring]
+provider = "fake"
+fake = { values = { error-rate = 0.002 } }
+
+[[monitoring.checks]]
+name = "error-rate"
+query = "errors:{color}"
+unit = "ratio"
+success = "< 0.01"
+"#;
+
+fn bluegreen(cwd: &Path, args: &[&str]) -> Output {
+    Command::new("timeout")
+        .args(["--kill-after=10", "120", env!("CARGO_BIN_EXE_bluegreen")])
+        .args(args)
+        .current_dir(cwd)
+        .env_remove(bluegreen_cli::journal::KILL_ENV)
+        .output()
+        .expect("the bluegreen binary runs")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[test]
+fn relative_paths_resolve_next_to_the_spec_from_another_working_directory() {
+    let root = tempfile::tempdir().unwrap();
+    let deploy = root.path().join("deploy");
+    let cwd = root.path().join("elsewhere");
+    std::fs::create_dir_all(&deploy).unwrap();
+    std::fs::create_dir_all(&cwd).unwrap();
+    let spec = format!(
+        "{SPEC}\n[migrations]\nrunner = \"fake\"\ndirectory = \"migrations\"\nbackup = false\n\n[journal]\npath = \"state/deploy.journal\"\n"
+    );
+    std::fs::write(deploy.join("spec.toml"), spec).unwrap();
+    let out = bluegreen(&cwd, &["deploy", "../deploy/spec.toml"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(deploy.join("state/deploy.journal").is_file());
+    assert!(deploy.join("world.json").is_file());
+    assert!(!cwd.join("state").exists() && !cwd.join("world.json").exists());
+    let out = bluegreen(
+        &cwd,
+        &["--output", "json", "validate", "../deploy/spec.toml"],
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let migrations = &v["paths"][1];
+    assert_eq!(migrations["field"], "migrations.directory", "{v}");
+    assert_eq!(migrations["outside_spec_dir"], false, "{v}");
+    assert_eq!(
+        Path::new(migrations["path"].as_str().unwrap()),
+        Path::new("../deploy/migrations"),
+        "{v}"
+    );
+}
+
+#[test]
+fn a_path_that_leaves_the_spec_directory_is_printed_in_full_by_validate_and_plan() {
+    let root = tempfile::tempdir().unwrap();
+    let deploy = root.path().join("deploy");
+    std::fs::create_dir_all(&deploy).unwrap();
+    let spec = format!(
+        "{SPEC}\n[migrations]\nrunner = \"fake\"\ndirectory = \"../shared/migrations\"\nbackup = false\n\n[journal]\npath = \"../../journals/order-api.journal\"\n"
+    );
+    std::fs::write(deploy.join("spec.toml"), spec).unwrap();
+    let root = root.path().canonicalize().unwrap();
+    let migrations = root.join("shared/migrations").display().to_string();
+    let journal = root
+        .parent()
+        .unwrap()
+        .join("journals/order-api.journal")
+        .display()
+        .to_string();
+    for cmd in ["validate", "plan"] {
+        let out = bluegreen(&deploy, &[cmd, "spec.toml"]);
+        let shown = text(&out.stdout);
+        assert_eq!(out.status.code(), Some(0), "{cmd}: {}", text(&out.stderr));
+        for full in [&migrations, &journal] {
+            assert!(
+                shown.contains(&format!("{full} (outside the spec's directory)")),
+                "{cmd} prints {full} in full: {shown}"
+            );
+        }
+    }
+}
