@@ -114,7 +114,10 @@ pub enum Record {
 ///   notifications journaled beside the commands, not as commands; reasons
 ///   and notes carry their structured cause. A superset of 2.
 /// * 4: [`Record::Checkpoint`]: a held deployment's repeated readings are
-///   left out of the journal, and the machine's state is journaled instead.
+///   left out of the journal, and the machine's state is journaled instead;
+///   notes, control effects and dry runs carry their kind; a mutating call
+///   of a stage a rollback abandoned is waited for before the rollback's
+///   next mutating call is sent.
 ///   A superset of 3: this engine resumes 2, 3 and 4 (see
 ///   [`OLDEST_RESUMABLE_FORMAT`]).
 pub const JOURNAL_FORMAT: u32 = 4;

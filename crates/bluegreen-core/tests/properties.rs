@@ -586,3 +586,43 @@ fn the_old_color_killed_while_the_split_back_to_it_hangs_is_scaled_back_and_the_
         .any(|d| d.text.contains("failed after traffic returned")));
     check_world(&f, &plan_for(&case), &report).unwrap();
 }
+
+/// Found by the schedules (CI): the split to 100% on the new color fails
+/// once (a temporary error) and is retried; in that instant the health
+/// trigger starts the rollback, whose split back to the old color landed
+/// first. The forward call's retry then landed last: all traffic on the new
+/// color, which the rollback scaled to 0 after reverting the migration. Now
+/// the rollback's mutating calls wait until the abandoned call returned.
+#[test]
+fn a_forward_split_retried_as_the_rollback_starts_never_lands_after_the_rollbacks_split() {
+    let case = Case {
+        metrics: Metrics::Healthy,
+        strategy: 1,
+        irreversible_expand: false,
+        inconclusive_rolls_back: false,
+        faults: vec![(8, 10, 155), (7, 1, 11)],
+    };
+    let (report, f, _) = simulate_case(&case);
+    assert!(
+        matches!(report.outcome, Some(Outcome::RolledBack { .. })),
+        "{:?}",
+        report.outcome
+    );
+    let splits: Vec<TrafficSplit> = f
+        .world
+        .changes()
+        .into_iter()
+        .filter_map(|c| match c {
+            Change::Split(s) => Some(s),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        splits.last(),
+        Some(&TrafficSplit::all_on(Color::Green)),
+        "{splits:?}"
+    );
+    assert_eq!(f.world.split(), TrafficSplit::all_on(Color::Green));
+    assert_eq!(f.world.desired(Color::Blue), 0);
+    check_world(&f, &plan_for(&case), &report).unwrap();
+}

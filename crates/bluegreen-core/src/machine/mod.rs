@@ -56,6 +56,10 @@ pub const READ_BACK_MAX_BACKOFF: Duration = Duration::from_secs(60);
 enum Pending {
     Stage,
     Monitor(Monitor),
+    /// A mutating call of a stage the deployment left (a rollback began
+    /// while it ran): its answer decides nothing, but until it returns its
+    /// write may still land, so the next mutating call waits for it.
+    Abandoned,
 }
 
 /// Defines [`Machine`] from its fixed parts (the plan and what is derived
@@ -151,6 +155,11 @@ machine! {
         /// The halt needs a human now (critical notification).
         critical: bool,
         outcome: Option<Outcome>,
+        /// Mutating commands issued while an abandoned mutating call was
+        /// still in flight: held back (pending, not yet sent) until it
+        /// returns, so a late write of the forward path can never land
+        /// after the rollback's.
+        deferred: Vec<CommandId>,
         /// The last reading of each monitor (a check's verdict, a color's
         /// target health), to tell a held deployment's repeated readings.
         last_readings: Vec<(ReadingOf, Reading)>,
@@ -222,6 +231,7 @@ impl Machine {
             critical: false,
             outcome: None,
             last_readings: Vec::new(),
+            deferred: Vec::new(),
             step: Step::default(),
             fresh_reading: false,
             queries,
@@ -290,6 +300,7 @@ impl Machine {
     pub fn outstanding(&self) -> Vec<Command> {
         self.pending
             .iter()
+            .filter(|(_, (k, _))| *k != Pending::Abandoned)
             .map(|(id, (_, action))| Command {
                 id: *id,
                 action: action.clone(),
@@ -405,9 +416,31 @@ impl Machine {
     fn issue_as(&mut self, kind: Pending, action: Action) -> CommandId {
         let id = self.next_id;
         self.next_id += 1;
+        let hold_back =
+            action.is_mutating() && self.pending.values().any(|(k, _)| *k == Pending::Abandoned);
         self.pending.insert(id, (kind, action.clone()));
-        self.step.commands.push(Command { id, action });
+        if hold_back {
+            self.deferred.push(id);
+        } else {
+            self.step.commands.push(Command { id, action });
+        }
         id
+    }
+
+    /// Sends the held-back mutating commands once no abandoned mutating
+    /// call is in flight any more.
+    fn release_deferred(&mut self) {
+        if self.pending.values().any(|(k, _)| *k == Pending::Abandoned) {
+            return;
+        }
+        for id in std::mem::take(&mut self.deferred) {
+            if let Some((_, action)) = self.pending.get(&id) {
+                self.step.commands.push(Command {
+                    id,
+                    action: action.clone(),
+                });
+            }
+        }
     }
 
     fn stage_pending(&self) -> bool {
@@ -468,8 +501,23 @@ impl Machine {
     }
 
     /// Drops the current stage's outstanding commands (their late replies are ignored).
+    /// Forgets the current stage's calls. A mutating one already sent is
+    /// kept as abandoned until it returns (its write may still land); one
+    /// held back and never sent is dropped.
     fn abandon_stage(&mut self) {
-        self.pending.retain(|_, (k, _)| *k != Pending::Stage);
+        let deferred = std::mem::take(&mut self.deferred);
+        self.pending
+            .retain(|id, (k, _)| *k != Pending::Stage || !deferred.contains(id));
+        self.deferred = deferred
+            .into_iter()
+            .filter(|id| self.pending.contains_key(id))
+            .collect();
+        self.pending.retain(|_, (k, a)| {
+            if *k == Pending::Stage && a.is_mutating() {
+                *k = Pending::Abandoned;
+            }
+            *k != Pending::Stage
+        });
     }
 
     /// Moves to `stage`, honouring gates, group barriers and pause, and
@@ -778,6 +826,11 @@ impl Machine {
     /// Restarts the current stage's progress deadline once the resumed
     /// deployer's `wait` is over (see [`Input::Resumed`]).
     fn on_resumed(&mut self, wait: Duration) {
+        // The previous deployer's calls died with it (the driver waits out
+        // their call timeout before it acts); what it held back is sent
+        // again now as outstanding.
+        self.pending.retain(|_, (k, _)| *k != Pending::Abandoned);
+        self.deferred.clear();
         let restart = self.timers.restart_deadline(self.now.after(wait));
         if restart.is_none() && wait.is_zero() {
             return;
@@ -942,6 +995,7 @@ impl Machine {
         };
         let (provider, op) = action.operation();
         match kind {
+            Pending::Abandoned => self.release_deferred(),
             Pending::Monitor(Monitor::Check(i)) => {
                 // A failed periodic measurement is no evidence either way.
                 let name = self.plan.analysis[i].name.clone();
@@ -1003,6 +1057,7 @@ impl Machine {
             return;
         };
         match kind {
+            Pending::Abandoned => self.release_deferred(),
             Pending::Monitor(m) => self.on_monitor_reply(m, action, reply),
             Pending::Stage => {
                 self.on_stage_reply(action, reply);
