@@ -11,20 +11,12 @@ use std::process::{Command, Output};
 
 use bluegreen_cli::fake::{FakeChange, FakeWorldState};
 
-/// Long enough for any of these commands, short enough that a hang fails.
-const TIMEOUT: &str = "120";
+mod common;
 
-/// Runs `bluegreen ARGS` in `dir` under `timeout`.
+/// Runs `bluegreen ARGS` in `dir` under `timeout`, with the crash hook set
+/// if `kill` is given.
 fn bluegreen(dir: &Path, args: &[&str], kill: Option<&str>) -> Output {
-    let mut c = Command::new("timeout");
-    c.args(["--kill-after=10", TIMEOUT, env!("CARGO_BIN_EXE_bluegreen")])
-        .args(args)
-        .current_dir(dir);
-    match kill {
-        Some(k) => c.env(bluegreen_cli::journal::KILL_ENV, k),
-        None => c.env_remove(bluegreen_cli::journal::KILL_ENV),
-    };
-    c.output().expect("the bluegreen binary runs")
+    common::bluegreen(dir, args, &[(bluegreen_cli::journal::KILL_ENV, kill)])
 }
 
 fn stderr(out: &Output) -> String {

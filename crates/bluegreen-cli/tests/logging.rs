@@ -8,61 +8,26 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-/// A fake-target spec whose journal is `state/deploy.journal`.
-const SPEC: &str = r#"
-[scope]
-service = "order-api"
-version = "2.5.0"
-image = "order-api:2.5.0-abc123"
+mod common;
+use common::{fresh_database, text, FAKE_SPEC};
 
-[target.fake]
-state = "world.json"
-paused_time = true
-initial_version = "2.4.0"
-
-[deployment]
-replicas = 2
-strategy = { type = "canary", percent = 20, wait = "2m" }
-
-[monitoring]
-provider = "fake"
-fake = { values = { error-rate = 0.002 } }
-
-[[monitoring.checks]]
-name = "error-rate"
-query = "errors:{color}"
-unit = "ratio"
-success = "< 0.01"
-
-[journal]
-path = "state/deploy.journal"
-"#;
+/// The fake-target spec with its journal at `state/deploy.journal`.
+fn spec() -> String {
+    format!("{FAKE_SPEC}\n[journal]\npath = \"state/deploy.journal\"\n")
+}
 
 const TORN: &str = "journal has a torn last line";
 
 /// Runs `bluegreen ARGS` in `dir` with `RUST_LOG` as given (unset if None).
 fn bluegreen(dir: &Path, args: &[&str], rust_log: Option<&str>) -> Output {
-    let mut c = Command::new("timeout");
-    c.args(["--kill-after=10", "120", env!("CARGO_BIN_EXE_bluegreen")])
-        .args(args)
-        .current_dir(dir)
-        .env_remove(bluegreen_cli::journal::KILL_ENV);
-    match rust_log {
-        Some(v) => c.env("RUST_LOG", v),
-        None => c.env_remove("RUST_LOG"),
-    };
-    c.output().expect("the bluegreen binary runs")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
+    common::bluegreen(dir, args, &[("RUST_LOG", rust_log)])
 }
 
 /// A directory with the spec, one finished deployment, and a journal
 /// whose last line a crash cut short.
 fn torn_journal() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("spec.toml"), SPEC).unwrap();
+    std::fs::write(dir.path().join("spec.toml"), spec()).unwrap();
     let out = bluegreen(dir.path(), &["deploy", "spec.toml"], None);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let journal = dir.path().join("state/deploy.journal");
@@ -96,6 +61,11 @@ fn rust_log_error_silences_the_torn_line_warning() {
     let err = text(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{err}");
     assert!(!err.contains(TORN), "{err}");
+    // The same journal with RUST_LOG asking for warnings shows it: the
+    // silence above is RUST_LOG's doing, not a missing subscriber.
+    let out = bluegreen(dir.path(), &["status", "spec.toml"], Some("warn"));
+    let err = text(&out.stderr);
+    assert!(err.contains(TORN), "{err}");
 }
 
 #[test]
@@ -123,34 +93,6 @@ fn with_output_json_the_torn_line_warning_is_a_json_line() {
     let stdout = text(&out.stdout);
     let status: serde_json::Value = serde_json::from_str(stdout.trim()).expect(&stdout);
     assert_eq!(status["outcome"], "succeeded");
-}
-
-fn server_url() -> String {
-    std::env::var("BLUEGREEN_TEST_PG_URL").unwrap_or_else(|_| {
-        panic!(
-            "BLUEGREEN_TEST_PG_URL is not set: run scripts/test, which starts PostgreSQL \
-             (scripts/services/postgres.sh) and exports it"
-        )
-    })
-}
-
-/// A fresh database on the test server, as a URL.
-async fn fresh_database(name: &str) -> String {
-    let server = server_url();
-    let name = format!("bgt_cli_{name}");
-    let admin =
-        bluegreen_postgres::Database::from_url(&server).expect("BLUEGREEN_TEST_PG_URL parses");
-    let client = admin.connect().await.expect("connect to the test server");
-    client
-        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        .await
-        .expect("drop an earlier run's database");
-    client
-        .batch_execute(&format!("CREATE DATABASE {name}"))
-        .await
-        .expect("create the test database");
-    let (prefix, _) = server.rsplit_once('/').expect("the URL names a database");
-    format!("{prefix}/{name}")
 }
 
 /// The password of `scheme://user:password@host/...`, as written.

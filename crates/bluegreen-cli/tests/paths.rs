@@ -3,46 +3,13 @@
 //! by `validate` and `plan`, with the real binary.
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
-const SPEC: &str = r#"
-[scope]
-service = "order-api"
-version = "2.5.0"
-image = "order-api:2.5.0-abc123"
-
-[target.fake]
-state = "world.json"
-paused_time = true
-initial_version = "2.4.0"
-
-[deployment]
-replicas = 2
-strategy = { type = "canary", percent = 20, wait = "2m" }
-
-[monitoring]
-provider = "fake"
-fake = { values = { error-rate = 0.002 } }
-
-[[monitoring.checks]]
-name = "error-rate"
-query = "errors:{color}"
-unit = "ratio"
-success = "< 0.01"
-"#;
+mod common;
+use common::{text, FAKE_SPEC as SPEC};
 
 fn bluegreen(cwd: &Path, args: &[&str]) -> Output {
-    Command::new("timeout")
-        .args(["--kill-after=10", "120", env!("CARGO_BIN_EXE_bluegreen")])
-        .args(args)
-        .current_dir(cwd)
-        .env_remove(bluegreen_cli::journal::KILL_ENV)
-        .output()
-        .expect("the bluegreen binary runs")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
+    common::bluegreen(cwd, args, &[])
 }
 
 #[test]

@@ -8,33 +8,8 @@ use bluegreen_cli::providers::assemble;
 use bluegreen_cli::{LoadedSpec, Spec};
 use bluegreen_core::provider::{MigrationContext, MigrationPhase};
 
-fn server_url() -> String {
-    std::env::var("BLUEGREEN_TEST_PG_URL").unwrap_or_else(|_| {
-        panic!(
-            "BLUEGREEN_TEST_PG_URL is not set: run scripts/test, which starts PostgreSQL \
-             (scripts/services/postgres.sh) and exports it"
-        )
-    })
-}
-
-/// A fresh database, as a URL.
-async fn fresh_database(name: &str) -> String {
-    let server = server_url();
-    let name = format!("bgt_cli_{name}");
-    let admin =
-        bluegreen_postgres::Database::from_url(&server).expect("BLUEGREEN_TEST_PG_URL parses");
-    let client = admin.connect().await.expect("connect to the test server");
-    client
-        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        .await
-        .expect("drop an earlier run's database");
-    client
-        .batch_execute(&format!("CREATE DATABASE {name}"))
-        .await
-        .expect("create the test database");
-    let (prefix, _) = server.rsplit_once('/').expect("the URL names a database");
-    format!("{prefix}/{name}")
-}
+mod common;
+use common::fresh_database;
 
 fn spec(url_var: &str) -> String {
     format!(

@@ -957,14 +957,7 @@ impl BlueGreen {
         let timeout = self.timeout_for(&command.action);
         let id = command.id;
         // Only the migration runner's calls carry the context.
-        let ctx = if matches!(
-            command.action,
-            Action::Backup
-                | Action::VerifyBackup { .. }
-                | Action::Migrate { .. }
-                | Action::VerifyMigrations { .. }
-                | Action::RevertMigrations { .. }
-        ) {
+        let ctx = if command.action.operation().0 == "migrations" {
             MigrationContext {
                 deployment_id: self.deployment_id.clone(),
                 backup_id: machine.facts().backup.as_ref().map(|b| b.id.clone()),

@@ -520,6 +520,27 @@ fn the_invariant_checker_catches_a_violation() {
     assert!(err.contains("without passing smoke tests"), "{err}");
 }
 
+/// Runs `case`, in which the old color is killed after the engine read it
+/// at its capacity: the rollback must still end with all traffic on it at
+/// 3 (its smoke tests failed, it was read again and scaled back), the new
+/// color at 0, and every invariant of the world held.
+fn old_color_scaled_back_after_its_smoke_tests_failed(case: &Case) {
+    let (report, f, _) = simulate_case(case);
+    assert!(
+        matches!(report.outcome, Some(Outcome::RolledBack { .. })),
+        "{:?}",
+        report.outcome
+    );
+    assert_eq!(f.world.split(), TrafficSplit::all_on(Color::Green));
+    assert_eq!(f.world.desired(Color::Green), 3);
+    assert_eq!(f.world.desired(Color::Blue), 0);
+    assert!(report
+        .decisions
+        .iter()
+        .any(|d| d.text.contains("failed after traffic returned")));
+    check_world(&f, &plan_for(case), &report).unwrap();
+}
+
 /// Found by the schedules: during the soak the breach starts the rollback,
 /// the old color is read back at its capacity, something outside kills it in
 /// that same instant, and the split back to it is retried once (a temporary
@@ -538,20 +559,7 @@ fn the_old_color_killed_while_the_split_back_to_it_is_retried_is_scaled_back_and
         inconclusive_rolls_back: false,
         faults: vec![(20, 3, 108), (7, 2, 31)],
     };
-    let (report, f, _) = simulate_case(&case);
-    assert!(
-        matches!(report.outcome, Some(Outcome::RolledBack { .. })),
-        "{:?}",
-        report.outcome
-    );
-    assert_eq!(f.world.split(), TrafficSplit::all_on(Color::Green));
-    assert_eq!(f.world.desired(Color::Green), 3);
-    assert_eq!(f.world.desired(Color::Blue), 0);
-    assert!(report
-        .decisions
-        .iter()
-        .any(|d| d.text.contains("failed after traffic returned")));
-    check_world(&f, &plan_for(&case), &report).unwrap();
+    old_color_scaled_back_after_its_smoke_tests_failed(&case);
 }
 
 /// Found by the schedules (CI): an error-rate breach starts the rollback,
@@ -571,20 +579,7 @@ fn the_old_color_killed_while_the_split_back_to_it_hangs_is_scaled_back_and_the_
         inconclusive_rolls_back: false,
         faults: vec![(7, 1, 14), (20, 2, 18)],
     };
-    let (report, f, _) = simulate_case(&case);
-    assert!(
-        matches!(report.outcome, Some(Outcome::RolledBack { .. })),
-        "{:?}",
-        report.outcome
-    );
-    assert_eq!(f.world.split(), TrafficSplit::all_on(Color::Green));
-    assert_eq!(f.world.desired(Color::Green), 3);
-    assert_eq!(f.world.desired(Color::Blue), 0);
-    assert!(report
-        .decisions
-        .iter()
-        .any(|d| d.text.contains("failed after traffic returned")));
-    check_world(&f, &plan_for(&case), &report).unwrap();
+    old_color_scaled_back_after_its_smoke_tests_failed(&case);
 }
 
 /// Found by the schedules (CI): the split to 100% on the new color fails
