@@ -1191,21 +1191,25 @@ impl Plan {
                         return Err(PlanError::new(
                             format!("strategy.steps[{i}].percent"),
                             format!(
-                                "{} must be greater than the step before ({prev}) and at most 100",
+                                "{}% must be greater than the step before ({prev}%) and at most 100%: the percents are cumulative (the share of traffic on the new color after each step)",
                                 s.percent
                             ),
                         ));
                     }
-                    if s.percent < 100 {
-                        positive(&format!("strategy.steps[{i}].wait"), s.wait)?;
-                    }
                     prev = s.percent;
                 }
+                // Checked before the waits: a list ending short of 100 is
+                // the real problem of `[10 (1s), 60]`, not the last wait.
                 if prev != 100 {
                     return Err(PlanError::new(
                         format!("strategy.steps[{}].percent", steps.len() - 1),
-                        format!("the steps end at {prev}%; they must add up to 100"),
+                        format!("the steps end at {prev}%; the percents are cumulative: the last step must be 100%"),
                     ));
+                }
+                for (i, s) in steps.iter().enumerate() {
+                    if s.percent < 100 {
+                        positive(&format!("strategy.steps[{i}].wait"), s.wait)?;
+                    }
                 }
                 Ok(())
             }
