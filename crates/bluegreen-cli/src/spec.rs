@@ -925,9 +925,41 @@ impl Spec {
                 );
             }
         }
-        for k in self.env.keys() {
+        for (k, v) in &self.env {
             if looks_secret(k) {
                 return err(&format!("env.{k}"), format!("{k} looks like a secret, and {PLAIN_TEXT_SECRET}; list it under [[secrets]] with `env = \"{k}\"`"));
+            }
+            if holds_password(v) {
+                return err(&format!("env.{k}"), format!("{k} holds a password (a URL with user:password@), and {PLAIN_TEXT_SECRET}; keep the URL in the secret store and list it under [[secrets]] with `env = \"{k}\"`"));
+            }
+        }
+        if let Some(l) = &t.local {
+            for (k, v) in &l.initial_env {
+                if looks_secret(k) || holds_password(v) {
+                    return err(
+                        &format!("target.local.initial_env.{k}"),
+                        format!("{k} holds a secret, and {PLAIN_TEXT_SECRET}"),
+                    );
+                }
+            }
+        }
+        for (i, c) in self
+            .staging_checks
+            .iter()
+            .chain(self.smoke_tests.iter())
+            .enumerate()
+        {
+            let section = if i < self.staging_checks.len() {
+                format!("staging_checks[{i}]")
+            } else {
+                format!("smoke_tests[{}]", i - self.staging_checks.len())
+            };
+            for (name, value) in &c.headers {
+                if let bluegreen_http::HeaderValueSpec::Value(v) = value {
+                    if credential_header(name) || looks_secret(name) || holds_password(v) {
+                        return err(&format!("{section}.headers.{name}"), format!("the {name} header carries a credential, and {PLAIN_TEXT_SECRET}: write {name} = {{ secret = \"name-in-the-secret-store\", format = \"Bearer {{secret}}\" }}"));
+                    }
+                }
             }
         }
         for (i, s) in self.secrets.iter().enumerate() {
@@ -1202,6 +1234,38 @@ fn looks_secret(key: &str) -> bool {
     ]
     .iter()
     .any(|w| k.contains(w))
+}
+
+/// Headers that carry credentials whatever their value looks like.
+fn credential_header(name: &str) -> bool {
+    let n = name.to_ascii_lowercase();
+    matches!(
+        n.as_str(),
+        "authorization" | "proxy-authorization" | "cookie" | "x-api-key" | "x-auth-token"
+    )
+}
+
+/// Whether `value` holds a URL with a password (`scheme://user:password@host`)
+/// or a connection string with `password=`.
+fn holds_password(value: &str) -> bool {
+    let lower = value.to_ascii_lowercase();
+    if lower.contains("password=") {
+        return true;
+    }
+    let mut rest = value;
+    while let Some(i) = rest.find("://") {
+        let after = &rest[i + 3..];
+        let authority = after.split(['/', '?', '#']).next().unwrap_or("");
+        if let Some(at) = authority.rfind('@') {
+            if let Some((_, password)) = authority[..at].split_once(':') {
+                if !password.is_empty() {
+                    return true;
+                }
+            }
+        }
+        rest = after;
+    }
+    false
 }
 
 /// Maps a core plan field to the spec's field.

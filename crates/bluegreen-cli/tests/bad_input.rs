@@ -9,12 +9,14 @@ use std::path::Path;
 use bluegreen_cli::cli::{EXIT_BAD_SPEC, EXIT_ROLLED_BACK, EXIT_SUCCEEDED};
 use common::{bluegreen, text, FAKE_SPEC};
 
+/// Writes `spec` as `spec.toml` in a fresh directory.
 fn dir_with(spec: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("spec.toml"), spec).unwrap();
     dir
 }
 
+/// `bluegreen validate spec.toml` in `dir`: (exit code, stdout, stderr).
 fn run(dir: &Path, args: &[&str]) -> (i32, String, String) {
     let out = bluegreen(dir, args, &[]);
     (
@@ -24,6 +26,8 @@ fn run(dir: &Path, args: &[&str]) -> (i32, String, String) {
     )
 }
 
+/// Asserts `spec` is refused by `validate` with exit 64 naming `field`
+/// and containing `words`.
 fn refused(spec: &str, field: &str, words: &[&str]) -> String {
     let dir = dir_with(spec);
     let (code, stdout, stderr) = run(dir.path(), &["validate", "spec.toml"]);
@@ -38,6 +42,41 @@ fn refused(spec: &str, field: &str, words: &[&str]) -> String {
     stderr
 }
 
+#[test]
+fn a_plain_text_bearer_token_in_a_smoke_test_header_is_refused() {
+    let spec = format!(
+        "{FAKE_SPEC}\n[[smoke_tests]]\nname = \"create-order\"\nurl = \"{{base_url}}/api/orders\"\nheaders = {{ Authorization = \"Bearer s3cr3t-token\" }}\n"
+    );
+    let e = refused(
+        &spec,
+        "smoke_tests[0].headers.Authorization",
+        &["plain text", "secret ="],
+    );
+    assert!(!e.contains("s3cr3t-token"), "never echoes it: {e}");
+    // The same header from the secret store passes.
+    let ok = spec.replace(
+        "\"Bearer s3cr3t-token\"",
+        "{ secret = \"prod/order-api/token\", format = \"Bearer {secret}\" }",
+    );
+    let dir = dir_with(&ok);
+    let (code, stdout, stderr) = run(dir.path(), &["validate", "spec.toml"]);
+    assert_eq!(code, EXIT_SUCCEEDED, "{stdout}\n{stderr}");
+}
+
+#[test]
+fn a_database_url_with_a_password_in_env_is_refused() {
+    let spec = format!(
+        "{FAKE_SPEC}\n[env]\nDATABASE_URL = \"postgres://admin:hunter2@db/orders\"\nLOG_LEVEL = \"info\"\n"
+    );
+    let e = refused(&spec, "env.DATABASE_URL", &["password", "[[secrets]]"]);
+    assert!(!e.contains("hunter2"), "never echoes it: {e}");
+    // Without a password it is plain configuration.
+    let dir = dir_with(&spec.replace("admin:hunter2@", "admin@"));
+    let (code, stdout, stderr) = run(dir.path(), &["validate", "spec.toml"]);
+    assert_eq!(code, EXIT_SUCCEEDED, "{stdout}\n{stderr}");
+}
+
+#[test]
 fn a_step_list_ending_at_60_percent_says_the_percents_are_cumulative() {
     let spec = FAKE_SPEC.replace(
         "strategy = { type = \"canary\", percent = 20, wait = \"2m\" }",
@@ -54,6 +93,7 @@ fn a_step_list_ending_at_60_percent_says_the_percents_are_cumulative() {
     assert!(!e.contains("add up to 100"), "{e}");
 }
 
+#[test]
 fn steps_of_10_for_1s_then_60_name_the_missing_100_percent_not_the_wait() {
     let spec = FAKE_SPEC.replace(
         "strategy = { type = \"canary\", percent = 20, wait = \"2m\" }",
