@@ -901,7 +901,35 @@ impl Spec {
                 return err("target", "give one target only: [target.local], [target.ecs] with [target.alb], or [target.fake]".into())
             }
         }
+        if let Some(ecs) = &t.ecs {
+            for (f, v) in [
+                ("target.ecs.cluster", &ecs.cluster),
+                ("target.ecs.region", &ecs.region),
+                ("target.ecs.services.blue", &ecs.services.blue),
+                ("target.ecs.services.green", &ecs.services.green),
+            ] {
+                if v.trim().is_empty() {
+                    return err(f, "must not be empty".into());
+                }
+            }
+        }
         if let Some(alb) = &t.alb {
+            for (f, v) in [
+                (
+                    "target.alb.target_groups.blue",
+                    Some(&alb.target_groups.blue),
+                ),
+                (
+                    "target.alb.target_groups.green",
+                    Some(&alb.target_groups.green),
+                ),
+                ("target.alb.listener_arn", alb.listener_arn.as_ref()),
+                ("target.alb.rule_arn", alb.rule_arn.as_ref()),
+            ] {
+                if v.is_some_and(|v| v.trim().is_empty()) {
+                    return err(f, "must not be empty: give the ARN".into());
+                }
+            }
             if alb.listener_arn.is_some() == alb.rule_arn.is_some() {
                 return err(
                     "target.alb",
@@ -1391,12 +1419,12 @@ pub fn locate(text: &str, field: &str) -> (usize, usize) {
             let header = t.trim_start_matches('[').trim_end();
             let is_key =
                 t.starts_with(name) && t[name.len()..].trim_start().starts_with(['=', ':']);
+            // `[target.alb]` holds both `target` and `alb`.
             let is_header = t.starts_with('[')
                 && header
                     .trim_end_matches(']')
-                    .rsplit('.')
-                    .next()
-                    .is_some_and(|h| h.trim() == name);
+                    .split('.')
+                    .any(|h| h.trim() == name);
             let is_quoted_key = t.starts_with(&format!("\"{name}\""));
             if is_key || is_header || is_quoted_key {
                 if hits == index.unwrap_or(0) {

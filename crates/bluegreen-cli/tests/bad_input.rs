@@ -42,6 +42,38 @@ fn refused(spec: &str, field: &str, words: &[&str]) -> String {
     stderr
 }
 
+/// An ECS + ALB spec on an emulator endpoint.
+fn ecs_spec(endpoint: &str) -> String {
+    format!(
+        r#"
+[scope]
+service = "order-api"
+version = "2.5.0"
+image = "order-api:2.5.0-abc123"
+
+[target.ecs]
+cluster = "production"
+region = "us-east-1"
+services = {{ blue = "order-api-blue", green = "order-api-green" }}
+endpoint_url = "{endpoint}"
+
+[target.alb]
+listener_arn = "arn:aws:elasticloadbalancing:us-east-1:123456789012:listener/app/prod/1/2"
+target_groups = {{ blue = "arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/blue/1", green = "arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/green/2" }}
+
+[monitoring]
+provider = "prometheus"
+prometheus = {{ url = "http://127.0.0.1:9" }}
+
+[[monitoring.checks]]
+name = "error-rate"
+query = "errors"
+unit = "ratio"
+success = "< 0.01"
+"#
+    )
+}
+
 #[test]
 fn a_plain_text_bearer_token_in_a_smoke_test_header_is_refused() {
     let spec = format!(
@@ -61,6 +93,25 @@ fn a_plain_text_bearer_token_in_a_smoke_test_header_is_refused() {
     let dir = dir_with(&ok);
     let (code, stdout, stderr) = run(dir.path(), &["validate", "spec.toml"]);
     assert_eq!(code, EXIT_SUCCEEDED, "{stdout}\n{stderr}");
+}
+
+#[test]
+fn an_empty_green_target_group_is_refused_by_validate_naming_the_field() {
+    let spec = ecs_spec("http://127.0.0.1:9").replace(
+        "green = \"arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/green/2\"",
+        "green = \"\"",
+    );
+    let e = refused(
+        &spec,
+        "target.alb.target_groups.green",
+        &["must not be empty"],
+    );
+    let line = spec
+        .lines()
+        .position(|l| l.starts_with("target_groups"))
+        .unwrap()
+        + 1;
+    assert!(e.contains(&format!("spec.toml:{line}:")), "{e}");
 }
 
 #[test]
