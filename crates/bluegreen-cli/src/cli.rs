@@ -541,6 +541,23 @@ pub(crate) fn dry_run(l: &LoadedSpec, out: OutputFormat) -> Result<i32, Error> {
     for p in &paths {
         println!("{}: {}", p.field, p.shown());
     }
+    if let Some(listed) = migrations_to_run(l)? {
+        println!(
+            "\nMigrations that would run (those the database has not applied yet, in this order):"
+        );
+        if listed.is_empty() {
+            println!("  none: the directory holds no migration");
+        }
+        for m in listed {
+            println!(
+                "  {} {} ({}{})",
+                m.version,
+                m.name,
+                m.phase,
+                if m.reversible { "" } else { ", irreversible" }
+            );
+        }
+    }
     println!();
     let stages: Vec<&str> = report.stages.iter().map(|s| s.stage.as_str()).collect();
     println!("Steps: {}\n", stages.join(" -> "));
@@ -578,6 +595,56 @@ pub(crate) fn dry_run(l: &LoadedSpec, out: OutputFormat) -> Result<i32, Error> {
         report.outcome_name()
     );
     Ok(EXIT_SUCCEEDED)
+}
+
+/// The migrations the spec's runner knows, in the order they run (expand
+/// before contract), or `None` without a `[migrations]` section.
+fn migrations_to_run(
+    l: &LoadedSpec,
+) -> Result<Option<Vec<bluegreen_core::provider::MigrationInfo>>, Error> {
+    let Some(m) = &l.spec.migrations else {
+        return Ok(None);
+    };
+    let mut list: Vec<bluegreen_core::provider::MigrationInfo> = match m.runner {
+        crate::spec::MigrationRunnerKind::Postgres => {
+            let Some(dir) = &m.directory else {
+                return Ok(Some(Vec::new()));
+            };
+            let dir = l.resolve(dir);
+            bluegreen_postgres::MigrationSource::from_dir(&dir)
+                .map_err(|e| {
+                    Error::invalid_input(format!(
+                        "migrations.directory {}: {}",
+                        dir.display(),
+                        e.message()
+                    ))
+                })?
+                .migrations()
+                .iter()
+                .map(|m| m.info())
+                .collect()
+        }
+        crate::spec::MigrationRunnerKind::Fake => l
+            .spec
+            .target
+            .fake
+            .iter()
+            .flat_map(|f| &f.migrations)
+            .map(|f| bluegreen_core::provider::MigrationInfo {
+                version: f.version,
+                name: f.name.clone(),
+                phase: f.phase,
+                reversible: f.reversible,
+            })
+            .collect(),
+    };
+    list.sort_by_key(|m| {
+        (
+            m.phase == bluegreen_core::provider::MigrationPhase::Contract,
+            m.version,
+        )
+    });
+    Ok(Some(list))
 }
 
 async fn open_journal(l: &LoadedSpec, path: &Path) -> Result<Arc<dyn Journal>, Error> {

@@ -816,11 +816,47 @@ impl LoadedSpec {
 
     /// Validates `text`, read from the spec at `path`.
     pub fn from_text(path: &Path, text: String) -> Result<LoadedSpec, SpecError> {
-        let spec = Spec::from_str(&text, &path.display().to_string())?;
-        Ok(LoadedSpec {
+        let file = path.display().to_string();
+        let spec = Spec::from_str(&text, &file)?;
+        let loaded = LoadedSpec {
             spec,
             path: path.to_path_buf(),
             text,
+        };
+        loaded.check_paths(&file)?;
+        Ok(loaded)
+    }
+
+    /// The paths the spec reads from must exist: `migrations.directory`
+    /// is a directory (a missing one would otherwise pass `validate` and
+    /// `plan` and fail only when the deployment runs).
+    fn check_paths(&self, file: &str) -> Result<(), SpecError> {
+        let Some(dir) = self
+            .spec
+            .migrations
+            .as_ref()
+            .and_then(|m| m.directory.as_ref())
+        else {
+            return Ok(());
+        };
+        let full = self.resolve(dir);
+        let problem = match std::fs::metadata(&full) {
+            Ok(m) if m.is_dir() => return Ok(()),
+            Ok(_) => "is not a directory",
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => "does not exist",
+            Err(_) => "cannot be read",
+        };
+        let field = "migrations.directory";
+        let (line, column) = locate(&self.text, field);
+        Err(SpecError {
+            file: file.into(),
+            line,
+            column,
+            field: field.into(),
+            message: format!(
+                "{} {problem}: the directory of migration files, relative to the spec's directory",
+                std::path::absolute(&full).unwrap_or(full).display()
+            ),
         })
     }
 

@@ -157,3 +157,62 @@ fn steps_of_10_for_1s_then_60_name_the_missing_100_percent_not_the_wait() {
     );
     assert!(!e.contains("positive duration"), "{e}");
 }
+
+const MIGRATIONS: &str = r#"
+[migrations]
+runner = "postgres"
+database_url = { env = "DATABASE_URL" }
+directory = "migrations"
+"#;
+
+#[test]
+fn a_migrations_directory_that_does_not_exist_fails_validate_and_plan_naming_it() {
+    let dir = dir_with(&format!("{FAKE_SPEC}{MIGRATIONS}"));
+    for cmd in ["validate", "plan"] {
+        let (code, stdout, stderr) = run(dir.path(), &[cmd, "spec.toml"]);
+        assert_eq!(code, EXIT_BAD_SPEC, "{cmd}: {stdout}\n{stderr}");
+        assert!(
+            stderr.contains("migrations.directory")
+                && stderr.contains(&dir.path().join("migrations").display().to_string())
+                && stderr.contains("does not exist"),
+            "{cmd}: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn plan_lists_the_migrations_that_would_run() {
+    let dir = dir_with(&format!("{FAKE_SPEC}{MIGRATIONS}"));
+    let m = dir.path().join("migrations");
+    std::fs::create_dir(&m).unwrap();
+    for (f, sql) in [
+        (
+            "0025_add_order_metadata.up.sql",
+            "ALTER TABLE orders ADD COLUMN metadata jsonb;",
+        ),
+        (
+            "0025_add_order_metadata.down.sql",
+            "ALTER TABLE orders DROP COLUMN metadata;",
+        ),
+        (
+            "0026_drop_legacy_status.up.sql",
+            "-- bluegreen: phase=contract\nALTER TABLE orders DROP COLUMN legacy_status;",
+        ),
+    ] {
+        std::fs::write(m.join(f), sql).unwrap();
+    }
+    let (code, stdout, stderr) = run(dir.path(), &["plan", "spec.toml"]);
+    assert_eq!(code, EXIT_SUCCEEDED, "{stdout}\n{stderr}");
+    let at = stdout
+        .find("Migrations that would run")
+        .unwrap_or_else(|| panic!("{stdout}"));
+    let listed: Vec<&str> = stdout[at..].lines().skip(1).take(2).collect();
+    assert_eq!(
+        listed,
+        [
+            "  25 add_order_metadata (expand)",
+            "  26 drop_legacy_status (contract, irreversible)"
+        ],
+        "{stdout}"
+    );
+}
