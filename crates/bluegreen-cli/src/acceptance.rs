@@ -70,11 +70,24 @@ fn one(spec: &Spec, c: &Criterion, r: &Report) -> CriterionResult {
         }
         Expectation::NewColorRunning => {
             let want = c.count.unwrap_or(spec.deployment.replicas);
-            let got = facts.new_count.unwrap_or(0);
-            (
-                got >= want,
-                format!("new color ran {got} of {want} instances"),
-            )
+            // What ran: the capacity the new color was verified stable at
+            // (the smoke tests start only then), not the count last
+            // requested, which a rollback sets to 0.
+            let stable = r.stages.iter().any(|s| s.stage == "smoke_tests");
+            let got = if stable {
+                facts.capacity.or(facts.new_count).unwrap_or(0)
+            } else {
+                0
+            };
+            let now = facts.new_count.unwrap_or(0);
+            let detail = if !stable {
+                format!("the new color never ran stable at its capacity (wanted {want} instances)")
+            } else if now < got {
+                format!("new color ran {got} of {want} instances (scaled to {now} afterwards)")
+            } else {
+                format!("new color ran {got} of {want} instances")
+            };
+            (got >= want, detail)
         }
         Expectation::SmokeTestsPassed => {
             let color_runs: Vec<_> = r

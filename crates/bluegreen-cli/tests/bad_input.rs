@@ -216,3 +216,31 @@ fn plan_lists_the_migrations_that_would_run() {
         "{stdout}"
     );
 }
+
+/// A fake-target spec that rolls back once traffic moved: the error rate
+/// breaks the trigger during the canary.
+fn rolling_back_spec() -> String {
+    FAKE_SPEC.replace("error-rate = 0.002", "error-rate = 0.2")
+        + r#"
+[[rollback_triggers]]
+type = "metric"
+check = "error-rate"
+breach = "> 0.05"
+for = "1m"
+
+[[acceptance]]
+name = "Blue environment deployed and stable (2 tasks running)"
+expect = "new-color-running"
+"#
+}
+
+#[test]
+fn acceptance_after_a_rollback_reports_the_instances_that_ran_not_the_last_request() {
+    let dir = dir_with(&rolling_back_spec());
+    let (code, stdout, stderr) = run(dir.path(), &["deploy", "spec.toml"]);
+    assert_eq!(code, EXIT_ROLLED_BACK, "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("- [x] Blue environment deployed and stable (2 tasks running) — new color ran 2 of 2 instances (scaled to 0 afterwards)"),
+        "{stdout}"
+    );
+}
