@@ -392,7 +392,8 @@ pub async fn assemble(loaded: &LoadedSpec) -> Result<Assembled> {
             (None, Some(m)) => (d.site.clone().unwrap_or(m.site.clone()), m.api_key.clone()),
             (None, None) => unreachable!("validated"),
         };
-        sinks.push(Arc::new(datadog(&secrets, &site, &key, None)?));
+        let sink: Arc<dyn EventSink> = Arc::new(datadog(&secrets, &site, &key, None)?);
+        sinks.push(with_tags(sink, &d.tags));
     }
     if let Some(s) = &spec.notifications.slack {
         sinks.push(Arc::new(SlackWebhook::new(
@@ -411,6 +412,37 @@ pub async fn assemble(loaded: &LoadedSpec) -> Result<Assembled> {
         local,
         fake,
     })
+}
+
+/// `sink`, putting `tags` (`[notifications.datadog] tags`) on every
+/// notification it sends, after the engine's own.
+pub fn with_tags(sink: Arc<dyn EventSink>, tags: &[String]) -> Arc<dyn EventSink> {
+    if tags.is_empty() {
+        return sink;
+    }
+    Arc::new(TaggedSink {
+        inner: sink,
+        tags: tags.to_vec(),
+    })
+}
+
+/// See [`with_tags`].
+struct TaggedSink {
+    inner: Arc<dyn EventSink>,
+    tags: Vec<String>,
+}
+
+#[async_trait]
+impl EventSink for TaggedSink {
+    async fn notify(&self, n: &bluegreen_core::provider::Notification) -> Result<()> {
+        let mut n = n.clone();
+        for t in &self.tags {
+            if !n.tags.contains(t) {
+                n.tags.push(t.clone());
+            }
+        }
+        self.inner.notify(&n).await
+    }
 }
 
 fn datadog(
@@ -500,5 +532,67 @@ async fn wait_stable(compute: &LocalCompute, color: Color, count: u32) -> Result
             .with_operation("start serving color"));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use bluegreen_core::provider::{Notification, Severity};
+
+    use super::*;
+
+    #[derive(Default)]
+    struct Recorded(Mutex<Vec<Notification>>);
+
+    #[async_trait]
+    impl EventSink for Recorded {
+        async fn notify(&self, n: &Notification) -> Result<()> {
+            self.0.lock().unwrap().push(n.clone());
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn the_notification_tags_of_the_spec_are_on_every_event() {
+        let recorded = Arc::new(Recorded::default());
+        let sink = with_tags(
+            recorded.clone(),
+            &["team:orders".to_string(), "env:prod".to_string()],
+        );
+        for (title, tags) in [
+            ("Deployment Start", vec!["version:2.5.0".to_string()]),
+            (
+                "Deployment Complete",
+                vec!["deployment:success".to_string(), "env:prod".to_string()],
+            ),
+        ] {
+            let n = Notification {
+                deployment_id: "dep-1".into(),
+                service: "order-api".into(),
+                version: "2.5.0".into(),
+                title: title.into(),
+                text: String::new(),
+                severity: Severity::Info,
+                tags,
+                cause: None,
+            };
+            sink.notify(&n).await.unwrap();
+        }
+        let got: Vec<Vec<String>> = recorded
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|n| n.tags.clone())
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                vec!["version:2.5.0", "team:orders", "env:prod"],
+                vec!["deployment:success", "env:prod", "team:orders"],
+            ]
+        );
     }
 }
