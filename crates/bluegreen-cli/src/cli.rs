@@ -896,7 +896,19 @@ async fn resume(
     id: Option<String>,
     out: OutputFormat,
 ) -> Result<i32, Error> {
-    let id = pick(path, l, id, false).await?;
+    // The latest unfinished deployment, as documented: a newer finished
+    // one does not hide an older one whose deployer died. With none
+    // unfinished, the latest is reported as finished.
+    let id = match id {
+        Some(id) => id,
+        None => match pick(path, l, None, true).await {
+            Ok(id) => id,
+            Err(e) if e.kind() == bluegreen_core::ErrorKind::NotFound => {
+                pick(path, l, None, false).await?
+            }
+            Err(e) => return Err(e),
+        },
+    };
     let r = read_report(l, path, &id).await?;
     if r.outcome.is_none() {
         return deploy(l, path, None, Some(id), out).await;

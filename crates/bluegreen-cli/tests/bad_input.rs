@@ -244,3 +244,36 @@ fn acceptance_after_a_rollback_reports_the_instances_that_ran_not_the_last_reque
         "{stdout}"
     );
 }
+
+/// `FAKE_SPEC` with its journal in `deploy.journal`.
+fn journaled_spec() -> String {
+    format!("{FAKE_SPEC}\n[journal]\npath = \"deploy.journal\"\n")
+}
+
+#[test]
+fn resume_continues_the_latest_unfinished_deployment_not_a_newer_finished_one() {
+    // dep-a: its deployer killed at its sixth journal append.
+    let a = dir_with(&journaled_spec());
+    let killed = bluegreen(
+        a.path(),
+        &["deploy", "--id", "dep-a", "spec.toml"],
+        &[(bluegreen_cli::journal::KILL_ENV, Some("6"))],
+    );
+    assert_ne!(killed.status.code(), Some(EXIT_SUCCEEDED));
+    // dep-b, started later, finished.
+    let b = dir_with(&journaled_spec());
+    let (code, stdout, stderr) = run(b.path(), &["deploy", "--id", "dep-b", "spec.toml"]);
+    assert_eq!(code, EXIT_SUCCEEDED, "{stdout}\n{stderr}");
+    // One journal holding both, dep-b the newer.
+    let mut journal = std::fs::read(a.path().join("deploy.journal")).unwrap();
+    journal.extend(std::fs::read(b.path().join("deploy.journal")).unwrap());
+    std::fs::write(a.path().join("deploy.journal"), journal).unwrap();
+
+    let (code, stdout, stderr) = run(a.path(), &["resume", "spec.toml"]);
+    assert!(
+        stdout.contains("resuming order-api 2.5.0 as dep-a"),
+        "{stdout}\n{stderr}"
+    );
+    assert!(!stdout.contains("already finished"), "{stdout}");
+    assert_eq!(code, EXIT_SUCCEEDED, "{stdout}\n{stderr}");
+}
