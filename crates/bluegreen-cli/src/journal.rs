@@ -257,7 +257,19 @@ pub fn journal_database(loaded: &LoadedSpec) -> Result<Database> {
         .with_provider("postgres")
         .with_operation("open journal")
     })?;
-    Database::from_url(&url)
+    let db = Database::from_url(&url)
+        .map_err(|e| {
+            Error::new(e.kind(), format!("journal.url ({var}): {}", e.message()))
+                .with_provider("postgres")
+                .with_operation("open journal")
+        })?
+        .allow_plaintext(loaded.spec.journal.allow_plaintext);
+    db.check_tls_policy().map_err(|e| {
+        Error::new(e.kind(), format!("journal.url ({var}): {}", e.message()))
+            .with_provider("postgres")
+            .with_operation("open journal")
+    })?;
+    Ok(db)
 }
 
 /// One instruction in the control file.

@@ -485,7 +485,18 @@ async fn postgres_migrations(
                 .with_provider("postgres")
                 .with_operation("resolve database URL")
         })?;
-    let db = bluegreen_postgres::Database::from_url(url.expose())?;
+    let named = |e: Error| {
+        Error::new(
+            e.kind(),
+            format!("migrations.database_url ({url_ref:?}): {}", e.message()),
+        )
+        .with_provider("postgres")
+        .with_operation("connect")
+    };
+    let db = bluegreen_postgres::Database::from_url(url.expose())
+        .map_err(named)?
+        .allow_plaintext(m.allow_plaintext);
+    db.check_tls_policy().map_err(named)?;
     let dir = loaded.resolve(m.directory.as_deref().expect("validated"));
     let source = bluegreen_postgres::MigrationSource::from_dir(&dir).map_err(|e| {
         let msg = format!("migrations.directory {}: {}", dir.display(), e.message());

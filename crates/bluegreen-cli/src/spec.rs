@@ -534,9 +534,15 @@ impl From<Rotation> for String {
 pub struct Migrations {
     /// The runner: `postgres`, or `fake` with the fake target.
     pub runner: MigrationRunnerKind,
-    /// The database URL, as a reference (it holds a password).
+    /// The database URL, as a reference (it holds a password). TLS is
+    /// required and verified unless the URL says `sslmode=disable`; give a
+    /// private CA with `sslrootcert=/path/ca.pem` in the URL.
     #[serde(default)]
     pub database_url: Option<SecretRef>,
+    /// Allow `sslmode=disable` to a host that is not loopback (default
+    /// false: the password would cross the network in plaintext).
+    #[serde(default)]
+    pub allow_plaintext: bool,
     /// The directory of migration files (relative to the spec).
     #[serde(default)]
     pub directory: Option<PathBuf>,
@@ -739,6 +745,11 @@ pub struct JournalSpec {
     /// before any secret store does.
     #[serde(default)]
     pub url: Option<SecretRef>,
+    /// Allow `sslmode=disable` in the journal URL for a host that is not
+    /// loopback (default false: the password would cross the network in
+    /// plaintext).
+    #[serde(default)]
+    pub allow_plaintext: bool,
     /// How long the deployer's lease on the service lasts unless renewed
     /// (it renews at half), e.g. `"2m"` (default 5 min). A deployer that
     /// resumes after a crash waits up to this plus `deployment.call_timeout`

@@ -149,6 +149,11 @@ fn fresh_database() -> String {
              (scripts/services/postgres.sh) and exports it"
         )
     });
+    // TLS verified against the server's private CA (verify-full, the default).
+    let ca = std::env::var("BLUEGREEN_TEST_PG_CA").unwrap_or_else(|_| {
+        panic!("BLUEGREEN_TEST_PG_CA is not set: run scripts/test (scripts/services/postgres.sh exports it)")
+    });
+    let server = format!("{server}?sslrootcert={ca}");
     let name = format!(
         "bgt_cli_crash_{}_{}",
         std::process::id(),

@@ -164,3 +164,116 @@ fn the_postgres_journal_takes_its_url_from_an_environment_variable_only() {
     let e = Spec::from_str(&missing, "spec.toml").unwrap_err();
     assert_eq!(e.field, "journal.url", "{e}");
 }
+
+/// A server that declines TLS (`N` to the SSLRequest); returns every byte
+/// the client sent it.
+async fn server_declining_tls() -> (u16, tokio::task::JoinHandle<Vec<u8>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let task = tokio::spawn(async move {
+        let (mut sock, _) = listener.accept().await.unwrap();
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        let wait = std::time::Duration::from_secs(2);
+        while let Ok(Ok(n)) = tokio::time::timeout(wait, sock.read(&mut buf)).await {
+            if n == 0 {
+                break;
+            }
+            seen.extend_from_slice(&buf[..n]);
+            if seen.len() == 8 {
+                sock.write_all(b"N").await.unwrap();
+            }
+        }
+        seen
+    });
+    (port, task)
+}
+
+fn journal_spec(url_var: &str, allow_plaintext: bool) -> String {
+    format!(
+        "{}\n[journal]\nkind = \"postgres\"\nurl = {{ env = \"{url_var}\" }}\nallow_plaintext = {allow_plaintext}\n",
+        spec(url_var)
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_journal_url_and_database_url_to_a_server_declining_tls_never_send_the_password() {
+    let password = "hunter2-Spec-Secret";
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("migrations")).unwrap();
+
+    // The journal's database (no sslmode: verify-full).
+    let (port, server) = server_declining_tls().await;
+    let var = "BLUEGREEN_CLI_TEST_TLS_JOURNAL_URL";
+    std::env::set_var(
+        var,
+        format!("postgres://deployer:{password}@127.0.0.1:{port}/journal"),
+    );
+    std::fs::write(dir.path().join("spec.toml"), journal_spec(var, false)).unwrap();
+    let loaded = LoadedSpec::load(&dir.path().join("spec.toml")).expect("the spec loads");
+    let db = bluegreen_cli::journal::journal_database(&loaded).expect("the URL parses");
+    let err = db.connect().await.unwrap_err();
+    let seen = server.await.unwrap();
+    assert_eq!(seen.len(), 8, "only the SSLRequest was sent: {seen:?}");
+    assert!(err.to_string().contains("does not support TLS"), "{err}");
+    assert!(err.to_string().contains("(the default)"), "{err}");
+    assert!(!err.to_string().contains(password), "{err}");
+
+    // The migrations' database, through the providers the spec assembles.
+    let (port, server) = server_declining_tls().await;
+    let var = "BLUEGREEN_CLI_TEST_TLS_MIGRATIONS_URL";
+    std::env::set_var(
+        var,
+        format!("postgres://deployer:{password}@127.0.0.1:{port}/orders"),
+    );
+    std::fs::write(dir.path().join("spec.toml"), spec(var)).unwrap();
+    let loaded = LoadedSpec::load(&dir.path().join("spec.toml")).expect("the spec loads");
+    let assembled = assemble(&loaded).await.expect("the providers build");
+    let runner = assembled.migrations.clone().expect("a migration runner");
+    let err = runner.status().await.unwrap_err();
+    let seen = server.await.unwrap();
+    assert_eq!(seen.len(), 8, "only the SSLRequest was sent: {seen:?}");
+    assert!(err.to_string().contains("does not support TLS"), "{err}");
+    assert!(!err.to_string().contains(password), "{err}");
+}
+
+#[tokio::test]
+async fn plaintext_to_a_remote_database_needs_allow_plaintext_in_the_spec() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("migrations")).unwrap();
+    let var = "BLUEGREEN_CLI_TEST_PLAINTEXT_URL";
+    std::env::set_var(
+        var,
+        "postgres://deployer:hunter2-Plain@db.example.internal/orders?sslmode=disable",
+    );
+    // Journal: refused without the key, naming the field and the key.
+    std::fs::write(dir.path().join("spec.toml"), journal_spec(var, false)).unwrap();
+    let loaded = LoadedSpec::load(&dir.path().join("spec.toml")).expect("the spec loads");
+    let err = bluegreen_cli::journal::journal_database(&loaded).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("journal.url (BLUEGREEN_CLI_TEST_PLAINTEXT_URL)"),
+        "{msg}"
+    );
+    assert!(msg.contains("allow_plaintext = true"), "{msg}");
+    assert!(!msg.contains("hunter2"), "{msg}");
+    std::fs::write(dir.path().join("spec.toml"), journal_spec(var, true)).unwrap();
+    let loaded = LoadedSpec::load(&dir.path().join("spec.toml")).expect("the spec loads");
+    assert!(bluegreen_cli::journal::journal_database(&loaded).is_ok());
+
+    // Migrations: refused when the providers are built, before any connection.
+    std::fs::write(dir.path().join("spec.toml"), spec(var)).unwrap();
+    let loaded = LoadedSpec::load(&dir.path().join("spec.toml")).expect("the spec loads");
+    let err = match assemble(&loaded).await {
+        Ok(_) => panic!("plaintext to a remote host was accepted"),
+        Err(e) => e,
+    };
+    let msg = err.to_string();
+    assert!(msg.contains("migrations.database_url"), "{msg}");
+    assert!(msg.contains("allow_plaintext = true"), "{msg}");
+    let allowed = spec(var).replace("backup = false", "backup = false\nallow_plaintext = true");
+    std::fs::write(dir.path().join("spec.toml"), allowed).unwrap();
+    let loaded = LoadedSpec::load(&dir.path().join("spec.toml")).expect("the spec loads");
+    assert!(assemble(&loaded).await.is_ok());
+}

@@ -25,7 +25,12 @@ fn summary(name: &str, mut samples: Vec<Duration>) {
 }
 
 fn main() {
-    let Ok(url) = std::env::var("BLUEGREEN_TEST_PG_URL") else {
+    let Ok(url) = std::env::var("BLUEGREEN_TEST_PG_URL").map(|u| {
+        match std::env::var("BLUEGREEN_TEST_PG_CA") {
+            Ok(ca) => format!("{u}?sslrootcert={ca}"),
+            Err(_) => u,
+        }
+    }) else {
         eprintln!("BLUEGREEN_TEST_PG_URL is not set: start PostgreSQL with scripts/services/postgres.sh (scripts/test does)");
         return;
     };

@@ -9,7 +9,6 @@ use std::time::Duration;
 use bluegreen_core::{ErrorKind, Result};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
-use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
@@ -21,19 +20,34 @@ use crate::error::{err, map_pg, redact};
 /// The default time allowed to open a connection.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// How the connection is protected, as libpq's `sslmode` says it.
+/// How the connection is protected, as libpq's `sslmode` names it.
+///
+/// bluegreen never sends a password over a connection it has not verified,
+/// so two of libpq's modes mean more here than they do in libpq:
+///
+/// | `sslmode` | here | libpq |
+/// |---|---|---|
+/// | absent | [`VerifyFull`](Self::VerifyFull) | `prefer` |
+/// | `disable` | no TLS; loopback hosts and Unix sockets only, unless [`Database::allow_plaintext`] | no TLS |
+/// | `allow`, `prefer` | refused: they fall back to plaintext when the server declines TLS | TLS if offered |
+/// | `require` | as `verify-ca` | TLS, certificate not checked (unless a root file exists) |
+/// | `verify-ca` | TLS, chain verified | same |
+/// | `verify-full` | TLS, chain and host name verified | same |
+///
+/// The chain is verified against `sslrootcert` (a PEM bundle, for example
+/// Amazon RDS's `global-bundle.pem`) or, without it or with
+/// `sslrootcert=system`, against the system's root certificates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TlsMode {
-    /// No TLS.
+    /// No TLS (`sslmode=disable`).
     Disable,
-    /// TLS when the server offers it, without verifying the certificate (libpq's default).
-    Prefer,
-    /// TLS required; the certificate is not verified unless `sslrootcert` is
-    /// given, in which case it is verified as for `VerifyCa`.
+    /// TLS required; the certificate chain is verified, the host name is not
+    /// (`sslmode=require`: stricter than libpq, which verifies nothing).
     Require,
     /// TLS required; the certificate chain is verified, the host name is not.
     VerifyCa,
     /// TLS required; the certificate chain and the host name are verified.
+    /// The default.
     VerifyFull,
 }
 
@@ -41,7 +55,19 @@ impl TlsMode {
     fn parse(value: &str) -> Result<TlsMode> {
         Ok(match value {
             "disable" => TlsMode::Disable,
-            "allow" | "prefer" => TlsMode::Prefer,
+            "allow" | "prefer" => {
+                return Err(err(
+                    ErrorKind::InvalidInput,
+                    "connect",
+                    format!(
+                        "sslmode `{value}` is refused: it falls back to plaintext, and sends the \
+                         password unencrypted, when the server declines TLS. Leave sslmode out \
+                         (verify-full, the default), or use verify-ca or require (the chain is \
+                         verified against sslrootcert or the system roots); plaintext only with \
+                         sslmode=disable"
+                    ),
+                ))
+            }
             "require" => TlsMode::Require,
             "verify-ca" => TlsMode::VerifyCa,
             "verify-full" => TlsMode::VerifyFull,
@@ -50,21 +76,27 @@ impl TlsMode {
                     ErrorKind::InvalidInput,
                     "connect",
                     format!(
-                        "sslmode `{other}` is not one of disable, allow, prefer, require, verify-ca, verify-full"
+                        "sslmode `{other}` is not one of disable, require, verify-ca, verify-full"
                     ),
                 ))
             }
         })
     }
 
-    fn as_str(self) -> &'static str {
+    /// The `sslmode` value, as libpq spells it.
+    pub fn as_str(self) -> &'static str {
         match self {
             TlsMode::Disable => "disable",
-            TlsMode::Prefer => "prefer",
             TlsMode::Require => "require",
             TlsMode::VerifyCa => "verify-ca",
             TlsMode::VerifyFull => "verify-full",
         }
+    }
+}
+
+impl fmt::Display for TlsMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -73,11 +105,20 @@ impl TlsMode {
 /// Built from a libpq-style URL (`postgres://user:password@host:port/dbname?sslmode=verify-full&sslrootcert=/path/ca.pem`)
 /// or key/value string. `Debug`, [`label`](Self::label) and every error show
 /// the user, host, port and database, never the password.
+///
+/// TLS is required and verified unless the URL says `sslmode=disable`; see
+/// [`TlsMode`] for what each `sslmode` means here. A plaintext connection
+/// is refused, before any byte is sent, to a host that is not loopback
+/// unless [`allow_plaintext`](Self::allow_plaintext) says otherwise.
 #[derive(Clone)]
 pub struct Database {
     config: tokio_postgres::Config,
     tls: TlsMode,
+    /// Whether `sslmode` was given (errors say "the default" otherwise).
+    tls_explicit: bool,
+    /// `sslrootcert` as a file; `None` for the system roots.
     root_cert: Option<PathBuf>,
+    allow_plaintext: bool,
     label: String,
 }
 
@@ -87,16 +128,19 @@ impl fmt::Debug for Database {
             .field("target", &self.label)
             .field("sslmode", &self.tls.as_str())
             .field("sslrootcert", &self.root_cert)
+            .field("allow_plaintext", &self.allow_plaintext)
             .finish_non_exhaustive()
     }
 }
 
 impl Database {
-    /// Parses a connection URL or key/value string. `sslmode` and
-    /// `sslrootcert` are understood as libpq does; the connect timeout
-    /// defaults to [`DEFAULT_CONNECT_TIMEOUT`].
+    /// Parses a connection URL or key/value string. `sslmode` defaults to
+    /// `verify-full` and means what [`TlsMode`] says; `sslrootcert` is a PEM
+    /// file of CA certificates, or `system` for the system's roots (the
+    /// default). The connect timeout defaults to [`DEFAULT_CONNECT_TIMEOUT`].
     ///
-    /// Fails with [`ErrorKind::InvalidInput`] on a malformed string; the
+    /// Fails with [`ErrorKind::InvalidInput`] on a malformed string, and on
+    /// `sslmode=prefer` or `allow` (they fall back to plaintext); the
     /// message never repeats the string (it may hold a password).
     ///
     /// In a URL, the credentials end at the last `@` before the host, so a
@@ -115,12 +159,14 @@ impl Database {
         })?;
         let tls = match &ssl.mode {
             Some(m) => TlsMode::parse(m)?,
-            None => TlsMode::Prefer,
+            None => TlsMode::VerifyFull,
         };
-        let root_cert = ssl.root_cert.map(PathBuf::from);
+        let root_cert = ssl
+            .root_cert
+            .filter(|r| r != "system" && !r.is_empty())
+            .map(PathBuf::from);
         config.ssl_mode(match tls {
             TlsMode::Disable => SslMode::Disable,
-            TlsMode::Prefer => SslMode::Prefer,
             _ => SslMode::Require,
         });
         if config.get_connect_timeout().is_none() {
@@ -136,9 +182,83 @@ impl Database {
         Ok(Database {
             config,
             tls,
+            tls_explicit: ssl.mode.is_some(),
             root_cert,
+            allow_plaintext: false,
             label,
         })
+    }
+
+    /// Allows `sslmode=disable` to a host that is not loopback (the spec's
+    /// `allow_plaintext = true`). Without it such a connection is refused
+    /// before anything is sent: the password would cross the network in
+    /// plaintext. Loopback hosts (`localhost`, `127.0.0.0/8`, `::1`) and
+    /// Unix sockets need no permission.
+    pub fn allow_plaintext(mut self, allow: bool) -> Database {
+        self.allow_plaintext = allow;
+        self
+    }
+
+    /// Checks the TLS policy without connecting: `Ok` unless the URL says
+    /// `sslmode=disable` for a host that is not loopback and plaintext was
+    /// not allowed ([`ErrorKind::PermissionDenied`], naming the host and
+    /// what would allow it). [`connect`](Self::connect) checks it first.
+    pub fn check_tls_policy(&self) -> Result<()> {
+        if self.tls != TlsMode::Disable || self.allow_plaintext {
+            return Ok(());
+        }
+        let remote: Vec<String> = self
+            .config
+            .get_hosts()
+            .iter()
+            .filter_map(|h| match h {
+                Host::Tcp(name) if !is_loopback(name) => Some(name.clone()),
+                _ => None,
+            })
+            .collect();
+        if remote.is_empty() {
+            return Ok(());
+        }
+        Err(err(
+            ErrorKind::PermissionDenied,
+            "connect",
+            format!(
+                "{}: sslmode=disable would send the password in plaintext to {}, which is not a \
+                 loopback host; refused unless the spec also says allow_plaintext = true \
+                 (better: leave sslmode out for verify-full, and give the server's CA with sslrootcert)",
+                self.label,
+                remote.join(", ")
+            ),
+        ))
+    }
+
+    /// Whether every host is a Unix socket: no network, so no TLS (as libpq).
+    fn unix_only(&self) -> bool {
+        let hosts = self.config.get_hosts();
+        !hosts.is_empty() && hosts.iter().all(|h| matches!(h, Host::Unix(_)))
+    }
+
+    /// The TLS policy in force, for messages: `sslmode=verify-full (the
+    /// default), roots: the system's`.
+    fn policy(&self) -> String {
+        let mode = if self.tls_explicit {
+            format!("sslmode={}", self.tls)
+        } else {
+            format!("sslmode={} (the default)", self.tls)
+        };
+        let roots = match &self.root_cert {
+            Some(p) => format!("sslrootcert={}", p.display()),
+            None => "the system's root certificates".to_string(),
+        };
+        match self.tls {
+            TlsMode::Disable => mode,
+            TlsMode::VerifyFull => {
+                format!("{mode}: TLS required, chain and host name verified against {roots}")
+            }
+            TlsMode::Require | TlsMode::VerifyCa => {
+                format!("{mode}: TLS required, chain verified against {roots}")
+            }
+        }
     }
 
     /// The same database under another name (`CREATE DATABASE`'d ones, for example).
@@ -189,36 +309,39 @@ impl Database {
     }
 
     pub(crate) async fn connect_for(&self, operation: &'static str) -> Result<Client> {
+        self.check_tls_policy()?;
         let context = format!("cannot connect to {}", self.label);
         let secret = self.password();
+        let policy = self.policy();
         let fix = |e: bluegreen_core::Error| {
-            let msg = redact(e.message(), secret.as_deref());
+            let mut msg = redact(e.message(), secret.as_deref());
+            let lower = msg.to_lowercase();
+            if lower.contains("tls") || lower.contains("certificate") || lower.contains("ssl") {
+                msg = format!("{msg} ({policy}; plaintext only with sslmode=disable, and to a host other than loopback only with allow_plaintext = true)");
+            }
             bluegreen_core::Error::new(e.kind(), msg)
                 .with_status(e.status())
                 .with_provider(crate::error::PROVIDER)
                 .with_operation(operation)
         };
-        match self.tls {
-            TlsMode::Disable => {
-                let (client, conn) = self
-                    .config
-                    .connect(tokio_postgres::NoTls)
-                    .await
-                    .map_err(|e| fix(map_pg(e, operation, &context)))?;
-                spawn_connection(conn, self.label.clone());
-                Ok(client)
-            }
-            _ => {
-                let tls = tokio_postgres_rustls::MakeRustlsConnect::new(self.rustls_config()?);
-                let (client, conn) = self
-                    .config
-                    .connect(tls)
-                    .await
-                    .map_err(|e| fix(map_pg(e, operation, &context)))?;
-                spawn_connection(conn, self.label.clone());
-                Ok(client)
-            }
+        if self.tls == TlsMode::Disable || self.unix_only() {
+            let mut config = self.config.clone();
+            config.ssl_mode(SslMode::Disable);
+            let (client, conn) = config
+                .connect(tokio_postgres::NoTls)
+                .await
+                .map_err(|e| fix(map_pg(e, operation, &context)))?;
+            spawn_connection(conn, self.label.clone());
+            return Ok(client);
         }
+        let tls = tokio_postgres_rustls::MakeRustlsConnect::new(self.rustls_config()?);
+        let (client, conn) = self
+            .config
+            .connect(tls)
+            .await
+            .map_err(|e| fix(map_pg(e, operation, &context)))?;
+        spawn_connection(conn, self.label.clone());
+        Ok(client)
     }
 
     fn rustls_config(&self) -> Result<rustls::ClientConfig> {
@@ -226,38 +349,24 @@ impl Database {
         let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
             .map_err(|e| err(ErrorKind::Other, "connect", format!("TLS setup: {e}")))?;
-        let verify = match (self.tls, &self.root_cert) {
-            (TlsMode::Disable | TlsMode::Prefer, _) | (TlsMode::Require, None) => None,
-            (TlsMode::Require | TlsMode::VerifyCa, _) => Some(false),
-            (TlsMode::VerifyFull, _) => Some(true),
-        };
-        let config = match verify {
-            None => builder
+        let roots = self.roots()?;
+        let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
+            .build()
+            .map_err(|e| {
+                err(
+                    ErrorKind::InvalidInput,
+                    "connect",
+                    format!("sslrootcert: {e}"),
+                )
+            })?;
+        Ok(if self.tls == TlsMode::VerifyFull {
+            builder.with_webpki_verifier(inner).with_no_client_auth()
+        } else {
+            builder
                 .dangerous()
-                .with_custom_certificate_verifier(Arc::new(EncryptOnly(provider)))
-                .with_no_client_auth(),
-            Some(check_name) => {
-                let roots = self.roots()?;
-                let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
-                    .build()
-                    .map_err(|e| {
-                        err(
-                            ErrorKind::InvalidInput,
-                            "connect",
-                            format!("sslrootcert: {e}"),
-                        )
-                    })?;
-                if check_name {
-                    builder.with_webpki_verifier(inner).with_no_client_auth()
-                } else {
-                    builder
-                        .dangerous()
-                        .with_custom_certificate_verifier(Arc::new(ChainOnly(inner)))
-                        .with_no_client_auth()
-                }
-            }
-        };
-        Ok(config)
+                .with_custom_certificate_verifier(Arc::new(ChainOnly(inner)))
+                .with_no_client_auth()
+        })
     }
 
     fn roots(&self) -> Result<RootCertStore> {
@@ -282,7 +391,26 @@ impl Database {
                     ));
                 }
             }
-            None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+            None => {
+                let found = rustls_native_certs::load_native_certs();
+                let (added, _) = roots.add_parsable_certificates(found.certs);
+                if added == 0 {
+                    let why = found
+                        .errors
+                        .first()
+                        .map(|e| format!(" ({e})"))
+                        .unwrap_or_default();
+                    return Err(err(
+                        ErrorKind::InvalidInput,
+                        "connect",
+                        format!(
+                            "{}: no system root certificate could be loaded{why}; install the \
+                             system's CA certificates or give the server's CA with sslrootcert",
+                            self.policy()
+                        ),
+                    ));
+                }
+            }
         }
         Ok(roots)
     }
@@ -310,9 +438,22 @@ impl Database {
             env.push(("PGPASSWORD", p));
         }
         env.push(("PGDATABASE", self.dbname().to_string()));
-        env.push(("PGSSLMODE", self.tls.as_str().to_string()));
-        if let Some(r) = &self.root_cert {
-            env.push(("PGSSLROOTCERT", r.display().to_string()));
+        // libpq's `require` verifies nothing; ours verifies the chain.
+        let mode = match self.tls {
+            TlsMode::Require => TlsMode::VerifyCa,
+            m => m,
+        };
+        env.push(("PGSSLMODE", mode.as_str().to_string()));
+        if self.tls != TlsMode::Disable {
+            // libpq before 16 knows no `sslrootcert=system`: name the
+            // system's bundle file instead.
+            let roots = self
+                .root_cert
+                .clone()
+                .or_else(|| openssl_probe::probe().cert_file);
+            if let Some(r) = roots {
+                env.push(("PGSSLROOTCERT", r.display().to_string()));
+            }
         }
         if let Some(t) = self.config.get_connect_timeout() {
             env.push(("PGCONNECT_TIMEOUT", t.as_secs().max(1).to_string()));
@@ -334,6 +475,15 @@ where
             tracing::debug!(target_db = %label, error = %e, "postgres connection ended");
         }
     });
+}
+
+/// `localhost`, `127.0.0.0/8` or `::1` (brackets allowed).
+fn is_loopback(host: &str) -> bool {
+    let h = host.trim_start_matches('[').trim_end_matches(']');
+    h.eq_ignore_ascii_case("localhost")
+        || h.parse::<std::net::IpAddr>()
+            .map(|ip| ip.is_loopback())
+            .unwrap_or(false)
 }
 
 fn label_of(config: &tokio_postgres::Config) -> String {
@@ -445,57 +595,7 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// `sslmode=require` without a root certificate: encrypt, do not verify the
-/// certificate (libpq's meaning), but do check the handshake signatures.
-#[derive(Debug)]
-struct EncryptOnly(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for EncryptOnly {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> std::result::Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
-/// `sslmode=verify-ca`: the chain must verify, the name need not match.
+/// `sslmode=verify-ca` and `require`: the chain must verify, the name need not match.
 #[derive(Debug)]
 struct ChainOnly(Arc<WebPkiServerVerifier>);
 
@@ -564,6 +664,33 @@ mod tests {
         assert_eq!(d.label(), "postgres://app@db.internal:6543/orders");
         assert!(!format!("{d:?}").contains("hunter2"));
         assert_eq!(d.tls_mode(), TlsMode::Require);
+    }
+
+    #[test]
+    fn pg_dump_gets_the_same_tls_policy_as_the_runner() {
+        let env = |url: &str| {
+            Database::from_url(url)
+                .unwrap()
+                .libpq_env()
+                .into_iter()
+                .collect::<std::collections::HashMap<_, _>>()
+        };
+        // The default: verify-full against the system bundle (libpq 15 has
+        // no `sslrootcert=system`).
+        let d = env("postgres://app:pw@db.internal/orders");
+        assert_eq!(d["PGSSLMODE"], "verify-full");
+        assert_eq!(
+            d.get("PGSSLROOTCERT").map(PathBuf::from),
+            openssl_probe::probe().cert_file
+        );
+        // `require` verifies the chain here, so libpq is told verify-ca.
+        let r =
+            env("postgres://app:pw@db.internal/orders?sslmode=require&sslrootcert=/etc/rds.pem");
+        assert_eq!(r["PGSSLMODE"], "verify-ca");
+        assert_eq!(r["PGSSLROOTCERT"], "/etc/rds.pem");
+        let p = env("postgres://app:pw@127.0.0.1/orders?sslmode=disable");
+        assert_eq!(p["PGSSLMODE"], "disable");
+        assert!(!p.contains_key("PGSSLROOTCERT"));
     }
 
     #[test]

@@ -4,7 +4,7 @@
 mod common;
 
 use bluegreen_core::{ErrorKind, MigrationRunner};
-use bluegreen_postgres::{Database, MigrationSource, PostgresMigrations, TlsMode};
+use bluegreen_postgres::{Database, MigrationSource, PostgresMigrations};
 use common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -226,39 +226,4 @@ async fn a_bad_host_gives_a_clear_temporary_error_without_the_password() {
     let err = Database::from_url("postgres://deployer:hunter2-Secret@h:notaport/db").unwrap_err();
     assert_eq!(err.kind(), ErrorKind::InvalidInput);
     assert!(!err.to_string().contains("hunter2"), "{err}");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tls_require_and_verify_full_connect_through_rustls() {
-    let base = server_url();
-    let ssl_in_use = |db: Database| async move {
-        let c = db.connect().await?;
-        let row = c
-            .query_one(
-                "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
-                &[],
-            )
-            .await
-            .unwrap();
-        Ok::<bool, bluegreen_core::Error>(row.get(0))
-    };
-    let require = Database::from_url(&format!("{base}?sslmode=require")).unwrap();
-    assert_eq!(require.tls_mode(), TlsMode::Require);
-    assert!(ssl_in_use(require).await.unwrap());
-
-    let ca = server_ca();
-    let localhost = base.replace("@127.0.0.1:", "@localhost:");
-    let full =
-        Database::from_url(&format!("{localhost}?sslmode=verify-full&sslrootcert={ca}")).unwrap();
-    assert!(ssl_in_use(full).await.unwrap());
-
-    // The server's self-signed certificate is not trusted by the public roots.
-    let untrusted = Database::from_url(&format!("{base}?sslmode=verify-full")).unwrap();
-    let err = untrusted.connect().await.unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::PermissionDenied, "{err}");
-    assert!(
-        err.to_string().to_lowercase().contains("certificate"),
-        "{err}"
-    );
-    assert!(!err.to_string().contains("bluegreen-test-only"));
 }

@@ -453,7 +453,7 @@ async fn lock_not_available_is_retried_with_backoff_until_the_lock_frees() {
 
 /// The test server's password, which no error may show.
 fn server_password() -> String {
-    let config: tokio_postgres::Config = server_url().parse().expect("the test URL parses");
+    let config: tokio_postgres::Config = plain_server_url().parse().expect("the test URL parses");
     String::from_utf8_lossy(config.get_password().expect("the test URL has a password"))
         .into_owned()
 }

@@ -58,14 +58,19 @@ pub fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
-/// The test server's URL; fails loudly when scripts/test did not start it.
+/// The test server's URL with its CA as `sslrootcert` (TLS verified, the
+/// default `verify-full`); fails loudly when scripts/test did not start it.
 pub fn server_url() -> String {
-    std::env::var("BLUEGREEN_TEST_PG_URL").unwrap_or_else(|_| {
+    let url = std::env::var("BLUEGREEN_TEST_PG_URL").unwrap_or_else(|_| {
         panic!(
             "BLUEGREEN_TEST_PG_URL is not set: run scripts/test, which starts PostgreSQL \
              (scripts/services/postgres.sh) and exports it"
         )
-    })
+    });
+    let ca = std::env::var("BLUEGREEN_TEST_PG_CA").unwrap_or_else(|_| {
+        panic!("BLUEGREEN_TEST_PG_CA is not set: run scripts/test (scripts/services/postgres.sh exports it)")
+    });
+    format!("{url}?sslrootcert={ca}")
 }
 
 /// A fresh database `bgt_cli_NAME` on the test server, as a URL with the

@@ -9,8 +9,15 @@ use bluegreen_postgres::{
     BackupSettings, Database, MigrationSettings, MigrationSource, PostgresMigrations,
 };
 
-/// The superuser URL exported by scripts/services/postgres.sh.
+/// The superuser URL exported by scripts/services/postgres.sh, with the
+/// server's CA as `sslrootcert`: TLS verified (`verify-full`, the default),
+/// as a user reaches a server whose certificate a private CA signed.
 pub fn server_url() -> String {
+    format!("{}?sslrootcert={}", plain_server_url(), server_ca())
+}
+
+/// The superuser URL as exported, without TLS parameters.
+pub fn plain_server_url() -> String {
     std::env::var("BLUEGREEN_TEST_PG_URL").unwrap_or_else(|_| {
         panic!(
             "BLUEGREEN_TEST_PG_URL is not set: run scripts/test, which starts PostgreSQL \
