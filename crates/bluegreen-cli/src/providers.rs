@@ -515,6 +515,7 @@ async fn postgres_migrations(
             dir: backup_dir,
             ..bluegreen_postgres::BackupSettings::default()
         },
+        allow_out_of_order: m.allow_out_of_order,
         ..bluegreen_postgres::MigrationSettings::default()
     };
     let mut runner =

@@ -543,6 +543,11 @@ pub struct Migrations {
     /// false: the password would cross the network in plaintext).
     #[serde(default)]
     pub allow_plaintext: bool,
+    /// Run a pending migration whose version is below the highest applied
+    /// one of its phase, with a warning (default false: refused, naming both
+    /// versions and checksums, as it was written against an older schema).
+    #[serde(default)]
+    pub allow_out_of_order: bool,
     /// The directory of migration files (relative to the spec).
     #[serde(default)]
     pub directory: Option<PathBuf>,

@@ -277,3 +277,64 @@ async fn plaintext_to_a_remote_database_needs_allow_plaintext_in_the_spec() {
     let loaded = LoadedSpec::load(&dir.path().join("spec.toml")).expect("the spec loads");
     assert!(assemble(&loaded).await.is_ok());
 }
+
+#[tokio::test]
+async fn a_migration_below_the_highest_applied_runs_only_with_allow_out_of_order() {
+    let url = fresh_database("out_of_order").await;
+    let var = "BLUEGREEN_CLI_TEST_OUT_OF_ORDER_URL";
+    std::env::set_var(var, &url);
+    let dir = tempfile::tempdir().unwrap();
+    let loaded = write_spec(dir.path(), var);
+    let ctx = MigrationContext {
+        deployment_id: "dep-out-of-order".into(),
+        backup_id: None,
+    };
+    let assembled = assemble(&loaded).await.expect("the providers build");
+    let runner = assembled.migrations.clone().expect("a migration runner");
+    runner
+        .apply(MigrationPhase::Expand, &ctx)
+        .await
+        .expect("0025 applies");
+    assembled.shutdown().await;
+
+    // A branch merged late: version 24, below the applied 25.
+    std::fs::write(
+        dir.path().join("migrations/0024_add_notes.up.sql"),
+        "CREATE TABLE notes (id bigint PRIMARY KEY);\n",
+    )
+    .unwrap();
+    let loaded = LoadedSpec::load(&dir.path().join("spec.toml")).expect("the spec loads");
+    let assembled = assemble(&loaded).await.expect("the providers build");
+    let runner = assembled.migrations.clone().expect("a migration runner");
+    let err = runner
+        .apply(MigrationPhase::Expand, &ctx)
+        .await
+        .expect_err("out of order is refused by default");
+    assert!(
+        err.to_string().contains("lower than the highest applied"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("allow_out_of_order"), "{err}");
+    assembled.shutdown().await;
+
+    let spec = std::fs::read_to_string(dir.path().join("spec.toml")).unwrap();
+    std::fs::write(
+        dir.path().join("spec.toml"),
+        spec.replace(
+            "backup = false",
+            "backup = false\nallow_out_of_order = true",
+        ),
+    )
+    .unwrap();
+    let loaded = LoadedSpec::load(&dir.path().join("spec.toml")).expect("the spec loads");
+    let assembled = assemble(&loaded).await.expect("the providers build");
+    let runner = assembled.migrations.clone().expect("a migration runner");
+    let applied = runner
+        .apply(MigrationPhase::Expand, &ctx)
+        .await
+        .expect("allowed out of order");
+    let mut versions: Vec<_> = applied.iter().map(|m| m.version).collect();
+    versions.sort();
+    assert_eq!(versions, vec![24, 25]);
+    assembled.shutdown().await;
+}
