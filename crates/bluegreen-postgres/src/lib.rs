@@ -5,6 +5,7 @@ mod database;
 mod error;
 mod journal;
 mod ledger;
+mod lint;
 mod probe;
 mod runner;
 mod source;
@@ -14,6 +15,7 @@ pub use backup::{count_list_entries, parse_tool_version};
 pub use database::{Database, TlsMode, DEFAULT_CONNECT_TIMEOUT};
 pub use journal::PostgresJournal;
 pub use ledger::{LedgerEntry, LedgerState, BACKUPS_TABLE, MIGRATIONS_TABLE, ROW_COUNTS_TABLE};
+pub use lint::{lint_expand_file, refuse_findings, Finding, Rule};
 pub use runner::{
     BackupSettings, Expectation, MigrationSettings, PlannedMigration, PostgresMigrations,
     Resolution, VerificationQuery, MIGRATION_LOCK_KEY,

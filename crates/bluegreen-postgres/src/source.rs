@@ -277,9 +277,15 @@ fn parse_file(file_name: &str, sql: String, is_up: bool) -> Result<(MigrationFil
         if t.is_empty() {
             continue;
         }
-        let Some(comment) = t.strip_prefix("--") else {
+        if !t.starts_with("--") {
             break;
-        };
+        }
+        // A lint waiver (`-- bluegreen:allow RULE: reason`) before the
+        // first statement is not a directive.
+        if crate::lint::waiver_body(t).is_some() {
+            continue;
+        }
+        let comment = &t[2..];
         let Some(directives) = comment.trim().strip_prefix("bluegreen:") else {
             continue;
         };
