@@ -382,6 +382,8 @@ pub fn spec_paths(l: &LoadedSpec) -> Vec<SpecPath> {
 }
 
 pub(crate) fn validate(l: &LoadedSpec, out: OutputFormat) -> Result<i32, Error> {
+    // Expand migrations that would break the old color: each finding.
+    crate::lint::check_migrations(l)?;
     let s = &l.spec;
     let paths = spec_paths(l);
     let target = match s.target_kind() {
@@ -797,6 +799,11 @@ async fn deploy(
     resume: Option<String>,
     out: OutputFormat,
 ) -> Result<i32, Error> {
+    // Refused before anything changes when an expand migration would break
+    // the old color (a resumed deployment runs the files it started with).
+    if resume.is_none() {
+        crate::lint::check_migrations(l)?;
+    }
     let plan = l
         .spec
         .plan()

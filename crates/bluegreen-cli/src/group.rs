@@ -360,6 +360,13 @@ pub async fn deploy(
     resume: Option<String>,
     out: OutputFormat,
 ) -> Result<i32, Error> {
+    // Refused before anything changes when a member's expand migration
+    // would break its old color.
+    if resume.is_none() {
+        for m in g.members() {
+            crate::lint::check_migrations(&m)?;
+        }
+    }
     let journal = open(g, path).await?;
     let mut assembled = Vec::new();
     let mut builder = Group::builder(g.spec.group.name.clone())

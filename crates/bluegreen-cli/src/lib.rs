@@ -14,3 +14,4 @@ pub mod specfile;
 
 pub use cli::main;
 pub use spec::{LoadedSpec, Spec, SpecError};
+pub mod lint;
