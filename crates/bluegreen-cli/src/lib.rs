@@ -6,6 +6,7 @@ pub mod cli;
 pub mod fake;
 pub mod group;
 pub mod journal;
+pub mod lint;
 pub mod logging;
 pub mod providers;
 pub mod slack;
@@ -14,4 +15,3 @@ pub mod specfile;
 
 pub use cli::main;
 pub use spec::{LoadedSpec, Spec, SpecError};
-pub mod lint;
