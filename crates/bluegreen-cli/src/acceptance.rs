@@ -2,6 +2,7 @@
 
 use bluegreen_core::analysis::Verdict;
 use bluegreen_core::machine::SmokeScope;
+use bluegreen_core::report::HtmlTable;
 use bluegreen_core::{Outcome, Report};
 use serde::Serialize;
 
@@ -149,6 +150,28 @@ fn one(spec: &Spec, c: &Criterion, r: &Report) -> CriterionResult {
         passed,
         detail,
     }
+}
+
+/// The criteria as a table of the HTML report (none when there are none).
+pub fn to_html(results: &[CriterionResult]) -> Vec<HtmlTable> {
+    if results.is_empty() {
+        return Vec::new();
+    }
+    vec![HtmlTable {
+        id: "acceptance".into(),
+        title: "Acceptance criteria".into(),
+        columns: vec!["criterion".into(), "result".into(), "evidence".into()],
+        rows: results
+            .iter()
+            .map(|r| {
+                vec![
+                    r.name.clone(),
+                    if r.passed { "met" } else { "not met" }.into(),
+                    r.detail.clone(),
+                ]
+            })
+            .collect(),
+    }]
 }
 
 /// The criteria as a Markdown section.

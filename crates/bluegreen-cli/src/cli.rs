@@ -61,6 +61,8 @@ pub enum ReportFormat {
     Markdown,
     /// JSON.
     Json,
+    /// One self-contained HTML page with a timeline chart.
+    Html,
 }
 
 /// The commands.
@@ -1069,6 +1071,7 @@ async fn report(
                 print!("{}", acceptance::to_markdown(&criteria));
             }
         }
+        ReportFormat::Html => print!("{}", r.to_html_with(&acceptance::to_html(&criteria))),
     }
     Ok(EXIT_SUCCEEDED)
 }

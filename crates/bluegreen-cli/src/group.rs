@@ -721,12 +721,17 @@ pub async fn report(
     id: Option<String>,
     format: ReportFormat,
 ) -> Result<i32, Error> {
+    if format == ReportFormat::Html {
+        return Err(Error::invalid_input(
+            "the HTML report shows one service's deployment: run `bluegreen report --format html` with a member's spec, or use --format markdown or json for the group",
+        ));
+    }
     let j = open(g, path).await?;
     let id = pick(g, &j, path, id, false).await?;
     let r = read(g, &j, &id).await?;
     let out = match format {
         ReportFormat::Json => OutputFormat::Json,
-        ReportFormat::Markdown => OutputFormat::Text,
+        ReportFormat::Markdown | ReportFormat::Html => OutputFormat::Text,
     };
     print_report(g, &r, out, false);
     Ok(cli::EXIT_SUCCEEDED)

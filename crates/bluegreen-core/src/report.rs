@@ -6,9 +6,15 @@ use std::fmt::Write as _;
 use serde::{Deserialize, Serialize};
 
 use crate::analysis::Measurement;
-use crate::color::Timestamp;
+use crate::color::{Timestamp, TrafficSplit};
 use crate::journal::{JournalEntry, Record};
-use crate::machine::{Action, Event, Facts, Input, Outcome, SmokeResult, SmokeScope};
+use crate::machine::{Action, Control, Event, Facts, Input, Outcome, SmokeResult, SmokeScope};
+use crate::plan::{Condition, Plan, RollbackTrigger, Unit};
+
+#[cfg(feature = "html")]
+mod html;
+#[cfg(feature = "html")]
+pub use html::HtmlTable;
 
 /// A stage and when it started and ended.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -43,6 +49,49 @@ pub struct DecisionRecord {
     pub at: Timestamp,
     /// What.
     pub text: String,
+    /// What sort of record it is (a note in reports written before it was kept).
+    #[serde(default)]
+    pub kind: DecisionKind,
+}
+
+/// What sort of record a [`DecisionRecord`] is: the HTML report's timeline
+/// marks human controls and rollbacks, not every note.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DecisionKind {
+    /// A note or a decision of the engine along the way.
+    #[default]
+    Note,
+    /// A notification sent.
+    Notification,
+    /// A human's instruction (pause, resume, promote, abort) or its effect.
+    Control,
+    /// The rollback started.
+    Rollback,
+}
+
+/// A traffic split in force from `at`: the live color's whole share when the
+/// deployment read it first, then each split the router confirmed by read-back.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct SplitRecord {
+    /// When it was read back.
+    pub at: Timestamp,
+    /// The split.
+    pub split: TrafficSplit,
+}
+
+/// A check of the plan, as the report's charts need it: its unit, its
+/// success condition and the breach conditions of the triggers on it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CheckRecord {
+    /// The check's name.
+    pub name: String,
+    /// The unit of its values.
+    pub unit: Unit,
+    /// The success condition.
+    pub success: Condition,
+    /// The breach condition of each rollback trigger on the check.
+    pub breach: Vec<Condition>,
 }
 
 /// A smoke-test run.
@@ -85,6 +134,12 @@ pub struct Report {
     pub actions: Vec<ActionRecord>,
     /// Decisions and notes.
     pub decisions: Vec<DecisionRecord>,
+    /// The traffic split over time, as read back.
+    #[serde(default)]
+    pub splits: Vec<SplitRecord>,
+    /// The plan's checks, with their units and thresholds.
+    #[serde(default)]
+    pub checks: Vec<CheckRecord>,
     /// Journal records read.
     pub records: usize,
 }
@@ -115,6 +170,7 @@ impl Report {
                     r.service = plan.service.clone();
                     r.version = plan.release.version.clone();
                     r.image = plan.release.image.clone();
+                    r.checks = check_records(plan);
                 }
                 Record::Step {
                     input,
@@ -123,17 +179,29 @@ impl Report {
                     notifications,
                 } => {
                     for n in notifications {
-                        r.decide(at, format!("notified: {}", n.title));
+                        r.decide_as(
+                            at,
+                            DecisionKind::Notification,
+                            format!("notified: {}", n.title),
+                        );
                     }
                     match input {
                         Input::Reply { id, .. } => r.close_action(*id, "ok".into()),
                         Input::Failed { id, error } => r.close_action(*id, error.message.clone()),
-                        Input::Control { control } => r.decide(at, format!("human: {control:?}")),
+                        Input::Control { control } => r.decide_as(
+                            at,
+                            DecisionKind::Control,
+                            format!("human: {}", control_text(control)),
+                        ),
                         _ => {}
                     }
                     for c in commands {
                         if let Action::Notify { notification } = &c.action {
-                            r.decide(at, format!("notified: {}", notification.title));
+                            r.decide_as(
+                                at,
+                                DecisionKind::Notification,
+                                format!("notified: {}", notification.title),
+                            );
                             continue;
                         }
                         let (p, o) = c.action.operation();
@@ -167,7 +235,11 @@ impl Report {
     }
 
     fn decide(&mut self, at: Timestamp, text: String) {
-        self.decisions.push(DecisionRecord { at, text });
+        self.decide_as(at, DecisionKind::Note, text);
+    }
+
+    fn decide_as(&mut self, at: Timestamp, kind: DecisionKind, text: String) {
+        self.decisions.push(DecisionRecord { at, text, kind });
     }
 
     fn absorb(&mut self, at: Timestamp, ev: &Event) {
@@ -183,9 +255,14 @@ impl Report {
                 });
             }
             Event::Colors { old, new } => {
+                self.splits.push(SplitRecord {
+                    at,
+                    split: TrafficSplit::all_on(*old),
+                });
                 self.decide(at, format!("{old} is live; deploying to {new}"))
             }
             Event::TrafficConfirmed { split } => {
+                self.splits.push(SplitRecord { at, split: *split });
                 self.decide(at, format!("read-back confirmed {split}"))
             }
             Event::Capacity {
@@ -248,12 +325,16 @@ impl Report {
             Event::Note { text, .. } => self.decide(at, text.clone()),
             Event::Control {
                 control, effect, ..
-            } => {
-                self.decide(at, format!("control {control:?}: {effect}"))
-            }
-            Event::RollbackStarted { reason } => {
-                self.decide(at, format!("rollback: {}", reason.summary))
-            }
+            } => self.decide_as(
+                at,
+                DecisionKind::Control,
+                format!("control {}: {effect}", control_text(control)),
+            ),
+            Event::RollbackStarted { reason } => self.decide_as(
+                at,
+                DecisionKind::Rollback,
+                format!("rollback: {}", reason.summary),
+            ),
             Event::Finished { outcome, facts } => {
                 if let Some(last) = self.stages.last_mut() {
                     last.ended_at.get_or_insert(at);
@@ -449,9 +530,13 @@ fn describe_action(a: &Action) -> String {
             scope,
             tests,
             version,
-        } => format!("{scope:?} ({version}): {}", tests.join(", ")),
+        } => format!("{} ({version}): {}", scope_text(*scope), tests.join(", ")),
         Action::Migrate { phase } | Action::VerifyMigrations { phase } => phase.to_string(),
-        Action::RevertMigrations { versions } => format!("{versions:?}"),
+        Action::RevertMigrations { versions } => versions
+            .iter()
+            .map(|v| v.to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
         Action::Measure { check, query, .. } => format!("{check}: {query}"),
         Action::VerifyBackup {
             backup,
@@ -468,4 +553,45 @@ fn describe_action(a: &Action) -> String {
             String::new()
         }
     }
+}
+
+/// A human's instruction in words: `pause`, `abort (error budget spent)`.
+fn control_text(c: &Control) -> String {
+    match c {
+        Control::Pause => "pause".into(),
+        Control::Resume => "resume".into(),
+        Control::Promote => "promote".into(),
+        Control::Abort { reason } => format!("abort ({reason})"),
+        Control::Proceed { barrier } => format!("proceed past {barrier}"),
+    }
+}
+
+/// Where smoke tests ran: `staging`, or the color's name.
+fn scope_text(s: SmokeScope) -> String {
+    match s {
+        SmokeScope::Staging => "staging".into(),
+        SmokeScope::Color(c) => c.to_string(),
+    }
+}
+
+/// The plan's checks with the breach conditions of the triggers on them.
+fn check_records(plan: &Plan) -> Vec<CheckRecord> {
+    plan.analysis
+        .iter()
+        .map(|c| CheckRecord {
+            name: c.name.clone(),
+            unit: c.unit,
+            success: c.success,
+            breach: plan
+                .rollback_triggers
+                .iter()
+                .filter_map(|t| match t {
+                    RollbackTrigger::Metric { check, breach, .. } if *check == c.name => {
+                        Some(*breach)
+                    }
+                    _ => None,
+                })
+                .collect(),
+        })
+        .collect()
 }
