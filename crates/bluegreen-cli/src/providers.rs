@@ -73,7 +73,11 @@ impl SecretSource for RefSecrets {
                     .with_operation("get")
             });
         }
-        self.store(name)?.get(name).await
+        let value = self.store(name)?.get(name).await?;
+        // A value read from the store is masked in every log line from now
+        // on, as the ones read from the environment are from the start.
+        crate::logging::redact_secret_value(value.expose());
+        Ok(value)
     }
 
     async fn metadata(&self, name: &str) -> Result<SecretMetadata> {
@@ -564,6 +568,38 @@ mod tests {
             self.0.lock().unwrap().push(n.clone());
             Ok(())
         }
+    }
+
+    struct OneSecret;
+
+    #[async_trait]
+    impl SecretSource for OneSecret {
+        async fn get(&self, _name: &str) -> Result<SecretValue> {
+            Ok(SecretValue::new("sm-value-7d1e-ab99".to_string()))
+        }
+
+        async fn metadata(&self, name: &str) -> Result<SecretMetadata> {
+            Ok(SecretMetadata {
+                name: name.into(),
+                last_rotated: None,
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_secret_read_from_the_store_is_masked_in_the_log_from_then_on() {
+        let secrets = RefSecrets {
+            store: Some(Arc::new(OneSecret)),
+            store_name: "secretsmanager",
+        };
+        let line = "instance said: connecting with sm-value-7d1e-ab99";
+        assert_eq!(crate::logging::mask(line), line, "not yet read");
+        let value = secrets.get("prod/order-api/token").await.unwrap();
+        assert_eq!(value.expose(), "sm-value-7d1e-ab99");
+        assert_eq!(
+            crate::logging::mask(line),
+            "instance said: connecting with [redacted]"
+        );
     }
 
     #[tokio::test]

@@ -8,6 +8,7 @@ pub mod machine;
 pub mod plan;
 pub mod provider;
 pub mod reason;
+pub mod redact;
 
 pub use color::{Color, Timestamp, TrafficSplit};
 pub use error::{Error, ErrorKind, ErrorRecord, ErrorStatus, PlanError, Result, MAX_RETRY_AFTER};

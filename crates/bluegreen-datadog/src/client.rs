@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use bluegreen_core::redact::Redactor;
 use bluegreen_core::{Error, ErrorKind, ErrorStatus, Result, SecretSource, SecretValue};
 use reqwest::header::{HeaderMap, HeaderValue};
 use reqwest::{Method, StatusCode};
@@ -184,7 +185,7 @@ impl Http {
                 )
                 .with_status(ErrorStatus::Temporary));
             }
-            return Err(self.status_error(op, status, &body, auth).await);
+            return Err(self.status_error(op, status, &body, auth, &headers).await);
         }
     }
 
@@ -238,8 +239,15 @@ impl Http {
         status: StatusCode,
         body: &[u8],
         auth: Auth,
+        sent: &HeaderMap,
     ) -> Error {
-        let text = error_text(body);
+        // A body may echo a key (an invalid key quoted back): mask the keys
+        // that were sent, then cut, so no part of one is shown.
+        let keys = ["DD-API-KEY", "DD-APPLICATION-KEY"]
+            .iter()
+            .filter_map(|h| sent.get(*h).and_then(|v| v.to_str().ok()))
+            .map(str::to_string);
+        let text = Redactor::new(keys).mask_and_cut(&error_text(body), ERROR_TEXT_CHARS);
         let code = status.as_u16();
         match code {
             401 | 403 => {
@@ -393,8 +401,11 @@ fn shown_origin(url: &reqwest::Url) -> String {
     format!("{}://{host}{port}/{rest}", url.scheme())
 }
 
+/// The most characters of Datadog's error text an error shows.
+const ERROR_TEXT_CHARS: usize = 300;
+
 /// Datadog's error text from a body: `{"errors": [..]}`, `{"errors": ".."}`,
-/// `{"error": ".."}`, or the start of the body.
+/// `{"error": ".."}`, or the body, uncut (the caller masks, then cuts).
 pub(crate) fn error_text(body: &[u8]) -> String {
     if let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) {
         let pick = |v: &serde_json::Value| match v {
@@ -420,7 +431,8 @@ pub(crate) fn error_text(body: &[u8]) -> String {
     if s.is_empty() {
         "(empty body)".into()
     } else {
-        s.chars().take(300).collect()
+        // Bounded before masking, far above what is shown.
+        s.chars().take(64 * 1024).collect()
     }
 }
 

@@ -776,3 +776,35 @@ async fn a_redirect_location_that_carries_a_key_is_not_shown() {
         );
     }
 }
+
+/// A body that quotes a key back, with the key straddling the 300-character
+/// cut of the error text: masked first, then cut, so no part of it shows.
+#[tokio::test]
+async fn a_key_echoed_in_an_error_body_is_masked_before_the_cut() {
+    for (pad, quoted) in [(290, API_KEY), (296, APP_KEY), (10, API_KEY)] {
+        let server = MockServer::start().await;
+        let message = format!(
+            "{}{quoted} is not valid here; more text after it",
+            "x".repeat(pad)
+        );
+        Mock::given(method("GET"))
+            .and(path("/api/v1/query"))
+            .respond_with(ResponseTemplate::new(400).set_body_raw(
+                serde_json::json!({ "errors": [message] }).to_string(),
+                "application/json",
+            ))
+            .mount(&server)
+            .await;
+        let e = client(&server).query(&q(ERRORS_BLUE)).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
+        let text = e.to_string();
+        for n in 4..=quoted.len() {
+            assert!(
+                !text.contains(&quoted[..n]),
+                "pad {pad}: {n} characters of the key shown in {text}"
+            );
+        }
+        assert!(text.contains("[redacted]"), "{text}");
+        assert_no_keys(&e);
+    }
+}

@@ -1,7 +1,6 @@
 #![doc = include_str!("../README.md")]
 
 mod check;
-mod redact;
 mod suite;
 
 use std::fmt;
@@ -13,10 +12,10 @@ use bluegreen_core::{
     Error, ErrorKind, Result, SecretSource, SmokeOutcome, SmokeTarget, SmokeTest,
 };
 
+use bluegreen_core::redact::Redactor;
 pub use check::{
     defaults, FieldExpectation, FollowRedirects, HeaderValueSpec, HttpCheck, Rule, VARIABLES,
 };
-use redact::Redactor;
 pub use suite::{SmokeSuite, SuiteReport, TestResult};
 
 const PROVIDER: &str = "http";

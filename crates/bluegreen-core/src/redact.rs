@@ -1,5 +1,6 @@
 //! Masking secret values out of text: the one place every detail, reason and
-//! snippet of a response goes through before it is shown.
+//! snippet of a provider's response goes through before it is shown (the
+//! HTTP smoke tests' bodies, the Datadog API's error texts).
 //!
 //! The order matters: whole values are masked first, and only then is a long
 //! text cut, so a value that straddles the cut is masked as a whole instead of
@@ -9,21 +10,29 @@
 //! are masked as well.
 
 /// What a secret value (or a prefix of one, at a cut) is replaced with.
-pub(crate) const REDACTED: &str = "[redacted]";
+pub const REDACTED: &str = "[redacted]";
 
 /// The shortest prefix of a secret that is masked when a cut text ends with it.
-pub(crate) const MIN_MASKED_PREFIX: usize = 4;
+pub const MIN_MASKED_PREFIX: usize = 4;
 
 /// The secret values sent with one request, longest first (so a secret that
 /// contains a shorter one is masked whole, not around the shorter one).
 #[derive(Clone, Default)]
-pub(crate) struct Redactor {
+pub struct Redactor {
     secrets: Vec<String>,
+}
+
+impl std::fmt::Debug for Redactor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Redactor")
+            .field("secrets", &self.secrets.len())
+            .finish()
+    }
 }
 
 impl Redactor {
     /// A redactor for `secrets`; empty values are ignored.
-    pub(crate) fn new(secrets: impl IntoIterator<Item = String>) -> Self {
+    pub fn new(secrets: impl IntoIterator<Item = String>) -> Self {
         let mut secrets: Vec<String> = secrets.into_iter().filter(|s| !s.is_empty()).collect();
         secrets.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
         secrets.dedup();
@@ -31,7 +40,7 @@ impl Redactor {
     }
 
     /// `text` with every secret value replaced by `[redacted]`.
-    pub(crate) fn mask(&self, text: &str) -> String {
+    pub fn mask(&self, text: &str) -> String {
         let mut out = text.to_string();
         for s in &self.secrets {
             if out.contains(s.as_str()) {
@@ -45,7 +54,7 @@ impl Redactor {
     /// when cut). A `[redacted]` the cut would split is kept whole, and a
     /// prefix of a secret at least [`MIN_MASKED_PREFIX`] characters long left
     /// at the end of the kept text is masked.
-    pub(crate) fn mask_and_cut(&self, text: &str, max_chars: usize) -> String {
+    pub fn mask_and_cut(&self, text: &str, max_chars: usize) -> String {
         let masked = self.mask(text);
         let Some((cut, _)) = masked.char_indices().nth(max_chars) else {
             return masked;
@@ -150,6 +159,12 @@ mod tests {
     fn a_secret_containing_a_shorter_one_is_masked_whole() {
         let r = Redactor::new(["abcd".to_string(), "abcdefgh".to_string(), String::new()]);
         assert_eq!(r.mask("x abcdefgh y abcd"), "x [redacted] y [redacted]");
+    }
+
+    #[test]
+    fn debug_shows_how_many_secrets_never_their_values() {
+        let r = Redactor::new([TOKEN.to_string()]);
+        assert_eq!(format!("{r:?}"), "Redactor { secrets: 1 }");
     }
 
     #[test]
