@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 
+pub mod command;
 pub mod compute;
 pub mod demo;
 pub mod load;
