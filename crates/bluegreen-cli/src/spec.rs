@@ -1471,12 +1471,16 @@ pub fn locate(text: &str, field: &str) -> (usize, usize) {
             let header = t.trim_start_matches('[').trim_end();
             let is_key =
                 t.starts_with(name) && t[name.len()..].trim_start().starts_with(['=', ':']);
-            // `[target.alb]` holds both `target` and `alb`.
+            // `[target.alb]` holds both `target` and `alb`; an element of
+            // an array of tables (`services[1]`) is counted by its own
+            // headers (`[[services]]`), not by its sub-tables'.
+            let mut parts = header.trim_end_matches(']').split('.').map(str::trim);
             let is_header = t.starts_with('[')
-                && header
-                    .trim_end_matches(']')
-                    .split('.')
-                    .any(|h| h.trim() == name);
+                && if index.is_some() {
+                    parts.next_back() == Some(name)
+                } else {
+                    parts.any(|h| h == name)
+                };
             let is_quoted_key = t.starts_with(&format!("\"{name}\""));
             if is_key || is_header || is_quoted_key {
                 if hits == index.unwrap_or(0) {
