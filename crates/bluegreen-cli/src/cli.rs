@@ -9,7 +9,7 @@ use bluegreen_core::driver::DeploymentEvent;
 use bluegreen_core::machine::{Event, Stage};
 use bluegreen_core::plan::Comparison;
 use bluegreen_core::testing::{simulate_with, SIMULATION_EPOCH};
-use bluegreen_core::{Control, Error, Journal, Outcome, Report, Timestamp};
+use bluegreen_core::{Control, Error, ErrorKind, Journal, Outcome, Report, Timestamp};
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::acceptance;
@@ -20,13 +20,19 @@ use crate::spec::{Format, JournalKind, LoadedSpec, SpecError, TargetKind};
 
 /// Exit code: the deployment succeeded (or the command did its job).
 pub const EXIT_SUCCEEDED: i32 = 0;
-/// Exit code: the deployment rolled back.
+/// Exit code: the deployment rolled back after it changed something (the
+/// new color started, traffic moved); the rollback undid it.
 pub const EXIT_ROLLED_BACK: i32 = 1;
 /// Exit code: the deployment halted and needs a human.
 pub const EXIT_HALTED: i32 = 2;
 /// Exit code: the deployer could not go on (lease held, journal failure,
 /// a provider could not be built); the journal keeps everything recorded.
 pub const EXIT_ERROR: i32 = 3;
+/// Exit code: refused before changing anything: preflight failed (a
+/// staging check, a secret, a provider or endpoint that cannot be
+/// reached) or another deployer holds the service's lease. Nothing was
+/// changed; fix the cause and deploy again.
+pub const EXIT_REFUSED: i32 = 4;
 /// Exit code: the spec (or the command line) is bad (`EX_USAGE`).
 pub const EXIT_BAD_SPEC: i32 = 64;
 
@@ -132,6 +138,20 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = ReportFormat::Markdown)]
         format: ReportFormat,
     },
+    /// Follows a running deployment live from its journal: stage, split, checks, time left.
+    Watch {
+        /// The spec file.
+        spec: PathBuf,
+        /// The deployment id (the latest unfinished one, else the latest, if absent).
+        #[arg(long)]
+        id: Option<String>,
+        /// How often the journal is read, e.g. `500ms`.
+        #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration)]
+        interval: Duration,
+        /// Appended plain lines, even on a terminal (the default when stdout is not one).
+        #[arg(long)]
+        plain: bool,
+    },
 }
 
 /// Parses the command line and runs it; returns the exit code.
@@ -157,7 +177,8 @@ fn spec_of(cmd: &Command) -> &Path {
         | Command::Resume { spec, .. }
         | Command::Abort { spec, .. }
         | Command::Promote { spec, .. }
-        | Command::Report { spec, .. } => spec,
+        | Command::Report { spec, .. }
+        | Command::Watch { spec, .. } => spec,
     }
 }
 
@@ -185,6 +206,15 @@ pub fn run(cli: Cli) -> i32 {
         Err(e) => return bad_spec(&cli, &e),
     };
     crate::logging::redact_spec_secrets(&loaded);
+    if let Command::Watch {
+        id, interval, plain, ..
+    } = &cli.command
+    {
+        let path = cli.journal.clone().unwrap_or_else(|| loaded.journal_path());
+        let (id, interval, plain) = (id.clone(), *interval, *plain);
+        let opts = crate::watch::WatchOptions { id, interval, plain };
+        return crate::watch::run(&loaded, &path, opts, exit_code);
+    }
     let paused = loaded
         .spec
         .target
@@ -256,6 +286,9 @@ fn run_group(cli: Cli, g: LoadedGroup) -> i32 {
                 group::control(&g, &path, id, Control::Promote, out).await
             }
             Command::Report { id, format, .. } => group::report(&g, &path, id, format).await,
+            Command::Watch { .. } => Err(Error::invalid_input(
+                "watch follows one service's deployment: run it with that member's spec",
+            )),
         };
         finish(r, out)
     })
@@ -264,6 +297,11 @@ fn run_group(cli: Cli, g: LoadedGroup) -> i32 {
 fn finish(r: Result<i32, Error>, out: OutputFormat) -> i32 {
     match r {
         Ok(code) => code,
+        // Another deployer holds the lease, or an unfinished deployment
+        // must be resumed first: refused before anything changed.
+        Err(e) if matches!(e.kind(), ErrorKind::LeaseHeld | ErrorKind::Conflict) => {
+            refused(&e, out)
+        }
         Err(e) => {
             if out == OutputFormat::Json {
                 println!(
@@ -276,6 +314,20 @@ fn finish(r: Result<i32, Error>, out: OutputFormat) -> i32 {
             EXIT_ERROR
         }
     }
+}
+
+/// Says the deployment was refused before it changed anything, and why;
+/// returns [`EXIT_REFUSED`].
+pub(crate) fn refused(e: &Error, out: OutputFormat) -> i32 {
+    if out == OutputFormat::Json {
+        println!(
+            "{}",
+            serde_json::json!({"refused": true, "error": e.to_string(), "kind": e.kind().as_str()})
+        );
+    } else {
+        eprintln!("bluegreen: refused, nothing was changed: {e}");
+    }
+    EXIT_REFUSED
 }
 
 fn bad_spec(cli: &Cli, e: &SpecError) -> i32 {
@@ -689,12 +741,27 @@ async fn pick(
     })
 }
 
-fn exit_code(r: &Report) -> i32 {
+pub(crate) fn exit_code(r: &Report) -> i32 {
     match r.outcome {
         Some(Outcome::Succeeded) => EXIT_SUCCEEDED,
+        Some(Outcome::RolledBack { .. }) if changed_nothing(r) => EXIT_REFUSED,
         Some(Outcome::RolledBack { .. }) => EXIT_ROLLED_BACK,
         Some(Outcome::Halted { .. }) | None => EXIT_HALTED,
     }
+}
+
+/// Whether a finished deployment changed nothing: no split requested, no
+/// color prepared or scaled, no autoscaling suspended, no backup taken, no
+/// migration applied (a preflight failure).
+pub(crate) fn changed_nothing(r: &Report) -> bool {
+    r.facts.as_ref().is_some_and(|f| {
+        !f.traffic_touched
+            && f.new_count.is_none()
+            && f.prepared_id.is_none()
+            && f.autoscaling.is_empty()
+            && f.backup.is_none()
+            && f.applied.is_empty()
+    })
 }
 
 fn describe(e: &Event) -> Option<String> {
@@ -726,34 +793,45 @@ fn describe(e: &Event) -> Option<String> {
 /// terminal, plain lines otherwise, JSON lines with `--output json`), after
 /// `first` in text mode.
 pub(crate) async fn follow<T>(
-    run: impl std::future::Future<Output = T>,
+    run: impl std::future::Future<Output = Result<T, Error>>,
     mut events: tokio::sync::broadcast::Receiver<DeploymentEvent>,
     out: OutputFormat,
     first: String,
-) -> T {
+) -> Result<T, Error> {
     let bar = (out == OutputFormat::Text && std::io::stderr().is_terminal()).then(|| {
         let b = indicatif::ProgressBar::new_spinner();
         b.enable_steady_tick(Duration::from_millis(120));
         b
     });
-    if out == OutputFormat::Text {
-        match &bar {
-            Some(b) => b.println(first),
-            None => println!("{first}"),
+    // The first line is printed once the deployment has begun (its first
+    // event): a deployer refused at the start (the lease held by another)
+    // says only that it was refused.
+    let mut first = Some(first);
+    let mut begin = |bar: Option<&indicatif::ProgressBar>| {
+        if let (Some(f), OutputFormat::Text) = (first.take(), out) {
+            match bar {
+                Some(b) => b.println(f),
+                None => println!("{f}"),
+            }
         }
-    }
+    };
     tokio::pin!(run);
     let result = loop {
         tokio::select! {
             biased;
             ev = events.recv() => {
                 if let Ok(ev) = ev {
+                    begin(bar.as_ref());
                     show(&ev, out, bar.as_ref());
                 }
             }
             r = &mut run => {
                 while let Ok(ev) = events.try_recv() {
+                    begin(bar.as_ref());
                     show(&ev, out, bar.as_ref());
+                }
+                if r.is_ok() {
+                    begin(bar.as_ref());
                 }
                 break r;
             }
@@ -814,7 +892,8 @@ async fn deploy(
     let assembled = providers::assemble(l).await?;
     let mut b =
         crate::spec::driver_settings(assembled.builder(plan), &l.spec.deployment, &l.spec.journal)
-            .journal(journal);
+            .journal(journal)
+            .holder_detail(deployer_description());
     if let Some(r) = &resume {
         b = b.resume(r.clone());
     } else if let Some(id) = id {
@@ -1024,6 +1103,19 @@ async fn control(
         }
     }
     Ok(EXIT_SUCCEEDED)
+}
+
+/// This deployer, as the lease names it to a deployer it refuses: `user
+/// alice on host build-7, pid 4242`.
+pub(crate) fn deployer_description() -> String {
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .ok()
+        .filter(|u| !u.is_empty())
+        .unwrap_or_else(|| format!("uid {}", rustix::process::getuid().as_raw()));
+    let uname = rustix::system::uname();
+    let host = uname.nodename().to_string_lossy();
+    format!("user {user} on host {host}, pid {}", std::process::id())
 }
 
 /// Polls of [`CONTROL_CONFIRM_POLL`] for a live deployer to take a

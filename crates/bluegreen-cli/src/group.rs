@@ -222,6 +222,17 @@ impl LoadedGroup {
     }
 }
 
+/// The exit code of a group's report: a rollback in which no member
+/// changed anything (refused in preflight) is [`cli::EXIT_REFUSED`].
+pub fn exit_code_of(r: &GroupReport) -> i32 {
+    match r.outcome {
+        GroupOutcome::RolledBack if r.members.iter().all(|m| cli::changed_nothing(&m.report)) => {
+            cli::EXIT_REFUSED
+        }
+        o => exit_code(o),
+    }
+}
+
 /// The exit code of a group outcome.
 pub fn exit_code(o: GroupOutcome) -> i32 {
     match o {
@@ -470,7 +481,7 @@ pub async fn deploy(
     }
     let report = result?;
     print_report(g, &report, out, true);
-    Ok(exit_code(report.outcome))
+    Ok(exit_code_of(&report))
 }
 
 /// Sends a human control to every member of a running group.
@@ -589,7 +600,7 @@ pub async fn resume(
     } else {
         println!("{id} already finished: {}", r.outcome.name());
     }
-    Ok(exit_code(r.outcome))
+    Ok(exit_code_of(&r))
 }
 
 /// `status` of a group: each member's outcome and stage.
@@ -640,7 +651,7 @@ pub async fn status(
     }
     Ok(match r.outcome {
         GroupOutcome::Interrupted => cli::EXIT_SUCCEEDED,
-        o => exit_code(o),
+        _ => exit_code_of(&r),
     })
 }
 

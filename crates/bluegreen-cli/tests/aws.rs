@@ -168,8 +168,8 @@ async fn deploy_on_moto_rolls_back_on_a_missing_required_secret_before_traffic_m
     let code = out.status.code();
     assert_eq!(
         code,
-        Some(1),
-        "a reported outcome (rolled back before anything changed), not a failure to start: {}",
+        Some(bluegreen_cli::cli::EXIT_REFUSED),
+        "refused in preflight, nothing changed (a reported outcome, not a failure to start): {}",
         text(&out)
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -221,7 +221,11 @@ async fn deploy_on_moto_rolls_back_on_a_missing_cluster_and_leaves_traffic_alone
     .unwrap();
     let all = text(&out);
     eprintln!("{all}");
-    assert_eq!(out.status.code(), Some(1), "rolled back: {all}");
+    assert_eq!(
+        out.status.code(),
+        Some(bluegreen_cli::cli::EXIT_REFUSED),
+        "refused in preflight, nothing changed: {all}"
+    );
     let reason = all
         .lines()
         .find(|l| l.starts_with("reason: "))

@@ -6,7 +6,7 @@ mod common;
 
 use std::path::Path;
 
-use bluegreen_cli::cli::{EXIT_BAD_SPEC, EXIT_ROLLED_BACK, EXIT_SUCCEEDED};
+use bluegreen_cli::cli::{EXIT_BAD_SPEC, EXIT_REFUSED, EXIT_ROLLED_BACK, EXIT_SUCCEEDED};
 use common::{bluegreen, text, FAKE_SPEC};
 
 /// Writes `spec` as `spec.toml` in a fresh directory.
@@ -276,4 +276,82 @@ fn resume_continues_the_latest_unfinished_deployment_not_a_newer_finished_one() 
     );
     assert!(!stdout.contains("already finished"), "{stdout}");
     assert_eq!(code, EXIT_SUCCEEDED, "{stdout}\n{stderr}");
+}
+
+#[test]
+fn a_second_deployer_is_refused_first_and_names_the_holder_s_host_user_and_pid() {
+    // The first deployer in real time, held in a ten-minute canary.
+    let spec = journaled_spec()
+        .replace("paused_time = true", "paused_time = false")
+        .replace("wait = \"2m\"", "wait = \"10m\"");
+    let dir = dir_with(&spec);
+    let mut first = std::process::Command::new(env!("CARGO_BIN_EXE_bluegreen"))
+        .args(["deploy", "--id", "dep-first", "spec.toml"])
+        .current_dir(dir.path())
+        .env_remove(bluegreen_cli::journal::KILL_ENV)
+        .env("USER", "alice")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let journal = dir.path().join("deploy.journal");
+    let started = std::time::Instant::now();
+    while !std::fs::read_to_string(&journal).is_ok_and(|j| j.contains("\"started\"")) {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(30),
+            "the first deployer did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let second = bluegreen(
+        dir.path(),
+        &["deploy", "--id", "dep-second", "spec.toml"],
+        &[("USER", Some("bob"))],
+    );
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let (stdout, stderr) = (text(&second.stdout), text(&second.stderr));
+    assert_eq!(
+        second.status.code(),
+        Some(EXIT_REFUSED),
+        "{stdout}\n{stderr}"
+    );
+    assert!(
+        !stdout.contains("deploying"),
+        "refused before anything: {stdout}"
+    );
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    for words in [
+        "refused, nothing was changed",
+        "dep-first",
+        "user alice",
+        &format!("on host {}", host.trim()),
+        &format!("pid {}", first.id()),
+    ] {
+        assert!(stderr.contains(words), "says {words:?}: {stderr}");
+    }
+}
+
+#[test]
+fn a_deployment_refused_in_preflight_exits_apart_from_one_rolled_back_after_traffic_moved() {
+    // A secret due for rotation: preflight refuses before any change.
+    let dir = dir_with(&format!(
+        "{FAKE_SPEC}\n[[secrets]]\nname = \"prod/order-api/db-password\"\nenv = \"DB_PASSWORD\"\nrotation = \"1h\"\n"
+    ));
+    let (code, stdout, stderr) = run(dir.path(), &["deploy", "spec.toml"]);
+    assert_eq!(code, EXIT_REFUSED, "{stdout}\n{stderr}");
+    assert!(stdout.contains("prod/order-api/db-password"), "{stdout}");
+    let world: bluegreen_cli::fake::FakeWorldState =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("world.json")).unwrap())
+            .unwrap();
+    assert_eq!(world.changes, [], "nothing was changed");
+    assert_eq!(world.blue_percent, 0);
+    // `status` of it exits the same way.
+    let (code, stdout, stderr) = run(dir.path(), &["status", "spec.toml"]);
+    assert_eq!(code, EXIT_REFUSED, "{stdout}\n{stderr}");
+
+    // The canary's error rate rolls back after traffic moved: exit 1.
+    let dir = dir_with(&rolling_back_spec());
+    let (code, stdout, stderr) = run(dir.path(), &["deploy", "spec.toml"]);
+    assert_eq!(code, EXIT_ROLLED_BACK, "{stdout}\n{stderr}");
 }

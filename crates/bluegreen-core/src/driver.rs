@@ -292,6 +292,7 @@ pub struct Builder {
     pub(crate) deployment_id: Option<String>,
     pub(crate) resume: Option<String>,
     pub(crate) holder: Option<String>,
+    holder_detail: Option<String>,
     pub(crate) lease_ttl: Duration,
 }
 
@@ -384,6 +385,17 @@ impl Builder {
     /// Who holds the lease (default: the deployment id).
     pub fn holder(mut self, h: impl Into<String>) -> Self {
         self.holder = Some(h.into());
+        self
+    }
+
+    /// Describes this deployer in the lease it holds, e.g. `user alice on
+    /// host build-7, pid 4242`: the holder becomes `<holder> [<detail>]`,
+    /// so a deployer refused by the lease can name who holds it. Only the
+    /// part before the brackets identifies the holder
+    /// ([`holder_identity`](crate::journal::holder_identity)): a resume
+    /// from another process is the same holder.
+    pub fn holder_detail(mut self, detail: impl Into<String>) -> Self {
+        self.holder_detail = Some(detail.into());
         self
     }
 
@@ -481,7 +493,13 @@ impl Builder {
             clock: self.clock.unwrap_or_else(|| Arc::new(TokioClock::new())),
             retry: self.retry,
             call_timeout: self.call_timeout,
-            holder: self.holder.unwrap_or_else(|| deployment_id.clone()),
+            holder: {
+                let h = self.holder.unwrap_or_else(|| deployment_id.clone());
+                match self.holder_detail {
+                    Some(d) => format!("{h} [{d}]"),
+                    None => h,
+                }
+            },
             event_id: Arc::from(deployment_id.as_str()),
             deployment_id,
             resume: self.resume.is_some(),
@@ -554,6 +572,7 @@ impl BlueGreen {
             deployment_id: None,
             resume: None,
             holder: None,
+            holder_detail: None,
             lease_ttl: Duration::from_secs(300),
         }
     }

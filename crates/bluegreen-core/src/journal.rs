@@ -28,7 +28,11 @@ use crate::provider::Notification;
 pub struct Lease {
     /// The service.
     pub service: String,
-    /// Who holds it (a deployer identity such as `host:pid` or a deployment id).
+    /// Who holds it: a deployer identity such as a deployment id, with an
+    /// optional description in brackets after it (the CLI writes
+    /// `dep-… [user alice on host build-7, pid 4242]`). Holders are
+    /// compared by [`holder_identity`], so a deployer resuming the same
+    /// deployment from another process is the same holder.
     pub holder: String,
     /// The fencing token: strictly increasing per service across takeovers.
     pub token: u64,
@@ -47,6 +51,24 @@ pub struct Lease {
     /// suite checks it.
     #[serde(default)]
     pub superseded: Option<Timestamp>,
+}
+
+/// The identity of a lease holder: `holder` without the description in
+/// brackets a deployer may append (`"dep-1 [user alice on host build-7,
+/// pid 42]"` is `"dep-1"`). Journals compare holders by it; a holder
+/// without a description is its own identity, so leases written before
+/// descriptions existed compare as they did.
+///
+/// ```
+/// use bluegreen_core::journal::holder_identity;
+/// assert_eq!(holder_identity("dep-1 [user alice on host build-7, pid 42]"), "dep-1");
+/// assert_eq!(holder_identity("dep-1"), "dep-1");
+/// ```
+pub fn holder_identity(holder: &str) -> &str {
+    match holder.strip_suffix(']').and_then(|h| h.rsplit_once(" [")) {
+        Some((id, _)) => id,
+        None => holder,
+    }
 }
 
 /// One journal record.
@@ -355,7 +377,7 @@ impl Ledger {
 
     fn acquire(&self, service: &str, holder: &str, ttl: Duration, now: Timestamp) -> Result<Line> {
         if let Some(l) = self.leases.get(service) {
-            if l.holder != holder && l.expires_at > now {
+            if holder_identity(&l.holder) != holder_identity(holder) && l.expires_at > now {
                 return Err(Error::new(
                     ErrorKind::LeaseHeld,
                     format!(

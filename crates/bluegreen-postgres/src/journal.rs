@@ -188,7 +188,11 @@ impl Journal for PostgresJournal {
             .map_err(self.pg(op))?;
         let (cur_holder, token, acquired, expires, released): (String, i64, i64, i64, bool) =
             (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
-        if !released && cur_holder != holder && expires > ms(now) {
+        if !released
+            && bluegreen_core::journal::holder_identity(&cur_holder)
+                != bluegreen_core::journal::holder_identity(holder)
+            && expires > ms(now)
+        {
             return Err(err(
                 ErrorKind::LeaseHeld,
                 op,
