@@ -131,6 +131,24 @@ const INVALID: &[&str] = &[
     "InvalidConfigurationRequest",
 ];
 
+/// The I/O error behind a connection failure, in words (`connection
+/// refused`), found down the error's source chain.
+fn io_cause(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            return Some(match io.kind() {
+                std::io::ErrorKind::ConnectionRefused => "connection refused".into(),
+                std::io::ErrorKind::ConnectionReset => "connection reset".into(),
+                std::io::ErrorKind::TimedOut => "connection timed out".into(),
+                _ => io.to_string(),
+            });
+        }
+        cur = err.source();
+    }
+    None
+}
+
 /// Maps an SDK error of the call `action` (its IAM action name, e.g.
 /// `ecs:UpdateService`) on `resource`, made by the operation `operation` of
 /// the provider `provider`, into a bluegreen error.
@@ -169,7 +187,10 @@ where
                 (
                     ErrorKind::Unavailable,
                     ErrorStatus::Temporary,
-                    format!("{call} could not reach AWS"),
+                    match d.as_connector_error().and_then(|c| io_cause(c)) {
+                        Some(why) => format!("{call} could not reach AWS: {why}"),
+                        None => format!("{call} could not reach AWS"),
+                    },
                 )
             }
         }

@@ -71,3 +71,49 @@ pub fn sdk_config(region: &str, endpoint_url: Option<&str>) -> Result<SdkConfig>
     }
     Ok(b.build())
 }
+
+/// How long [`reachable`] waits for a connection.
+pub const REACH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Checks that `endpoint_url` (`target.ecs.endpoint_url`) accepts a TCP
+/// connection; the error names the endpoint and why (`connection
+/// refused`, a name that does not resolve, a timeout).
+pub async fn reachable(endpoint_url: &str) -> Result<()> {
+    let fail = |why: String| {
+        Error::unavailable(format!("target.ecs.endpoint_url {endpoint_url}: {why}"))
+            .with_provider("aws")
+            .with_operation("connect")
+    };
+    let (default_port, rest) = match endpoint_url.split_once("://") {
+        Some(("http", r)) => (80, r),
+        Some(("https", r)) => (443, r),
+        _ => return Err(fail("expected an http:// or https:// URL".into())),
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let authority = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let has_port = match authority.rfind(']') {
+        Some(end) => authority[end..].contains(':'),
+        None => authority.contains(':'),
+    };
+    let addr = if has_port {
+        authority.to_string()
+    } else {
+        format!("{authority}:{default_port}")
+    };
+    let addr = addr.replace(['[', ']'], "");
+    let addr = match addr.rsplit_once(':') {
+        Some((h, p)) if h.contains(':') => format!("[{h}]:{p}"),
+        _ => addr,
+    };
+    match tokio::time::timeout(REACH_TIMEOUT, tokio::net::TcpStream::connect(&addr)).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+            Err(fail("connection refused".into()))
+        }
+        Ok(Err(e)) => Err(fail(format!("cannot connect: {e}"))),
+        Err(_) => Err(fail(format!(
+            "no connection within {}",
+            humantime::format_duration(REACH_TIMEOUT)
+        ))),
+    }
+}

@@ -888,6 +888,19 @@ async fn deploy(
         .spec
         .plan()
         .map_err(|e| Error::invalid_input(e.to_string()))?;
+    // An emulator endpoint that cannot be reached fails every call: said
+    // at once, naming it, rather than after the retries of preflight.
+    if let Some(url) = l
+        .spec
+        .target
+        .ecs
+        .as_ref()
+        .and_then(|e| e.endpoint_url.as_deref())
+    {
+        if let Err(e) = crate::aws::reachable(url).await {
+            return Ok(refused(&e, out));
+        }
+    }
     let journal = open_journal(l, journal_path).await?;
     let assembled = providers::assemble(l).await?;
     let mut b =

@@ -355,3 +355,36 @@ fn a_deployment_refused_in_preflight_exits_apart_from_one_rolled_back_after_traf
     let (code, stdout, stderr) = run(dir.path(), &["deploy", "spec.toml"]);
     assert_eq!(code, EXIT_ROLLED_BACK, "{stdout}\n{stderr}");
 }
+
+#[test]
+fn an_endpoint_url_refusing_connections_is_named_with_connection_refused_in_preflight() {
+    // A port nothing listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let dir = dir_with(&ecs_spec(&endpoint));
+    let started = std::time::Instant::now();
+    let out = bluegreen(
+        dir.path(),
+        &["deploy", "spec.toml"],
+        &[
+            ("AWS_ACCESS_KEY_ID", Some("test")),
+            ("AWS_SECRET_ACCESS_KEY", Some("test")),
+        ],
+    );
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(EXIT_REFUSED), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains(&endpoint) && stderr.contains("connection refused"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("nothing was changed"), "{stderr}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "said at once, not after retries: {:?}",
+        started.elapsed()
+    );
+}
