@@ -250,6 +250,7 @@ fn deploy_without_aws_credentials_fails_clearly_before_any_call() {
     let dir = tempfile::tempdir().unwrap();
     let text_spec = std::fs::read_to_string(example()).unwrap();
     std::fs::write(dir.path().join("spec.toml"), text_spec).unwrap();
+    std::fs::create_dir(dir.path().join("migrations")).unwrap();
     let out = bluegreen(dir.path(), &["deploy", "spec.toml"], false);
     assert_eq!(out.status.code(), Some(3), "{}", text(&out));
     assert!(
