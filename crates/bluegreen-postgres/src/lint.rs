@@ -1,49 +1,5 @@
-//! The backward-compatibility lint of expand migrations.
-//!
-//! An expand migration runs while the old color still serves traffic, and the
-//! old color keeps running against the expanded schema until it is scaled to
-//! zero. So an expand file must leave every table and column the old release
-//! uses in place, under the same name and type, must not make the old
-//! release's writes fail, and must not hold a lock that stops the old color
-//! for longer than a moment. Contract files run after the old color is at
-//! zero, and may do all of these; they are not linted, nor are down files.
-//!
-//! Every statement is parsed by PostgreSQL's own parser (libpg_query, through
-//! the [`pg_query`] crate), never matched with patterns. The rules, named as
-//! [Squawk](https://squawkhq.com/docs/rules) names them:
-//!
-//! | rule | an expand file must not |
-//! | --- | --- |
-//! | `ban-drop-column` | `ALTER TABLE … DROP COLUMN` |
-//! | `ban-drop-table` | `DROP TABLE` |
-//! | `renaming-column` | `ALTER TABLE … RENAME COLUMN` |
-//! | `renaming-table` | `ALTER TABLE … RENAME TO`, `ALTER TABLE … SET SCHEMA` |
-//! | `adding-required-field` | `ADD COLUMN … NOT NULL` (or `PRIMARY KEY`) without a `DEFAULT`, identity or generated value |
-//! | `adding-not-nullable-field` | `ALTER COLUMN … SET NOT NULL`, `ADD CONSTRAINT … NOT NULL` |
-//! | `changing-column-type` | `ALTER COLUMN … TYPE` |
-//! | `require-concurrent-index-creation` | `CREATE INDEX` without `CONCURRENTLY` |
-//! | `constraint-missing-not-valid` | `ADD CONSTRAINT` of a foreign key or check without `NOT VALID` (add it `NOT VALID`, then `VALIDATE CONSTRAINT` in a later statement) |
-//!
-//! A table created earlier in the same file is new: the old release cannot
-//! use it, so statements on it are not findings.
-//!
-//! A finding is waived by a comment on the line(s) before its statement,
-//! naming the rule and saying why the old color is safe:
-//!
-//! ```sql
-//! -- bluegreen:allow ban-drop-column: the old release never reads legacy_flag
-//! ALTER TABLE orders DROP COLUMN legacy_flag;
-//! ```
-//!
-//! Each waiver names one rule. These are findings no waiver silences:
-//!
-//! * `syntax-error`: the file does not parse (or holds a NUL byte); the
-//!   finding names the line of the statement that does not parse, with the
-//!   parser's message;
-//! * `invalid-waiver`: a waiver without a reason, naming an unknown rule,
-//!   placed elsewhere than on the lines before a statement (inside one, on
-//!   the line of the previous statement's end, after the last one), or
-//!   waiving a rule its statement does not break.
+//! The backward-compatibility lint of expand migrations: see [`Rule`] for
+//! what it checks, [`lint_expand_file`] and [`MigrationSource::lint`].
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -58,7 +14,54 @@ use serde::Serialize;
 use crate::error::err;
 use crate::source::MigrationSource;
 
-/// A rule of the lint. [`Rule::name`] is its name in findings and waivers.
+/// A rule of the backward-compatibility lint of expand migrations.
+///
+/// An expand migration runs while the old color still serves traffic, and the
+/// old color keeps running against the expanded schema until it is scaled to
+/// zero. So an expand file must leave every table and column the old release
+/// uses in place, under the same name and type, must not make the old
+/// release's writes fail, and must not hold a lock that stops the old color
+/// for longer than a moment. Contract files run after the old color is at
+/// zero, and may do all of these; they are not linted, nor are down files.
+///
+/// Every statement is parsed by PostgreSQL's own parser (libpg_query, through
+/// the [`pg_query`] crate), never matched with patterns. The rules, named as
+/// [Squawk](https://squawkhq.com/docs/rules) names them:
+///
+/// | rule | an expand file must not |
+/// | --- | --- |
+/// | `ban-drop-column` | `ALTER TABLE … DROP COLUMN` |
+/// | `ban-drop-table` | `DROP TABLE` |
+/// | `renaming-column` | `ALTER TABLE … RENAME COLUMN` |
+/// | `renaming-table` | `ALTER TABLE … RENAME TO`, `ALTER TABLE … SET SCHEMA` |
+/// | `adding-required-field` | `ADD COLUMN … NOT NULL` (or `PRIMARY KEY`) without a `DEFAULT`, identity, generated value or serial type |
+/// | `adding-not-nullable-field` | `ALTER COLUMN … SET NOT NULL`, `ADD CONSTRAINT … NOT NULL` |
+/// | `changing-column-type` | `ALTER COLUMN … TYPE` |
+/// | `require-concurrent-index-creation` | `CREATE INDEX` without `CONCURRENTLY` |
+/// | `constraint-missing-not-valid` | `ADD CONSTRAINT` of a foreign key or check without `NOT VALID` (add it `NOT VALID`, then `VALIDATE CONSTRAINT` in a later statement) |
+///
+/// A table created earlier in the same file is new: the old release cannot
+/// use it, so statements on it are not findings.
+///
+/// A finding is waived by a comment on the line(s) before its statement,
+/// naming the rule and saying why the old color is safe:
+///
+/// ```sql
+/// -- bluegreen:allow ban-drop-column: the old release never reads legacy_flag
+/// ALTER TABLE orders DROP COLUMN legacy_flag;
+/// ```
+///
+/// Each waiver names one rule. These are findings no waiver silences:
+///
+/// * `syntax-error`: the file does not parse (or holds a NUL byte); the
+///   finding names the line of the statement that does not parse, with the
+///   parser's message;
+/// * `invalid-waiver`: a waiver without a reason, naming an unknown rule,
+///   placed elsewhere than on the lines before a statement (inside one, on
+///   the line of the previous statement's end, after the last one), or
+///   waiving a rule its statement does not break.
+///
+/// [`Rule::name`] is a rule's name in findings and waivers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[non_exhaustive]
 pub enum Rule {
@@ -174,7 +177,9 @@ impl fmt::Display for Finding {
 
 impl MigrationSource {
     /// Lints the up file of every expand migration (contract migrations and
-    /// down files are not linted): every finding, in version and line order.
+    /// down files are not linted; [`Rule`] lists the rules and waivers):
+    /// every finding, in version and line order. Never fails: a file that
+    /// does not parse is a `syntax-error` finding.
     /// Empty when the expand files leave the old color working.
     pub fn lint(&self) -> Vec<Finding> {
         self.migrations()
