@@ -882,7 +882,9 @@ async fn deploy(
     // Refused before anything changes when an expand migration would break
     // the old color (a resumed deployment runs the files it started with).
     if resume.is_none() {
-        crate::lint::check_migrations(l)?;
+        if let Err(e) = crate::lint::check_migrations(l) {
+            return Ok(refused(&e, out));
+        }
     }
     let plan = l
         .spec

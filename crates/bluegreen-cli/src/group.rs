@@ -375,7 +375,9 @@ pub async fn deploy(
     // would break its old color.
     if resume.is_none() {
         for m in g.members() {
-            crate::lint::check_migrations(&m)?;
+            if let Err(e) = crate::lint::check_migrations(&m) {
+                return Ok(cli::refused(&e, out));
+            }
         }
     }
     let journal = open(g, path).await?;

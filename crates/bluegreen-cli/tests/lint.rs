@@ -1,6 +1,6 @@
 //! The lint of expand migrations, through the real binary: `validate` names
 //! each finding's file:line and rule, and `deploy` is refused before it
-//! changes anything. The lint only parses: no database is needed.
+//! changes anything (exit 4). The lint only parses: no database is needed.
 
 mod common;
 
@@ -97,11 +97,12 @@ fn deploy_of_an_expand_file_that_drops_a_column_is_refused_before_anything_chang
     let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
     assert_eq!(
         out.status.code(),
-        Some(bluegreen_cli::cli::EXIT_ERROR),
+        Some(bluegreen_cli::cli::EXIT_REFUSED),
         "{stdout}\n{stderr}"
     );
     assert!(
-        stderr.contains("0002_drop_legacy.up.sql:3: ban-drop-column"),
+        stderr.contains("refused, nothing was changed")
+            && stderr.contains("0002_drop_legacy.up.sql:3: ban-drop-column"),
         "{stderr}"
     );
     assert!(!stdout.contains("deploying"), "{stdout}");

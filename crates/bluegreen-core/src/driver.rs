@@ -605,16 +605,10 @@ impl BlueGreen {
         self.progress.subscribe()
     }
 
-    /// Whether anyone listens to the events: nobody can start to while
-    /// none does (a new receiver comes from the deployment, which the run
-    /// holds, or from another receiver).
-    fn subscribed(&self) -> bool {
-        self.events.receiver_count() > 0
-    }
-
-    /// Sends `events` to the subscribers (logged already, see [`log_event`]).
+    /// Logs `events` and sends them to the subscribers.
     fn publish_events(&self, at: Timestamp, events: Vec<Event>) {
         for event in events {
+            log_event(&event);
             let _ = self.events.send(DeploymentEvent {
                 deployment_id: self.event_id.clone(),
                 at,
@@ -750,7 +744,7 @@ impl BlueGreen {
                 if now >= self.renew_at(&lease) {
                     lease = self.journal.renew(&lease, self.lease_ttl, now).await?;
                 }
-                let step = machine.handle(now, &input);
+                let step = machine.handle(now, input.clone());
                 if step.commands.is_empty()
                     && step.events.is_empty()
                     && step.notifications.is_empty()
@@ -763,7 +757,6 @@ impl BlueGreen {
                     // state goes to the journal before the next step that is.
                     let skipped = unjournaled.take().map_or(0, |(n, _)| n) + 1;
                     unjournaled = Some((skipped, Box::new(machine.checkpoint())));
-                    step.events.iter().for_each(log_event);
                     self.publish_events(now, step.events);
                     for c in step.commands {
                         self.dispatch(&machine, c, &mut inflight);
@@ -778,30 +771,27 @@ impl BlueGreen {
                     report.add(&self.deployment_id, now, &record);
                 }
                 let mutating = step.commands.iter().any(|c| c.action.is_mutating());
-                // The journal keeps the record itself (the input, often a
-                // reading with its samples, is not copied); what is done
-                // once it is journaled gets copies of the commands, the
-                // notifications and, when anyone subscribed, the events
-                // (which share their measurements). Events are logged as
-                // the machine made them.
-                step.events.iter().for_each(log_event);
-                let commands = step.commands.clone();
-                let events = if self.subscribed() {
-                    step.events.clone()
-                } else {
-                    Vec::new()
-                };
-                let sent = step.notifications.clone();
+                // The record owns the step while it is journaled, then gives
+                // it back: nothing is copied but what the journal keeps.
                 let record = Record::Step {
                     input,
                     commands: step.commands,
                     events: step.events,
                     notifications: step.notifications,
                 };
-                report.add(&self.deployment_id, now, &record);
                 self.journal
-                    .append_owned(&lease, &self.deployment_id, now, record)
+                    .append(&lease, &self.deployment_id, now, &record)
                     .await?;
+                report.add(&self.deployment_id, now, &record);
+                let Record::Step {
+                    commands,
+                    events,
+                    notifications: sent,
+                    ..
+                } = record
+                else {
+                    unreachable!("built as a step above")
+                };
                 self.publish_events(now, events);
                 if mutating {
                     // The append above proved the lease current; a mutating
@@ -1084,7 +1074,7 @@ fn replay(
                 events,
                 ..
             } => {
-                let step = machine.handle(e.at, input);
+                let step = machine.handle(e.at, input.clone());
                 if !same_decisions(&step.commands, commands) || !same_kinds(&step.events, events) {
                     return Err(Error::new(
                         ErrorKind::Corrupt,
@@ -1311,9 +1301,9 @@ async fn execute(
         } => {
             let source_name = plan
                 .check(&check)
-                .and_then(|c| c.source.as_deref())
-                .unwrap_or(DEFAULT_METRICS);
-            let source = p.metrics.get(source_name).cloned().ok_or_else(|| {
+                .and_then(|c| c.source.clone())
+                .unwrap_or_else(|| DEFAULT_METRICS.to_string());
+            let source = p.metrics.get(&source_name).cloned().ok_or_else(|| {
                 Error::invalid_input(format!("metrics source {source_name:?} is not registered"))
             })?;
             let q = MetricQuery {
