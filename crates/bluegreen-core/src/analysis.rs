@@ -121,14 +121,12 @@ pub fn measure(
     answer: &MetricAnswer,
 ) -> Measurement {
     let (samples, note) = match answer {
-        MetricAnswer::Samples { samples } => (
-            samples
-                .iter()
-                .copied()
-                .filter(|s| !s.value.is_nan())
-                .collect::<Vec<_>>(),
-            None,
-        ),
+        MetricAnswer::Samples { samples } => {
+            // Sized for them all at once: usually none is NaN.
+            let mut kept = Vec::with_capacity(samples.len());
+            kept.extend(samples.iter().copied().filter(|s| !s.value.is_nan()));
+            (kept, None)
+        }
         MetricAnswer::NoData { reason } => (Vec::new(), Some(format!("no data: {reason}"))),
     };
     let value = aggregate(&samples, check.aggregation);

@@ -605,10 +605,16 @@ impl BlueGreen {
         self.progress.subscribe()
     }
 
-    /// Logs `events` and sends them to the subscribers.
+    /// Whether anyone listens to the events: nobody can start to while
+    /// none does (a new receiver comes from the deployment, which the run
+    /// holds, or from another receiver).
+    fn subscribed(&self) -> bool {
+        self.events.receiver_count() > 0
+    }
+
+    /// Sends `events` to the subscribers (logged already, see [`log_event`]).
     fn publish_events(&self, at: Timestamp, events: Vec<Event>) {
         for event in events {
-            log_event(&event);
             let _ = self.events.send(DeploymentEvent {
                 deployment_id: self.event_id.clone(),
                 at,
@@ -744,7 +750,7 @@ impl BlueGreen {
                 if now >= self.renew_at(&lease) {
                     lease = self.journal.renew(&lease, self.lease_ttl, now).await?;
                 }
-                let step = machine.handle(now, input.clone());
+                let step = machine.handle(now, &input);
                 if step.commands.is_empty()
                     && step.events.is_empty()
                     && step.notifications.is_empty()
@@ -757,6 +763,7 @@ impl BlueGreen {
                     // state goes to the journal before the next step that is.
                     let skipped = unjournaled.take().map_or(0, |(n, _)| n) + 1;
                     unjournaled = Some((skipped, Box::new(machine.checkpoint())));
+                    step.events.iter().for_each(log_event);
                     self.publish_events(now, step.events);
                     for c in step.commands {
                         self.dispatch(&machine, c, &mut inflight);
@@ -771,27 +778,30 @@ impl BlueGreen {
                     report.add(&self.deployment_id, now, &record);
                 }
                 let mutating = step.commands.iter().any(|c| c.action.is_mutating());
-                // The record owns the step while it is journaled, then gives
-                // it back: nothing is copied but what the journal keeps.
+                // The journal keeps the record itself (the input, often a
+                // reading with its samples, is not copied); what is done
+                // once it is journaled gets copies of the commands, the
+                // notifications and, when anyone subscribed, the events
+                // (which share their measurements). Events are logged as
+                // the machine made them.
+                step.events.iter().for_each(log_event);
+                let commands = step.commands.clone();
+                let events = if self.subscribed() {
+                    step.events.clone()
+                } else {
+                    Vec::new()
+                };
+                let sent = step.notifications.clone();
                 let record = Record::Step {
                     input,
                     commands: step.commands,
                     events: step.events,
                     notifications: step.notifications,
                 };
-                self.journal
-                    .append(&lease, &self.deployment_id, now, &record)
-                    .await?;
                 report.add(&self.deployment_id, now, &record);
-                let Record::Step {
-                    commands,
-                    events,
-                    notifications: sent,
-                    ..
-                } = record
-                else {
-                    unreachable!("built as a step above")
-                };
+                self.journal
+                    .append_owned(&lease, &self.deployment_id, now, record)
+                    .await?;
                 self.publish_events(now, events);
                 if mutating {
                     // The append above proved the lease current; a mutating
@@ -1074,7 +1084,7 @@ fn replay(
                 events,
                 ..
             } => {
-                let step = machine.handle(e.at, input.clone());
+                let step = machine.handle(e.at, input);
                 if !same_decisions(&step.commands, commands) || !same_kinds(&step.events, events) {
                     return Err(Error::new(
                         ErrorKind::Corrupt,
@@ -1301,9 +1311,9 @@ async fn execute(
         } => {
             let source_name = plan
                 .check(&check)
-                .and_then(|c| c.source.clone())
-                .unwrap_or_else(|| DEFAULT_METRICS.to_string());
-            let source = p.metrics.get(&source_name).cloned().ok_or_else(|| {
+                .and_then(|c| c.source.as_deref())
+                .unwrap_or(DEFAULT_METRICS);
+            let source = p.metrics.get(source_name).cloned().ok_or_else(|| {
                 Error::invalid_input(format!("metrics source {source_name:?} is not registered"))
             })?;
             let q = MetricQuery {

@@ -232,6 +232,20 @@ pub trait Journal: Send + Sync {
         record: &Record,
     ) -> Result<u64>;
 
+    /// Appends `record` as [`append`](Self::append) does, handing it over:
+    /// a journal that keeps its records in memory keeps this one instead of
+    /// a copy. The driver appends every record this way. The default calls
+    /// `append`; a journal that only writes records out need not override it.
+    async fn append_owned(
+        &self,
+        lease: &Lease,
+        deployment_id: &str,
+        at: Timestamp,
+        record: Record,
+    ) -> Result<u64> {
+        self.append(lease, deployment_id, at, &record).await
+    }
+
     /// Every record of `deployment_id`, in order. Empty if unknown.
     async fn read(&self, deployment_id: &str) -> Result<Vec<JournalEntry>>;
 
@@ -264,23 +278,62 @@ struct Stream {
     summary: DeploymentSummary,
     next_seq: u64,
     sealed: Vec<Box<[u8]>>,
-    tail: Vec<JournalEntry>,
+    tail: Vec<Kept>,
+}
+
+/// A record as its stream keeps it: the deployment and the service are the
+/// stream's own (in its summary), not copied into every record.
+#[derive(Debug)]
+struct Kept {
+    seq: u64,
+    token: u64,
+    at: Timestamp,
+    record: Record,
+}
+
+/// A kept record serialized as the [`JournalEntry`] it stands for (the same
+/// fields in the same order), for a sealed block.
+#[derive(Serialize)]
+struct EntryView<'a> {
+    seq: u64,
+    deployment_id: &'a str,
+    service: &'a str,
+    token: u64,
+    at: Timestamp,
+    record: &'a Record,
 }
 
 impl Stream {
-    fn push(&mut self, entry: JournalEntry, compact: bool) {
-        self.next_seq = self.next_seq.max(entry.seq + 1);
+    /// An empty stream of `deployment_id` of `service`, first written at `at`.
+    fn new(deployment_id: &str, service: &str, at: Timestamp) -> Stream {
+        Stream {
+            summary: DeploymentSummary {
+                id: deployment_id.into(),
+                service: service.into(),
+                started_at: at,
+                last_at: at,
+                outcome: None,
+                records: 0,
+            },
+            next_seq: 1,
+            sealed: Vec::new(),
+            tail: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, kept: Kept, compact: bool) {
+        self.next_seq = self.next_seq.max(kept.seq + 1);
         let d = &mut self.summary;
-        d.last_at = entry.at;
+        d.last_at = kept.at;
         d.records += 1;
-        if let Record::Step { events, .. } = &entry.record {
+        if let Record::Step { events, .. } = &kept.record {
             for ev in events {
                 if let Event::Finished { outcome, .. } = ev {
                     d.outcome = Some(outcome.name().into());
                 }
             }
         }
-        self.tail.push(entry);
+        self.tail.push(kept);
         if compact && self.tail.len() >= BLOCK {
             self.seal();
         }
@@ -290,8 +343,16 @@ impl Stream {
     /// serialized (a record is never lost to compaction).
     fn seal(&mut self) {
         let mut json = Vec::with_capacity(self.tail.len() * 512);
-        for e in &self.tail {
-            if serde_json::to_writer(&mut json, e).is_err() {
+        for k in &self.tail {
+            let view = EntryView {
+                seq: k.seq,
+                deployment_id: &self.summary.id,
+                service: &self.summary.service,
+                token: k.token,
+                at: k.at,
+                record: &k.record,
+            };
+            if serde_json::to_writer(&mut json, &view).is_err() {
                 return;
             }
             json.push(b'\n');
@@ -321,7 +382,14 @@ impl Stream {
                 );
             }
         }
-        out.extend(self.tail.iter().cloned());
+        out.extend(self.tail.iter().map(|k| JournalEntry {
+            seq: k.seq,
+            deployment_id: self.summary.id.clone(),
+            service: self.summary.service.clone(),
+            token: k.token,
+            at: k.at,
+            record: k.record.clone(),
+        }));
         Ok(out)
     }
 }
@@ -348,31 +416,28 @@ impl Ledger {
                 }
             }
             Line::Entry { entry } => {
-                if !self.streams.contains_key(&entry.deployment_id) {
-                    self.order.push(entry.deployment_id.clone());
-                    self.streams.insert(
-                        entry.deployment_id.clone(),
-                        Stream {
-                            summary: DeploymentSummary {
-                                id: entry.deployment_id.clone(),
-                                service: entry.service.clone(),
-                                started_at: entry.at,
-                                last_at: entry.at,
-                                outcome: None,
-                                records: 0,
-                            },
-                            next_seq: 1,
-                            sealed: Vec::new(),
-                            tail: Vec::new(),
-                        },
-                    );
-                }
-                let compact = self.compact;
-                if let Some(stream) = self.streams.get_mut(&entry.deployment_id) {
-                    stream.push(entry, compact);
-                }
+                let kept = Kept {
+                    seq: entry.seq,
+                    token: entry.token,
+                    at: entry.at,
+                    record: entry.record,
+                };
+                self.keep(&entry.deployment_id, &entry.service, kept);
             }
         }
+    }
+
+    /// Adds `kept` to the stream of `deployment_id`, which it starts when
+    /// this is its first record.
+    fn keep(&mut self, deployment_id: &str, service: &str, kept: Kept) {
+        let compact = self.compact;
+        if let Some(stream) = self.streams.get_mut(deployment_id) {
+            return stream.push(kept, compact);
+        }
+        let mut stream = Stream::new(deployment_id, service, kept.at);
+        stream.push(kept, compact);
+        self.order.push(deployment_id.into());
+        self.streams.insert(deployment_id.into(), stream);
     }
 
     fn acquire(&self, service: &str, holder: &str, ttl: Duration, now: Timestamp) -> Result<Line> {
@@ -431,13 +496,9 @@ impl Ledger {
         })
     }
 
-    fn append(
-        &self,
-        lease: &Lease,
-        deployment_id: &str,
-        at: Timestamp,
-        record: &Record,
-    ) -> Result<(u64, Line)> {
+    /// The seq the next record of `deployment_id` gets under `lease`, once
+    /// the lease is checked current and the deployment of its service.
+    fn next_seq(&self, lease: &Lease, deployment_id: &str) -> Result<u64> {
         self.check_current(lease, "append")?;
         let stream = self.streams.get(deployment_id);
         if let Some(st) = stream {
@@ -449,7 +510,37 @@ impl Ledger {
                 .with_operation("append"));
             }
         }
-        let seq = stream.map_or(1, |st| st.next_seq);
+        Ok(stream.map_or(1, |st| st.next_seq))
+    }
+
+    /// Appends `record` in memory, without a line: what applying the line
+    /// [`append`](Self::append) returns does, the record moved, not copied.
+    fn append_kept(
+        &mut self,
+        lease: &Lease,
+        deployment_id: &str,
+        at: Timestamp,
+        record: Record,
+    ) -> Result<u64> {
+        let seq = self.next_seq(lease, deployment_id)?;
+        let kept = Kept {
+            seq,
+            token: lease.token,
+            at,
+            record,
+        };
+        self.keep(deployment_id, &lease.service, kept);
+        Ok(seq)
+    }
+
+    fn append(
+        &self,
+        lease: &Lease,
+        deployment_id: &str,
+        at: Timestamp,
+        record: &Record,
+    ) -> Result<(u64, Line)> {
+        let seq = self.next_seq(lease, deployment_id)?;
         Ok((
             seq,
             Line::Entry {
@@ -560,10 +651,18 @@ impl Journal for MemoryJournal {
         at: Timestamp,
         record: &Record,
     ) -> Result<u64> {
-        let mut l = self.ledger();
-        let (seq, line) = l.append(lease, deployment_id, at, record)?;
-        l.apply(line);
-        Ok(seq)
+        self.append_owned(lease, deployment_id, at, record.clone())
+            .await
+    }
+
+    async fn append_owned(
+        &self,
+        lease: &Lease,
+        deployment_id: &str,
+        at: Timestamp,
+        record: Record,
+    ) -> Result<u64> {
+        self.ledger().append_kept(lease, deployment_id, at, record)
     }
 
     async fn read(&self, deployment_id: &str) -> Result<Vec<JournalEntry>> {
@@ -1221,6 +1320,48 @@ mod tests {
         assert_eq!(list[0].last_at, Timestamp(n - 1));
         let seq = j.append(&lease, "d1", Timestamp(n), &tick()).await.unwrap();
         assert_eq!(seq, n + 1);
+    }
+
+    /// A record handed over (`append_owned`, as the driver appends) reads
+    /// back exactly as one lent (`append`), from the tail and from sealed
+    /// blocks, in the memory journals and in the file journal (which takes
+    /// the trait's default).
+    #[tokio::test]
+    async fn a_record_handed_over_reads_back_as_one_lent() {
+        let dir = tempfile::tempdir().unwrap();
+        let journals: Vec<Box<dyn Journal>> = vec![
+            Box::new(MemoryJournal::new()),
+            Box::new(MemoryJournal::compacting()),
+            Box::new(FileJournal::open(dir.path().join("j.jsonl")).unwrap()),
+        ];
+        for j in journals {
+            let lease = j.acquire("svc", "a", TTL, Timestamp(0)).await.unwrap();
+            let n = BLOCK as u64 + 3;
+            for i in 0..n {
+                let record = odd_samples(i);
+                let lent = j.append(&lease, "lent", Timestamp(i), &record).await;
+                assert_eq!(lent.unwrap(), i + 1);
+                let owned = j.append_owned(&lease, "owned", Timestamp(i), record).await;
+                assert_eq!(owned.unwrap(), i + 1);
+            }
+            let lent = j.read("lent").await.unwrap();
+            let owned = j.read("owned").await.unwrap();
+            assert_eq!(owned.len() as u64, n);
+            for (a, b) in lent.iter().zip(&owned) {
+                assert_eq!((a.seq, a.at, a.token), (b.seq, b.at, b.token));
+                assert_eq!(
+                    (b.deployment_id.as_str(), b.service.as_str()),
+                    ("owned", "svc")
+                );
+                // NaN samples: compared as JSON, as the file stores them.
+                assert_eq!(
+                    serde_json::to_string(&a.record).unwrap(),
+                    serde_json::to_string(&b.record).unwrap()
+                );
+            }
+            let list = j.deployments(Some("svc".into())).await.unwrap();
+            assert_eq!(list.iter().map(|d| d.records).collect::<Vec<_>>(), [n, n]);
+        }
     }
 
     #[tokio::test]

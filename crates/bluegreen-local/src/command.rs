@@ -50,7 +50,7 @@ use bluegreen_core::{
 };
 use rustix::process::{kill_process_group, Pid, Signal};
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncRead, AsyncReadExt};
+use std::os::unix::process::CommandExt;
 
 use crate::PROVIDER;
 
@@ -619,7 +619,7 @@ impl CommandRunner {
         let program = c
             .resolve_program()
             .map_err(|m| error(&c.name, ErrorKind::NotFound, m))?;
-        let mut cmd = tokio::process::Command::new(&program);
+        let mut cmd = std::process::Command::new(&program);
         // Nothing of the deployer's environment but PATH and what pass_env
         // names: it may hold the journal's URL with its password, and secrets.
         cmd.args(&argv[1..]).env_clear();
@@ -684,10 +684,15 @@ impl CommandRunner {
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .kill_on_drop(true)
             .process_group(0);
-        let start = Instant::now();
-        let mut child = cmd.spawn().map_err(|e| {
+        // On a thread of its own, in real time: a blocking task also keeps
+        // a runtime with paused time from jumping past the timeout while the
+        // command runs.
+        let timeout = c.timeout;
+        let ran = tokio::task::spawn_blocking(move || supervise(cmd, timeout))
+            .await
+            .map_err(|e| error(&c.name, ErrorKind::Other, format!("cannot run it: {e}")))?;
+        let (exit, duration, combined, stdout) = ran.map_err(|e| {
             let kind = match e.kind() {
                 std::io::ErrorKind::NotFound => ErrorKind::NotFound,
                 std::io::ErrorKind::PermissionDenied => ErrorKind::PermissionDenied,
@@ -696,50 +701,9 @@ impl CommandRunner {
             error(
                 &c.name,
                 kind,
-                format!("command[0]: cannot start {}: {e}", program.display()),
+                format!("command[0]: cannot run {}: {e}", program.display()),
             )
         })?;
-        let group = child.id().and_then(|p| Pid::from_raw(p as i32));
-        let held = Arc::new(Mutex::new(Held::default()));
-        let readers = [
-            tokio::spawn(read_into(child.stdout.take(), held.clone(), true)),
-            tokio::spawn(read_into(child.stderr.take(), held.clone(), false)),
-        ];
-        let exit = match tokio::time::timeout(c.timeout, child.wait()).await {
-            Ok(Ok(status)) => {
-                use std::os::unix::process::ExitStatusExt;
-                match (status.code(), status.signal()) {
-                    (Some(code), _) => Exit::Code(code),
-                    (None, Some(sig)) => Exit::Signal(sig),
-                    (None, None) => Exit::Signal(0),
-                }
-            }
-            Ok(Err(e)) => {
-                kill_group(group);
-                return Err(error(
-                    &c.name,
-                    ErrorKind::Other,
-                    format!("cannot wait for it: {e}"),
-                ));
-            }
-            Err(_) => {
-                kill_group(group);
-                let _ = child.wait().await;
-                Exit::TimedOut
-            }
-        };
-        let duration = start.elapsed();
-        // What it left running in its group goes too.
-        kill_group(group);
-        let drain = futures::future::join_all(readers);
-        let _ = tokio::time::timeout(defaults::DRAIN, drain).await;
-        let (combined, stdout) = {
-            let h = held.lock().unwrap_or_else(|e| e.into_inner());
-            let text = |q: &VecDeque<u8>| {
-                String::from_utf8_lossy(&q.iter().copied().collect::<Vec<u8>>()).into_owned()
-            };
-            (text(&h.combined), text(&h.stdout))
-        };
         let tail = mask.tail(&combined, defaults::TAIL_LINES, defaults::TAIL_BYTES);
         let stdout = mask.mask(&stdout);
         let tests = if let Some(j) = &junit {
@@ -771,6 +735,70 @@ fn kill_group(group: Option<Pid>) {
     }
 }
 
+/// What [`supervise`] returns: the exit, how long it ran, the combined
+/// output and stdout.
+type Supervised = (Exit, Duration, String, String);
+
+/// Runs `cmd` (its own process group) to its exit or `timeout`, killing the
+/// whole group then and after it exits, and collects its output. Blocking.
+fn supervise(mut cmd: std::process::Command, timeout: Duration) -> std::io::Result<Supervised> {
+    use std::os::unix::process::ExitStatusExt;
+    let start = Instant::now();
+    let mut child = cmd.spawn()?;
+    let group = Pid::from_raw(child.id() as i32);
+    let held = Arc::new(Mutex::new(Held::default()));
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let mut readers = 0;
+    if let Some(p) = child.stdout.take() {
+        spawn_reader(p, held.clone(), true, done_tx.clone());
+        readers += 1;
+    }
+    if let Some(p) = child.stderr.take() {
+        spawn_reader(p, held.clone(), false, done_tx.clone());
+        readers += 1;
+    }
+    drop(done_tx);
+    let deadline = start + timeout;
+    let exit = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => {
+                break match (status.code(), status.signal()) {
+                    (Some(code), _) => Exit::Code(code),
+                    (None, Some(sig)) => Exit::Signal(sig),
+                    (None, None) => Exit::Signal(0),
+                }
+            }
+            Ok(None) if Instant::now() >= deadline => {
+                kill_group(group);
+                let _ = child.wait();
+                break Exit::TimedOut;
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(10)),
+            Err(e) => {
+                kill_group(group);
+                let _ = child.wait();
+                return Err(e);
+            }
+        }
+    };
+    let duration = start.elapsed();
+    // What it left running in its group goes too.
+    kill_group(group);
+    // Pipes a process outside the group still holds are not waited for long.
+    let drain = Instant::now() + defaults::DRAIN;
+    for _ in 0..readers {
+        let left = drain.saturating_duration_since(Instant::now());
+        if done_rx.recv_timeout(left).is_err() {
+            break;
+        }
+    }
+    let h = held.lock().unwrap_or_else(|e| e.into_inner());
+    let text = |q: &VecDeque<u8>| {
+        String::from_utf8_lossy(&q.iter().copied().collect::<Vec<u8>>()).into_owned()
+    };
+    Ok((exit, duration, text(&h.combined), text(&h.stdout)))
+}
+
 /// Output held while a command runs, bounded.
 #[derive(Default)]
 struct Held {
@@ -784,21 +812,28 @@ fn push_bounded(q: &mut VecDeque<u8>, bytes: &[u8], max: usize) {
     q.drain(..over);
 }
 
-async fn read_into<R: AsyncRead + Unpin>(pipe: Option<R>, held: Arc<Mutex<Held>>, stdout: bool) {
-    let Some(mut pipe) = pipe else { return };
-    let mut buf = vec![0u8; 8192];
-    loop {
-        match pipe.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => {
-                let mut h = held.lock().unwrap_or_else(|e| e.into_inner());
-                push_bounded(&mut h.combined, &buf[..n], defaults::HELD_BYTES);
-                if stdout {
-                    push_bounded(&mut h.stdout, &buf[..n], defaults::STDOUT_BYTES);
+fn spawn_reader(
+    mut pipe: impl std::io::Read + Send + 'static,
+    held: Arc<Mutex<Held>>,
+    stdout: bool,
+    done: std::sync::mpsc::Sender<()>,
+) {
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 8192];
+        loop {
+            match pipe.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    let mut h = held.lock().unwrap_or_else(|e| e.into_inner());
+                    push_bounded(&mut h.combined, &buf[..n], defaults::HELD_BYTES);
+                    if stdout {
+                        push_bounded(&mut h.stdout, &buf[..n], defaults::STDOUT_BYTES);
+                    }
                 }
             }
         }
-    }
+        let _ = done.send(());
+    });
 }
 
 // ------------------------------------------------------------- reports --

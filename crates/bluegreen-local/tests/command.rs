@@ -72,12 +72,12 @@ async fn a_suite_exiting_0_passes_with_the_url_filled_in_as_one_argument() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_suite_reports_its_exit_code_and_a_masked_tail_of_its_output() {
     let dir = tempfile::tempdir().unwrap();
-    // 60 lines on stdout and stderr, the secret among the last ones and in
-    // a line long enough that the byte cut falls inside it.
+    // 62 lines on stdout, the secret in the last two, then one on stderr
+    // (later: the two pipes are read apart, so only time orders them).
     let mut c = script(
         dir.path(),
         "fail.sh",
-        "i=1\nwhile [ $i -le 60 ]; do printf 'line %s\\n' $i; i=$((i+1)); done\nprintf 'using token %s\\n' \"$SMOKE_TOKEN\" >&2\nprintf '%s\\n' \"$SMOKE_TOKEN$SMOKE_TOKEN\"\nprintf 'POST /orders -> 500\\n' >&2\nexit 3\n",
+        "i=1\nwhile [ $i -le 60 ]; do printf 'line %s\\n' $i; i=$((i+1)); done\nprintf 'using token %s\\n' \"$SMOKE_TOKEN\"\nprintf '%s\\n' \"$SMOKE_TOKEN$SMOKE_TOKEN\"\nsleep 0.3\nprintf 'POST /orders -> 500\\n' >&2\nexit 3\n",
     );
     c.secrets
         .insert("SMOKE_TOKEN".into(), "prod/order-api/smoke-token".into());
@@ -458,4 +458,21 @@ async fn a_check_command_prints_the_number_the_check_compares() {
     let e = m.query(&query("error-rate", "q")).await.unwrap_err();
     assert!(e.message().contains("exited with code 2"), "{e}");
     assert!(e.message().contains("no metrics backend"), "{e}");
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn under_paused_time_the_timeout_is_real_time_not_skipped_past() {
+    // The fake target runs deployments under paused time; a command there
+    // must get its real seconds, not time out the moment the runtime idles.
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = script(dir.path(), "slow.sh", "sleep 0.3\nprintf 'done\\n'\n");
+    c.timeout = Duration::from_secs(5);
+    let (outcome, run) = CommandSmokeTest::new(c)
+        .unwrap()
+        .run_detailed(&target())
+        .await
+        .unwrap();
+    assert!(outcome.passed, "{}", outcome.detail);
+    assert_eq!(run.tail, "done");
+    assert!(run.duration >= Duration::from_millis(300), "{:?}", run.duration);
 }

@@ -133,8 +133,9 @@ pub enum Action {
     /// commands with id 0; the machine no longer issues it (see
     /// [`Step::notifications`]). Kept so those journals still read.
     Notify {
-        /// The notification.
-        notification: Notification,
+        /// The notification (boxed: the largest variant by far, it would
+        /// make every command as large as a notification).
+        notification: Box<Notification>,
     },
 }
 
@@ -561,8 +562,9 @@ pub enum Event {
     },
     /// A measurement was taken.
     Measured {
-        /// The measurement (boxed: events are queued per subscriber).
-        measurement: Box<Measurement>,
+        /// The measurement, shared: the journal, the report and every
+        /// subscriber get the same one (serialized as the measurement itself).
+        measurement: Arc<Measurement>,
     },
     /// Target health was read.
     TargetHealth {

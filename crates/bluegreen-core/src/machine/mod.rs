@@ -17,6 +17,7 @@
 //! irreversible one ran), the new color scaled to zero, autoscaling restored,
 //! RolledBack.
 
+use std::borrow::Borrow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -116,6 +117,9 @@ machine! {
         fresh_reading: bool,
         /// Each check's query, rendered for each color as the new one.
         queries: Vec<(Color, Vec<String>)>,
+        /// Whether a metric rollback trigger watches each check, and
+        /// whether a trigger watches target health: asked on every input.
+        triggers: monitor::Watched,
     }
     state {
         stage: Stage,
@@ -199,7 +203,6 @@ impl Machine {
             })
             .collect();
         Machine {
-            plan,
             deployment_id: deployment_id.into(),
             steps,
             stage: Stage::Pending,
@@ -234,6 +237,8 @@ impl Machine {
             deferred: Vec::new(),
             step: Step::default(),
             fresh_reading: false,
+            triggers: monitor::Watched::of(&plan),
+            plan,
             queries,
         }
     }
@@ -342,8 +347,14 @@ impl Machine {
     }
 
     /// Feeds one input at time `now` (which never goes backwards) and returns
-    /// what to do.
-    pub fn handle(&mut self, now: Timestamp, input: Input) -> Step {
+    /// what to do. The input may be lent (`&input`): the machine copies only
+    /// what it keeps of it, so a driver that journals the input after the
+    /// step need not clone it first.
+    pub fn handle(&mut self, now: Timestamp, input: impl Borrow<Input>) -> Step {
+        self.handle_input(now, input.borrow())
+    }
+
+    fn handle_input(&mut self, now: Timestamp, input: &Input) -> Step {
         self.now = self.now.max(now);
         if self.outcome.is_some() {
             return Step::default();
@@ -369,10 +380,10 @@ impl Machine {
                 }
             }
             Input::Tick => self.on_tick(),
-            Input::Reply { id, reply } => self.on_reply(id, reply),
-            Input::Failed { id, error } => self.on_failed(id, error),
-            Input::Control { control } => self.on_control(control),
-            Input::Resumed { wait } => self.on_resumed(wait),
+            Input::Reply { id, reply } => self.on_reply(*id, reply),
+            Input::Failed { id, error } => self.on_failed(*id, error.clone()),
+            Input::Control { control } => self.on_control(control.clone()),
+            Input::Resumed { wait } => self.on_resumed(*wait),
         }
         let mut step = std::mem::take(&mut self.step);
         step.repeats = before.is_some_and(|b| b == self.stage)
@@ -1027,7 +1038,7 @@ impl Machine {
                     };
                     let m = measure(&c, kind, query, from, to, &answer);
                     self.event(Event::Measured {
-                        measurement: Box::new(m.clone()),
+                        measurement: Arc::new(m.clone()),
                     });
                     self.final_results.push(m);
                     if !self.stage_pending() {
@@ -1052,7 +1063,7 @@ impl Machine {
         }));
     }
 
-    fn on_reply(&mut self, id: CommandId, reply: Reply) {
+    fn on_reply(&mut self, id: CommandId, reply: &Reply) {
         let Some((kind, action)) = self.pending.remove(&id) else {
             return;
         };
@@ -1060,7 +1071,7 @@ impl Machine {
             Pending::Abandoned => self.release_deferred(),
             Pending::Monitor(m) => self.on_monitor_reply(m, action, reply),
             Pending::Stage => {
-                self.on_stage_reply(action, reply);
+                self.on_stage_reply(action, reply.clone());
                 if self.outcome.is_none() && !self.stage_pending() && self.timers.poll.is_none() {
                     self.stage_complete();
                 }

@@ -6,6 +6,32 @@ pub(super) enum Monitor {
     Health,
 }
 
+/// What the plan's rollback triggers watch, found once per machine.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(super) struct Watched {
+    /// Per check of the plan: whether a metric trigger names it.
+    checks: Vec<bool>,
+    /// Whether a trigger watches the new color's target health.
+    health: bool,
+}
+
+impl Watched {
+    pub(super) fn of(plan: &Plan) -> Watched {
+        let metric = |name: &str| {
+            plan.rollback_triggers
+                .iter()
+                .any(|t| matches!(t, RollbackTrigger::Metric { check, .. } if check == name))
+        };
+        Watched {
+            checks: plan.analysis.iter().map(|c| metric(&c.name)).collect(),
+            health: plan
+                .rollback_triggers
+                .iter()
+                .any(|t| matches!(t, RollbackTrigger::UnhealthyTargets { .. })),
+        }
+    }
+}
+
 impl Machine {
     pub(super) fn schedule_monitors(&mut self) {
         let Some(_) = self.monitoring_since else {
@@ -52,18 +78,11 @@ impl Machine {
     }
 
     pub(super) fn has_metric_trigger(&self, check: usize) -> bool {
-        let name = &self.plan.analysis[check].name;
-        self.plan
-            .rollback_triggers
-            .iter()
-            .any(|t| matches!(t, RollbackTrigger::Metric { check, .. } if check == name))
+        self.triggers.checks[check]
     }
 
     pub(super) fn has_health_trigger(&self) -> bool {
-        self.plan
-            .rollback_triggers
-            .iter()
-            .any(|t| matches!(t, RollbackTrigger::UnhealthyTargets { .. }))
+        self.triggers.health
     }
 
     pub(super) fn start_monitoring(&mut self) {
@@ -78,7 +97,9 @@ impl Machine {
         }
     }
 
-    pub(super) fn on_monitor_reply(&mut self, m: Monitor, action: Action, reply: Reply) {
+    /// A monitor's reply, borrowed: a reading is journaled as it came, and
+    /// only what the machine keeps of it is copied.
+    pub(super) fn on_monitor_reply(&mut self, m: Monitor, action: Action, reply: &Reply) {
         if self.rolling_back() || self.outcome.is_some() {
             return;
         }
@@ -94,8 +115,10 @@ impl Machine {
                 },
                 Reply::Metric { answer },
             ) => {
-                let check = self.plan.analysis[i].clone();
-                let mut meas = measure(&check, kind, query, from, to, &answer);
+                // The plan is shared: borrowing the check from it costs no copy.
+                let plan = Arc::clone(&self.plan);
+                let check = &plan.analysis[i];
+                let mut meas = measure(check, kind, query, from, to, answer);
                 let mut fired: Option<(usize, String)> = None;
                 if let Some(value) = meas.value.filter(|_| meas.verdict != Verdict::Inconclusive) {
                     for (t, trigger) in self.plan.rollback_triggers.iter().enumerate() {
@@ -143,8 +166,9 @@ impl Machine {
                         breach: meas.breach,
                     },
                 );
+                let meas = Arc::new(meas);
                 self.event(Event::Measured {
-                    measurement: Box::new(meas.clone()),
+                    measurement: Arc::clone(&meas),
                 });
                 if let Some((t, describe)) = fired {
                     let evidence = std::mem::take(&mut self.run_evidence[t]);
@@ -165,7 +189,7 @@ impl Machine {
                     }
                 }
             }
-            (Monitor::Health, Action::ReadTargetHealth { color }, Reply::Health { health }) => {
+            (Monitor::Health, Action::ReadTargetHealth { color }, &Reply::Health { health }) => {
                 if health.healthy > health.total {
                     return self.bad_reply(&format!(
                         "{} healthy targets of {}",

@@ -143,7 +143,7 @@ impl Machine {
                 };
                 let m = measure(&c, kind, query, from, to, &answer);
                 self.event(Event::Measured {
-                    measurement: Box::new(m.clone()),
+                    measurement: Arc::new(m.clone()),
                 });
                 self.final_results.push(m);
             }

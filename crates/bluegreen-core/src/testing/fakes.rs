@@ -164,9 +164,17 @@ impl Faults {
     pub async fn check_fault(&self, op: &str) -> Result<Option<Fault>> {
         let n = {
             let mut c = lock(&self.calls);
-            let n = c.entry(op.to_string()).or_insert(0);
-            *n += 1;
-            *n - 1
+            // The operation's name is copied only on its first call.
+            match c.get_mut(op) {
+                Some(n) => {
+                    *n += 1;
+                    *n - 1
+                }
+                None => {
+                    c.insert(op.to_string(), 1);
+                    0
+                }
+            }
         };
         let fault = lock(&self.rules)
             .iter()
