@@ -12,6 +12,7 @@ pub mod providers;
 pub mod slack;
 pub mod spec;
 pub mod specfile;
+pub mod watch;
 
 pub use cli::main;
 pub use spec::{LoadedSpec, Spec, SpecError};
