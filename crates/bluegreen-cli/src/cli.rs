@@ -523,9 +523,19 @@ fn provider_label(l: &LoadedSpec, provider: &str) -> String {
             None => "fake router".into(),
         },
         "migrations" => s.migrations.as_ref().map_or("migrations".into(), |m| {
-            format!("{:?} runner", m.runner).to_lowercase()
+            match m.runner {
+                crate::spec::MigrationRunnerKind::Postgres => "postgres runner",
+                crate::spec::MigrationRunnerKind::Fake => "fake runner",
+            }
+            .into()
         }),
-        "metrics" => format!("{:?} metrics", s.monitoring.provider).to_lowercase(),
+        "metrics" => match s.monitoring.provider {
+            crate::spec::MetricsKind::Datadog => "datadog metrics",
+            crate::spec::MetricsKind::Prometheus => "prometheus metrics",
+            crate::spec::MetricsKind::Local => "local metrics",
+            crate::spec::MetricsKind::Fake => "fake metrics",
+        }
+        .into(),
         "smoke" => "HTTP checks".into(),
         "secrets" => match kind {
             TargetKind::EcsAlb => "Secrets Manager".into(),
@@ -617,42 +627,80 @@ pub(crate) fn dry_run(l: &LoadedSpec, out: OutputFormat) -> Result<i32, Error> {
         }
     }
     println!();
-    let stages: Vec<&str> = report.stages.iter().map(|s| s.stage.as_str()).collect();
+    // A stage re-entered at once (a poll's second round) is one step.
+    let mut stages: Vec<&str> = report.stages.iter().map(|s| s.stage.as_str()).collect();
+    stages.dedup();
     println!("Steps: {}\n", stages.join(" -> "));
-    println!("Provider calls (repeated polls folded):");
-    let start = report.started_at;
-    let mut last: Option<(String, u32, Timestamp)> = None;
-    let flush = |l: &Option<(String, u32, Timestamp)>| {
-        if let Some((line, n, at)) = l {
-            let t = humantime::format_duration(Duration::from_secs(at.since(start).as_secs()));
-            let times = if *n > 1 {
-                format!("  (x{n})")
-            } else {
-                String::new()
-            };
-            println!("+{:>8}  {line}{times}", t.to_string());
-        }
-    };
+    println!("Provider calls (repeated polls folded; each periodic metric query is one line):");
+    for line in fold_calls(l, &report) {
+        println!("{line}");
+    }
+    println!(
+        "\nSimulated outcome on healthy providers: {}.",
+        report.outcome_name()
+    );
+    Ok(EXIT_SUCCEEDED)
+}
+
+/// The dry run's provider calls as lines: a call repeated at once is one
+/// line with its count, and every periodic metric query of one series (the
+/// same check and query) is one line, wherever the others fall between.
+fn fold_calls(l: &LoadedSpec, report: &Report) -> Vec<String> {
+    struct Folded {
+        line: String,
+        periodic: bool,
+        n: u32,
+        first: Timestamp,
+        last: Timestamp,
+    }
+    let mut folded: Vec<Folded> = Vec::new();
+    // The line of the call just before, so other calls fold only when
+    // repeated at once.
+    let mut previous: Option<String> = None;
     for a in &report.actions {
         let (prov, op) = a
             .operation
             .split_once([' ', '.'])
             .unwrap_or((&a.operation, ""));
         let line = format!("{prov}.{op} [{}] {}", provider_label(l, prov), a.detail);
-        match &mut last {
-            Some((prev, n, _)) if *prev == line => *n += 1,
-            _ => {
-                flush(&last);
-                last = Some((line, 1, a.at));
+        let periodic = prov == "metrics";
+        let same = if periodic {
+            folded.iter_mut().find(|f| f.periodic && f.line == line)
+        } else if previous.as_ref() == Some(&line) {
+            folded.iter_mut().rev().find(|f| f.line == line)
+        } else {
+            None
+        };
+        previous = Some(line.clone());
+        match same {
+            Some(f) => {
+                f.n += 1;
+                f.last = a.at;
             }
+            None => folded.push(Folded {
+                line,
+                periodic,
+                n: 1,
+                first: a.at,
+                last: a.at,
+            }),
         }
     }
-    flush(&last);
-    println!(
-        "\nSimulated outcome on healthy providers: {}.",
-        report.outcome_name()
-    );
-    Ok(EXIT_SUCCEEDED)
+    let start = report.started_at;
+    let at = |t: Timestamp| {
+        humantime::format_duration(Duration::from_secs(t.since(start).as_secs())).to_string()
+    };
+    folded
+        .iter()
+        .map(|f| {
+            let times = match f.n {
+                1 => String::new(),
+                n if f.periodic => format!("  (x{n}, until +{})", at(f.last)),
+                n => format!("  (x{n})"),
+            };
+            format!("+{:>8}  {}{times}", at(f.first), f.line)
+        })
+        .collect()
 }
 
 /// The migrations the spec's runner knows, in the order they run (expand
@@ -766,12 +814,26 @@ pub(crate) fn changed_nothing(r: &Report) -> bool {
     })
 }
 
-fn describe(e: &Event) -> Option<String> {
+/// The unit of each check of `spec`, by name, for showing its values.
+pub(crate) fn units_of<'a>(specs: impl IntoIterator<Item = &'a crate::spec::Spec>) -> Units {
+    specs
+        .into_iter()
+        .flat_map(|s| s.monitoring.checks.iter().map(|c| (c.name.clone(), c.unit)))
+        .collect()
+}
+
+/// Check units by check name.
+pub(crate) type Units = std::collections::BTreeMap<String, bluegreen_core::plan::Unit>;
+
+fn describe(e: &Event, units: &Units) -> Option<String> {
     Some(match e {
         Event::Stage { stage } => format!("stage {}", stage.name()),
         Event::Colors { old, new } => format!("{old} serves; deploying to {new}"),
         Event::TrafficConfirmed { split } => format!("traffic confirmed: {split}"),
-        Event::Measured { measurement } => format!("measured {}", measurement.describe()),
+        Event::Measured { measurement } => format!(
+            "measured {}",
+            measurement.describe_in(units.get(&measurement.check).copied().unwrap_or_default())
+        ),
         Event::SmokeTests { results, .. } => format!(
             "smoke tests: {}/{} passed",
             results
@@ -783,7 +845,7 @@ fn describe(e: &Event) -> Option<String> {
         Event::Note { text, .. } => format!("note: {text}"),
         Event::Control {
             control, effect, ..
-        } => format!("control {control:?}: {effect}"),
+        } => format!("control {}: {effect}", describe_control(control)),
         Event::RollbackStarted { reason } => format!("ROLLBACK: {}", reason.summary),
         Event::Finished { outcome, .. } => format!("finished: {}", outcome.name()),
         Event::DryRun { detail, .. } => format!("dry-run check: {detail}"),
@@ -799,6 +861,7 @@ pub(crate) async fn follow<T>(
     mut events: tokio::sync::broadcast::Receiver<DeploymentEvent>,
     out: OutputFormat,
     first: String,
+    units: Units,
 ) -> Result<T, Error> {
     let bar = (out == OutputFormat::Text && std::io::stderr().is_terminal()).then(|| {
         let b = indicatif::ProgressBar::new_spinner();
@@ -809,6 +872,9 @@ pub(crate) async fn follow<T>(
     // event): a deployer refused at the start (the lease held by another)
     // says only that it was refused.
     let mut first = Some(first);
+    // The stage last shown per deployment: a stage entered again at once
+    // (a poll's next round) is shown once.
+    let mut stages = std::collections::BTreeMap::new();
     let mut begin = |bar: Option<&indicatif::ProgressBar>| {
         if let (Some(f), OutputFormat::Text) = (first.take(), out) {
             match bar {
@@ -824,13 +890,13 @@ pub(crate) async fn follow<T>(
             ev = events.recv() => {
                 if let Ok(ev) = ev {
                     begin(bar.as_ref());
-                    show(&ev, out, bar.as_ref());
+                    show(&ev, out, bar.as_ref(), &units, &mut stages);
                 }
             }
             r = &mut run => {
                 while let Ok(ev) = events.try_recv() {
                     begin(bar.as_ref());
-                    show(&ev, out, bar.as_ref());
+                    show(&ev, out, bar.as_ref(), &units, &mut stages);
                 }
                 if r.is_ok() {
                     begin(bar.as_ref());
@@ -845,7 +911,13 @@ pub(crate) async fn follow<T>(
     result
 }
 
-fn show(ev: &DeploymentEvent, out: OutputFormat, bar: Option<&indicatif::ProgressBar>) {
+fn show(
+    ev: &DeploymentEvent,
+    out: OutputFormat,
+    bar: Option<&indicatif::ProgressBar>,
+    units: &Units,
+    stages: &mut std::collections::BTreeMap<String, String>,
+) {
     match out {
         OutputFormat::Json => {
             println!(
@@ -854,7 +926,14 @@ fn show(ev: &DeploymentEvent, out: OutputFormat, bar: Option<&indicatif::Progres
             );
         }
         OutputFormat::Text => {
-            let Some(mut line) = describe(&ev.event) else {
+            if let Event::Stage { stage } = &ev.event {
+                let name = stage.name();
+                if stages.get(&*ev.deployment_id) == Some(&name) {
+                    return;
+                }
+                stages.insert(ev.deployment_id.to_string(), name);
+            }
+            let Some(mut line) = describe(&ev.event, units) else {
                 return;
             };
             // A group member's deployment id is `<group>/<service>`.
@@ -965,7 +1044,7 @@ async fn deploy(
         l.spec.scope.version,
         journal_path.display()
     );
-    let result = follow(dep.run(), events, out, first).await;
+    let result = follow(dep.run(), events, out, first, units_of([&l.spec])).await;
     forward.abort();
     assembled.shutdown().await;
     let report = result?;

@@ -476,7 +476,9 @@ pub async fn deploy(
         g.services().join(", "),
         path.display()
     );
-    let result = cli::follow(group.run(), events, out, first).await;
+    let members = g.members();
+    let units = cli::units_of(members.iter().map(|m| &m.spec));
+    let result = cli::follow(group.run(), events, out, first, units).await;
     forward.abort();
     for a in assembled {
         a.shutdown().await;

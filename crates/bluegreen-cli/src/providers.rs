@@ -541,7 +541,7 @@ async fn wait_stable(compute: &LocalCompute, color: Color, count: u32) -> Result
         }
         if tokio::time::Instant::now() > deadline {
             return Err(Error::timeout(format!(
-                "the serving color {color} did not become ready within 30 s: {s:?}; logs in {}",
+                "the serving color {color} did not become ready within 30 s: {s}; logs in {}",
                 compute.log_dir().display()
             ))
             .with_provider("local")

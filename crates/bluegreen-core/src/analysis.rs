@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::color::Timestamp;
-use crate::plan::{Aggregation, AnalysisCheck, Condition};
+use crate::plan::{Aggregation, AnalysisCheck, Condition, Unit};
 use crate::provider::{MetricAnswer, Sample};
 
 /// What one measurement says about a check's success condition.
@@ -23,6 +23,16 @@ pub enum Verdict {
     Inconclusive,
 }
 
+impl std::fmt::Display for Verdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Verdict::Pass => "pass",
+            Verdict::Fail => "fail",
+            Verdict::Inconclusive => "inconclusive",
+        })
+    }
+}
+
 /// Why a measurement was taken.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -31,6 +41,15 @@ pub enum MeasurementKind {
     Periodic,
     /// The success evaluation at the end of a step, the analysis window or the soak.
     Final,
+}
+
+impl std::fmt::Display for MeasurementKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            MeasurementKind::Periodic => "periodic",
+            MeasurementKind::Final => "final",
+        })
+    }
 }
 
 /// One measurement, with the samples behind it: the record a decision cites.
@@ -64,19 +83,28 @@ pub struct Measurement {
 }
 
 impl Measurement {
-    /// A one-line description, e.g. `error-rate = 0.0712 (5 samples, 12:00-12:01) fail (< 0.01)`.
+    /// A one-line description, e.g. `error-rate = 0.0712 (5 samples over
+    /// 1m) fail (success < 0.01)`; see [`describe_in`](Self::describe_in)
+    /// for the values in the check's unit.
     pub fn describe(&self) -> String {
+        self.describe_in(Unit::Number)
+    }
+
+    /// A one-line description with the value and the threshold in `unit`
+    /// (the check's), e.g. `error-rate = 7.12% (5 samples over 1m) fail
+    /// (success < 1%)`.
+    pub fn describe_in(&self, unit: Unit) -> String {
         let v = match self.value {
-            Some(v) => format!("{v:.4}"),
+            Some(v) => unit.format(v),
             None => "no value".into(),
         };
         let mut s = format!(
-            "{} = {v} ({} samples over {}) {:?} (success {})",
+            "{} = {v} ({} samples over {}) {} (success {})",
             self.check,
             self.samples.len(),
             humantime::format_duration(self.to.since(self.from)),
             self.verdict,
-            self.condition
+            self.condition.in_unit(unit)
         );
         if self.breach {
             s.push_str(", breach");

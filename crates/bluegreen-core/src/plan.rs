@@ -457,15 +457,26 @@ impl Condition {
     }
 }
 
-impl fmt::Display for Condition {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let op = match self.op {
+impl Condition {
+    /// The condition with its threshold in `unit`, e.g. `< 1%` for a
+    /// ratio of 0.01, `< 500 ms`.
+    pub fn in_unit(&self, unit: Unit) -> String {
+        format!("{} {}", self.op_str(), unit.format(self.threshold))
+    }
+
+    fn op_str(&self) -> &'static str {
+        match self.op {
             Comparison::Lt => "<",
             Comparison::Le => "<=",
             Comparison::Gt => ">",
             Comparison::Ge => ">=",
-        };
-        write!(f, "{op} {}", self.threshold)
+        }
+    }
+}
+
+impl fmt::Display for Condition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.op_str(), self.threshold)
     }
 }
 
@@ -543,6 +554,40 @@ pub enum Unit {
 }
 
 impl Unit {
+    /// `v` as a person reads it in this unit: a ratio in percent
+    /// (`0.0123` is `1.23%`), percent with `%`, milliseconds with `ms`, a
+    /// number as it is; at most four significant decimals, no trailing
+    /// zeros.
+    ///
+    /// ```
+    /// use bluegreen_core::plan::Unit;
+    /// assert_eq!(Unit::Ratio.format(0.0123), "1.23%");
+    /// assert_eq!(Unit::Milliseconds.format(180.0), "180 ms");
+    /// assert_eq!(Unit::Percent.format(99.5), "99.5%");
+    /// assert_eq!(Unit::Number.format(0.25), "0.25");
+    /// ```
+    pub fn format(self, v: f64) -> String {
+        let short = |x: f64| {
+            let s = format!("{x:.4}");
+            let s = if s.contains('.') {
+                s.trim_end_matches('0').trim_end_matches('.').to_string()
+            } else {
+                s
+            };
+            if s == "-0" {
+                "0".to_string()
+            } else {
+                s
+            }
+        };
+        match self {
+            Unit::Ratio => format!("{}%", short(v * 100.0)),
+            Unit::Percent => format!("{}%", short(v)),
+            Unit::Milliseconds => format!("{} ms", short(v)),
+            Unit::Number => short(v),
+        }
+    }
+
     fn check(self, v: f64) -> Result<(), String> {
         let ok = match self {
             Unit::Ratio => (0.0..=1.0).contains(&v),

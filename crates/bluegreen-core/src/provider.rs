@@ -89,6 +89,36 @@ pub enum Rollout {
     Failed,
 }
 
+impl fmt::Display for Rollout {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Rollout::Completed => "completed",
+            Rollout::InProgress => "in progress",
+            Rollout::Failed => "failed",
+        })
+    }
+}
+
+impl fmt::Display for ComputeStatus {
+    /// `2 desired, 2 running, 0 pending, 2 healthy, rollout completed, version 2.5.0`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} desired, {} running, {} pending, {} failed, {} healthy, rollout {}",
+            self.desired,
+            self.running,
+            self.pending,
+            self.failed,
+            self.healthy.map_or("unknown".into(), |h| h.to_string()),
+            self.rollout
+        )?;
+        if let Some(v) = &self.version {
+            write!(f, ", version {v}")?;
+        }
+        Ok(())
+    }
+}
+
 impl ComputeStatus {
     /// A settled color running `count` healthy instances of `version`.
     pub fn steady(count: u32, version: Option<String>) -> Self {

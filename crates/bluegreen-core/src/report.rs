@@ -399,10 +399,13 @@ impl Report {
             if let Some(split) = f.confirmed_split {
                 let _ = writeln!(s, "- Traffic (read back): {split}");
             }
+            let count = |c: Option<u32>| c.map_or("none".to_string(), |c| c.to_string());
             let _ = writeln!(
                 s,
-                "- Requested counts: new {:?}, old {:?} (old capacity {:?})",
-                f.new_count, f.old_count, f.old_capacity
+                "- Requested counts: new {}, old {} (old capacity {})",
+                count(f.new_count),
+                count(f.old_count),
+                count(f.old_capacity)
             );
             if let Some(b) = &f.backup {
                 let _ = writeln!(s, "- Backup: {} at {}", b.id, b.location);
@@ -478,11 +481,18 @@ impl Report {
             for m in &self.measurements {
                 let _ = writeln!(
                     s,
-                    "| {} | {} | {:?} | {} | {} | {:?}{} | {} |",
+                    "| {} | {} | {} | {} | {} | {}{} | {} |",
                     m.to,
                     m.check,
                     m.kind,
-                    m.value.map_or("-".to_string(), |v| format!("{v:.4}")),
+                    m.value.map_or("-".to_string(), |v| {
+                        let unit = self
+                            .checks
+                            .iter()
+                            .find(|c| c.name == m.check)
+                            .map_or(crate::plan::Unit::Number, |c| c.unit);
+                        unit.format(v)
+                    }),
                     m.samples.len(),
                     m.verdict,
                     if m.dry_run { " (dry run)" } else { "" },

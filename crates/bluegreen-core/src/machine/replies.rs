@@ -323,7 +323,7 @@ impl Machine {
                 let cap = self.capacity();
                 let problem = if !s.serves_at_least(cap) {
                     Some(format!(
-                        "it is not stable at its capacity {cap} (desired {}, running {}, pending {}, rollout {:?})",
+                        "it is not stable at its capacity {cap} (desired {}, running {}, pending {}, rollout {})",
                         s.desired, s.running, s.pending, s.rollout
                     ))
                 } else {

@@ -118,7 +118,7 @@ impl Machine {
         let mut problems = Vec::new();
         if !s.serves_at_least(cap) {
             problems.push(format!(
-                "{} desired, {} running, {} pending, {} healthy, rollout {:?}, against its capacity of {cap}",
+                "{} desired, {} running, {} pending, {} healthy, rollout {}, against its capacity of {cap}",
                 s.desired,
                 s.running,
                 s.pending,
