@@ -3,6 +3,7 @@
 pub mod acceptance;
 pub mod aws;
 pub mod cli;
+pub mod command;
 pub mod fake;
 pub mod group;
 pub mod journal;

@@ -15,12 +15,13 @@ use bluegreen_core::{
     BlueGreen, Builder, Color, Error, ErrorKind, Plan, Release, Result, TrafficSplit,
 };
 use bluegreen_http::HttpSmokeTest;
+use bluegreen_local::command::{CommandMetrics, CommandSmokeTest};
 use bluegreen_local::{Load, LocalCompute, LocalProxy, ProxyMetrics};
 
 use crate::fake::{ConstantMetrics, FakeProviders, FakeSmoke, FakeWorld};
 use crate::slack::SlackWebhook;
 use crate::spec::{
-    LoadedSpec, MetricsKind, MigrationRunnerKind, Migrations, SecretRef, TargetKind,
+    LoadedSpec, MetricsKind, MigrationRunnerKind, Migrations, SecretRef, SmokeTestSpec, TargetKind,
 };
 
 /// Resolves [`SecretRef`]s: `env:NAME` from the deploying process's
@@ -176,6 +177,9 @@ pub struct Assembled {
     pub migrations: Option<Arc<dyn MigrationRunner>>,
     /// Metrics.
     pub metrics: Arc<dyn MetricsSource>,
+    /// Metrics sources by name (`[[monitoring.commands]]`), for checks
+    /// that name a `source`.
+    pub named_metrics: Vec<(String, Arc<dyn MetricsSource>)>,
     /// Smoke tests and staging checks.
     pub smoke: Vec<Arc<dyn SmokeTest>>,
     /// Secrets.
@@ -196,6 +200,9 @@ impl Assembled {
             .router(self.router.clone())
             .metrics(self.metrics.clone())
             .secrets(self.secrets.clone());
+        for (name, m) in &self.named_metrics {
+            b = b.metrics_named(name, m.clone());
+        }
         if let Some(m) = &self.migrations {
             b = b.migrations(m.clone());
         }
@@ -378,13 +385,29 @@ pub async fn assemble(loaded: &LoadedSpec) -> Result<Assembled> {
         }
     };
     let mut smoke: Vec<Arc<dyn SmokeTest>> = Vec::new();
-    for c in spec.staging_checks.iter().chain(spec.smoke_tests.iter()) {
+    for t in &spec.smoke_tests {
+        if let SmokeTestSpec::Command(c) = t {
+            // A command runs for real, whatever the target.
+            smoke.push(Arc::new(
+                CommandSmokeTest::new(c.resolved(loaded))?.with_secrets(secrets.clone()),
+            ));
+        }
+    }
+    let http = spec.smoke_tests.iter().filter_map(SmokeTestSpec::http);
+    for c in spec.staging_checks.iter().chain(http) {
         match &fake {
             Some(world) => smoke.push(Arc::new(FakeSmoke::new(&c.name, world.clone()))),
             None => smoke.push(Arc::new(
                 HttpSmokeTest::new(c.clone())?.with_secrets(secrets.clone()),
             )),
         }
+    }
+    let mut named_metrics: Vec<(String, Arc<dyn MetricsSource>)> = Vec::new();
+    for c in &spec.monitoring.commands {
+        named_metrics.push((
+            c.0.name.clone(),
+            Arc::new(CommandMetrics::new(c.resolved(loaded))?.with_secrets(secrets.clone())),
+        ));
     }
     let mut sinks: Vec<Arc<dyn EventSink>> = Vec::new();
     if let Some(d) = spec.notifications.datadog.as_ref().filter(|d| d.events) {
@@ -410,6 +433,7 @@ pub async fn assemble(loaded: &LoadedSpec) -> Result<Assembled> {
         router,
         migrations,
         metrics,
+        named_metrics,
         smoke,
         secrets,
         sinks,

@@ -42,6 +42,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use crate::command::{CommandSpec, SmokeTestSpec};
 use bluegreen_core::plan::{
     CapacityPolicy, ColorTarget, ColorTargets, Deadlines, Gate, HoldTimeoutPolicy,
     InconclusivePolicy, MigrationSettings, Preflight, RequiredSecret, RollbackTrigger, Strategy,
@@ -198,9 +199,10 @@ pub struct Spec {
     /// HTTP checks against staging before anything changes.
     #[serde(default)]
     pub staging_checks: Vec<HttpCheck>,
-    /// HTTP smoke tests on the new color before it gets traffic.
+    /// Smoke tests on the new color before it gets traffic: HTTP checks,
+    /// or commands (an entry with `command = [...]`).
     #[serde(default)]
-    pub smoke_tests: Vec<HttpCheck>,
+    pub smoke_tests: Vec<SmokeTestSpec>,
     /// Metrics provider and the checks that decide promotion.
     pub monitoring: Monitoring,
     /// What rolls back without a human.
@@ -600,6 +602,10 @@ pub struct Monitoring {
     /// The checks that decide promotion.
     #[serde(default)]
     pub checks: Vec<bluegreen_core::plan::AnalysisCheck>,
+    /// Commands that print a number, each a metrics source a check names
+    /// as its `source`.
+    #[serde(default)]
+    pub commands: Vec<CommandSpec>,
 }
 
 /// The metrics providers.
@@ -840,6 +846,16 @@ impl LoadedSpec {
             text,
         };
         loaded.check_paths(&file)?;
+        crate::command::check_programs(&loaded).map_err(|(field, message)| {
+            let (line, column) = locate(&loaded.text, &field);
+            SpecError {
+                file: file.clone(),
+                line,
+                column,
+                field,
+                message,
+            }
+        })?;
         Ok(loaded)
     }
 
@@ -1026,9 +1042,11 @@ impl Spec {
         for (i, c) in self
             .staging_checks
             .iter()
-            .chain(self.smoke_tests.iter())
+            .map(Some)
+            .chain(self.smoke_tests.iter().map(SmokeTestSpec::http))
             .enumerate()
         {
+            let Some(c) = c else { continue };
             let section = if i < self.staging_checks.len() {
                 format!("staging_checks[{i}]")
             } else {
@@ -1111,7 +1129,8 @@ impl Spec {
                 }
                 let values = mon.fake.as_ref().map(|f| &f.values);
                 for (i, c) in mon.checks.iter().enumerate() {
-                    if values.is_none_or(|v| !v.contains_key(&c.name)) {
+                    let by_command = mon.commands.iter().any(|m| Some(&m.0.name) == c.source.as_ref());
+                    if !by_command && values.is_none_or(|v| !v.contains_key(&c.name)) {
                         return err(&format!("monitoring.checks[{i}].name"), format!("the fake provider has no value for {:?}: add it to [monitoring.fake] values", c.name));
                     }
                 }
@@ -1157,15 +1176,46 @@ impl Spec {
         for (i, c) in self
             .staging_checks
             .iter()
-            .chain(self.smoke_tests.iter())
+            .map(Some)
+            .chain(self.smoke_tests.iter().map(SmokeTestSpec::http))
             .enumerate()
         {
+            let Some(c) = c else { continue };
             let section = if i < self.staging_checks.len() {
                 format!("staging_checks[{i}]")
             } else {
                 format!("smoke_tests[{}]", i - self.staging_checks.len())
             };
             c.validate().map_err(|m| (section, m))?;
+        }
+        for (i, c) in self.smoke_tests.iter().enumerate() {
+            if let SmokeTestSpec::Command(c) = c {
+                c.validate(
+                    &format!("smoke_tests[{i}]"),
+                    &bluegreen_local::command::SMOKE_VARIABLES,
+                )?;
+            }
+        }
+        for (i, c) in self.monitoring.commands.iter().enumerate() {
+            c.validate(
+                &format!("monitoring.commands[{i}]"),
+                &bluegreen_local::command::METRIC_VARIABLES,
+            )?;
+        }
+        let sources: Vec<&str> = self
+            .monitoring
+            .commands
+            .iter()
+            .map(|c| c.0.name.as_str())
+            .collect();
+        for (i, c) in self.monitoring.checks.iter().enumerate() {
+            if let Some(n) = c
+                .source
+                .as_deref()
+                .filter(|n| *n != bluegreen_core::driver::DEFAULT_METRICS && !sources.contains(n))
+            {
+                return err(&format!("monitoring.checks[{i}].source"), format!("no metrics source named {n:?}: name a [[monitoring.commands]] entry ({}), or leave it out for the monitoring provider", sources.join(", ")));
+            }
         }
         self.plan_unchecked()
             .validate()
@@ -1228,7 +1278,11 @@ impl Spec {
                 backup: m.backup,
                 backup_min_entries: m.backup_min_entries,
             }),
-            smoke_tests: self.smoke_tests.iter().map(|c| c.name.clone()).collect(),
+            smoke_tests: self
+                .smoke_tests
+                .iter()
+                .map(|c| c.name().to_string())
+                .collect(),
             analysis: self.monitoring.checks.clone(),
             rollback_triggers: self.rollback_triggers.clone(),
             timing: self.timing.clone(),
