@@ -10,6 +10,7 @@
 #![cfg(feature = "testing")]
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bluegreen_core::journal::{Journal, Record};
@@ -17,7 +18,8 @@ use bluegreen_core::machine::{Action, Event, HoldReason, Stage};
 use bluegreen_core::plan::{InconclusivePolicy, Plan, Strategy as Rollout};
 use bluegreen_core::provider::MigrationPhase;
 use bluegreen_core::testing::{
-    reference_plan, simulate_with, Change, Fakes, Fault, OPERATIONS, SIMULATION_EPOCH,
+    reference_plan, simulate_with, Change, FakeSmokeTest, Fakes, Fault, OPERATIONS,
+    SIMULATION_EPOCH,
 };
 use bluegreen_core::{Color, ErrorKind, Outcome, Report, TrafficSplit};
 use proptest::prelude::*;
@@ -445,7 +447,22 @@ fn simulate_case(case: &Case) -> (Report, Fakes, bool) {
     let (report, fakes) = simulate_with(
         |f| {
             script(f, case);
-            f.builder(plan.clone())
+            // The smoke tests answer what the fake world shows (a color with
+            // no running or no healthy instance fails them), so a color
+            // killed behind the engine's back fails its tests as it would.
+            let mut b = f.builder(plan.clone());
+            for name in plan
+                .smoke_tests
+                .iter()
+                .chain(&plan.preflight.staging_checks)
+            {
+                b = b.smoke_test(Arc::new(FakeSmokeTest::healthy(
+                    name,
+                    f.world.clone(),
+                    f.faults.clone(),
+                )));
+            }
+            b
         },
         |ev, ctl| {
             // The human on call: aborts on anything inconclusive, and passes

@@ -8,6 +8,7 @@ use async_trait::async_trait;
 
 use crate::color::{Color, Timestamp, TrafficSplit};
 use crate::error::{Error, ErrorKind, Result};
+use crate::machine::{Event, Stage};
 use crate::plan::Release;
 use crate::provider::{
     AutoscalingState, BackupRecord, BackupVerification, ComputeProvider, ComputeStatus, EventSink,
@@ -302,6 +303,8 @@ pub struct WorldState {
     pub router_drain: Option<Duration>,
     /// Every change, in order, with the virtual time it happened.
     pub changes: Vec<(tokio::time::Instant, Change)>,
+    /// When the world was made: the simulation epoch on the fakes' clock.
+    started: tokio::time::Instant,
 }
 
 impl WorldState {
@@ -361,6 +364,7 @@ impl World {
             failing_verification: Vec::new(),
             router_drain: None,
             changes: Vec::new(),
+            started: now,
         })))
     }
 
@@ -369,9 +373,26 @@ impl World {
         lock(&self.0)
     }
 
-    /// Every change so far.
+    /// Every change so far (with their times: [`World::timeline`]).
     pub fn changes(&self) -> Vec<Change> {
         self.lock().changes.iter().map(|(_, c)| c.clone()).collect()
+    }
+
+    /// Every change so far with the time it happened on the simulation
+    /// clock (the world's creation is [`SIMULATION_EPOCH`](super::SIMULATION_EPOCH),
+    /// as on [`Fakes::clock`](super::Fakes::clock)), comparable with the
+    /// report's times.
+    pub fn timeline(&self) -> Vec<(Timestamp, Change)> {
+        let w = self.lock();
+        w.changes
+            .iter()
+            .map(|(at, c)| {
+                (
+                    super::SIMULATION_EPOCH.after(at.duration_since(w.started)),
+                    c.clone(),
+                )
+            })
+            .collect()
     }
 
     /// The split in force.
@@ -759,6 +780,49 @@ impl MigrationRunner for FakeMigrations {
     }
 }
 
+/// The stages a deployment went through, each with the time it started:
+/// what metric schedules keyed by stage read.
+#[derive(Debug, Default)]
+pub struct StageTimeline {
+    stages: Mutex<Vec<(Timestamp, Stage)>>,
+}
+
+impl StageTimeline {
+    /// No stage yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Keeps `event` if it is a stage change, at `at`.
+    pub fn record(&self, at: Timestamp, event: &Event) {
+        if let Event::Stage { stage } = event {
+            lock(&self.stages).push((at, stage.clone()));
+        }
+    }
+
+    /// Every stage so far with its start.
+    pub fn stages(&self) -> Vec<(Timestamp, Stage)> {
+        lock(&self.stages).clone()
+    }
+
+    /// The stage in force at `at`: the latest one started at or before it.
+    pub fn stage_at(&self, at: Timestamp) -> Option<Stage> {
+        lock(&self.stages)
+            .iter()
+            .rev()
+            .find(|(t, _)| *t <= at)
+            .map(|(_, s)| s.clone())
+    }
+
+    /// When the deployment started its 100% traffic step, if it did.
+    pub fn switched_at(&self) -> Option<Timestamp> {
+        lock(&self.stages)
+            .iter()
+            .find(|(_, s)| matches!(s, Stage::Shift { percent: 100, .. }))
+            .map(|(t, _)| *t)
+    }
+}
+
 type SeriesFn = dyn Fn(&MetricQuery, Timestamp) -> Option<f64> + Send + Sync;
 
 /// Metrics from scripts: per check, a value at each sample time, or no data.
@@ -766,6 +830,7 @@ pub struct ScriptedMetrics {
     scripts: Mutex<BTreeMap<String, Arc<SeriesFn>>>,
     step: Duration,
     faults: Arc<Faults>,
+    stages: Arc<StageTimeline>,
 }
 
 impl std::fmt::Debug for ScriptedMetrics {
@@ -784,7 +849,16 @@ impl ScriptedMetrics {
             scripts: Mutex::new(BTreeMap::new()),
             step: Duration::from_secs(10),
             faults,
+            stages: Arc::new(StageTimeline::new()),
         }
+    }
+
+    /// Schedules keyed by stage ([`after_switch`](Self::after_switch),
+    /// [`during_soak`](Self::during_soak), [`by_stage`](Self::by_stage))
+    /// read the stages from `stages` (what [`Fakes`](super::Fakes) wires).
+    pub fn following(mut self, stages: Arc<StageTimeline>) -> Self {
+        self.stages = stages;
+        self
     }
 
     /// Sample spacing.
@@ -812,6 +886,43 @@ impl ScriptedMetrics {
     /// `check` has no data.
     pub fn no_data(&self, check: &str) -> &Self {
         self.script(check, |_, _| None)
+    }
+
+    /// `check` answers `f(stage)` for each sample, where `stage` is the
+    /// deployment's stage at the sample's time (`None` before the first).
+    /// The stages come from the [`StageTimeline`] these metrics follow.
+    pub fn by_stage(
+        &self,
+        check: &str,
+        f: impl Fn(Option<&Stage>) -> Option<f64> + Send + Sync + 'static,
+    ) -> &Self {
+        let stages = self.stages.clone();
+        self.script(check, move |_, at| f(stages.stage_at(at).as_ref()))
+    }
+
+    /// `check` answers `before` until the switch (the moment the deployment
+    /// starts its 100% traffic step) and `after` from then on, on every
+    /// color: "the error rate rises once all traffic is on the new release".
+    pub fn after_switch(&self, check: &str, before: f64, after: f64) -> &Self {
+        let stages = self.stages.clone();
+        self.script(check, move |_, at| {
+            Some(match stages.switched_at() {
+                Some(t) if at >= t => after,
+                _ => before,
+            })
+        })
+    }
+
+    /// `check` answers `during` for samples taken while the deployment
+    /// soaks, and `otherwise` before and after.
+    pub fn during_soak(&self, check: &str, otherwise: f64, during: f64) -> &Self {
+        self.by_stage(check, move |s| {
+            Some(if matches!(s, Some(Stage::Soak { .. })) {
+                during
+            } else {
+                otherwise
+            })
+        })
     }
 }
 
@@ -846,9 +957,91 @@ impl MetricsSource for ScriptedMetrics {
     }
 }
 
-type SmokeFn = dyn Fn(&SmokeTarget) -> bool + Send + Sync;
+type SmokeFn = dyn Fn(&SmokeTarget) -> std::result::Result<(), String> + Send + Sync;
 
-/// A smoke test whose verdict comes from a script; it records every run in the world.
+/// What each fake smoke test answers, configured by the test itself: every
+/// test passes unless told otherwise. The answers depend on nothing else
+/// (not on the fake compute, not on the world), so they stay the same when a
+/// real compute provider or router is plugged in.
+///
+/// ```
+/// use bluegreen_core::testing::{reference_plan, simulate};
+/// use bluegreen_core::{Cause, Color};
+///
+/// let (report, _fakes) = simulate(|f| {
+///     f.metrics.constant("error-rate", 0.002).constant("p95-latency", 180.0);
+///     f.smoke.fail_on("create-order", Some(Color::Blue), "HTTP 500 from POST /orders");
+///     f.builder(reference_plan())
+/// });
+/// assert!(matches!(report.rolled_back(), Some(Cause::SmokeTests { .. })));
+/// let why = &report.reason().expect("rolled back").summary;
+/// assert!(why.contains("1 of 4 failed"), "{why}");
+/// assert!(why.contains("create-order failed: HTTP 500 from POST /orders"), "{why}");
+/// ```
+#[derive(Default)]
+pub struct SmokeAnswers {
+    scripts: Mutex<BTreeMap<String, Arc<SmokeFn>>>,
+}
+
+impl std::fmt::Debug for SmokeAnswers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SmokeAnswers")
+            .field("scripted", &lock(&self.scripts).keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl SmokeAnswers {
+    /// Every test passes.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// `name` answers `f(target)`: `Ok(())` passes, `Err(detail)` fails
+    /// with `detail` as what was observed.
+    pub fn script(
+        &self,
+        name: &str,
+        f: impl Fn(&SmokeTarget) -> std::result::Result<(), String> + Send + Sync + 'static,
+    ) -> &Self {
+        lock(&self.scripts).insert(name.into(), Arc::new(f));
+        self
+    }
+
+    /// `name` fails with `detail` wherever it runs (staging and both colors).
+    pub fn fail(&self, name: &str, detail: &str) -> &Self {
+        let detail = detail.to_string();
+        self.script(name, move |_| Err(detail.clone()))
+    }
+
+    /// `name` fails with `detail` when it runs on `color` (`None`: the
+    /// staging run of a preflight check) and passes elsewhere.
+    pub fn fail_on(&self, name: &str, color: Option<Color>, detail: &str) -> &Self {
+        let detail = detail.to_string();
+        self.script(name, move |t| {
+            if t.color == color {
+                Err(detail.clone())
+            } else {
+                Ok(())
+            }
+        })
+    }
+
+    /// `name` passes everywhere again.
+    pub fn pass(&self, name: &str) -> &Self {
+        lock(&self.scripts).remove(name);
+        self
+    }
+
+    /// The answer of `name` on `target`.
+    pub fn answer(&self, name: &str, target: &SmokeTarget) -> std::result::Result<(), String> {
+        let f = lock(&self.scripts).get(name).cloned();
+        f.map_or(Ok(()), |f| f(target))
+    }
+}
+
+/// A fake smoke test: its verdict comes from a script, and it records every
+/// run in the world as a [`Change::Smoke`].
 pub struct FakeSmokeTest {
     name: String,
     world: World,
@@ -865,12 +1058,31 @@ impl std::fmt::Debug for FakeSmokeTest {
 }
 
 impl FakeSmokeTest {
-    /// A test that passes when `verdict(target)` is true.
+    /// A test that passes when `verdict(target)` is true; a failure's
+    /// detail says the verdict said so.
     pub fn new(
         name: &str,
         world: World,
         faults: Arc<Faults>,
         verdict: impl Fn(&SmokeTarget) -> bool + Send + Sync + 'static,
+    ) -> Self {
+        let test = name.to_string();
+        Self::scripted(name, world, faults, move |t| {
+            if verdict(t) {
+                Ok(())
+            } else {
+                Err(format!("{test}: the scripted verdict is a failure"))
+            }
+        })
+    }
+
+    /// A test answering `verdict(target)`: `Ok(())` passes, `Err(detail)`
+    /// fails with `detail`.
+    pub fn scripted(
+        name: &str,
+        world: World,
+        faults: Arc<Faults>,
+        verdict: impl Fn(&SmokeTarget) -> std::result::Result<(), String> + Send + Sync + 'static,
     ) -> Self {
         FakeSmokeTest {
             name: name.into(),
@@ -880,16 +1092,38 @@ impl FakeSmokeTest {
         }
     }
 
-    /// A test that passes when the color is running healthy instances of the
-    /// release version it expects.
+    /// A test answering what `answers` says for `name` (a pass unless
+    /// configured otherwise): what [`Fakes::builder`](super::Fakes::builder)
+    /// registers for every smoke test and staging check of the plan.
+    pub fn answering(
+        name: &str,
+        answers: Arc<SmokeAnswers>,
+        world: World,
+        faults: Arc<Faults>,
+    ) -> Self {
+        let test = name.to_string();
+        Self::scripted(name, world, faults, move |t| answers.answer(&test, t))
+    }
+
+    /// A test that passes when the fake world's color is running healthy
+    /// instances. It reads the world that [`FakeCompute`] and
+    /// [`FakeRouter`] keep, so it only means something with those two
+    /// plugged in: with a real compute provider the world never scales and
+    /// this test fails on every color. Prefer [`FakeSmokeTest::answering`].
     pub fn healthy(name: &str, world: World, faults: Arc<Faults>) -> Self {
         let w = world.clone();
-        Self::new(name, world, faults, move |t| match t.color {
-            None => true,
+        Self::scripted(name, world, faults, move |t| match t.color {
+            None => Ok(()),
             Some(c) => {
                 let s = w.lock();
                 let running = s.running(c);
-                running > 0 && s.colors[&c].healthy.is_none_or(|h| h > 0)
+                if running > 0 && s.colors[&c].healthy.is_none_or(|h| h > 0) {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "the fake world's {c} has {running} running and no healthy instance"
+                    ))
+                }
             }
         })
     }
@@ -903,18 +1137,15 @@ impl SmokeTest for FakeSmokeTest {
 
     async fn run(&self, target: &SmokeTarget) -> Result<SmokeOutcome> {
         self.faults.check("smoke.run").await?;
-        let passed = (self.verdict)(target);
+        let verdict = (self.verdict)(target);
+        let passed = verdict.is_ok();
         self.world
             .lock()
             .record(Change::Smoke(target.color, self.name.clone(), passed));
         Ok(SmokeOutcome {
             passed,
             duration: Duration::from_millis(12),
-            detail: if passed {
-                "HTTP 200, status = healthy".into()
-            } else {
-                "HTTP 500".into()
-            },
+            detail: verdict.err().unwrap_or_else(|| "passed".into()),
         })
     }
 }

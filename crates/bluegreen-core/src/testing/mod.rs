@@ -27,15 +27,17 @@ use async_trait::async_trait;
 
 pub use fakes::{
     Change, ColorState, FakeCompute, FakeMigrations, FakeRouter, FakeSecrets, FakeSmokeTest, Fault,
-    Faults, RecordingEvents, ScriptedMetrics, World, WorldState, OPERATIONS,
+    Faults, RecordingEvents, ScriptedMetrics, SmokeAnswers, StageTimeline, World, WorldState,
+    OPERATIONS,
 };
 
 use crate::color::{Color, Timestamp};
-use crate::driver::{BlueGreen, Builder, ControlHandle, RetryPolicy, TokioClock};
+use crate::driver::{BlueGreen, Builder, ControlHandle, DeploymentEvent, RetryPolicy, TokioClock};
 use crate::journal::{DeploymentSummary, Journal, JournalEntry, Lease, MemoryJournal, Record};
-use crate::machine::Event;
+use crate::machine::{Event, Outcome, Reason};
 use crate::plan::{defaults, MigrationSettings, Plan, Preflight, Release, RequiredSecret};
 use crate::provider::{MigrationInfo, MigrationPhase};
+use crate::reason::Cause;
 use crate::report::Report;
 
 /// The time simulations start at: 2026-01-01T00:00:00Z.
@@ -120,6 +122,9 @@ pub struct Fakes {
     pub migrations: Arc<FakeMigrations>,
     /// Scripted metrics.
     pub metrics: Arc<ScriptedMetrics>,
+    /// What the fake smoke tests answer: every one passes until told
+    /// otherwise (`fakes.smoke.fail_on("create-order", Some(Color::Blue), "HTTP 500")`).
+    pub smoke: Arc<SmokeAnswers>,
     /// The reference's five secrets, all rotated a day before the epoch.
     pub secrets: Arc<FakeSecrets>,
     /// Notifications received.
@@ -129,6 +134,11 @@ pub struct Fakes {
     /// The simulation clock, shared by every deployment built from these fakes
     /// (so a resumed deployment continues in the same time line).
     pub clock: Arc<TokioClock>,
+    /// The stages the deployment went through, with their times, for
+    /// metric schedules keyed by stage ([`ScriptedMetrics::after_switch`],
+    /// [`ScriptedMetrics::during_soak`]). [`simulate`] and [`simulation`]
+    /// keep it; in a runtime of your own, call [`Fakes::follow`].
+    pub stages: Arc<StageTimeline>,
     /// How many builders were made, for unique deployment ids.
     builders: Arc<AtomicUsize>,
 }
@@ -159,6 +169,7 @@ impl Fakes {
         ];
         let faults = Arc::new(Faults::new());
         faults.attach(world.clone());
+        let stages = Arc::new(StageTimeline::new());
         let secrets = FakeSecrets::new();
         let day_before = Timestamp(SIMULATION_EPOCH.0 - 24 * 3600 * 1000);
         for name in [
@@ -174,7 +185,9 @@ impl Fakes {
             compute: Arc::new(FakeCompute::new(world.clone(), faults.clone())),
             router: Arc::new(FakeRouter::new(world.clone(), faults.clone())),
             migrations: Arc::new(FakeMigrations::new(world.clone(), faults.clone())),
-            metrics: Arc::new(ScriptedMetrics::new(faults.clone())),
+            metrics: Arc::new(ScriptedMetrics::new(faults.clone()).following(stages.clone())),
+            stages,
+            smoke: Arc::new(SmokeAnswers::new()),
             secrets: Arc::new(secrets),
             events: Arc::new(RecordingEvents::new(faults.clone())),
             journal: Arc::new(MemoryJournal::new()),
@@ -185,17 +198,33 @@ impl Fakes {
         }
     }
 
-    /// A smoke test named `name` that passes on a color running healthy instances.
+    /// A smoke test named `name` answering what [`Fakes::smoke`] says (a
+    /// pass unless configured otherwise). Its verdict depends on nothing
+    /// else, so it holds with a real compute provider plugged in.
     pub fn smoke_test(&self, name: &str) -> Arc<FakeSmokeTest> {
-        Arc::new(FakeSmokeTest::healthy(
+        Arc::new(FakeSmokeTest::answering(
             name,
+            self.smoke.clone(),
             self.world.clone(),
             self.faults.clone(),
         ))
     }
 
-    /// A builder with every fake wired in, a healthy smoke test for each name
-    /// the plan uses, the simulation clock, quick retries and a deployment id
+    /// Keeps [`Fakes::stages`] up to date with `deployment`'s events, for a
+    /// deployment run in a runtime of your own ([`simulate`] does it
+    /// itself). Call it before `run`; the task ends with the deployment.
+    pub fn follow(&self, deployment: &BlueGreen) {
+        let mut events = deployment.subscribe();
+        let stages = self.stages.clone();
+        tokio::spawn(async move {
+            while let Ok(ev) = events.recv().await {
+                stages.record(ev.at, &ev.event);
+            }
+        });
+    }
+
+    /// A builder with every fake wired in, a smoke test answering
+    /// [`Fakes::smoke`] for each smoke test and staging check the plan names, the simulation clock, quick retries and a deployment id
     /// unique to these fakes: `sim-1` for the first builder, `sim-2` for the
     /// next, and so on (`resume` and `deployment_id` on the builder override it).
     pub fn builder(&self, plan: Plan) -> Builder {
@@ -228,50 +257,245 @@ impl Fakes {
 
 /// Runs one deployment to its end on a fresh current-thread runtime under
 /// paused time, and returns its report and the fakes. `build` scripts the
-/// fakes and returns the builder (usually `fakes.builder(plan)`).
+/// fakes and returns the builder (usually `fakes.builder(plan)`). To stop
+/// after a stretch of virtual time, see [`simulate_for`]; to act on events,
+/// [`simulation`].
 ///
 /// # Panics
 /// If the builder is invalid or the driver fails (lease, journal): a
 /// simulation is a test.
 pub fn simulate(build: impl FnOnce(&Fakes) -> Builder) -> (Report, Fakes) {
-    simulate_with(build, |_, _| {})
+    simulation(build).run()
+}
+
+/// Like [`simulate`], but stops after `limit` of virtual time and returns
+/// the report so far: rebuilt from the journal, with `outcome` `None` when
+/// the deployment had not finished. The deployer stops as if killed at that
+/// moment (its lease is not released).
+///
+/// ```
+/// use std::time::Duration;
+/// use bluegreen_core::testing::{reference_plan, simulate_for, SIMULATION_EPOCH};
+/// use bluegreen_core::Color;
+///
+/// // Ten virtual minutes of a deployment whose soak alone lasts an hour.
+/// let (report, fakes) = simulate_for(Duration::from_secs(600), |f| {
+///     f.metrics.constant("error-rate", 0.002).constant("p95-latency", 180.0);
+///     f.builder(reference_plan())
+/// });
+/// assert_eq!(report.outcome, None, "not finished");
+/// let last = report.stages.last().expect("the stages so far");
+/// assert!(last.started_at <= SIMULATION_EPOCH.after(Duration::from_secs(600)));
+/// assert_eq!(fakes.world.desired(Color::Green), 3, "nothing scaled down yet");
+/// ```
+///
+/// # Panics
+/// As [`simulate`].
+pub fn simulate_for(limit: Duration, build: impl FnOnce(&Fakes) -> Builder) -> (Report, Fakes) {
+    simulation(build).for_at_most(limit).run()
 }
 
 /// Like [`simulate`], calling `on_event` with every event as it happens and a
-/// handle to pause, resume, promote or abort: a human, scripted.
+/// handle to pause, resume, promote or abort: a human, scripted. For the
+/// event's time and the fakes as well, use [`simulation`] and
+/// [`Simulation::on_event`].
 pub fn simulate_with(
     build: impl FnOnce(&Fakes) -> Builder,
     mut on_event: impl FnMut(&Event, &ControlHandle),
 ) -> (Report, Fakes) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .start_paused(true)
-        .build()
-        .expect("a current-thread runtime");
-    rt.block_on(async {
-        let fakes = Fakes::new();
-        let deployment = build(&fakes).build().expect("a valid simulation");
-        let control = deployment.control();
-        let mut events = deployment.subscribe();
-        let run = deployment.run();
-        tokio::pin!(run);
-        loop {
-            tokio::select! {
-                biased;
-                ev = events.recv() => {
-                    if let Ok(ev) = ev {
-                        on_event(&ev.event, &control);
+    simulation(build)
+        .on_event(|m| on_event(m.event, m.control))
+        .run()
+}
+
+/// One event of a simulated deployment, as [`Simulation::on_event`] sees it.
+#[derive(Debug)]
+pub struct Moment<'a> {
+    /// When it happened, on the simulation clock.
+    pub at: Timestamp,
+    /// What happened.
+    pub event: &'a Event,
+    /// Pause, resume, promote or abort the deployment.
+    pub control: &'a ControlHandle,
+    /// The fakes, to change the world right then (kill instances, break a
+    /// metric, inject a fault).
+    pub fakes: &'a Fakes,
+}
+
+impl Moment<'_> {
+    /// Virtual time since the simulation started.
+    pub fn elapsed(&self) -> Duration {
+        self.at.since(SIMULATION_EPOCH)
+    }
+}
+
+type OnEvent<'a> = Box<dyn FnMut(&Moment<'_>) + 'a>;
+
+/// A simulated deployment, set up step by step and run by
+/// [`Simulation::run`]: an optional virtual-time limit and an event callback
+/// that sees each event's time and the fakes.
+///
+/// ```
+/// use std::time::Duration;
+/// use bluegreen_core::machine::{Event, Stage};
+/// use bluegreen_core::testing::{reference_plan, simulation};
+/// use bluegreen_core::{Cause, Color};
+///
+/// let (report, fakes) = simulation(|f| {
+///     f.metrics.constant("error-rate", 0.002).constant("p95-latency", 180.0);
+///     f.builder(reference_plan())
+/// })
+/// .on_event(|m| {
+///     // Ten minutes into the soak, two of blue's three targets fail.
+///     if let Event::Stage { stage: Stage::Soak { .. } } = m.event {
+///         m.fakes.world.lock().colors.get_mut(&Color::Blue).unwrap().healthy = Some(1);
+///     }
+/// })
+/// .for_at_most(Duration::from_secs(3 * 3600))
+/// .run();
+/// assert!(matches!(report.rolled_back(), Some(Cause::UnhealthyTargets { .. })));
+/// assert_eq!(fakes.world.desired(Color::Blue), 0);
+/// ```
+pub struct Simulation<'a> {
+    build: Box<dyn FnOnce(&Fakes) -> Builder + 'a>,
+    limit: Option<Duration>,
+    on_event: OnEvent<'a>,
+}
+
+impl std::fmt::Debug for Simulation<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Simulation")
+            .field("limit", &self.limit)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A [`Simulation`] of the deployment `build` returns (usually
+/// `fakes.builder(plan)` after scripting the fakes).
+pub fn simulation<'a>(build: impl FnOnce(&Fakes) -> Builder + 'a) -> Simulation<'a> {
+    Simulation {
+        build: Box::new(build),
+        limit: None,
+        on_event: Box::new(|_| {}),
+    }
+}
+
+impl<'a> Simulation<'a> {
+    /// Stops after `limit` of virtual time: [`run`](Self::run) then returns
+    /// the report so far (see [`simulate_for`]).
+    pub fn for_at_most(mut self, limit: Duration) -> Self {
+        self.limit = Some(limit);
+        self
+    }
+
+    /// Calls `on_event` with every event as it happens, its time, a control
+    /// handle and the fakes. It runs between the deployment's steps and
+    /// cannot wait; to hold for a while, see the guide's "Held for a while".
+    pub fn on_event(mut self, on_event: impl FnMut(&Moment<'_>) + 'a) -> Self {
+        self.on_event = Box::new(on_event);
+        self
+    }
+
+    /// Runs the deployment on a fresh current-thread runtime under paused
+    /// time, to its end or to the limit, and returns the report and the fakes.
+    ///
+    /// # Panics
+    /// If the builder is invalid or the driver fails (lease, journal): a
+    /// simulation is a test.
+    pub fn run(self) -> (Report, Fakes) {
+        let Simulation {
+            build,
+            limit,
+            mut on_event,
+        } = self;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .expect("a current-thread runtime");
+        rt.block_on(async {
+            let fakes = Fakes::new();
+            let deployment = build(&fakes).build().expect("a valid simulation");
+            let id = deployment.deployment_id().to_string();
+            let control = deployment.control();
+            let mut events = deployment.subscribe();
+            let mut seen = |ev: DeploymentEvent, fakes: &Fakes| {
+                fakes.stages.record(ev.at, &ev.event);
+                on_event(&Moment {
+                    at: ev.at,
+                    event: &ev.event,
+                    control: &control,
+                    fakes,
+                });
+            };
+            let run = deployment.run();
+            tokio::pin!(run);
+            let deadline = tokio::time::sleep(limit.unwrap_or(Duration::MAX / 4));
+            tokio::pin!(deadline);
+            loop {
+                tokio::select! {
+                    biased;
+                    ev = events.recv() => {
+                        if let Ok(ev) = ev {
+                            seen(ev, &fakes);
+                        }
                     }
-                }
-                report = &mut run => {
-                    while let Ok(ev) = events.try_recv() {
-                        on_event(&ev.event, &control);
+                    report = &mut run => {
+                        while let Ok(ev) = events.try_recv() {
+                            seen(ev, &fakes);
+                        }
+                        return (report.expect("the driver runs to the end"), fakes);
                     }
-                    return (report.expect("the driver runs to the end"), fakes);
+                    () = &mut deadline => {
+                        while let Ok(ev) = events.try_recv() {
+                            seen(ev, &fakes);
+                        }
+                        let entries = fakes
+                            .journal
+                            .read(&id)
+                            .await
+                            .expect("the memory journal reads");
+                        return (Report::from_entries(&entries), fakes);
+                    }
                 }
             }
+        })
+    }
+}
+
+/// Test helpers on a report: what it ended with, in one call.
+impl Report {
+    /// The cause when the deployment rolled back, `None` otherwise (or when
+    /// a journal of format 2 kept the line only). See [`Report::reason`]
+    /// for the line and the evidence.
+    pub fn rolled_back(&self) -> Option<&Cause> {
+        match &self.outcome {
+            Some(Outcome::RolledBack { reason }) => reason.cause.as_ref(),
+            _ => None,
         }
-    })
+    }
+
+    /// The cause when the deployment halted, `None` otherwise.
+    pub fn halted(&self) -> Option<&Cause> {
+        match &self.outcome {
+            Some(Outcome::Halted { reason }) => reason.cause.as_ref(),
+            _ => None,
+        }
+    }
+
+    /// Whether the deployment succeeded.
+    pub fn succeeded(&self) -> bool {
+        self.outcome == Some(Outcome::Succeeded)
+    }
+
+    /// The reason of a rollback or halt (its cause, one-line summary and
+    /// evidence), `None` for a success or an unfinished deployment.
+    pub fn reason(&self) -> Option<&Reason> {
+        match &self.outcome {
+            Some(Outcome::RolledBack { reason } | Outcome::Halted { reason }) => Some(reason),
+            _ => None,
+        }
+    }
 }
 
 impl Default for Fakes {
