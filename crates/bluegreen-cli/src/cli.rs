@@ -207,12 +207,19 @@ pub fn run(cli: Cli) -> i32 {
     };
     crate::logging::redact_spec_secrets(&loaded);
     if let Command::Watch {
-        id, interval, plain, ..
+        id,
+        interval,
+        plain,
+        ..
     } = &cli.command
     {
         let path = cli.journal.clone().unwrap_or_else(|| loaded.journal_path());
         let (id, interval, plain) = (id.clone(), *interval, *plain);
-        let opts = crate::watch::WatchOptions { id, interval, plain };
+        let opts = crate::watch::WatchOptions {
+            id,
+            interval,
+            plain,
+        };
         return crate::watch::run(&loaded, &path, opts, exit_code);
     }
     let paused = loaded

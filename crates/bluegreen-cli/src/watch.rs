@@ -10,7 +10,8 @@
 //! terminal it redraws in place; otherwise (or with `--plain`) it prints a
 //! line for each change. It reads the journal every `--interval`: the file
 //! journal from where the last read ended, the Postgres journal the
-//! deployment's records past the last one seen. It ends with the
+//! deployment's records past the last one seen
+//! ([`PostgresJournal::read_after`]). It ends with the
 //! deployment, with the exit code `status` gives a finished deployment, or
 //! at Ctrl-C ([`EXIT_INTERRUPTED`]).
 //!
@@ -21,7 +22,6 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::{IsTerminal, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bluegreen_core::machine::{Event, Stage};
@@ -29,6 +29,7 @@ use bluegreen_core::plan::{Comparison, Condition, Unit};
 use bluegreen_core::{
     Color, Error, ErrorKind, Journal, JournalEntry, Outcome, Record, Report, Timestamp,
 };
+use bluegreen_postgres::PostgresJournal;
 use serde::Deserialize;
 
 use crate::cli::EXIT_ERROR;
@@ -106,9 +107,9 @@ pub fn run(
 enum Source {
     /// The journal file, read from where the last read ended.
     File(FileTail),
-    /// Another journal (Postgres): the deployment's records, those past the
-    /// last one seen kept.
-    Journal(Arc<dyn Journal>),
+    /// The Postgres journal: the deployment's records past the last one
+    /// seen.
+    Postgres(Box<PostgresJournal>),
 }
 
 impl Source {
@@ -121,12 +122,7 @@ impl Source {
                 .into_iter()
                 .filter(|e| e.deployment_id == id && e.seq > seen)
                 .collect()),
-            Source::Journal(j) => Ok(j
-                .read(id)
-                .await?
-                .into_iter()
-                .filter(|e| e.seq > seen)
-                .collect()),
+            Source::Postgres(j) => j.read_after(id, seen).await,
         }
     }
 }
@@ -307,12 +303,12 @@ async fn watch(
             (id, Source::File(tail), first)
         }
         JournalKind::Postgres => {
-            let j = crate::journal::open_for(l, path).await?;
+            let j = PostgresJournal::connect(crate::journal::journal_database(l)?).await?;
             let id = match &opts.id {
                 Some(id) => id.clone(),
-                None => pick_in_journal(j.as_ref(), &service, path).await?,
+                None => pick_in_journal(&j, &service, path).await?,
             };
-            (id, Source::Journal(j), Vec::new())
+            (id, Source::Postgres(Box::new(j)), Vec::new())
         }
     };
     let plain = opts.plain || !std::io::stdout().is_terminal();

@@ -97,6 +97,46 @@ impl PostgresJournal {
         &self.db
     }
 
+    /// The records of `deployment_id` after its record `after` (its
+    /// `seq`), in order: what a reader following a running deployment
+    /// (`bluegreen watch`) asks each time, instead of every record again.
+    /// `read` is `read_after(id, 0)`.
+    pub async fn read_after(&self, deployment_id: &str, after: u64) -> Result<Vec<JournalEntry>> {
+        let after = i64::try_from(after).unwrap_or(i64::MAX);
+        let op = "read";
+        let mut guard = self.client.lock().await;
+        let client = self.client(&mut guard, op).await?;
+        let rows = client
+            .query(
+                "SELECT seq, service, token, at_ms, record::text FROM bluegreen_journal_entries
+                 WHERE deployment_id = $1 AND seq > $2 ORDER BY seq",
+                &[&deployment_id, &after],
+            )
+            .await
+            .map_err(self.pg(op))?;
+        rows.iter()
+            .map(|r| {
+                let seq: i64 = r.get(0);
+                let text: String = r.get(4);
+                let record: Record = serde_json::from_str(&text).map_err(|e| {
+                    err(
+                        ErrorKind::Corrupt,
+                        op,
+                        format!("journal record {seq} of deployment {deployment_id} does not parse: {e}"),
+                    )
+                })?;
+                Ok(JournalEntry {
+                    seq: seq as u64,
+                    deployment_id: deployment_id.to_string(),
+                    service: r.get(1),
+                    token: r.get::<_, i64>(2) as u64,
+                    at: ts(r.get(3)),
+                    record,
+                })
+            })
+            .collect()
+    }
+
     async fn client<'a>(
         &self,
         guard: &'a mut tokio::sync::MutexGuard<'_, Option<Client>>,
@@ -315,38 +355,7 @@ impl Journal for PostgresJournal {
     }
 
     async fn read(&self, deployment_id: &str) -> Result<Vec<JournalEntry>> {
-        let op = "read";
-        let mut guard = self.client.lock().await;
-        let client = self.client(&mut guard, op).await?;
-        let rows = client
-            .query(
-                "SELECT seq, service, token, at_ms, record::text FROM bluegreen_journal_entries
-                 WHERE deployment_id = $1 ORDER BY seq",
-                &[&deployment_id],
-            )
-            .await
-            .map_err(self.pg(op))?;
-        rows.iter()
-            .map(|r| {
-                let seq: i64 = r.get(0);
-                let text: String = r.get(4);
-                let record: Record = serde_json::from_str(&text).map_err(|e| {
-                    err(
-                        ErrorKind::Corrupt,
-                        op,
-                        format!("journal record {seq} of deployment {deployment_id} does not parse: {e}"),
-                    )
-                })?;
-                Ok(JournalEntry {
-                    seq: seq as u64,
-                    deployment_id: deployment_id.to_string(),
-                    service: r.get(1),
-                    token: r.get::<_, i64>(2) as u64,
-                    at: ts(r.get(3)),
-                    record,
-                })
-            })
-            .collect()
+        self.read_after(deployment_id, 0).await
     }
 
     async fn deployments(&self, service: Option<String>) -> Result<Vec<DeploymentSummary>> {

@@ -89,3 +89,37 @@ async fn two_deployers_on_two_connections_share_one_lease_and_the_stale_one_is_f
     assert_eq!(entries[0].token, lease_b.token);
     assert_eq!(entries[0].record, rec);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_after_gives_only_the_records_past_a_seq() {
+    let db = fresh_database("journal_read_after").await;
+    let j = PostgresJournal::connect(db).await.unwrap();
+    let t0 = Timestamp(1_700_000_000_000);
+    let lease = j
+        .acquire("order-api", "host-a:41", Duration::from_secs(30), t0)
+        .await
+        .unwrap();
+    for (n, input) in [
+        bluegreen_core::machine::Input::Tick,
+        bluegreen_core::machine::Input::Start,
+        bluegreen_core::machine::Input::Tick,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let rec = bluegreen_core::Record::Step {
+            input,
+            commands: vec![],
+            events: vec![],
+            notifications: vec![],
+        };
+        let at = t0.after(Duration::from_secs(n as u64));
+        j.append(&lease, "dep-1", at, &rec).await.unwrap();
+    }
+    let all = j.read("dep-1").await.unwrap();
+    assert_eq!(all.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2, 3]);
+    let after = j.read_after("dep-1", 1).await.unwrap();
+    assert_eq!(after, all[1..].to_vec());
+    assert!(j.read_after("dep-1", 3).await.unwrap().is_empty());
+    assert!(j.read_after("dep-2", 0).await.unwrap().is_empty());
+}
