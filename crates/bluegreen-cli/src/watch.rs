@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use bluegreen_core::machine::{Event, Stage};
-use bluegreen_core::plan::{Comparison, Condition, Unit};
+use bluegreen_core::plan::{Condition, Unit};
 use bluegreen_core::{
     Color, Error, ErrorKind, Journal, JournalEntry, Outcome, Record, Report, Timestamp,
 };
@@ -625,7 +625,7 @@ fn verdict(m: &bluegreen_core::analysis::Measurement) -> String {
     }
 }
 
-/// `error-rate 0.2 % (success < 1 %): pass`.
+/// `error-rate 0.2% (success < 1%): pass`.
 fn check_line(
     name: &str,
     value: Option<f64>,
@@ -640,45 +640,15 @@ fn check_line(
     )
 }
 
-/// A value in its unit: a ratio as a percentage (`0.002` is `0.2 %`).
+/// A value in its unit, as the report and `deploy` write it: a ratio as a
+/// percentage (`0.002` is `0.2%`), milliseconds as `ms`.
 pub fn value_text(v: f64, unit: Unit) -> String {
-    match unit {
-        Unit::Ratio => format!("{} %", number(v * 100.0)),
-        Unit::Percent => format!("{} %", number(v)),
-        Unit::Milliseconds => format!("{} ms", number(v)),
-        Unit::Number => number(v),
-    }
+    unit.format(v)
 }
 
-/// A condition with its threshold in the check's unit: `< 1 %`.
+/// A condition with its threshold in the check's unit: `< 1%`.
 pub fn condition_text(c: &Condition, unit: Unit) -> String {
-    let op = match c.op {
-        Comparison::Lt => "<",
-        Comparison::Le => "<=",
-        Comparison::Gt => ">",
-        Comparison::Ge => ">=",
-    };
-    format!("{op} {}", value_text(c.threshold, unit))
-}
-
-/// A number with at most 3 decimals, trailing zeros dropped.
-fn number(v: f64) -> String {
-    if !v.is_finite() {
-        return if v.is_nan() {
-            "NaN".into()
-        } else if v > 0.0 {
-            "infinity".into()
-        } else {
-            "-infinity".into()
-        };
-    }
-    let s = format!("{v:.3}");
-    let s = s.trim_end_matches('0').trim_end_matches('.');
-    if s == "-0" {
-        "0".into()
-    } else {
-        s.to_string()
-    }
+    c.in_unit(unit)
 }
 
 /// A duration in whole seconds, rounded up (`1m 30s`), or in
@@ -719,11 +689,21 @@ mod tests {
 
     #[test]
     fn values_and_thresholds_carry_the_unit() {
-        assert_eq!(value_text(0.002, Unit::Ratio), "0.2 %");
-        assert_eq!(value_text(4.24434, Unit::Milliseconds), "4.244 ms");
-        assert_eq!(condition_text(&Condition::lt(0.01), Unit::Ratio), "< 1 %");
-        assert_eq!(value_text(f64::INFINITY, Unit::Number), "infinity");
+        assert_eq!(value_text(0.002, Unit::Ratio), "0.2%");
+        assert_eq!(value_text(4.24434, Unit::Milliseconds), "4.2443 ms");
+        assert_eq!(condition_text(&Condition::lt(0.01), Unit::Ratio), "< 1%");
+        assert_eq!(
+            check_line(
+                "p95",
+                None,
+                &Condition::lt(500.0),
+                Unit::Milliseconds,
+                "inconclusive".into()
+            ),
+            "p95 no value (success < 500 ms): inconclusive"
+        );
         assert_eq!(dur(Duration::from_millis(1500)), "2s");
+        assert_eq!(dur(Duration::from_millis(500)), "500ms");
         assert_eq!(dur(Duration::from_secs(90)), "1m 30s");
     }
 

@@ -147,7 +147,7 @@ fn watch_follows_a_running_local_deployment_to_its_success() {
     );
     // Check values in their unit against their thresholds.
     assert!(
-        out.contains("check error-rate 0 % (success < 1 %): pass"),
+        out.contains("check error-rate 0% (success < 1%): pass"),
         "{out}"
     );
     assert!(
@@ -175,7 +175,7 @@ fn watch_follows_a_running_local_deployment_to_its_success() {
         "{screen}"
     );
     assert!(
-        screen.contains("check    error-rate 0 % (success < 1 %): pass"),
+        screen.contains("check    error-rate 0% (success < 1%): pass"),
         "{screen}"
     );
     assert!(screen.contains(" left of "), "no wait on screen: {screen}");
@@ -293,7 +293,7 @@ async fn watch_reads_the_postgres_journal_and_never_shows_its_password() {
         ],
     );
     assert!(
-        out.contains("check error-rate 0.2 % (success < 1 %): pass"),
+        out.contains("check error-rate 0.2% (success < 1%): pass"),
         "{out}"
     );
     assert!(time_left_line(&out).is_some(), "no time left shown:\n{out}");
