@@ -1102,6 +1102,9 @@ async fn resume(
     };
     let r = read_report(l, path, &id).await?;
     if r.outcome.is_none() {
+        if l.spec.target_kind() == TargetKind::Local {
+            stop_local_leftovers(l, path, &id, out).await?;
+        }
         return deploy(l, path, None, Some(id), out).await;
     }
     // Finished already (its deployer died after the last record): nothing
@@ -1115,6 +1118,87 @@ async fn resume(
         println!("{id} already finished: {}", r.outcome_name());
     }
     Ok(exit_code(&r))
+}
+
+/// A local deployment cannot continue where its deployer stopped: its
+/// proxy and instances lived in (and under) that process. Before `resume`
+/// finishes the record on a fresh local target, the instances the killed
+/// deployer left running are found by the deployer's pid in their
+/// environment ([`bluegreen_local::DEPLOYER_PID_ENV`], the pid named by the
+/// journal's lease holder) and stopped, so no fresh proxy starts beside
+/// them. Refused while that deployer still runs, or when the journal does
+/// not name its pid.
+async fn stop_local_leftovers(
+    l: &LoadedSpec,
+    path: &Path,
+    id: &str,
+    out: OutputFormat,
+) -> Result<(), Error> {
+    let entries = open_journal(l, path).await?.read(id).await?;
+    let holder = entries.iter().find_map(|e| match &e.record {
+        bluegreen_core::journal::Record::Started { holder, .. } => Some(holder.clone()),
+        _ => None,
+    });
+    let pid = holder.as_deref().and_then(|h| {
+        let (_, rest) = h.rsplit_once("pid ")?;
+        rest.trim_end_matches(']').trim().parse::<u32>().ok()
+    });
+    let Some(pid) = pid else {
+        return Err(Error::conflict(format!(
+            "deployment {id} is local: its proxy and instances lived in its deployer's process, and the journal does not name that process, so its instances cannot be found; stop them (they have BLUEGREEN_COLOR in their environment), then resume to finish the record"
+        )));
+    };
+    if pid != std::process::id() && Path::new(&format!("/proc/{pid}")).exists() {
+        return Err(Error::conflict(format!(
+            "deployment {id} is local and its deployer (pid {pid}) still runs: steer it with `bluegreen abort` or `promote`, or stop that process first"
+        )));
+    }
+    let needle = format!("{}={pid}", bluegreen_local::DEPLOYER_PID_ENV);
+    let leftovers: Vec<i32> = std::fs::read_dir("/proc")
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+                .filter(|p| {
+                    std::fs::read(format!("/proc/{p}/environ"))
+                        .is_ok_and(|env| env.split(|b| *b == 0).any(|v| v == needle.as_bytes()))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let signal = |sig| {
+        for p in &leftovers {
+            if let Some(p) = rustix::process::Pid::from_raw(*p) {
+                let _ = rustix::process::kill_process_group(p, sig);
+            }
+        }
+    };
+    signal(rustix::process::Signal::TERM);
+    let alive = || {
+        leftovers
+            .iter()
+            .any(|p| Path::new(&format!("/proc/{p}")).exists())
+    };
+    for _ in 0..50 {
+        if !alive() {
+            break;
+        }
+        wait_real(Duration::from_millis(100));
+    }
+    if alive() {
+        signal(rustix::process::Signal::KILL);
+    }
+    let pids: Vec<String> = leftovers.iter().map(|p| p.to_string()).collect();
+    match out {
+        OutputFormat::Text => println!(
+            "{id} is a local deployment, which cannot resume where it stopped: its proxy and instances lived in its deployer (pid {pid}), which is gone. Stopped the {} instance(s) it left running{}; finishing the record on a fresh local target, which rolls back.",
+            pids.len(),
+            if pids.is_empty() { String::new() } else { format!(" (pids {})", pids.join(", ")) }
+        ),
+        OutputFormat::Json => println!(
+            "{}",
+            serde_json::json!({"deployment_id": id, "local_cannot_resume": true, "deployer_pid": pid, "stopped_instances": leftovers})
+        ),
+    }
+    Ok(())
 }
 
 async fn read_report(l: &LoadedSpec, path: &Path, id: &str) -> Result<Report, Error> {

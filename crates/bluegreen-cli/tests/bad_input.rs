@@ -388,3 +388,70 @@ fn an_endpoint_url_refusing_connections_is_named_with_connection_refused_in_pref
         started.elapsed()
     );
 }
+
+/// Processes whose environment names `pid` as their deployer.
+fn instances_of(pid: u32) -> Vec<u32> {
+    let needle = format!("{}={pid}", bluegreen_local::DEPLOYER_PID_ENV);
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|p| {
+            std::fs::read(format!("/proc/{p}/environ"))
+                .is_ok_and(|env| env.split(|b| *b == 0).any(|v| v == needle.as_bytes()))
+        })
+        .collect()
+}
+
+#[test]
+fn resume_of_a_killed_local_deployment_says_it_cannot_resume_and_stops_the_old_instances() {
+    let spec = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/local.toml"
+    ))
+    .unwrap()
+    // Its journal here, and a resumed deployer that waits seconds, not
+    // minutes, for the killed one's calls to land.
+    .replace("[journal]\n", "[journal]\nlease_ttl = \"2s\"\n")
+    .replace("[deployment]\n", "[deployment]\ncall_timeout = \"1s\"\n");
+    let spec = match spec.split_once("\npath = ") {
+        Some((head, tail)) => format!(
+            "{head}\npath = \"deploy.journal\"\n{}",
+            tail.split_once('\n').map_or("", |t| t.1)
+        ),
+        None => spec,
+    };
+    let dir = dir_with(&spec);
+    // Killed once the new color's instances run (its smoke tests started).
+    let mut first = std::process::Command::new(env!("CARGO_BIN_EXE_bluegreen"))
+        .args(["deploy", "spec.toml"])
+        .current_dir(dir.path())
+        .env(bluegreen_cli::journal::KILL_ENV, "12")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = first.id();
+    let status = first.wait().unwrap();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(9)
+    );
+    let left = instances_of(pid);
+    assert!(
+        !left.is_empty(),
+        "the killed deployer left instances running"
+    );
+
+    let (code, stdout, stderr) = run(dir.path(), &["resume", "spec.toml"]);
+    assert!(
+        stdout.contains("is a local deployment, which cannot resume where it stopped")
+            && stdout.contains(&format!("deployer (pid {pid})"))
+            && stdout.contains(&format!("Stopped the {} instance(s)", left.len())),
+        "{stdout}\n{stderr}"
+    );
+    assert_eq!(instances_of(pid), Vec::<u32>::new(), "none left running");
+    assert!(
+        [EXIT_SUCCEEDED, EXIT_ROLLED_BACK].contains(&code),
+        "the record is finished: {code}\n{stdout}\n{stderr}"
+    );
+}

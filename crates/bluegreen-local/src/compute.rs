@@ -18,6 +18,11 @@ use rustix::process::{kill_process_group, Pid, Signal};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
+/// The variable each instance gets holding the deployer's process id, so
+/// the instances a killed deployer left running can be found and stopped
+/// (`bluegreen resume` of a local deployment does).
+pub const DEPLOYER_PID_ENV: &str = "BLUEGREEN_DEPLOYER_PID";
+
 use crate::proxy::Upstreams;
 use crate::PROVIDER;
 
@@ -291,7 +296,7 @@ fn color_index(c: Color) -> usize {
 ///   gets only: the deployer's `PATH`; the deployer's variables named by
 ///   [`pass_env`](LocalComputeBuilder::pass_env) (none by default); the
 ///   builder's `env`; the release's `env`; `PORT`, `BLUEGREEN_COLOR`,
-///   `BLUEGREEN_VERSION`, `BLUEGREEN_INSTANCE`; and the release's resolved
+///   `BLUEGREEN_VERSION`, `BLUEGREEN_INSTANCE`, [`DEPLOYER_PID_ENV`]; and the release's resolved
 ///   `secrets`, each later one winning over an earlier one of the same name.
 /// * **Stop.** Scaling down takes instances out of rotation, waits the drain
 ///   time, sends SIGTERM to the instance's process group, and SIGKILL after
@@ -675,6 +680,7 @@ impl Inner {
             .env("BLUEGREEN_COLOR", color.as_str())
             .env("BLUEGREEN_VERSION", &release.version)
             .env("BLUEGREEN_INSTANCE", number.to_string())
+            .env(DEPLOYER_PID_ENV, std::process::id().to_string())
             .stdin(std::process::Stdio::null())
             .stdout(file)
             .stderr(file2)

@@ -9,7 +9,7 @@ mod pool;
 pub mod proxy;
 pub mod smoke;
 
-pub use compute::{InstanceInfo, LocalCompute, LocalComputeBuilder};
+pub use compute::{InstanceInfo, LocalCompute, LocalComputeBuilder, DEPLOYER_PID_ENV};
 pub use load::{Load, LoadTally};
 pub use metrics::{ColorFigures, ProxyMetrics};
 pub use proxy::{
