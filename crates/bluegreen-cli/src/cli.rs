@@ -513,7 +513,12 @@ fn provider_label(l: &LoadedSpec, provider: &str) -> String {
         "compute" => match (&s.target.ecs, kind) {
             (Some(e), _) => format!(
                 "ECS {} ({}: blue {}, green {})",
-                e.cluster, e.region, e.services.blue, e.services.green
+                e.cluster,
+                e.region
+                    .as_deref()
+                    .unwrap_or("region of the AWS configuration"),
+                e.services.blue,
+                e.services.green
             ),
             (_, TargetKind::Local) => "local processes".into(),
             _ => "fake compute".into(),
@@ -989,6 +994,14 @@ async fn deploy(
     {
         if let Err(e) = crate::aws::reachable(url).await {
             return Ok(refused(&e, out));
+        }
+    }
+    // Who the deployment runs as, before anything changes; credentials
+    // that resolve to nobody refuse it.
+    if let Some(e) = l.spec.target.ecs.as_ref() {
+        match crate::aws::identity(e).await {
+            Ok(id) => crate::aws::announce(&id, out == OutputFormat::Json),
+            Err(e) => return Ok(refused(&e, out)),
         }
     }
     let journal = open_journal(l, journal_path).await?;

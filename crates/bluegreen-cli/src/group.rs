@@ -380,6 +380,21 @@ pub async fn deploy(
             }
         }
     }
+    // Who each AWS member runs as (said once per identity); credentials
+    // that resolve to nobody refuse the group before anything changes.
+    let mut said = Vec::new();
+    for m in g.members() {
+        if let Some(e) = m.spec.target.ecs.as_ref() {
+            match crate::aws::identity(e).await {
+                Ok(id) if said.contains(&id) => {}
+                Ok(id) => {
+                    crate::aws::announce(&id, out == OutputFormat::Json);
+                    said.push(id);
+                }
+                Err(e) => return Ok(cli::refused(&e, out)),
+            }
+        }
+    }
     let journal = open(g, path).await?;
     let mut assembled = Vec::new();
     let mut builder = Group::builder(g.spec.group.name.clone())

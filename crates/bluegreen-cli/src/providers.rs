@@ -316,7 +316,7 @@ pub async fn assemble(loaded: &LoadedSpec) -> Result<Assembled> {
         TargetKind::EcsAlb => {
             let e = spec.target.ecs.as_ref().expect("validated");
             let a = spec.target.alb.as_ref().expect("validated");
-            let config = crate::aws::sdk_config(&e.region, e.endpoint_url.as_deref())?;
+            let config = crate::aws::sdk_config(e).await?;
             let mut ecs = bluegreen_ecs::EcsCompute::builder(&config)
                 .cluster(&e.cluster)
                 .service(Color::Blue, &e.services.blue)

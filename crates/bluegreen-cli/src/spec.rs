@@ -344,8 +344,10 @@ pub struct PerColor {
 pub struct EcsTarget {
     /// The cluster, e.g. `production`.
     pub cluster: String,
-    /// The region, e.g. `us-east-1`.
-    pub region: String,
+    /// The region, e.g. `us-east-1`; if absent, the AWS configuration's
+    /// (`AWS_REGION`, the profile's, the instance's).
+    #[serde(default)]
+    pub region: Option<String>,
     /// The service of each color.
     pub services: PerColor,
     /// The container whose image is replaced (the first if absent).
@@ -357,6 +359,21 @@ pub struct EcsTarget {
     /// An endpoint override (an emulator).
     #[serde(default)]
     pub endpoint_url: Option<String>,
+    /// The profile of the shared AWS config and credentials files (else
+    /// `AWS_PROFILE`, else `default`).
+    #[serde(default)]
+    pub profile: Option<String>,
+    /// An IAM role to assume with the resolved credentials, e.g.
+    /// `arn:aws:iam::123456789012:role/deployer`.
+    #[serde(default)]
+    pub role_arn: Option<String>,
+    /// The external id the role's trust policy requires (with `role_arn`).
+    #[serde(default)]
+    pub external_id: Option<String>,
+    /// The assumed role's session name (with `role_arn`; default
+    /// `bluegreen`), shown in CloudTrail and the caller's ARN.
+    #[serde(default)]
+    pub session_name: Option<String>,
 }
 
 /// `[target.alb]`: the weighted forward of a listener or rule.
@@ -972,7 +989,6 @@ impl Spec {
         if let Some(ecs) = &t.ecs {
             for (f, v) in [
                 ("target.ecs.cluster", &ecs.cluster),
-                ("target.ecs.region", &ecs.region),
                 ("target.ecs.services.blue", &ecs.services.blue),
                 ("target.ecs.services.green", &ecs.services.green),
             ] {
@@ -980,6 +996,7 @@ impl Spec {
                     return err(f, "must not be empty".into());
                 }
             }
+            crate::aws::validate_target(ecs)?;
         }
         if let Some(alb) = &t.alb {
             for (f, v) in [

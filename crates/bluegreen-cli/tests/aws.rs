@@ -32,8 +32,20 @@ fn bluegreen(dir: &Path, args: &[&str], aws_credentials: bool) -> Output {
         c.env("AWS_ACCESS_KEY_ID", "testing")
             .env("AWS_SECRET_ACCESS_KEY", "testing");
     } else {
+        // No credentials anywhere: not in the environment, no shared files,
+        // no instance role.
         c.env_remove("AWS_ACCESS_KEY_ID")
-            .env_remove("AWS_SECRET_ACCESS_KEY");
+            .env_remove("AWS_SECRET_ACCESS_KEY")
+            .env_remove("AWS_PROFILE")
+            .env_remove("AWS_WEB_IDENTITY_TOKEN_FILE")
+            .env_remove("AWS_CONTAINER_CREDENTIALS_FULL_URI")
+            .env_remove("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI")
+            .env("AWS_CONFIG_FILE", dir.join("no-aws-config"))
+            .env(
+                "AWS_SHARED_CREDENTIALS_FILE",
+                dir.join("no-aws-credentials"),
+            )
+            .env("AWS_EC2_METADATA_DISABLED", "true");
     }
     c.env_remove("AWS_SESSION_TOKEN")
         .output()
@@ -252,9 +264,16 @@ fn deploy_without_aws_credentials_fails_clearly_before_any_call() {
     std::fs::write(dir.path().join("spec.toml"), text_spec).unwrap();
     std::fs::create_dir(dir.path().join("migrations")).unwrap();
     let out = bluegreen(dir.path(), &["deploy", "spec.toml"], false);
-    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert_eq!(
+        out.status.code(),
+        Some(bluegreen_cli::cli::EXIT_REFUSED),
+        "refused, nothing changed: {}",
+        text(&out)
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("AWS_ACCESS_KEY_ID"),
+        stderr.contains("cannot resolve the AWS identity (STS GetCallerIdentity)")
+            && stderr.contains("credentials"),
         "{}",
         text(&out)
     );
