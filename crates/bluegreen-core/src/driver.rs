@@ -273,9 +273,13 @@ pub const EVENT_CAPACITY: usize = 256;
 /// The metrics source used for checks that do not name one.
 pub const DEFAULT_METRICS: &str = "default";
 
-/// Builds a [`BlueGreen`]. Required: the plan, a compute provider, a router
-/// and a metrics source; a migration runner when the plan migrates, a secret
-/// source when it requires secrets, and every smoke test it names.
+/// Builds a [`BlueGreen`]. Required: the plan, a compute provider and a
+/// router; a migration runner when the plan has `migrations`, a secret source
+/// when it lists `preflight.required_secrets`, every smoke test and staging
+/// check it names, and a metrics source under each name its analysis checks
+/// use ([`DEFAULT_METRICS`] for a check without `source`; a plan without
+/// analysis checks needs none). The journal defaults to a [`MemoryJournal`]
+/// and the clock to a [`TokioClock`] on the system time.
 pub struct Builder {
     pub(crate) plan: Plan,
     compute: Option<Arc<dyn ComputeProvider>>,

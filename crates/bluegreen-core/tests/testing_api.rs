@@ -360,3 +360,23 @@ fn report_helpers_name_the_outcome() {
         .summary
         .contains("25 add_order_metadata"));
 }
+
+/// The example of `Reason::summary`'s rustdoc, word for word.
+#[test]
+fn seven_percent_errors_on_the_new_color_read_as_the_summary_example() {
+    let (report, _) = simulate(|f| {
+        f.metrics.constant("p95-latency", 180.0);
+        f.metrics.script("error-rate", |q, _| {
+            Some(if q.query.contains("color:blue") {
+                0.07
+            } else {
+                0.002
+            })
+        });
+        f.builder(reference_plan())
+    });
+    assert_eq!(
+        report.reason().expect("rolled back").summary,
+        "automatic rollback: error-rate > 0.05 for 5m; last value 0.0700 over 6 samples"
+    );
+}

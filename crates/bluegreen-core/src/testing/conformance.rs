@@ -4,10 +4,14 @@
 //! AWS emulator and Postgres on a real server run the same functions. A custom
 //! provider should run them too:
 //!
-//! ```no_run
-//! # async fn f(my_router: &dyn bluegreen_core::TrafficRouter) {
-//! bluegreen_core::testing::conformance::router(my_router).await;
-//! # }
+//! ```
+//! use bluegreen_core::testing::{conformance, Fakes};
+//! # tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().unwrap().block_on(async {
+//! let fakes = Fakes::new();
+//! // Each suite takes a reference to the implementation: `&my_router` for a
+//! // value, `&*my_router` for an `Arc<MyRouter>`. Here the fake router.
+//! conformance::router(&*fakes.router).await;
+//! # });
 //! ```
 //!
 //! Each suite panics with a message naming the broken rule.
