@@ -223,7 +223,8 @@ async fn a_web_identity_token_file_is_exchanged_through_sts() {
 
 /// A one-route-table HTTP server on 127.0.0.1: answers each request with
 /// `answer(method, path, headers)` (status, extra headers, body) and
-/// records "METHOD PATH" of each.
+/// records "METHOD PATH" and the headers of each; the request's body (by
+/// its `content-length`) is in the headers as `:body`.
 struct Fake {
     url: String,
     requests: Requests,
@@ -259,7 +260,9 @@ async fn fake_server(
                             Ok(n) => buf.extend_from_slice(&chunk[..n]),
                         }
                     }
-                    let head = String::from_utf8_lossy(&buf).to_string();
+                    let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+                    let head = String::from_utf8_lossy(&buf[..end]).to_string();
+                    let mut body_bytes = buf[end..].to_vec();
                     let mut lines = head.lines();
                     let first = lines.next().unwrap_or("").to_string();
                     let mut parts = first.split(' ');
@@ -270,6 +273,21 @@ async fn fake_server(
                         .filter_map(|l| l.split_once(':'))
                         .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
                         .collect();
+                    let length: usize = headers
+                        .get("content-length")
+                        .and_then(|l| l.parse().ok())
+                        .unwrap_or(0);
+                    while body_bytes.len() < length {
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => body_bytes.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let mut headers = headers;
+                    headers.insert(
+                        ":body".into(),
+                        String::from_utf8_lossy(&body_bytes).to_string(),
+                    );
                     let (status, extra, body) = answer(&method, &path, &headers);
                     log.lock()
                         .unwrap()
@@ -629,4 +647,108 @@ async fn a_group_names_its_identity_once_and_refuses_without_credentials() {
         "refused, nothing changed: {all}"
     );
     assert!(all.contains("GetCallerIdentity"), "{all}");
+}
+
+/// What reaches STS for `role_arn`: the spec's endpoint is a fake STS here
+/// (moto does not check an external id), which records each request.
+/// AssumeRole carries RoleArn, ExternalId and RoleSessionName from the
+/// spec and is signed with the chain's key; GetCallerIdentity is signed
+/// with the key AssumeRole returned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn assume_role_sends_the_external_id_and_session_name_and_uses_the_returned_key() {
+    let arn = format!("arn:aws:sts::{ACCOUNT}:assumed-role/deployer/ci-4711");
+    let caller = arn.clone();
+    let server = fake_server(move |_, _, h| {
+        let body = h.get(":body").cloned().unwrap_or_default();
+        let xml = |name: &str, inner: String| {
+            format!(
+                "<{name}Response xmlns=\"https://sts.amazonaws.com/doc/2011-06-15/\"><{name}Result>{inner}</{name}Result><ResponseMetadata><RequestId>r</RequestId></ResponseMetadata></{name}Response>"
+            )
+        };
+        if body.contains("Action=AssumeRole&") || body.ends_with("Action=AssumeRole") {
+            let inner = format!(
+                "<Credentials><AccessKeyId>ASIAFAKEASSUMED</AccessKeyId><SecretAccessKey>assumed-secret-never-shown</SecretAccessKey><SessionToken>assumed-token</SessionToken><Expiration>{}</Expiration></Credentials><AssumedRoleUser><AssumedRoleId>AROAFAKE:ci-4711</AssumedRoleId><Arn>{caller}</Arn></AssumedRoleUser>",
+                expiration()
+            );
+            (200, vec![], xml("AssumeRole", inner))
+        } else if body.contains("Action=GetCallerIdentity") {
+            let inner = format!(
+                "<Arn>{caller}</Arn><UserId>AROAFAKE:ci-4711</UserId><Account>{ACCOUNT}</Account>"
+            );
+            (200, vec![], xml("GetCallerIdentity", inner))
+        } else {
+            (
+                400,
+                vec![("content-type".into(), "application/x-amz-json-1.1".into())],
+                r#"{"__type":"ClusterNotFoundException","message":"Cluster not found."}"#.into(),
+            )
+        }
+    })
+    .await;
+    let alb = AlbFixture {
+        rule: "arn:aws:elasticloadbalancing:us-east-1:123456789012:listener-rule/app/x/1/2/3"
+            .into(),
+        blue: "arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/b/1".into(),
+        green: "arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/g/2".into(),
+        listener: "arn:aws:elasticloadbalancing:us-east-1:123456789012:listener/app/x/1/2".into(),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let text_spec = spec(
+        &alb,
+        &format!("role_arn = \"arn:aws:iam::{ACCOUNT}:role/deployer\"\nexternal_id = \"ext-42\"\nsession_name = \"ci-4711\""),
+    )
+    .replace(&format!("endpoint_url = \"{}\"", endpoint()), &format!("endpoint_url = \"{}\"", server.url));
+    std::fs::write(dir.path().join("spec.toml"), text_spec).unwrap();
+    let out = deploy(
+        dir.path(),
+        &[
+            ("AWS_ACCESS_KEY_ID", "AKIABASEKEY"),
+            ("AWS_SECRET_ACCESS_KEY", "base-secret-key-never-shown"),
+        ],
+    )
+    .await;
+    let all = text(&out);
+    eprintln!("{all}");
+    for secret in ["base-secret-key-never-shown", "assumed-secret-never-shown"] {
+        assert!(!all.contains(secret), "{all}");
+    }
+    assert!(
+        all.contains(&format!("AWS identity: account {ACCOUNT}, {arn}")),
+        "{all}"
+    );
+    let requests = server.requests.lock().unwrap().clone();
+    let sts = |action: &str| {
+        requests
+            .iter()
+            .filter(|(_, h)| {
+                h.get(":body")
+                    .is_some_and(|b| b.split('&').any(|kv| kv == format!("Action={action}")))
+            })
+            .map(|(_, h)| h.clone())
+            .collect::<Vec<_>>()
+    };
+    let assume = sts("AssumeRole");
+    assert_eq!(
+        assume.len(),
+        1,
+        "one AssumeRole for the whole run: {requests:?}"
+    );
+    let body = &assume[0][":body"];
+    for kv in [
+        "ExternalId=ext-42",
+        "RoleSessionName=ci-4711",
+        &format!("RoleArn=arn%3Aaws%3Aiam%3A%3A{ACCOUNT}%3Arole%2Fdeployer"),
+    ] {
+        assert!(body.split('&').any(|p| p == kv), "{kv} in {body}");
+    }
+    assert!(
+        assume[0]["authorization"].contains("Credential=AKIABASEKEY/"),
+        "AssumeRole is signed with the chain's key"
+    );
+    let who = sts("GetCallerIdentity");
+    assert_eq!(who.len(), 1, "{requests:?}");
+    assert!(
+        who[0]["authorization"].contains("Credential=ASIAFAKEASSUMED/"),
+        "GetCallerIdentity is signed with the assumed role's key"
+    );
 }
