@@ -273,6 +273,18 @@ pub async fn identity(e: &EcsTarget) -> Result<Identity> {
     })
 }
 
+/// The deployer's description (`user u on host h, pid 42`) with the AWS
+/// identity before the pid (`user u on host h, as arn:aws:sts::…, pid 42`),
+/// so the journal's lease and start record say who deployed; the pid stays
+/// last, where `resume` reads it.
+pub(crate) fn with_identity(description: String, id: Option<&Identity>) -> String {
+    match (id, description.rsplit_once(", pid ")) {
+        (Some(id), Some((who, pid))) => format!("{who}, as {}, pid {pid}", id.arn),
+        (Some(id), None) => format!("{description}, as {}", id.arn),
+        (None, _) => description,
+    }
+}
+
 /// Says which identity the deployment runs as: a line on stdout, or a JSON
 /// object `{"aws_identity": {"account", "arn"}}` with `json`.
 pub fn announce(id: &Identity, json: bool) {
@@ -347,5 +359,21 @@ mod tests {
         assert!(!is_role_arn("arn:aws:sts::123456789012:role/deployer"));
         assert!(!is_role_arn("deployer"));
         assert!(!is_role_arn("arn:aws:iam::123456789012:role/"));
+    }
+
+    #[test]
+    fn the_identity_goes_before_the_pid() {
+        let id = Identity {
+            account: "123456789012".into(),
+            arn: "arn:aws:sts::123456789012:assumed-role/deployer/ci".into(),
+        };
+        assert_eq!(
+            with_identity("user u on host h, pid 42".into(), Some(&id)),
+            "user u on host h, as arn:aws:sts::123456789012:assumed-role/deployer/ci, pid 42"
+        );
+        assert_eq!(
+            with_identity("user u, pid 42".into(), None),
+            "user u, pid 42"
+        );
     }
 }

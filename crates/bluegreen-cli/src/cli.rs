@@ -998,9 +998,13 @@ async fn deploy(
     }
     // Who the deployment runs as, before anything changes; credentials
     // that resolve to nobody refuse it.
+    let mut aws_identity = None;
     if let Some(e) = l.spec.target.ecs.as_ref() {
         match crate::aws::identity(e).await {
-            Ok(id) => crate::aws::announce(&id, out == OutputFormat::Json),
+            Ok(id) => {
+                crate::aws::announce(&id, out == OutputFormat::Json);
+                aws_identity = Some(id);
+            }
             Err(e) => return Ok(refused(&e, out)),
         }
     }
@@ -1009,7 +1013,10 @@ async fn deploy(
     let mut b =
         crate::spec::driver_settings(assembled.builder(plan), &l.spec.deployment, &l.spec.journal)
             .journal(journal)
-            .holder_detail(deployer_description());
+            .holder_detail(crate::aws::with_identity(
+                deployer_description(),
+                aws_identity.as_ref(),
+            ));
     if let Some(r) = &resume {
         b = b.resume(r.clone());
     } else if let Some(id) = id {

@@ -189,6 +189,13 @@ async fn role_arn_is_assumed_with_its_external_id_and_session_name() {
         ),
         "GetCallerIdentity ran as the assumed role and session"
     );
+    let arn = format!("arn:aws:sts::{ACCOUNT}:assumed-role/{role}/{session}");
+    let journal = std::fs::read_to_string(dir.path().join("deploy.journal")).unwrap();
+    assert!(
+        journal.contains(&format!(", as {arn}, pid ")),
+        "the journal's holder names the identity: {journal}"
+    );
+    assert!(!journal.contains("base-secret-key-never-shown"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
