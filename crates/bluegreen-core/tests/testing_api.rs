@@ -9,11 +9,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bluegreen_core::machine::{Event, Stage};
+use bluegreen_core::provider::{MigrationContext, MigrationPhase, VerificationCheck};
 use bluegreen_core::testing::{
-    reference_plan, simulate, simulate_for, simulation, Change, FakeCompute, FakeRouter, Fakes,
-    World, SIMULATION_EPOCH,
+    reference_plan, simulate, simulate_for, simulation, Change, Delegated, FakeCompute, FakeRouter,
+    Fakes, World, SIMULATION_EPOCH,
 };
-use bluegreen_core::{Cause, Color, Journal, Outcome, Timestamp, TrafficSplit};
+use bluegreen_core::{Cause, Color, Journal, Outcome, TargetHealth, Timestamp, TrafficSplit};
 
 fn healthy(f: &Fakes) {
     f.metrics
@@ -379,4 +380,96 @@ fn seven_percent_errors_on_the_new_color_read_as_the_summary_example() {
         report.reason().expect("rolled back").summary,
         "automatic rollback: error-rate > 0.05 for 5m; last value 0.0700 over 6 samples"
     );
+}
+
+/// The fake router, except that two of blue's targets fail their health checks.
+struct BlueMostlyUnhealthy(Arc<bluegreen_core::testing::FakeRouter>);
+
+#[async_trait::async_trait]
+impl bluegreen_core::testing::RouterDelegate for BlueMostlyUnhealthy {
+    fn inner(&self) -> &dyn bluegreen_core::TrafficRouter {
+        &*self.0
+    }
+
+    async fn target_health(&self, color: Color) -> bluegreen_core::Result<TargetHealth> {
+        let mut h = bluegreen_core::TrafficRouter::target_health(&*self.0, color).await?;
+        if color == Color::Blue && h.total > 0 {
+            h.healthy = h.total.saturating_sub(2);
+        }
+        Ok(h)
+    }
+}
+
+#[test]
+fn a_router_delegate_overrides_target_health_alone_and_the_rest_reaches_the_fake() {
+    let (report, f) = simulate(|f| {
+        healthy(f);
+        let router = Delegated(BlueMostlyUnhealthy(f.router.clone()));
+        f.builder(reference_plan()).router(Arc::new(router))
+    });
+    let Some(Cause::UnhealthyTargets {
+        color,
+        unhealthy,
+        total,
+        ..
+    }) = report.rolled_back()
+    else {
+        panic!("{:?}", report.outcome)
+    };
+    assert_eq!((*color, *unhealthy, *total), (Color::Blue, 2, 3));
+    // set_split and current_split went to the fake router: traffic moved
+    // to blue and back, as the world shows.
+    assert!(f
+        .world
+        .changes()
+        .contains(&Change::Split(TrafficSplit::all_on(Color::Blue))));
+    assert_eq!(f.world.split(), TrafficSplit::all_on(Color::Green));
+    assert_eq!(f.world.desired(Color::Blue), 0);
+}
+
+/// The fake runner, except that the expand phase's verification fails.
+struct ExpandVerificationFails(Arc<bluegreen_core::testing::FakeMigrations>);
+
+#[async_trait::async_trait]
+impl bluegreen_core::testing::MigrationsDelegate for ExpandVerificationFails {
+    fn inner(&self) -> &dyn bluegreen_core::MigrationRunner {
+        &*self.0
+    }
+
+    async fn verify(
+        &self,
+        phase: MigrationPhase,
+        _ctx: &MigrationContext,
+    ) -> bluegreen_core::Result<Vec<VerificationCheck>> {
+        Ok(vec![VerificationCheck {
+            name: format!("{phase} orders row count"),
+            passed: phase != MigrationPhase::Expand,
+            detail: "orders: 1000 rows before, 990 after".into(),
+        }])
+    }
+}
+
+#[test]
+fn a_migrations_delegate_overrides_verify_alone_and_apply_and_revert_reach_the_fake() {
+    let (report, f) = simulate(|f| {
+        healthy(f);
+        let runner = Delegated(ExpandVerificationFails(f.migrations.clone()));
+        f.builder(reference_plan()).migrations(Arc::new(runner))
+    });
+    assert!(
+        matches!(
+            report.rolled_back(),
+            Some(Cause::MigrationVerification {
+                phase: MigrationPhase::Expand,
+                ..
+            })
+        ),
+        "{:?}",
+        report.outcome
+    );
+    let changes = f.world.changes();
+    assert!(changes.contains(&Change::Migrated(25, MigrationPhase::Expand)));
+    assert!(changes.contains(&Change::Reverted(25)));
+    assert!(!changes.iter().any(|c| matches!(c, Change::Split(_))));
+    assert_eq!(f.world.desired(Color::Blue), 0);
 }

@@ -17,7 +17,10 @@
 //! ```
 
 pub mod conformance;
+mod delegate;
 mod fakes;
+
+pub use delegate::{ComputeDelegate, Delegated, MigrationsDelegate, RouterDelegate};
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
