@@ -16,7 +16,6 @@ use aws_credential_types::provider::SharedCredentialsProvider;
 use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
 use aws_smithy_runtime_api::client::behavior_version::BehaviorVersion;
 use aws_smithy_runtime_api::client::http::SharedHttpClient;
-use aws_smithy_types::error::display::DisplayErrorContext;
 use aws_smithy_types::retry::RetryConfig;
 use aws_types::region::Region;
 use aws_types::SdkConfig;
@@ -248,6 +247,21 @@ fn source(e: &EcsTarget) -> String {
     s
 }
 
+/// The messages of `err` and its sources, each once, without the Debug
+/// renderings (raw responses) the SDK's own context display adds.
+fn reason(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut next = Some(err);
+    while let Some(e) = next {
+        let m = e.to_string();
+        if !m.is_empty() && !parts.iter().any(|p| p.contains(&m)) {
+            parts.push(m);
+        }
+        next = e.source();
+    }
+    parts.join(": ")
+}
+
 /// Resolves the credentials of `e` and asks STS who they belong to. An
 /// error (no credentials, a profile that does not exist, a role that
 /// cannot be assumed, an expired token) names the spec fields involved and
@@ -262,7 +276,7 @@ pub async fn identity(e: &EcsTarget) -> Result<Identity> {
             Error::unavailable(format!(
                 "cannot resolve the AWS identity (STS GetCallerIdentity) with {}: {}",
                 source(e),
-                DisplayErrorContext(&err)
+                reason(&err)
             ))
             .with_provider("aws")
             .with_operation("GetCallerIdentity")

@@ -759,3 +759,114 @@ async fn assume_role_sends_the_external_id_and_session_name_and_uses_the_returne
         "GetCallerIdentity is signed with the assumed role's key"
     );
 }
+
+/// A fake STS that refuses `action` with `code` (a query-protocol error)
+/// and answers every other call with a JSON error.
+async fn refusing_sts(action: &'static str, code: &'static str) -> Fake {
+    fake_server(move |_, _, h| {
+        let body = h.get(":body").cloned().unwrap_or_default();
+        if body.split('&').any(|kv| kv == format!("Action={action}")) {
+            (
+                if code == "AccessDenied" { 403 } else { 400 },
+                vec![("content-type".into(), "text/xml".into())],
+                format!(
+                    "<ErrorResponse xmlns=\"https://sts.amazonaws.com/doc/2011-06-15/\"><Error><Type>Sender</Type><Code>{code}</Code><Message>refused by the test</Message></Error><RequestId>r</RequestId></ErrorResponse>"
+                ),
+            )
+        } else {
+            (
+                400,
+                vec![("content-type".into(), "application/x-amz-json-1.1".into())],
+                r#"{"__type":"UnexpectedCall","message":"not for this test"}"#.into(),
+            )
+        }
+    })
+    .await
+}
+
+fn fake_alb() -> AlbFixture {
+    AlbFixture {
+        rule: "arn:aws:elasticloadbalancing:us-east-1:123456789012:listener-rule/app/x/1/2/3"
+            .into(),
+        blue: "arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/b/1".into(),
+        green: "arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/g/2".into(),
+        listener: "arn:aws:elasticloadbalancing:us-east-1:123456789012:listener/app/x/1/2".into(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_role_that_cannot_be_assumed_refuses_naming_the_field() {
+    let sts = refusing_sts("AssumeRole", "AccessDenied").await;
+    let dir = tempfile::tempdir().unwrap();
+    let text_spec = spec(
+        &fake_alb(),
+        &format!("role_arn = \"arn:aws:iam::{ACCOUNT}:role/not-trusted\""),
+    )
+    .replace(&endpoint(), &sts.url);
+    std::fs::write(dir.path().join("spec.toml"), text_spec).unwrap();
+    let out = deploy(
+        dir.path(),
+        &[
+            ("AWS_ACCESS_KEY_ID", "AKIABASEKEY"),
+            ("AWS_SECRET_ACCESS_KEY", "base-secret-key-never-shown"),
+        ],
+    )
+    .await;
+    let all = text(&out);
+    eprintln!("{all}");
+    assert_eq!(
+        out.status.code(),
+        Some(bluegreen_cli::cli::EXIT_REFUSED),
+        "refused, nothing changed: {all}"
+    );
+    assert!(
+        all.contains("refused, nothing was changed")
+            && all.contains(&format!(
+                "target.ecs.role_arn \"arn:aws:iam::{ACCOUNT}:role/not-trusted\""
+            ))
+            && all.contains("AccessDenied"),
+        "names the field, the role and STS's reason: {all}"
+    );
+    assert!(!all.contains("base-secret-key-never-shown"), "{all}");
+    assert!(
+        !dir.path().join("deploy.journal").exists(),
+        "nothing journaled"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_web_identity_token_refuses_with_stss_reason() {
+    let sts = refusing_sts("AssumeRoleWithWebIdentity", "ExpiredTokenException").await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("spec.toml"),
+        spec(&fake_alb(), "").replace(&endpoint(), &sts.url),
+    )
+    .unwrap();
+    let token = dir.path().join("oidc-token");
+    std::fs::write(&token, "eyJhbGciOiJSUzI1NiJ9.eyJleHAiOjF9.c2ln").unwrap();
+    let out = deploy(
+        dir.path(),
+        &[
+            ("AWS_WEB_IDENTITY_TOKEN_FILE", token.to_str().unwrap()),
+            ("AWS_ROLE_ARN", &format!("arn:aws:iam::{ACCOUNT}:role/ci")),
+            ("AWS_ENDPOINT_URL_STS", &sts.url),
+        ],
+    )
+    .await;
+    let all = text(&out);
+    eprintln!("{all}");
+    assert_eq!(
+        out.status.code(),
+        Some(bluegreen_cli::cli::EXIT_REFUSED),
+        "refused, nothing changed: {all}"
+    );
+    assert!(
+        all.contains("GetCallerIdentity") && all.contains("ExpiredTokenException"),
+        "says the identity could not be resolved, with STS's reason: {all}"
+    );
+    assert!(
+        !dir.path().join("deploy.journal").exists(),
+        "nothing journaled"
+    );
+}
