@@ -94,9 +94,12 @@ impl Measurement {
     /// (the check's), e.g. `error-rate = 7.12% (5 samples over 1m) fail
     /// (success < 1%)`.
     pub fn describe_in(&self, unit: Unit) -> String {
-        let v = match self.value {
-            Some(v) => unit.format(v),
-            None => "no value".into(),
+        // Without a unit, four decimals as ever (reasons journaled and
+        // compared by tests read so).
+        let v = match (self.value, unit) {
+            (Some(v), Unit::Number) => format!("{v:.4}"),
+            (Some(v), unit) => unit.format(v),
+            (None, _) => "no value".into(),
         };
         let mut s = format!(
             "{} = {v} ({} samples over {}) {} (success {})",
@@ -104,7 +107,10 @@ impl Measurement {
             self.samples.len(),
             humantime::format_duration(self.to.since(self.from)),
             self.verdict,
-            self.condition.in_unit(unit)
+            match unit {
+                Unit::Number => self.condition.to_string(),
+                unit => self.condition.in_unit(unit),
+            }
         );
         if self.breach {
             s.push_str(", breach");
