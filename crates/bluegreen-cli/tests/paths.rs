@@ -17,7 +17,7 @@ fn relative_paths_resolve_next_to_the_spec_from_another_working_directory() {
     let root = tempfile::tempdir().unwrap();
     let deploy = root.path().join("deploy");
     let cwd = root.path().join("elsewhere");
-    std::fs::create_dir_all(&deploy).unwrap();
+    std::fs::create_dir_all(deploy.join("migrations")).unwrap();
     std::fs::create_dir_all(&cwd).unwrap();
     let spec = format!(
         "{SPEC}\n[migrations]\nrunner = \"fake\"\ndirectory = \"migrations\"\nbackup = false\n\n[journal]\npath = \"state/deploy.journal\"\n"
@@ -48,6 +48,8 @@ fn a_path_that_leaves_the_spec_directory_is_printed_in_full_by_validate_and_plan
     let root = tempfile::tempdir().unwrap();
     let deploy = root.path().join("deploy");
     std::fs::create_dir_all(&deploy).unwrap();
+    // validate refuses a migrations.directory that does not exist.
+    std::fs::create_dir_all(root.path().join("shared/migrations")).unwrap();
     let spec = format!(
         "{SPEC}\n[migrations]\nrunner = \"fake\"\ndirectory = \"../shared/migrations\"\nbackup = false\n\n[journal]\npath = \"../../journals/order-api.journal\"\n"
     );
