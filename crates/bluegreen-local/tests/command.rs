@@ -474,5 +474,9 @@ async fn under_paused_time_the_timeout_is_real_time_not_skipped_past() {
         .unwrap();
     assert!(outcome.passed, "{}", outcome.detail);
     assert_eq!(run.tail, "done");
-    assert!(run.duration >= Duration::from_millis(300), "{:?}", run.duration);
+    assert!(
+        run.duration >= Duration::from_millis(300),
+        "{:?}",
+        run.duration
+    );
 }
