@@ -12,7 +12,9 @@
 /// What a secret value (or a prefix of one, at a cut) is replaced with.
 pub const REDACTED: &str = "[redacted]";
 
-/// The shortest prefix of a secret that is masked when a cut text ends with it.
+/// The shortest part of a secret that is masked where a cut left it: a
+/// prefix at the end of a text cut by [`Redactor::mask_and_cut`], or an end
+/// at the start of a tail kept by [`Redactor::mask_and_tail`].
 pub const MIN_MASKED_PREFIX: usize = 4;
 
 /// The secret values sent with one request, longest first (so a secret that
@@ -75,6 +77,47 @@ impl Redactor {
         }
         kept.push('…');
         kept
+    }
+
+    /// `text` masked, then cut to its last `lines` lines and `bytes` bytes
+    /// (`…` first when cut). A marker the cut would split is kept whole, and
+    /// an end of a secret (its last characters) at least [`MIN_MASKED_PREFIX`] characters long left
+    /// at the start of the kept text is masked.
+    pub fn mask_and_tail(&self, text: &str, lines: usize, bytes: usize) -> String {
+        let masked = self.mask(text);
+        let body = masked.trim_end_matches('\n');
+        let mut start = body.len().saturating_sub(bytes);
+        while !body.is_char_boundary(start) {
+            start += 1;
+        }
+        if let Some((i, _)) = body.rmatch_indices('\n').nth(lines.saturating_sub(1)) {
+            start = start.max(i + 1);
+        }
+        if start == 0 {
+            return body.to_string();
+        }
+        if let Some((i, _)) = body
+            .match_indices(REDACTED)
+            .find(|&(i, m)| i < start && start < i + m.len())
+        {
+            start = i;
+        }
+        let mut kept = body[start..].to_string();
+        let part = self
+            .secrets
+            .iter()
+            .filter_map(|s| {
+                s.char_indices()
+                    .map(|(i, _)| &s[i..])
+                    .filter(|end| end.chars().count() >= MIN_MASKED_PREFIX && kept.starts_with(end))
+                    .map(str::len)
+                    .max()
+            })
+            .max();
+        if let Some(n) = part {
+            kept.replace_range(..n, REDACTED);
+        }
+        format!("…{kept}")
     }
 
     /// The length in bytes of the longest prefix of a secret, at least
@@ -159,6 +202,24 @@ mod tests {
     fn a_secret_containing_a_shorter_one_is_masked_whole() {
         let r = Redactor::new(["abcd".to_string(), "abcdefgh".to_string(), String::new()]);
         assert_eq!(r.mask("x abcdefgh y abcd"), "x [redacted] y [redacted]");
+    }
+
+    #[test]
+    fn the_tail_keeps_the_last_lines_and_masks_before_the_cut() {
+        let m = Redactor::new([TOKEN.to_string()]);
+        let text: String = (1..=50).map(|i| format!("line {i}\n")).collect();
+        let tail = m.mask_and_tail(&text, 40, 4096);
+        assert!(tail.starts_with("…line 11\n"), "{tail}");
+        assert!(tail.ends_with("line 50"), "{tail}");
+        // A token straddling the byte cut is masked whole, not shown in part.
+        let text = format!("{TOKEN}{}", "a".repeat(100));
+        let tail = m.mask_and_tail(&text, 40, 104);
+        assert_eq!(tail, format!("…{REDACTED}{}", "a".repeat(100)));
+        // An end of a token left at the start of the cut text is masked too.
+        let text = format!("xx{}{}", &TOKEN[5..], "b".repeat(10));
+        let tail = m.mask_and_tail(&text, 40, TOKEN.len() - 5 + 10);
+        assert_eq!(tail, format!("…{REDACTED}{}", "b".repeat(10)));
+        assert_eq!(m.mask_and_tail("short\n", 40, 4096), "short");
     }
 
     #[test]

@@ -313,74 +313,9 @@ fn render(
 
 // ------------------------------------------------------------- masking --
 
-/// What a secret value (or part of one, at the cut) is replaced with.
-const REDACTED: &str = "[redacted]";
-/// The shortest end of a secret masked when the tail starts with it.
-const MIN_MASKED_PART: usize = 4;
-
-/// The secret values of one run, longest first.
-#[derive(Default)]
-struct Mask(Vec<String>);
-
-impl Mask {
-    fn new(values: impl IntoIterator<Item = String>) -> Self {
-        let mut v: Vec<String> = values.into_iter().filter(|s| !s.is_empty()).collect();
-        v.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
-        v.dedup();
-        Mask(v)
-    }
-
-    fn mask(&self, text: &str) -> String {
-        let mut out = text.to_string();
-        for s in &self.0 {
-            if out.contains(s.as_str()) {
-                out = out.replace(s.as_str(), REDACTED);
-            }
-        }
-        out
-    }
-
-    /// `text` masked, then cut to its last `lines` lines and `bytes` bytes
-    /// (`…` first when cut). A marker the cut would split is kept whole, and
-    /// an end of a secret at least [`MIN_MASKED_PART`] characters long left
-    /// at the start of the kept text is masked.
-    fn tail(&self, text: &str, lines: usize, bytes: usize) -> String {
-        let masked = self.mask(text);
-        let body = masked.trim_end_matches('\n');
-        let mut start = body.len().saturating_sub(bytes);
-        while !body.is_char_boundary(start) {
-            start += 1;
-        }
-        if let Some((i, _)) = body.rmatch_indices('\n').nth(lines.saturating_sub(1)) {
-            start = start.max(i + 1);
-        }
-        if start == 0 {
-            return body.to_string();
-        }
-        if let Some((i, _)) = body
-            .match_indices(REDACTED)
-            .find(|&(i, m)| i < start && start < i + m.len())
-        {
-            start = i;
-        }
-        let mut kept = body[start..].to_string();
-        let part = self
-            .0
-            .iter()
-            .filter_map(|s| {
-                s.char_indices()
-                    .map(|(i, _)| &s[i..])
-                    .filter(|end| end.chars().count() >= MIN_MASKED_PART && kept.starts_with(end))
-                    .map(str::len)
-                    .max()
-            })
-            .max();
-        if let Some(n) = part {
-            kept.replace_range(..n, REDACTED);
-        }
-        format!("…{kept}")
-    }
-}
+// Secrets are masked by the core's Redactor: `mask_and_tail` masks
+// first, then keeps the last lines, so no part of a secret survives the cut.
+use bluegreen_core::redact::Redactor as Mask;
 
 // ------------------------------------------------------------- running --
 
@@ -704,7 +639,7 @@ impl CommandRunner {
                 format!("command[0]: cannot run {}: {e}", program.display()),
             )
         })?;
-        let tail = mask.tail(&combined, defaults::TAIL_LINES, defaults::TAIL_BYTES);
+        let tail = mask.mask_and_tail(&combined, defaults::TAIL_LINES, defaults::TAIL_BYTES);
         let stdout = mask.mask(&stdout);
         let tests = if let Some(j) = &junit {
             Some(match std::fs::read_to_string(j) {
@@ -1123,27 +1058,6 @@ impl MetricsSource for CommandMetrics {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const TOKEN: &str = "tok-5f2c9a1e77";
-
-    #[test]
-    fn the_tail_keeps_the_last_lines_and_masks_before_the_cut() {
-        let m = Mask::new([TOKEN.to_string()]);
-        let text: String = (1..=50).map(|i| format!("line {i}\n")).collect();
-        let tail = m.tail(&text, 40, 4096);
-        assert!(tail.starts_with("…line 11\n"), "{tail}");
-        assert!(tail.ends_with("line 50"), "{tail}");
-        // A token straddling the byte cut is masked whole, not shown in part.
-        let text = format!("{TOKEN}{}", "a".repeat(100));
-        let tail = m.tail(&text, 40, 104);
-        assert_eq!(tail, format!("…{REDACTED}{}", "a".repeat(100)));
-        // An end of a token left at the start of the cut text is masked too
-        // (here the text holds only that end: nothing whole to mask).
-        let text = format!("xx{}{}", &TOKEN[5..], "b".repeat(10));
-        let tail = m.tail(&text, 40, TOKEN.len() - 5 + 10);
-        assert_eq!(tail, format!("…{REDACTED}{}", "b".repeat(10)));
-        assert_eq!(m.tail("short\n", 40, 4096), "short");
-    }
 
     #[test]
     fn tap_points_with_directives_and_durations() {
