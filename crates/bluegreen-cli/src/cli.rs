@@ -445,8 +445,19 @@ pub fn spec_paths(l: &LoadedSpec) -> Vec<SpecPath> {
 }
 
 pub(crate) fn validate(l: &LoadedSpec, out: OutputFormat) -> Result<i32, Error> {
-    // Expand migrations that would break the old color: each finding.
-    crate::lint::check_migrations(l)?;
+    // Expand migrations that would break the old color: each finding. The
+    // files are input as the spec is, so a finding exits as a bad spec.
+    if let Err(e) = crate::lint::check_migrations(l) {
+        if out == OutputFormat::Json {
+            println!(
+                "{}",
+                serde_json::json!({"error": e.to_string(), "kind": e.kind().as_str(), "field": "migrations.directory"})
+            );
+        } else {
+            eprintln!("bluegreen: bad migrations: {e}");
+        }
+        return Ok(EXIT_BAD_SPEC);
+    }
     let s = &l.spec;
     let paths = spec_paths(l);
     let target = match s.target_kind() {

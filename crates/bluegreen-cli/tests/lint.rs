@@ -44,7 +44,7 @@ fn validate_fails_naming_file_line_and_rule_of_an_expand_file_that_drops_a_colum
     let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
     assert_eq!(
         out.status.code(),
-        Some(bluegreen_cli::cli::EXIT_ERROR),
+        Some(bluegreen_cli::cli::EXIT_BAD_SPEC),
         "{stdout}\n{stderr}"
     );
     let at = format!(

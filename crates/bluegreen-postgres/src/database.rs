@@ -165,6 +165,20 @@ impl Database {
             .root_cert
             .filter(|r| r != "system" && !r.is_empty())
             .map(PathBuf::from);
+        if let Some(path) = &root_cert {
+            // Said when the URL is read, not at the first connection (which
+            // may come after the deployment has started).
+            if !path.is_file() {
+                return Err(err(
+                    ErrorKind::InvalidInput,
+                    "connect",
+                    format!(
+                        "sslrootcert {}: no such file (a PEM file of CA certificates, or `system`)",
+                        path.display()
+                    ),
+                ));
+            }
+        }
         config.ssl_mode(match tls {
             TlsMode::Disable => SslMode::Disable,
             _ => SslMode::Require,
@@ -316,7 +330,11 @@ impl Database {
         let fix = |e: bluegreen_core::Error| {
             let mut msg = redact(e.message(), secret.as_deref());
             let lower = msg.to_lowercase();
-            if lower.contains("tls") || lower.contains("certificate") || lower.contains("ssl") {
+            if lower.contains("certificate") {
+                // The usual cause: a server whose CA is private (RDS, a
+                // company CA) and a URL that does not name it.
+                msg = format!("{msg} ({policy}; if a private CA signed the server's certificate, give it in the URL: sslrootcert=/path/ca.pem, for Amazon RDS the global-bundle.pem AWS publishes)");
+            } else if lower.contains("tls") || lower.contains("ssl") {
                 msg = format!("{msg} ({policy}; plaintext only with sslmode=disable, and to a host other than loopback only with allow_plaintext = true)");
             }
             bluegreen_core::Error::new(e.kind(), msg)
@@ -684,10 +702,15 @@ mod tests {
             openssl_probe::probe().cert_file
         );
         // `require` verifies the chain here, so libpq is told verify-ca.
-        let r =
-            env("postgres://app:pw@db.internal/orders?sslmode=require&sslrootcert=/etc/rds.pem");
+        let ca = std::env::temp_dir().join(format!("bluegreen-rds-{}.pem", std::process::id()));
+        std::fs::write(&ca, "not parsed until a connection").unwrap();
+        let r = env(&format!(
+            "postgres://app:pw@db.internal/orders?sslmode=require&sslrootcert={}",
+            ca.display()
+        ));
+        std::fs::remove_file(&ca).unwrap();
         assert_eq!(r["PGSSLMODE"], "verify-ca");
-        assert_eq!(r["PGSSLROOTCERT"], "/etc/rds.pem");
+        assert_eq!(r["PGSSLROOTCERT"], ca.display().to_string());
         let p = env("postgres://app:pw@127.0.0.1/orders?sslmode=disable");
         assert_eq!(p["PGSSLMODE"], "disable");
         assert!(!p.contains_key("PGSSLROOTCERT"));

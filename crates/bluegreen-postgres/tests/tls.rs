@@ -222,8 +222,24 @@ async fn a_certificate_the_roots_do_not_trust_is_refused_in_every_tls_mode() {
         assert!(msg.to_lowercase().contains("certificate"), "{msg}");
         assert!(msg.contains(says), "{query}: {msg}");
         assert!(msg.contains("the system's root certificates"), "{msg}");
+        assert!(msg.contains("give it in the URL: sslrootcert="), "{msg}");
         assert!(!msg.contains("bluegreen-test-only"), "{msg}");
     }
+}
+
+#[test]
+fn an_sslrootcert_that_does_not_exist_is_refused_when_the_url_is_read() {
+    let err = Database::from_url(&format!(
+        "postgres://deployer:{PASSWORD}@db.internal/orders?sslrootcert=/etc/nope/ca.pem"
+    ))
+    .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput);
+    let msg = err.to_string();
+    assert!(
+        msg.contains("sslrootcert /etc/nope/ca.pem: no such file"),
+        "{msg}"
+    );
+    assert!(!msg.contains(PASSWORD), "{msg}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
