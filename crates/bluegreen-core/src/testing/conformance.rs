@@ -10,7 +10,7 @@
 //! counted as passed.
 //!
 //! ```
-//! use bluegreen_core::testing::conformance::{self, Capabilities, Outcome};
+//! use bluegreen_core::testing::conformance::{self, Capabilities, Verdict};
 //! use bluegreen_core::testing::Fakes;
 //! # tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().unwrap().block_on(async {
 //! let fakes = Fakes::new();
@@ -18,7 +18,7 @@
 //! // value, `&*my_router` for an `Arc<MyRouter>`. Here the fake router.
 //! let report = conformance::check_router(&*fakes.router, &Capabilities::all()).await;
 //! assert!(report.passed(), "{report}");
-//! assert!(report.results.iter().all(|r| r.outcome == Outcome::Passed));
+//! assert!(report.results.iter().all(|r| r.verdict == Verdict::Passed));
 //! # });
 //! ```
 //!
@@ -142,7 +142,7 @@ pub struct Rule {
 
 /// What became of one rule.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
+pub enum Verdict {
     /// The rule held.
     Passed,
     /// The rule was broken; the message says how.
@@ -157,7 +157,7 @@ pub struct RuleResult {
     /// The rule.
     pub rule: Rule,
     /// What became of it.
-    pub outcome: Outcome,
+    pub verdict: Verdict,
 }
 
 /// The outcome of one suite run, rule by rule, in the suite's order.
@@ -179,15 +179,15 @@ impl SuiteReport {
     pub fn failed(&self) -> impl Iterator<Item = &RuleResult> {
         self.results
             .iter()
-            .filter(|r| matches!(r.outcome, Outcome::Failed(_)))
+            .filter(|r| matches!(r.verdict, Verdict::Failed(_)))
     }
 
-    /// The outcome of the rule named `name`, if the suite has it.
-    pub fn outcome(&self, name: &str) -> Option<&Outcome> {
+    /// The verdict on the rule named `name`, if the suite has it.
+    pub fn verdict(&self, name: &str) -> Option<&Verdict> {
         self.results
             .iter()
             .find(|r| r.rule.name == name)
-            .map(|r| &r.outcome)
+            .map(|r| &r.verdict)
     }
 
     /// Panics with the whole report when a rule failed.
@@ -207,10 +207,10 @@ impl fmt::Display for SuiteReport {
             self.results.len()
         )?;
         for r in &self.results {
-            match &r.outcome {
-                Outcome::Passed => writeln!(f, "  pass  {}", r.rule.name)?,
-                Outcome::Failed(m) => writeln!(f, "  FAIL  {}: {m}", r.rule.name)?,
-                Outcome::Skipped(c) => {
+            match &r.verdict {
+                Verdict::Passed => writeln!(f, "  pass  {}", r.rule.name)?,
+                Verdict::Failed(m) => writeln!(f, "  FAIL  {}: {m}", r.rule.name)?,
+                Verdict::Skipped(c) => {
                     let c: Vec<&str> = c.iter().map(|c| c.describe()).collect();
                     writeln!(f, "  skip  {} (needs: {})", r.rule.name, c.join(", "))?
                 }
@@ -246,18 +246,18 @@ impl<'a> Runner<'a> {
             .copied()
             .filter(|c| !self.caps.has(*c))
             .collect();
-        let outcome = if !missing.is_empty() {
-            Outcome::Skipped(missing)
+        let verdict = if !missing.is_empty() {
+            Verdict::Skipped(missing)
         } else {
             match AssertUnwindSafe(body).catch_unwind().await {
-                Ok(()) => Outcome::Passed,
-                Err(p) => Outcome::Failed(panic_message(p.as_ref())),
+                Ok(()) => Verdict::Passed,
+                Err(p) => Verdict::Failed(panic_message(p.as_ref())),
             }
         };
-        let passed = outcome == Outcome::Passed;
+        let passed = verdict == Verdict::Passed;
         self.report.results.push(RuleResult {
             rule: *rule,
-            outcome,
+            verdict,
         });
         passed
     }
@@ -1197,7 +1197,7 @@ mod tests {
         let want: Vec<&str> = rules.iter().map(|r| r.name).collect();
         assert_eq!(names, want, "every rule reported, in order");
         assert!(
-            report.results.iter().all(|r| r.outcome == Outcome::Passed),
+            report.results.iter().all(|r| r.verdict == Verdict::Passed),
             "{report}"
         );
     }
@@ -1280,10 +1280,10 @@ mod tests {
         .await;
         assert!(r.passed(), "{r}");
         assert_eq!(
-            r.outcome("autoscaling-restores-exactly"),
-            Some(&Outcome::Skipped(vec![Capability::Autoscaling]))
+            r.verdict("autoscaling-restores-exactly"),
+            Some(&Verdict::Skipped(vec![Capability::Autoscaling]))
         );
-        assert_eq!(r.outcome("scale-to-zero-settles"), Some(&Outcome::Passed));
+        assert_eq!(r.verdict("scale-to-zero-settles"), Some(&Verdict::Passed));
         assert!(
             r.to_string()
                 .contains("  skip  autoscaling-restores-exactly (needs: has autoscaling)"),
@@ -1295,10 +1295,10 @@ mod tests {
         };
         let caps = Capabilities::none().backups(true);
         let r = check_migrations(&*f.migrations, &ctx, &caps).await;
-        assert_eq!(r.outcome("backup-verifies"), Some(&Outcome::Passed), "{r}");
+        assert_eq!(r.verdict("backup-verifies"), Some(&Verdict::Passed), "{r}");
         assert_eq!(
-            r.outcome("revert-newest-first-once"),
-            Some(&Outcome::Skipped(vec![Capability::Revert]))
+            r.verdict("revert-newest-first-once"),
+            Some(&Verdict::Skipped(vec![Capability::Revert]))
         );
     }
 
@@ -1336,8 +1336,8 @@ mod tests {
     }
 
     fn failure<'a>(r: &'a SuiteReport, name: &str) -> &'a str {
-        match r.outcome(name) {
-            Some(Outcome::Failed(m)) => m,
+        match r.verdict(name) {
+            Some(Verdict::Failed(m)) => m,
             other => panic!("{name}: expected a failure, got {other:?}\n{r}"),
         }
     }
