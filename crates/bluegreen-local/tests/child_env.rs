@@ -130,6 +130,9 @@ fn an_instance_does_not_see_the_deployers_journal_url_or_secrets() {
         let expected: Vec<&str> = vec![
             "APP_VERSION",
             "BLUEGREEN_COLOR",
+            // The deployer's pid, by which a resumed deployer finds the
+            // instances a killed one left running (not a secret).
+            "BLUEGREEN_DEPLOYER_PID",
             "BLUEGREEN_INSTANCE",
             "BLUEGREEN_VERSION",
             "DATABASE_PASSWORD",
