@@ -145,15 +145,12 @@ fn masked_reply(reply: &str, url: &str) -> String {
         );
         parts.extend(u.query_pairs().map(|(_, v)| v.into_owned()));
     }
-    // Short parts (`/`, `services`) are no secret; longest first, so a part
-    // is masked whole rather than around a shorter one inside it.
+    // Short parts (`/`, `services`) are no secret. The redactor masks the
+    // longest first, so a part is masked whole, not around a shorter one.
     parts.retain(|p| p.chars().count() > 8);
-    parts.sort_by_key(|p| std::cmp::Reverse(p.len()));
-    let mut out = reply.to_string();
-    for p in &parts {
-        out = out.replace(p.as_str(), "[redacted]");
-    }
-    out.chars().take(REPLY_CHARS).collect()
+    // One character is left for the `…` of a cut reply; a prefix of a part
+    // left at the cut is masked too.
+    bluegreen_core::redact::Redactor::new(parts).mask_and_cut(reply, REPLY_CHARS - 1)
 }
 
 #[cfg(test)]
@@ -188,6 +185,23 @@ mod tests {
             assert!(shown.contains("[redacted]"), "{shown}");
         }
         assert_eq!(masked_reply("no_service", URL), "no_service");
+        // A reply that echoed only the start of the token, right where the
+        // cut falls: the part left at the cut is masked too.
+        for n in 4..TOKEN.len() {
+            let reply = format!(
+                "{}{}zzzzzzzzzz",
+                "x".repeat(REPLY_CHARS - 1 - n),
+                &TOKEN[..n]
+            );
+            let shown = masked_reply(&reply, URL);
+            assert!(!shows_part_of_the_token(&shown), "prefix of {n}: {shown}");
+            // The marker may be longer than the part it replaces.
+            assert!(
+                shown.chars().count() <= REPLY_CHARS + "[redacted]".len(),
+                "{shown}"
+            );
+            assert!(shown.ends_with("[redacted]…"), "{shown}");
+        }
     }
 
     #[tokio::test]

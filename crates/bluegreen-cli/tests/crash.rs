@@ -11,6 +11,8 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use bluegreen_cli::fake::{FakeChange, FakeWorldState};
+
+mod common;
 use bluegreen_core::Color;
 
 const SPEC: &str = r#"
@@ -139,49 +141,21 @@ impl Run {
 }
 
 /// A fresh database on the server scripts/services/postgres.sh started,
-/// as a URL for the deployer.
+/// as a URL for the deployer (TLS verified against the server's CA), named
+/// after this process and a counter.
 fn fresh_database() -> String {
     use std::sync::atomic::{AtomicU32, Ordering};
     static N: AtomicU32 = AtomicU32::new(0);
-    let server = std::env::var("BLUEGREEN_TEST_PG_URL").unwrap_or_else(|_| {
-        panic!(
-            "BLUEGREEN_TEST_PG_URL is not set: run scripts/test, which starts PostgreSQL \
-             (scripts/services/postgres.sh) and exports it"
-        )
-    });
-    // TLS verified against the server's private CA (verify-full, the default).
-    let ca = std::env::var("BLUEGREEN_TEST_PG_CA").unwrap_or_else(|_| {
-        panic!("BLUEGREEN_TEST_PG_CA is not set: run scripts/test (scripts/services/postgres.sh exports it)")
-    });
-    let server = format!("{server}?sslrootcert={ca}");
     let name = format!(
-        "bgt_cli_crash_{}_{}",
+        "crash_{}_{}",
         std::process::id(),
         N.fetch_add(1, Ordering::SeqCst)
     );
-    let rt = tokio::runtime::Builder::new_current_thread()
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .unwrap();
-    rt.block_on(async {
-        let admin =
-            bluegreen_postgres::Database::from_url(&server).expect("BLUEGREEN_TEST_PG_URL parses");
-        let client = admin.connect().await.expect("connect to the test server");
-        client
-            .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-            .await
-            .expect("drop an earlier run's database");
-        client
-            .batch_execute(&format!("CREATE DATABASE {name}"))
-            .await
-            .expect("create the test database");
-    });
-    let (base, query) = match server.split_once('?') {
-        Some((b, q)) => (b, format!("?{q}")),
-        None => (server.as_str(), String::new()),
-    };
-    let (prefix, _) = base.rsplit_once('/').expect("the URL names a database");
-    format!("{prefix}/{name}{query}")
+        .unwrap()
+        .block_on(common::fresh_database(&name))
 }
 
 fn world(dir: &Path) -> FakeWorldState {
