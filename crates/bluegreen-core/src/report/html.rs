@@ -819,17 +819,19 @@ impl<'r> Timeline<'r> {
                 false,
             )?;
             let unit = c.unit;
-            let listed: Vec<String> = c
-                .measurements
-                .iter()
-                .map(|m| {
-                    format!(
-                        "{} {}",
-                        took(m.to.since(report.started_at)),
-                        value_text(m.value, unit)
-                    )
-                })
-                .collect();
+            // "2m 30s 0.2%, 3m 0.4%": what a hover title lists.
+            let list = |ms: &[&Measurement]| {
+                ms.iter()
+                    .map(|m| {
+                        format!(
+                            "{} {}",
+                            took(m.to.since(report.started_at)),
+                            value_text(m.value, unit)
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
             group(
                 &mut svg,
                 &format!(
@@ -837,7 +839,7 @@ impl<'r> Timeline<'r> {
                     esc(&c.name),
                     queries.len()
                 ),
-                &format!("{}: {}", c.name, listed.join(", ")),
+                &format!("{}: {}", c.name, list(&c.measurements)),
                 values,
             );
             let breaches: Vec<&Measurement> = c
@@ -864,16 +866,6 @@ impl<'r> Timeline<'r> {
                 },
                 false,
             )?;
-            let listed: Vec<String> = breaches
-                .iter()
-                .map(|m| {
-                    format!(
-                        "{} {}",
-                        took(m.to.since(report.started_at)),
-                        value_text(m.value, unit)
-                    )
-                })
-                .collect();
             group(
                 &mut svg,
                 &format!(
@@ -881,7 +873,7 @@ impl<'r> Timeline<'r> {
                     esc(&c.name),
                     breaches.len()
                 ),
-                &format!("{} breached: {}", c.name, listed.join(", ")),
+                &format!("{} breached: {}", c.name, list(&breaches)),
                 markers,
             );
         }
