@@ -257,18 +257,15 @@ pub fn journal_database(loaded: &LoadedSpec) -> Result<Database> {
         .with_provider("postgres")
         .with_operation("open journal")
     })?;
-    let db = Database::from_url(&url)
-        .map_err(|e| {
-            Error::new(e.kind(), format!("journal.url ({var}): {}", e.message()))
-                .with_provider("postgres")
-                .with_operation("open journal")
-        })?
-        .allow_plaintext(loaded.spec.journal.allow_plaintext);
-    db.check_tls_policy().map_err(|e| {
+    let named = |e: Error| {
         Error::new(e.kind(), format!("journal.url ({var}): {}", e.message()))
             .with_provider("postgres")
             .with_operation("open journal")
-    })?;
+    };
+    let db = Database::from_url(&url)
+        .map_err(named)?
+        .allow_plaintext(loaded.spec.journal.allow_plaintext);
+    db.check_tls_policy().map_err(named)?;
     Ok(db)
 }
 
