@@ -355,9 +355,51 @@ impl PlanError {
     }
 }
 
+/// An error and its sources, joined by `: `, each source shown once: a
+/// source whose text an earlier part already contains is left out (reqwest
+/// and hyper repeat their cause in their own message).
+pub fn source_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let t = s.to_string();
+        if !parts.iter().any(|p| p.contains(&t)) {
+            parts.push(t);
+        }
+        cur = s.source();
+    }
+    parts.join(": ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_source_repeated_in_its_wrapper_is_shown_once() {
+        #[derive(Debug)]
+        struct Wrap(std::io::Error, &'static str);
+        impl fmt::Display for Wrap {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.1)
+            }
+        }
+        impl std::error::Error for Wrap {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let refused =
+            || std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "connection refused");
+        assert_eq!(
+            source_chain(&Wrap(refused(), "client error (Connect)")),
+            "client error (Connect): connection refused"
+        );
+        assert_eq!(
+            source_chain(&Wrap(refused(), "tcp connect error: connection refused")),
+            "tcp connect error: connection refused"
+        );
+    }
 
     #[test]
     fn status_comes_from_the_kind_unless_set() {

@@ -4,6 +4,9 @@
 pub mod analysis;
 pub mod color;
 pub mod error;
+#[cfg(feature = "http")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http")))]
+pub mod http;
 pub mod machine;
 pub mod plan;
 pub mod provider;

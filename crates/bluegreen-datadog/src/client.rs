@@ -4,6 +4,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use bluegreen_core::error::source_chain;
+use bluegreen_core::http;
 use bluegreen_core::redact::Redactor;
 use bluegreen_core::{Error, ErrorKind, ErrorStatus, Result, SecretSource, SecretValue};
 use reqwest::header::{HeaderMap, HeaderValue};
@@ -69,11 +71,7 @@ fn error(kind: ErrorKind, op: &'static str, message: impl Into<String>) -> Error
 
 impl Http {
     fn host(&self) -> &str {
-        let rest = self
-            .base_url
-            .split_once("://")
-            .map_or(self.base_url.as_str(), |(_, r)| r);
-        rest.split('/').next().unwrap_or(rest)
+        http::host_of(&self.base_url)
     }
 
     async fn key(&self, op: &'static str, which: &'static str, name: &str) -> Result<HeaderValue> {
@@ -249,44 +247,25 @@ impl Http {
             .map(str::to_string);
         let text = Redactor::new(keys).mask_and_cut(&error_text(body), ERROR_TEXT_CHARS);
         let code = status.as_u16();
-        match code {
-            401 | 403 => {
+        let kind = http::status_kind(code);
+        let message = match kind {
+            ErrorKind::PermissionDenied => {
                 let which = self.which_key(auth).await;
-                error(
-                    ErrorKind::PermissionDenied,
-                    op,
-                    format!("Datadog refused the request (HTTP {code}: {text}): {which}"),
-                )
+                format!("Datadog refused the request (HTTP {code}: {text}): {which}")
             }
-            400 | 422 => error(
-                ErrorKind::InvalidInput,
-                op,
-                format!("Datadog rejected the request (HTTP {code}): {text}"),
+            ErrorKind::InvalidInput => {
+                format!("Datadog rejected the request (HTTP {code}): {text}")
+            }
+            ErrorKind::NotFound => format!(
+                "Datadog answered HTTP 404 for {} (is the base URL right?): {text}",
+                self.base_url
             ),
-            404 => error(
-                ErrorKind::NotFound,
-                op,
-                format!(
-                    "Datadog answered HTTP 404 for {} (is the base URL right?): {text}",
-                    self.base_url
-                ),
-            ),
-            408 => error(
-                ErrorKind::Timeout,
-                op,
-                format!("Datadog answered HTTP 408: {text}"),
-            ),
-            500..=599 => error(
-                ErrorKind::Unavailable,
-                op,
-                format!("Datadog is unavailable (HTTP {code}): {text}"),
-            ),
-            _ => error(
-                ErrorKind::Other,
-                op,
-                format!("Datadog answered HTTP {code}: {text}"),
-            ),
-        }
+            ErrorKind::Unavailable => {
+                format!("Datadog is unavailable (HTTP {code}): {text}")
+            }
+            _ => format!("Datadog answered HTTP {code}: {text}"),
+        };
+        error(kind, op, message)
     }
 
     /// After a 403: which key was refused, found by asking `GET /api/v1/validate`,
@@ -321,42 +300,17 @@ impl Http {
             ),
             Err(e) => format!(
                 "{api} or {app} is wrong (could not ask GET /api/v1/validate: {})",
-                chain(&e)
+                source_chain(&e)
             ),
         }
     }
 
-    /// A transport failure: TLS (permanent), timeout, or an unreachable host (temporary).
+    /// A transport failure: TLS (permanent), timeout, or an unreachable host
+    /// (temporary); see [`http::transport_error`].
     pub(crate) fn transport(&self, op: &'static str, e: reqwest::Error) -> Error {
-        let host = self.host().to_string();
-        let e = e.without_url();
-        let cause = chain(&e);
-        if is_tls(&e) {
-            error(
-                ErrorKind::Unavailable,
-                op,
-                format!("TLS with {host} failed: {cause}"),
-            )
-            .with_status(ErrorStatus::Permanent)
-        } else if e.is_timeout() {
-            error(
-                ErrorKind::Timeout,
-                op,
-                format!("no answer from {host} in time: {cause}"),
-            )
-        } else if e.is_connect() {
-            error(
-                ErrorKind::Unavailable,
-                op,
-                format!("cannot reach {host}: {cause}"),
-            )
-        } else {
-            error(
-                ErrorKind::Unavailable,
-                op,
-                format!("request to {host} failed: {cause}"),
-            )
-        }
+        http::transport_error(e, self.host())
+            .with_provider(PROVIDER)
+            .with_operation(op)
     }
 }
 
@@ -434,34 +388,4 @@ pub(crate) fn error_text(body: &[u8]) -> String {
         // Bounded before masking, far above what is shown.
         s.chars().take(64 * 1024).collect()
     }
-}
-
-/// The error and its causes, joined.
-pub(crate) fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts = vec![e.to_string()];
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        let t = s.to_string();
-        if !parts.iter().any(|p| p.contains(&t)) {
-            parts.push(t);
-        }
-        cur = s.source();
-    }
-    parts.join(": ")
-}
-
-fn is_tls(e: &(dyn std::error::Error + 'static)) -> bool {
-    // io::Error::source skips the wrapped error, so wrapped io::Errors are
-    // opened by hand (hyper-rustls wraps tokio-rustls' io::Error around rustls').
-    if e.is::<rustls::Error>() {
-        return true;
-    }
-    if let Some(io) = e.downcast_ref::<std::io::Error>() {
-        if let Some(inner) = io.get_ref() {
-            if is_tls(inner) {
-                return true;
-            }
-        }
-    }
-    e.source().is_some_and(is_tls)
 }

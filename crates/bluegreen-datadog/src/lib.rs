@@ -10,9 +10,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use bluegreen_core::http::{self, Redirects};
 use bluegreen_core::{
-    Error, ErrorKind, EventSink, MetricAnswer, MetricQuery, MetricsSource, Notification, Result,
-    SecretSource, Severity,
+    Error, EventSink, MetricAnswer, MetricQuery, MetricsSource, Notification, Result, SecretSource,
+    Severity,
 };
 use reqwest::Method;
 use serde::Serialize;
@@ -208,21 +209,13 @@ impl DatadogBuilder {
                 (Some(site), site.api_base_url())
             }
         };
-        let client = reqwest::Client::builder()
-            .user_agent(concat!("bluegreen-datadog/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(Duration::from_secs(10))
-            // reqwest keeps custom headers such as DD-API-KEY on a redirect to
-            // another host; a 3xx is an error instead (see `client`).
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(|e| {
-                Error::new(
-                    ErrorKind::Other,
-                    format!("cannot build the HTTP client: {e}"),
-                )
-                .with_provider(PROVIDER)
-                .with_operation("configure")
-            })?;
+        // reqwest keeps custom headers such as DD-API-KEY on a redirect to
+        // another host; a 3xx is an error instead (see `client`).
+        let client = http::client(
+            PROVIDER,
+            concat!("bluegreen-datadog/", env!("CARGO_PKG_VERSION")),
+            Redirects::Never,
+        )?;
         Ok(Datadog {
             inner: Arc::new(Inner {
                 http: Http {

@@ -8,10 +8,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use bluegreen_core::{
-    Error, ErrorKind, Result, SecretSource, SmokeOutcome, SmokeTarget, SmokeTest,
-};
+use bluegreen_core::{Error, Result, SecretSource, SmokeOutcome, SmokeTarget, SmokeTest};
 
+use bluegreen_core::error::source_chain;
+use bluegreen_core::http::{self, Redirects};
 use bluegreen_core::redact::Redactor;
 pub use check::{
     defaults, FieldExpectation, FollowRedirects, HeaderValueSpec, HttpCheck, Rule, VARIABLES,
@@ -61,18 +61,11 @@ impl HttpSmokeTest {
     /// [`run`](SmokeTest::run) follows those itself, hop by hop.
     pub fn new(check: HttpCheck) -> Result<Self> {
         check.validate().map_err(|m| invalid(&check.name, m))?;
-        let client = reqwest::Client::builder()
-            .user_agent(concat!("bluegreen-http/", env!("CARGO_PKG_VERSION")))
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(|e| {
-                Error::new(
-                    ErrorKind::Other,
-                    format!("cannot build the HTTP client: {e}"),
-                )
-                .with_provider(PROVIDER)
-                .with_operation("configure")
-            })?;
+        let client = http::client(
+            PROVIDER,
+            concat!("bluegreen-http/", env!("CARGO_PKG_VERSION")),
+            Redirects::Never,
+        )?;
         Ok(HttpSmokeTest {
             check: Arc::new(check),
             secrets: None,
@@ -266,9 +259,9 @@ impl HttpSmokeTest {
                     let why = if e.is_timeout() {
                         timed_out()
                     } else if e.is_connect() {
-                        format!("cannot connect: {}", chain(&e.without_url()))
+                        format!("cannot connect: {}", source_chain(&e.without_url()))
                     } else {
-                        format!("request failed: {}", chain(&e.without_url()))
+                        format!("request failed: {}", source_chain(&e.without_url()))
                     };
                     return (took, Err(why));
                 }
@@ -335,7 +328,7 @@ impl HttpSmokeTest {
                 } else {
                     format!(
                         "HTTP {status}, reading the body failed: {}",
-                        chain(&e.without_url())
+                        source_chain(&e.without_url())
                     )
                 };
                 return (took, Err(why));
@@ -481,19 +474,6 @@ fn snippet(r: &Redactor, body: &[u8]) -> String {
     } else {
         r.mask_and_cut(s, BODY_SNIPPET)
     }
-}
-
-fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts = vec![e.to_string()];
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        let t = s.to_string();
-        if !parts.iter().any(|p| p.contains(&t)) {
-            parts.push(t);
-        }
-        cur = s.source();
-    }
-    parts.join(": ")
 }
 
 #[async_trait]

@@ -4,6 +4,7 @@ use std::fmt;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use bluegreen_core::http::{self, Redirects};
 use bluegreen_core::{
     Error, ErrorKind, MetricAnswer, MetricQuery, MetricsSource, Result, Sample, Timestamp,
 };
@@ -82,18 +83,13 @@ impl Prometheus {
             .with_provider(PROVIDER)
             .with_operation("configure"));
         }
-        let client = reqwest::Client::builder()
-            .user_agent(concat!("bluegreen-prometheus/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(Duration::from_secs(10))
-            .build()
-            .map_err(|e| {
-                Error::new(
-                    ErrorKind::Other,
-                    format!("cannot build the HTTP client: {e}"),
-                )
-                .with_provider(PROVIDER)
-                .with_operation("configure")
-            })?;
+        // Prometheus is sent no secret, so a redirect (a proxy in front of
+        // it) is followed.
+        let client = http::client(
+            PROVIDER,
+            concat!("bluegreen-prometheus/", env!("CARGO_PKG_VERSION")),
+            Redirects::Follow,
+        )?;
         Ok(Prometheus {
             client,
             base_url,
@@ -125,34 +121,9 @@ impl Prometheus {
     }
 
     fn transport(&self, e: reqwest::Error) -> Error {
-        let e = e.without_url();
-        let cause = chain(&e);
-        let host = self
-            .base_url
-            .split_once("://")
-            .map_or(self.base_url.as_str(), |(_, r)| r);
-        if is_tls(&e) {
-            error(
-                ErrorKind::Unavailable,
-                format!("TLS with {host} failed: {cause}"),
-            )
-            .with_status(bluegreen_core::ErrorStatus::Permanent)
-        } else if e.is_timeout() {
-            error(
-                ErrorKind::Timeout,
-                format!("no answer from {host} in time: {cause}"),
-            )
-        } else if e.is_connect() {
-            error(
-                ErrorKind::Unavailable,
-                format!("cannot reach {host}: {cause}"),
-            )
-        } else {
-            error(
-                ErrorKind::Unavailable,
-                format!("request to {host} failed: {cause}"),
-            )
-        }
+        http::transport_error(e, http::host_of(&self.base_url))
+            .with_provider(PROVIDER)
+            .with_operation("query")
     }
 }
 
@@ -354,50 +325,25 @@ impl MetricsSource for Prometheus {
             Ok(_) => String::new(),
             Err(_) => snippet(),
         };
-        match status {
-            200..=299 => {}
-            400 => {
-                return Err(error(
-                    ErrorKind::InvalidInput,
-                    format!("Prometheus rejected the query of check {check} (HTTP 400): {detail}"),
-                ))
-            }
-            422 => {
-                return Err(error(
-                    ErrorKind::InvalidInput,
-                    format!("Prometheus could not execute the query of check {check} (HTTP 422): {detail}"),
-                ))
-            }
-            503 => {
-                return Err(error(
-                    ErrorKind::Unavailable,
-                    format!("Prometheus timed out or aborted the query of check {check} (HTTP 503): {detail}"),
-                ))
-            }
-            401 | 403 => {
-                return Err(error(
-                    ErrorKind::PermissionDenied,
-                    format!("Prometheus refused the request (HTTP {status}): {detail}"),
-                ))
-            }
-            404 => {
-                return Err(error(
-                    ErrorKind::NotFound,
-                    format!("HTTP 404 from {}{path} (is the base URL right?): {detail}", self.base_url),
-                ))
-            }
-            500..=599 => {
-                return Err(error(
-                    ErrorKind::Unavailable,
-                    format!("Prometheus is unavailable (HTTP {status}): {detail}"),
-                ))
-            }
-            _ => {
-                return Err(error(
-                    ErrorKind::Other,
-                    format!("Prometheus answered HTTP {status}: {detail}"),
-                ))
-            }
+        if !(200..=299).contains(&status) {
+            let kind = http::status_kind(status);
+            let message = match status {
+                400 => format!("Prometheus rejected the query of check {check} (HTTP 400): {detail}"),
+                422 => format!(
+                    "Prometheus could not execute the query of check {check} (HTTP 422): {detail}"
+                ),
+                503 => format!(
+                    "Prometheus timed out or aborted the query of check {check} (HTTP 503): {detail}"
+                ),
+                401 | 403 => format!("Prometheus refused the request (HTTP {status}): {detail}"),
+                404 => format!(
+                    "HTTP 404 from {}{path} (is the base URL right?): {detail}",
+                    self.base_url
+                ),
+                500..=599 => format!("Prometheus is unavailable (HTTP {status}): {detail}"),
+                _ => format!("Prometheus answered HTTP {status}: {detail}"),
+            };
+            return Err(error(kind, message));
         }
         let parsed = parsed.map_err(|e| {
             error(
@@ -425,35 +371,6 @@ impl MetricsSource for Prometheus {
         })?;
         answer(data, check)
     }
-}
-
-fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts = vec![e.to_string()];
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        let t = s.to_string();
-        if !parts.iter().any(|p| p.contains(&t)) {
-            parts.push(t);
-        }
-        cur = s.source();
-    }
-    parts.join(": ")
-}
-
-/// Whether a rustls error is among the causes. io::Error's `source` skips
-/// the wrapped error, so wrapped io::Errors are opened by hand.
-fn is_tls(e: &(dyn std::error::Error + 'static)) -> bool {
-    if e.is::<rustls::Error>() {
-        return true;
-    }
-    if let Some(io) = e.downcast_ref::<std::io::Error>() {
-        if let Some(inner) = io.get_ref() {
-            if is_tls(inner) {
-                return true;
-            }
-        }
-    }
-    e.source().is_some_and(is_tls)
 }
 
 #[cfg(test)]
