@@ -78,7 +78,9 @@ pub struct Measurement {
     pub breach: bool,
     /// Evaluated and recorded only, never acted on.
     pub dry_run: bool,
-    /// Why there was no verdict, when inconclusive.
+    /// Why there was no verdict, when inconclusive; otherwise what the
+    /// samples stand for, when the source noted it (e.g. the alarms in
+    /// ALARM state a count counts).
     pub note: Option<String>,
 }
 

@@ -1326,8 +1326,10 @@ async fn execute(
                 from,
                 to,
             };
+            let noted = with_retry(r, timeout, op, || source.query_noted(&q)).await?;
             Reply::Metric {
-                answer: with_retry(r, timeout, op, || source.query(&q)).await?,
+                answer: noted.answer,
+                note: noted.note,
             }
         }
         // Never issued, so never outstanding: format-2 journals carry it,

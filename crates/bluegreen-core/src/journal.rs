@@ -1261,6 +1261,7 @@ mod tests {
                 id: i,
                 reply: Reply::Metric {
                     answer: MetricAnswer::Samples { samples },
+                    note: None,
                 },
             },
             commands: vec![],
@@ -1279,6 +1280,7 @@ mod tests {
                         reply:
                             Reply::Metric {
                                 answer: MetricAnswer::Samples { samples },
+                                ..
                             },
                         ..
                     },

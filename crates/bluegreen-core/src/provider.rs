@@ -532,14 +532,54 @@ pub enum MetricAnswer {
     },
 }
 
+/// An answer with a note on what its samples stand for, in words a reason
+/// can quote: e.g. the names of the alarms in ALARM state that a count of
+/// alerting alarms counts. The note is journaled with the answer and shown
+/// after the measurement and in a rollback trigger's reason.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NotedAnswer {
+    /// The answer.
+    pub answer: MetricAnswer,
+    /// What the samples stand for, when the source can say more than the
+    /// value does; never secret values.
+    pub note: Option<String>,
+}
+
+impl From<MetricAnswer> for NotedAnswer {
+    fn from(answer: MetricAnswer) -> Self {
+        NotedAnswer { answer, note: None }
+    }
+}
+
 /// Evaluates metric queries over a window.
-#[cfg_attr(feature = "mocks", mockall::automock)]
 #[async_trait]
 pub trait MetricsSource: Send + Sync {
     /// The samples of `query` in its window. Read-only, so safe to repeat.
     /// An empty result is [`MetricAnswer::NoData`], never zero samples
     /// pretending to be evidence.
     async fn query(&self, query: &MetricQuery) -> Result<MetricAnswer>;
+
+    /// The answer of [`query`](Self::query) with a note naming what its
+    /// samples stand for (the driver calls this one). The default has no
+    /// note; a source whose value is a count of named things (alerting
+    /// monitors, alarms in ALARM state) overrides it so the reason can name
+    /// them. The same contract as `query`: read-only, safe to repeat.
+    async fn query_noted(&self, query: &MetricQuery) -> Result<NotedAnswer> {
+        Ok(self.query(query).await?.into())
+    }
+}
+
+// A hand-written mock so `query_noted` keeps its default (a mock answers
+// `query` only, as before the note existed).
+#[cfg(feature = "mocks")]
+mockall::mock! {
+    /// A mockall mock of [`MetricsSource`]; `query_noted` keeps its default.
+    pub MetricsSource {}
+
+    #[async_trait]
+    impl MetricsSource for MetricsSource {
+        async fn query(&self, query: &MetricQuery) -> Result<MetricAnswer>;
+    }
 }
 
 // ------------------------------------------------------------ smoke tests --

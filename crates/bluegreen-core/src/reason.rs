@@ -105,6 +105,10 @@ pub enum Cause {
         value: Option<f64>,
         /// The samples behind it.
         samples: usize,
+        /// What the samples stand for, as the source noted (e.g. the
+        /// monitors in Alert state).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        note: Option<String>,
     },
     /// The analysis at a point failed, or was inconclusive under
     /// `on_inconclusive = "rollback"`.
@@ -292,11 +296,18 @@ impl fmt::Display for Cause {
                 trigger,
                 value,
                 samples,
-            } => write!(
-                f,
-                "automatic rollback: {trigger}; last value {:.4} over {samples} samples",
-                value.unwrap_or(f64::NAN)
-            ),
+                note,
+            } => {
+                write!(
+                    f,
+                    "automatic rollback: {trigger}; last value {:.4} over {samples} samples",
+                    value.unwrap_or(f64::NAN)
+                )?;
+                match note {
+                    Some(note) => write!(f, ": {note}"),
+                    None => Ok(()),
+                }
+            }
             Cause::Analysis {
                 point,
                 percent,

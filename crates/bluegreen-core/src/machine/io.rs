@@ -270,6 +270,10 @@ pub enum Reply {
     Metric {
         /// The answer.
         answer: MetricAnswer,
+        /// What its samples stand for, when the source said
+        /// ([`NotedAnswer::note`](crate::provider::NotedAnswer::note)).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        note: Option<String>,
     },
     /// Target health.
     Health {

@@ -113,12 +113,15 @@ impl Machine {
                     kind,
                     ..
                 },
-                Reply::Metric { answer },
+                Reply::Metric { answer, note },
             ) => {
                 // The plan is shared: borrowing the check from it costs no copy.
                 let plan = Arc::clone(&self.plan);
                 let check = &plan.analysis[i];
                 let mut meas = measure(check, kind, query, from, to, answer);
+                if meas.note.is_none() {
+                    meas.note.clone_from(note);
+                }
                 let mut fired: Option<(usize, String)> = None;
                 if let Some(value) = meas.value.filter(|_| meas.verdict != Verdict::Inconclusive) {
                     for (t, trigger) in self.plan.rollback_triggers.iter().enumerate() {
@@ -177,6 +180,7 @@ impl Machine {
                         trigger: describe,
                         value: meas.value,
                         samples: meas.samples.len(),
+                        note: meas.note.clone(),
                     })
                     .with_evidence(evidence);
                     if check.dry_run {

@@ -136,12 +136,13 @@ impl Machine {
                     to,
                     kind,
                 },
-                Reply::Metric { answer },
+                Reply::Metric { answer, note },
             ) => {
                 let Some(c) = self.plan.check(&check).cloned() else {
                     return;
                 };
-                let m = measure(&c, kind, query, from, to, &answer);
+                let mut m = measure(&c, kind, query, from, to, &answer);
+                m.note = m.note.or(note);
                 self.event(Event::Measured {
                     measurement: Arc::new(m.clone()),
                 });
