@@ -36,8 +36,8 @@ use bluegreen_core::{Control, Error, Journal, JournalEntry, Report};
 use serde::{Deserialize, Serialize};
 
 use crate::acceptance;
-use crate::cli::{self, OutputFormat, ReportFormat};
 use crate::journal;
+use crate::output::{self, OutputFormat, ReportFormat};
 use crate::providers;
 use crate::spec::{self, Format, JournalSpec, LoadedSpec, Spec, SpecError};
 
@@ -223,11 +223,13 @@ impl LoadedGroup {
 }
 
 /// The exit code of a group's report: a rollback in which no member
-/// changed anything (refused in preflight) is [`cli::EXIT_REFUSED`].
+/// changed anything (refused in preflight) is [`output::EXIT_REFUSED`].
 pub fn exit_code_of(r: &GroupReport) -> i32 {
     match r.outcome {
-        GroupOutcome::RolledBack if r.members.iter().all(|m| cli::changed_nothing(&m.report)) => {
-            cli::EXIT_REFUSED
+        GroupOutcome::RolledBack
+            if r.members.iter().all(|m| output::changed_nothing(&m.report)) =>
+        {
+            output::EXIT_REFUSED
         }
         o => exit_code(o),
     }
@@ -236,35 +238,14 @@ pub fn exit_code_of(r: &GroupReport) -> i32 {
 /// The exit code of a group outcome.
 pub fn exit_code(o: GroupOutcome) -> i32 {
     match o {
-        GroupOutcome::Succeeded => cli::EXIT_SUCCEEDED,
-        GroupOutcome::RolledBack => cli::EXIT_ROLLED_BACK,
-        GroupOutcome::Halted => cli::EXIT_HALTED,
-        GroupOutcome::Interrupted => cli::EXIT_ERROR,
+        GroupOutcome::Succeeded => output::EXIT_SUCCEEDED,
+        GroupOutcome::RolledBack => output::EXIT_ROLLED_BACK,
+        GroupOutcome::Halted => output::EXIT_HALTED,
+        GroupOutcome::Interrupted => output::EXIT_ERROR,
     }
 }
 
-/// `validate` of a group: each member, then how they are coordinated.
-pub fn validate(g: &LoadedGroup, out: OutputFormat) -> Result<i32, Error> {
-    let members = g.members();
-    if out == OutputFormat::Text {
-        println!(
-            "group {}: {} services [{}], barrier timeout {}",
-            g.spec.group.name,
-            members.len(),
-            g.services().join(", "),
-            humantime::format_duration(g.spec.group.barrier_timeout)
-        );
-    }
-    for m in &members {
-        cli::validate(m, out)?;
-    }
-    if out == OutputFormat::Text {
-        println!("{}", coordination(g));
-    }
-    Ok(cli::EXIT_SUCCEEDED)
-}
-
-fn coordination(g: &LoadedGroup) -> String {
+pub(crate) fn coordination(g: &LoadedGroup) -> String {
     let steps = g.spec.services[0]
         .plan()
         .map(|p| p.strategy.steps().len())
@@ -273,20 +254,6 @@ fn coordination(g: &LoadedGroup) -> String {
         "coordination: every member holds before each of its {steps} traffic step(s) and before its old color's scale-down until all {} members are there; a rollback of any member before the last barrier rolls every member back",
         g.spec.services.len()
     )
-}
-
-/// `plan` of a group: each member's dry run, then the coordination.
-pub fn dry_run(g: &LoadedGroup, out: OutputFormat) -> Result<i32, Error> {
-    for m in g.members() {
-        if out == OutputFormat::Text {
-            println!("## {}", m.spec.scope.service);
-        }
-        cli::dry_run(&m, out)?;
-    }
-    if out == OutputFormat::Text {
-        println!("{}", coordination(g));
-    }
-    Ok(cli::EXIT_SUCCEEDED)
 }
 
 /// The deployment id of `service` in group `id`.
@@ -376,7 +343,7 @@ pub async fn deploy(
     if resume.is_none() {
         for m in g.members() {
             if let Err(e) = crate::lint::check_migrations(&m) {
-                return Ok(cli::refused(&e, out));
+                return Ok(output::refused(&e, out));
             }
         }
     }
@@ -391,7 +358,7 @@ pub async fn deploy(
                     crate::aws::announce(&id, out == OutputFormat::Json);
                     said.push(id);
                 }
-                Err(e) => return Ok(cli::refused(&e, out)),
+                Err(e) => return Ok(output::refused(&e, out)),
             }
         }
     }
@@ -466,7 +433,7 @@ pub async fn deploy(
             match out {
                 OutputFormat::Text => println!(
                     "applying {} sent to the group while no deployer ran",
-                    cli::describe_control(&c)
+                    output::describe_control(&c)
                 ),
                 OutputFormat::Json => println!(
                     "{}",
@@ -492,8 +459,8 @@ pub async fn deploy(
         path.display()
     );
     let members = g.members();
-    let units = cli::units_of(members.iter().map(|m| &m.spec));
-    let result = cli::follow(group.run(), events, out, first, units).await;
+    let units = output::units_of(members.iter().map(|m| &m.spec));
+    let result = output::follow(group.run(), events, out, first, units).await;
     forward.abort();
     for a in assembled {
         a.shutdown().await;
@@ -669,7 +636,7 @@ pub async fn status(
         }
     }
     Ok(match r.outcome {
-        GroupOutcome::Interrupted => cli::EXIT_SUCCEEDED,
+        GroupOutcome::Interrupted => output::EXIT_SUCCEEDED,
         _ => exit_code_of(&r),
     })
 }
@@ -699,8 +666,8 @@ pub async fn control(
     // the control to every running member, which journals it before acting.
     let mut effects: Vec<(String, Option<String>)> = Vec::new();
     let mut seen = false;
-    for _ in 0..cli::CONTROL_CONFIRM_POLLS {
-        cli::wait_real(cli::CONTROL_CONFIRM_POLL);
+    for _ in 0..output::CONTROL_CONFIRM_POLLS {
+        output::wait_real(output::CONTROL_CONFIRM_POLL);
         let members = members_entries(g, &j, &id).await?;
         effects = services
             .iter()
@@ -716,7 +683,7 @@ pub async fn control(
         seen = effects.iter().any(|(_, e)| e.is_some());
     }
     let taken = effects.iter().any(|(_, e)| e.is_some());
-    let what = cli::describe_control(&c);
+    let what = output::describe_control(&c);
     if out == OutputFormat::Json {
         println!(
             "{}",
@@ -738,10 +705,10 @@ pub async fn control(
     } else {
         println!(
             "{id}: no running group deployer took {what} within {} s; it is recorded and applies to every member when the group is resumed (`bluegreen resume`)",
-            cli::CONTROL_CONFIRM_POLLS / 5
+            output::CONTROL_CONFIRM_POLLS / 5
         );
     }
-    Ok(cli::EXIT_SUCCEEDED)
+    Ok(output::EXIT_SUCCEEDED)
 }
 
 /// `report` of a group, from the journal.
@@ -764,5 +731,5 @@ pub async fn report(
         ReportFormat::Markdown | ReportFormat::Html => OutputFormat::Text,
     };
     print_report(g, &r, out, false);
-    Ok(cli::EXIT_SUCCEEDED)
+    Ok(output::EXIT_SUCCEEDED)
 }

@@ -9,6 +9,7 @@ pub mod group;
 pub mod journal;
 pub mod lint;
 pub mod logging;
+pub mod output;
 pub mod providers;
 pub mod slack;
 pub mod spec;

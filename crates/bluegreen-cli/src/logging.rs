@@ -16,7 +16,7 @@ use std::sync::RwLock;
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::EnvFilter;
 
-use crate::cli::OutputFormat;
+use crate::output::OutputFormat;
 use crate::spec::{LoadedSpec, SecretRef};
 
 /// What a masked value is replaced with.

@@ -32,8 +32,8 @@ use bluegreen_core::{
 use bluegreen_postgres::PostgresJournal;
 use serde::Deserialize;
 
-use crate::cli::EXIT_ERROR;
 use crate::logging::mask;
+use crate::output::EXIT_ERROR;
 use crate::spec::{JournalKind, LoadedSpec};
 
 /// Exit code when the watch is stopped with Ctrl-C before the deployment
@@ -473,7 +473,7 @@ impl View {
                 control, effect, ..
             } => self.lines.push(format!(
                 "{at}  control {}: {effect}",
-                crate::cli::describe_control(control)
+                crate::output::describe_control(control)
             )),
             Event::RollbackStarted { reason } => self
                 .lines
