@@ -10,7 +10,7 @@ use tokio::process::Command;
 
 use crate::error::{err, map_pg, redact};
 use crate::ledger::ensure_schema;
-use crate::runner::PostgresMigrations;
+use crate::session::Session;
 
 /// The major version in a `pg_dump --version` line such as
 /// `pg_dump (PostgreSQL) 15.4 (Debian 15.4-1)`, with the full version text.
@@ -22,7 +22,7 @@ pub fn parse_tool_version(line: &str) -> Option<(u32, String)> {
 }
 
 async fn run_tool(
-    runner: &PostgresMigrations,
+    runner: &Session<'_>,
     program: &Path,
     args: &[String],
     op: &'static str,
@@ -33,7 +33,7 @@ async fn run_tool(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-    for (k, v) in runner.database().libpq_env() {
+    for (k, v) in runner.db.libpq_env() {
         cmd.env(k, v);
     }
     cmd.output().await.map_err(|e| {
@@ -48,11 +48,11 @@ async fn run_tool(
 
 /// Checks that `pg_dump` is not older than the server; returns both versions.
 async fn check_versions(
-    runner: &PostgresMigrations,
+    runner: &Session<'_>,
     client: &tokio_postgres::Client,
 ) -> Result<(String, String)> {
     let op = "backup";
-    let settings = &runner.settings().backup;
+    let settings = &runner.settings.backup;
     let out = run_tool(runner, &settings.pg_dump, &["--version".to_string()], op).await?;
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let (dump_major, dump_version) = parse_tool_version(text.trim()).ok_or_else(|| {
@@ -76,10 +76,7 @@ async fn check_versions(
             map_pg(
                 e,
                 op,
-                &format!(
-                    "cannot read the server version of {}",
-                    runner.database().label()
-                ),
+                &format!("cannot read the server version of {}", runner.db.label()),
             )
         })?;
     let server_num: i32 = row.get(0);
@@ -92,7 +89,7 @@ async fn check_versions(
             format!(
                 "{} is version {dump_version}, older than the server {} (PostgreSQL {server_version}); pg_dump {dump_major} cannot dump a {server_major} server: install pg_dump {server_major} or newer",
                 settings.pg_dump.display(),
-                runner.database().label(),
+                runner.db.label(),
             ),
         ));
     }
@@ -119,13 +116,10 @@ fn sanitize(s: &str) -> String {
         .collect()
 }
 
-pub(crate) async fn take(
-    runner: &PostgresMigrations,
-    ctx: &MigrationContext,
-) -> Result<BackupRecord> {
+pub(crate) async fn take(runner: &Session<'_>, ctx: &MigrationContext) -> Result<BackupRecord> {
     let op = "backup";
-    let db = runner.database();
-    let settings = &runner.settings().backup;
+    let db = runner.db;
+    let settings = &runner.settings.backup;
     let mut client = runner.connect(op, Some(ctx)).await?;
     let (server_version, dump_version) = check_versions(runner, &client).await?;
     ensure_schema(&mut client, db.label()).await?;
@@ -280,12 +274,12 @@ fn is_own_entry(line: &str) -> bool {
 }
 
 pub(crate) async fn verify(
-    runner: &PostgresMigrations,
+    runner: &Session<'_>,
     backup: &BackupRecord,
     min_entries: u64,
 ) -> Result<BackupVerification> {
     let op = "verify backup";
-    let settings = &runner.settings().backup;
+    let settings = &runner.settings.backup;
     if !tokio::fs::try_exists(&backup.location)
         .await
         .unwrap_or(false)

@@ -8,6 +8,7 @@ mod ledger;
 mod lint;
 mod probe;
 mod runner;
+mod session;
 mod source;
 mod watch;
 
@@ -17,9 +18,10 @@ pub use journal::PostgresJournal;
 pub use ledger::{LedgerEntry, LedgerState, BACKUPS_TABLE, MIGRATIONS_TABLE, ROW_COUNTS_TABLE};
 pub use lint::{lint_expand_file, refuse_findings, Finding, Rule};
 pub use runner::{
-    BackupSettings, Expectation, MigrationSettings, PlannedMigration, PostgresMigrations,
-    Resolution, VerificationQuery, MIGRATION_LOCK_KEY,
+    Expectation, PlannedMigration, PostgresMigrations, Resolution, VerificationQuery,
+    MIGRATION_LOCK_KEY,
 };
+pub use session::{BackupSettings, MigrationSettings};
 pub use source::{
     checksum, split_statements, Migration, MigrationFile, MigrationSource, Statement,
 };

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use bluegreen_core::MigrationContext;
 use tokio_postgres::Client;
 
+use crate::database::Database;
 use crate::error::map_pg;
-use crate::runner::PostgresMigrations;
 
 /// The lock the migration's backend waits for: type, mode, relation, other object.
 const WAITING_LOCK_SQL: &str = "
@@ -67,7 +67,7 @@ impl WaitSample {
 
 /// Watches one migration session from a second connection.
 pub(crate) struct Watch<'a> {
-    runner: &'a PostgresMigrations,
+    db: &'a Database,
     ctx: &'a MigrationContext,
     pid: i32,
     every: Duration,
@@ -81,13 +81,13 @@ impl<'a> Watch<'a> {
     /// Watches the backend `pid`, looking every half `lock_timeout`
     /// (between 20 ms and 1 s) while a statement runs.
     pub fn new(
-        runner: &'a PostgresMigrations,
+        db: &'a Database,
         ctx: &'a MigrationContext,
         pid: i32,
         lock_timeout: Duration,
     ) -> Self {
         Watch {
-            runner,
+            db,
             ctx,
             pid,
             every: (lock_timeout / 2).clamp(Duration::from_millis(20), Duration::from_secs(1)),
@@ -118,7 +118,7 @@ impl<'a> Watch<'a> {
     /// so a statement that ends first does not cut the handshake short).
     pub fn prepare(&mut self) {
         if matches!(self.monitor, Monitor::Closed) {
-            let db = self.runner.database().clone();
+            let db = self.db.clone();
             let name = match self.ctx.deployment_id.as_str() {
                 "" => "bluegreen migrations (watch)".to_string(),
                 d => format!("bluegreen migrations (watch, deployment {d})"),
