@@ -20,6 +20,7 @@ pub use provider::*;
 pub mod journal;
 pub use journal::{FileJournal, Journal, JournalEntry, Lease, MemoryJournal, Record};
 pub mod driver;
+pub mod dry_run;
 pub mod group;
 pub mod report;
 #[cfg(feature = "testing")]
