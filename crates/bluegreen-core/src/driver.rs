@@ -31,6 +31,7 @@ use crate::provider::{
     SecretSource, SmokeTarget, SmokeTest, TrafficRouter,
 };
 use crate::report::Report;
+use crate::retry::Operation;
 
 /// A source of wall-clock time for the machine's timestamps.
 pub trait Clock: Send + Sync {
@@ -73,100 +74,8 @@ impl Clock for TokioClock {
     }
 }
 
-/// Retries of temporary errors: exponential backoff with full jitter.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RetryPolicy {
-    /// Attempts in all, the first included.
-    pub max_attempts: u32,
-    /// The first backoff.
-    pub initial_backoff: Duration,
-    /// The largest backoff.
-    pub max_backoff: Duration,
-    /// Jitter: each backoff is drawn from `[backoff/2, backoff]`.
-    pub jitter: bool,
-}
-
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        RetryPolicy {
-            max_attempts: 5,
-            initial_backoff: Duration::from_millis(500),
-            max_backoff: Duration::from_secs(30),
-            jitter: true,
-        }
-    }
-}
-
-impl RetryPolicy {
-    /// No retries at all.
-    pub fn none() -> Self {
-        RetryPolicy {
-            max_attempts: 1,
-            ..Self::default()
-        }
-    }
-
-    /// The backoff before attempt `attempt + 1` (0-based).
-    pub fn backoff(&self, attempt: u32) -> Duration {
-        let exp = self
-            .initial_backoff
-            .saturating_mul(1u32 << attempt.min(20))
-            .min(self.max_backoff);
-        if self.jitter {
-            let f = 0.5 + rand::random::<f64>() * 0.5;
-            exp.mul_f64(f)
-        } else {
-            exp
-        }
-    }
-
-    /// Whether `error` after `attempt` (0-based) deserves another try.
-    pub fn should_retry(&self, error: &Error, attempt: u32) -> bool {
-        error.is_temporary() && attempt + 1 < self.max_attempts
-    }
-}
-
-/// Runs `call` under `policy`, each attempt bounded by `timeout`. Between
-/// attempts it waits the policy's backoff, or the error's
-/// [`retry_after`](Error::retry_after) hint when that is longer. A timeout is
-/// a temporary error; a temporary error that outlives the policy comes back
-/// [`ErrorStatus::Persistent`](crate::ErrorStatus).
-pub async fn with_retry<T, F, Fut>(
-    policy: &RetryPolicy,
-    timeout: Duration,
-    operation: (&'static str, &'static str),
-    mut call: F,
-) -> Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T>>,
-{
-    let mut attempt = 0;
-    loop {
-        let result = match tokio::time::timeout(timeout, call()).await {
-            Ok(r) => r,
-            Err(_) => Err(Error::timeout(format!(
-                "no answer within {}",
-                humantime::format_duration(timeout)
-            ))
-            .with_provider(operation.0)
-            .with_operation(operation.1)),
-        };
-        match result {
-            Ok(v) => return Ok(v),
-            Err(e) if policy.should_retry(&e, attempt) => {
-                tracing::debug!(provider = operation.0, operation = operation.1, attempt, error = %e, "retrying");
-                // A provider's own hint (throttling) is a floor on the wait.
-                let wait = policy
-                    .backoff(attempt)
-                    .max(e.retry_after().unwrap_or_default());
-                tokio::time::sleep(wait).await;
-                attempt += 1;
-            }
-            Err(e) => return Err(e.persistent()),
-        }
-    }
-}
+// The retry policy has its own module; these paths stay.
+pub use crate::retry::{with_retry, RetryPolicy};
 
 /// A published machine event with its deployment and time.
 #[derive(Debug, Clone, PartialEq)]
@@ -1275,7 +1184,11 @@ async fn execute(
         Action::Backup => {
             let m = migrations()?;
             Reply::Backup {
-                backup: with_retry(r, timeout, op, || m.backup(ctx)).await?,
+                // A repeat may take a second backup: retried only when throttled.
+                backup: with_retry(r, timeout, Operation::non_idempotent(op.0, op.1), || {
+                    m.backup(ctx)
+                })
+                .await?,
             }
         }
         Action::VerifyBackup {
@@ -1343,51 +1256,4 @@ async fn endpoint(p: &Providers, plan: &Plan, color: Color) -> Option<String> {
         return Some(u.clone());
     }
     p.compute.endpoint(color).await.ok().flatten()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::MAX_RETRY_AFTER;
-    use std::sync::atomic::{AtomicU32, Ordering};
-
-    /// A throttled call that says "retry after 20 s" is not called again
-    /// sooner, although the policy's own backoff is 100 ms.
-    #[tokio::test(start_paused = true)]
-    async fn a_throttled_call_waits_the_providers_retry_after_hint() {
-        let policy = RetryPolicy {
-            max_attempts: 3,
-            initial_backoff: Duration::from_millis(100),
-            max_backoff: Duration::from_secs(1),
-            jitter: false,
-        };
-        let calls = AtomicU32::new(0);
-        let started = tokio::time::Instant::now();
-        let mut at = Vec::new();
-        let out = with_retry(&policy, Duration::from_secs(5), ("aws", "scale"), || {
-            let n = calls.fetch_add(1, Ordering::SeqCst);
-            at.push(started.elapsed());
-            async move {
-                if n == 0 {
-                    Err(Error::new(ErrorKind::RateLimited, "Rate exceeded")
-                        .with_retry_after(Duration::from_secs(20)))
-                } else {
-                    Ok(n)
-                }
-            }
-        })
-        .await
-        .unwrap();
-        assert_eq!(out, 1);
-        assert_eq!(calls.load(Ordering::SeqCst), 2);
-        assert_eq!(at, vec![Duration::ZERO, Duration::from_secs(20)]);
-    }
-
-    /// A hint beyond [`MAX_RETRY_AFTER`] is capped there.
-    #[test]
-    fn a_retry_after_hint_is_capped() {
-        let e = Error::new(ErrorKind::RateLimited, "slow down")
-            .with_retry_after(Duration::from_secs(86_400));
-        assert_eq!(e.retry_after(), Some(MAX_RETRY_AFTER));
-    }
 }

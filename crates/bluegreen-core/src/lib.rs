@@ -23,6 +23,7 @@ pub mod driver;
 pub mod dry_run;
 pub mod group;
 pub mod report;
+pub mod retry;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub use driver::{BlueGreen, Builder, Clock, ControlHandle, RetryPolicy, TokioClock};

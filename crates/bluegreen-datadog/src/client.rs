@@ -30,15 +30,6 @@ pub(crate) enum Auth {
     ApiAndApp,
 }
 
-/// How 429 answers are handled.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct RateLimitPolicy {
-    /// Waits for `X-RateLimit-Reset` at most this many times per call.
-    pub retries: u32,
-    /// Never waits longer than this; a longer reset is returned at once.
-    pub max_wait: Duration,
-}
-
 pub(crate) struct Http {
     pub client: reqwest::Client,
     pub base_url: String,
@@ -57,7 +48,6 @@ pub(crate) struct Call<'a> {
     pub json: Option<Vec<u8>>,
     pub auth: Auth,
     pub timeout: Duration,
-    pub rate: RateLimitPolicy,
 }
 
 /// A successful answer's body.
@@ -110,8 +100,11 @@ impl Http {
         Ok(h)
     }
 
-    /// Sends one request (again after a 429, under `rate`), and returns the
-    /// body of a 2xx answer or the mapped error.
+    /// Sends one request and returns the body of a 2xx answer or the mapped
+    /// error. One attempt: a 429 is a temporary [`ErrorKind::RateLimited`]
+    /// error whose [`retry_after`](Error::retry_after) is the time until the
+    /// limit resets, and the caller's [`RetryPolicy`](bluegreen_core::RetryPolicy)
+    /// decides whether to wait for it (see `bluegreen_core::retry`).
     pub(crate) async fn send(&self, call: Call<'_>) -> Result<Body> {
         let Call {
             op,
@@ -121,70 +114,49 @@ impl Http {
             json,
             auth,
             timeout,
-            rate,
         } = call;
         let url = format!("{}{}", self.base_url.trim_end_matches('/'), path);
         let headers = self.headers(op, auth).await?;
-        let mut waited = 0;
-        loop {
-            let mut req = self
-                .client
-                .request(method.clone(), &url)
-                .headers(headers.clone())
-                .query(query)
-                .timeout(timeout);
-            if let Some(body) = &json {
-                req = req
-                    .header("Content-Type", "application/json")
-                    .body(body.clone());
-            }
-            let resp = req.send().await.map_err(|e| self.transport(op, e))?;
-            let status = resp.status();
-            if status.is_redirection() {
-                // The client follows no redirect (see `DatadogBuilder::build`):
-                // the keys go to the configured site and nowhere else.
-                return Err(self.redirect_error(op, status, &resp, &headers));
-            }
-            let resp_headers = resp.headers().clone();
-            let body = resp.bytes().await.map_err(|e| self.transport(op, e))?;
-            if status.is_success() {
-                return Ok(Body(body.to_vec()));
-            }
-            if status == StatusCode::TOO_MANY_REQUESTS {
-                let limit = RateLimit::from_headers(&resp_headers);
-                if waited < rate.retries && limit.reset <= rate.max_wait {
-                    tracing::info!(
-                        operation = op,
-                        reset_s = limit.reset.as_secs_f64(),
-                        limit_name = limit.name.as_deref().unwrap_or(""),
-                        "Datadog rate limit reached; waiting for X-RateLimit-Reset"
-                    );
-                    tokio::time::sleep(limit.reset).await;
-                    waited += 1;
-                    continue;
-                }
-                return Err(error(
-                    ErrorKind::RateLimited,
-                    op,
-                    format!(
-                        "Datadog rate limit {}reached; it resets in {}s{}",
-                        limit
-                            .name
-                            .as_deref()
-                            .map(|n| format!("{n:?} "))
-                            .unwrap_or_default(),
-                        limit.reset.as_secs(),
-                        if waited > 0 {
-                            format!(" (already waited {waited} time(s))")
-                        } else {
-                            String::new()
-                        }
-                    ),
-                )
-                .with_status(ErrorStatus::Temporary));
-            }
-            return Err(self.status_error(op, status, &body, auth, &headers).await);
+        let mut req = self
+            .client
+            .request(method, &url)
+            .headers(headers.clone())
+            .query(query)
+            .timeout(timeout);
+        if let Some(body) = json {
+            req = req.header("Content-Type", "application/json").body(body);
         }
+        let resp = req.send().await.map_err(|e| self.transport(op, e))?;
+        let status = resp.status();
+        if status.is_redirection() {
+            // The client follows no redirect (see `DatadogBuilder::build`):
+            // the keys go to the configured site and nowhere else.
+            return Err(self.redirect_error(op, status, &resp, &headers));
+        }
+        let resp_headers = resp.headers().clone();
+        let body = resp.bytes().await.map_err(|e| self.transport(op, e))?;
+        if status.is_success() {
+            return Ok(Body(body.to_vec()));
+        }
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            let limit = RateLimit::from_headers(&resp_headers);
+            return Err(error(
+                ErrorKind::RateLimited,
+                op,
+                format!(
+                    "Datadog rate limit {}reached; it resets in {}s",
+                    limit
+                        .name
+                        .as_deref()
+                        .map(|n| format!("{n:?} "))
+                        .unwrap_or_default(),
+                    limit.reset.as_secs(),
+                ),
+            )
+            .with_status(ErrorStatus::Temporary)
+            .with_retry_after(limit.reset));
+        }
+        Err(self.status_error(op, status, &body, auth, &headers).await)
     }
 
     /// A 3xx answer, never followed: names the status and the origin it
@@ -332,11 +304,14 @@ impl RateLimit {
         // X-RateLimit-Reset is the time in seconds until the limit resets; without
         // it, the period is the longest we could have to wait.
         let reset = secs("X-RateLimit-Reset")
-            .or_else(|| secs("Retry-After"))
-            .or_else(|| secs("X-RateLimit-Period"))
-            .unwrap_or(1.0);
+            .map(|s| Duration::from_secs_f64(s.min(86_400.0)))
+            .or_else(|| http::retry_after(h))
+            .or_else(|| {
+                secs("X-RateLimit-Period").map(|s| Duration::from_secs_f64(s.min(86_400.0)))
+            })
+            .unwrap_or(Duration::from_secs(1));
         RateLimit {
-            reset: Duration::from_secs_f64(reset.min(86_400.0)),
+            reset,
             name: get("X-RateLimit-Name").map(str::to_string),
         }
     }

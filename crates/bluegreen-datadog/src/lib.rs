@@ -18,7 +18,7 @@ use bluegreen_core::{
 use reqwest::Method;
 use serde::Serialize;
 
-use client::{Auth, Call, Http, Keys, RateLimitPolicy, PROVIDER};
+use client::{Auth, Call, Http, Keys, PROVIDER};
 pub use query::QueryApi;
 pub use secrets::{EnvSecrets, API_KEY_ENV, APP_KEY_ENV};
 pub use site::{Site, SITE_ENV};
@@ -28,16 +28,19 @@ pub const DEFAULT_QUERY_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long posting an event may take, unless set: short, so that a slow
 /// Datadog never holds a deployment up.
 pub const DEFAULT_EVENT_TIMEOUT: Duration = Duration::from_secs(5);
-/// The longest a query waits for `X-RateLimit-Reset` before giving up with a
-/// temporary error, unless set.
-pub const DEFAULT_MAX_RATE_LIMIT_WAIT: Duration = Duration::from_secs(60);
-/// How many times one query waits for a rate limit to reset, unless set.
-pub const DEFAULT_RATE_LIMIT_RETRIES: u32 = 1;
 
 /// Datadog as a [`MetricsSource`] (v1 query, v2 timeseries formulas) and an
 /// [`EventSink`] (v1 events). Cheap to clone; clones share one connection pool.
 ///
 /// Every call is read-only or, for events, harmless to repeat (a duplicate event).
+///
+/// Each call makes one request: a 429 comes back at once as a temporary
+/// [`ErrorKind::RateLimited`](bluegreen_core::ErrorKind) error whose
+/// [`retry_after`](bluegreen_core::Error::retry_after) is the time until the
+/// limit resets (`X-RateLimit-Reset`, else `Retry-After`, else
+/// `X-RateLimit-Period`), and the driver's
+/// [`RetryPolicy`](bluegreen_core::RetryPolicy) waits at least that long
+/// before it queries again (see `bluegreen_core::retry`).
 #[derive(Clone)]
 pub struct Datadog {
     inner: Arc<Inner>,
@@ -51,7 +54,6 @@ struct Inner {
     v2_interval: Option<Duration>,
     query_timeout: Duration,
     event_timeout: Duration,
-    rate: RateLimitPolicy,
     event_source: String,
 }
 
@@ -83,7 +85,6 @@ pub struct DatadogBuilder {
     v2_interval: Option<Duration>,
     query_timeout: Duration,
     event_timeout: Duration,
-    rate: RateLimitPolicy,
     event_source: String,
 }
 
@@ -100,10 +101,6 @@ impl Default for DatadogBuilder {
             v2_interval: None,
             query_timeout: DEFAULT_QUERY_TIMEOUT,
             event_timeout: DEFAULT_EVENT_TIMEOUT,
-            rate: RateLimitPolicy {
-                retries: DEFAULT_RATE_LIMIT_RETRIES,
-                max_wait: DEFAULT_MAX_RATE_LIMIT_WAIT,
-            },
             event_source: "bluegreen".into(),
         }
     }
@@ -170,14 +167,6 @@ impl DatadogBuilder {
         self
     }
 
-    /// On HTTP 429, wait for `X-RateLimit-Reset` up to `retries` times per
-    /// query, unless the reset is further away than `max_wait`; then fail with
-    /// a temporary [`ErrorKind::RateLimited`] error. Events never wait.
-    pub fn rate_limit(mut self, retries: u32, max_wait: Duration) -> Self {
-        self.rate = RateLimitPolicy { retries, max_wait };
-        self
-    }
-
     /// The `source_type_name` of posted events (default `bluegreen`).
     pub fn event_source(mut self, source: impl Into<String>) -> Self {
         self.event_source = source.into();
@@ -233,7 +222,6 @@ impl DatadogBuilder {
                 v2_interval: self.v2_interval,
                 query_timeout: self.query_timeout,
                 event_timeout: self.event_timeout,
-                rate: self.rate,
                 event_source: self.event_source,
             }),
         })
@@ -274,7 +262,6 @@ impl Datadog {
                 json: None,
                 auth: Auth::ApiAndApp,
                 timeout: self.inner.query_timeout,
-                rate: self.inner.rate,
             })
             .await?
             .0;
@@ -324,7 +311,6 @@ impl Datadog {
                 json: Some(json),
                 auth: Auth::ApiAndApp,
                 timeout: self.inner.query_timeout,
-                rate: self.inner.rate,
             })
             .await?
             .0;
@@ -421,8 +407,8 @@ pub fn event_tags(n: &Notification) -> Vec<String> {
 #[async_trait]
 impl EventSink for Datadog {
     /// Posts the notification to `POST /api/v1/events` with its `alert_type`
-    /// and tags, aggregated by deployment id. Never waits on a rate limit and
-    /// gives up after the event timeout. A failure is returned (without
+    /// and tags, aggregated by deployment id. One attempt: never waits on a rate
+    /// limit, and gives up after the event timeout. A failure is returned (without
     /// keys); the engine logs it and never fails or holds a deployment for it.
     async fn notify(&self, n: &Notification) -> Result<()> {
         let op = "notify";
@@ -446,10 +432,6 @@ impl EventSink for Datadog {
                 json: Some(json),
                 auth: Auth::Api,
                 timeout: self.inner.event_timeout,
-                rate: RateLimitPolicy {
-                    retries: 0,
-                    max_wait: Duration::ZERO,
-                },
             })
             .await;
         match result {

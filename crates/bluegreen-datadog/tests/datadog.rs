@@ -6,9 +6,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use bluegreen_core::driver::{with_retry, RetryPolicy};
 use bluegreen_core::{
     Error, ErrorKind, ErrorStatus, EventSink, MetricAnswer, MetricQuery, MetricsSource,
     Notification, Result, SecretMetadata, SecretSource, SecretValue, Severity, Timestamp,
+    MAX_RETRY_AFTER,
 };
 use bluegreen_datadog::{Datadog, QueryApi};
 use wiremock::matchers::{body_partial_json, header, method, path, query_param};
@@ -350,32 +352,76 @@ async fn a_rejected_query_passes_datadogs_error_text_on() {
     );
 }
 
-#[tokio::test]
-async fn rate_limited_waits_for_the_reset_then_answers() {
+/// The policy the driver would run queries under, with a backoff (10 ms)
+/// far below the hints, so a wait of a second can only be the hint's.
+fn quick_policy() -> RetryPolicy {
+    RetryPolicy {
+        max_attempts: 3,
+        initial_backoff: Duration::from_millis(10),
+        max_backoff: Duration::from_millis(10),
+        jitter: false,
+    }
+}
+
+/// A 429, then the answer: through the retry policy, as the driver runs a
+/// query. Returns the answer's values and how long the query took.
+async fn query_after_429(limit: ResponseTemplate) -> (Vec<(u64, f64)>, Duration, usize) {
     let server = MockServer::start().await;
     Mock::given(method("GET"))
         .and(path("/api/v1/query"))
-        .respond_with(
-            json(429, "error_429.json")
-                .insert_header("X-RateLimit-Limit", "1600")
-                .insert_header("X-RateLimit-Period", "3600")
-                .insert_header("X-RateLimit-Remaining", "0")
-                .insert_header("X-RateLimit-Reset", "1")
-                .insert_header("X-RateLimit-Name", "query_metrics"),
-        )
+        .respond_with(limit)
         .up_to_n_times(1)
         .expect(1)
         .mount(&server)
         .await;
     v1(&server, ERRORS_BLUE, 200, "v1_error_rate.json").await;
-    let a = client(&server).query(&q(ERRORS_BLUE)).await.unwrap();
-    assert_eq!(values(&a).len(), 3);
-    let requests = server.received_requests().await.unwrap();
-    assert_eq!(requests.len(), 2, "one 429, then the retry after the reset");
+    let dd = client(&server);
+    let query = q(ERRORS_BLUE);
+    let started = std::time::Instant::now();
+    let a = with_retry(
+        &quick_policy(),
+        Duration::from_secs(10),
+        ("datadog", "query"),
+        || dd.query(&query),
+    )
+    .await
+    .unwrap();
+    let took = started.elapsed();
+    let requests = server.received_requests().await.unwrap().len();
+    (values(&a), took, requests)
 }
 
 #[tokio::test]
-async fn rate_limited_beyond_the_longest_wait_is_a_temporary_error() {
+async fn a_throttled_query_with_retry_after_is_retried_after_the_hinted_delay() {
+    let (values, took, requests) =
+        query_after_429(json(429, "error_429.json").insert_header("Retry-After", "1")).await;
+    assert_eq!(values.len(), 3);
+    assert_eq!(requests, 2, "one 429, then one retry");
+    assert!(
+        took >= Duration::from_secs(1),
+        "the retry came {took:?} after the 429, before its Retry-After of 1 s"
+    );
+    assert!(took < Duration::from_secs(5), "{took:?}");
+}
+
+#[tokio::test]
+async fn a_throttled_query_is_retried_after_the_rate_limit_reset() {
+    let (values, took, requests) = query_after_429(
+        json(429, "error_429.json")
+            .insert_header("X-RateLimit-Limit", "1600")
+            .insert_header("X-RateLimit-Period", "3600")
+            .insert_header("X-RateLimit-Remaining", "0")
+            .insert_header("X-RateLimit-Reset", "1")
+            .insert_header("X-RateLimit-Name", "query_metrics"),
+    )
+    .await;
+    assert_eq!(values.len(), 3);
+    assert_eq!(requests, 2, "one 429, then the retry after the reset");
+    assert!(took >= Duration::from_secs(1), "{took:?}");
+}
+
+#[tokio::test]
+async fn a_rate_limited_query_is_one_request_with_the_reset_as_its_hint() {
     let server = MockServer::start().await;
     Mock::given(method("GET"))
         .and(path("/api/v1/query"))
@@ -395,6 +441,8 @@ async fn rate_limited_beyond_the_longest_wait_is_a_temporary_error() {
     assert!(e.is_temporary());
     assert!(e.to_string().contains("resets in 1740s"), "{e}");
     assert!(e.to_string().contains("query_metrics"), "{e}");
+    // 29 minutes, capped: the policy never parks a call longer.
+    assert_eq!(e.retry_after(), Some(MAX_RETRY_AFTER));
 }
 
 #[tokio::test]
@@ -636,6 +684,7 @@ async fn a_failed_event_is_an_error_without_waiting_or_leaking() {
         ErrorKind::RateLimited,
         "events never wait for a reset: {e}"
     );
+    assert_eq!(e.retry_after(), Some(Duration::from_secs(30)));
     assert_eq!(e.operation(), "notify");
     assert_no_keys(&e);
 }

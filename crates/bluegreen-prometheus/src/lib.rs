@@ -306,6 +306,9 @@ impl MetricsSource for Prometheus {
             .await
             .map_err(|e| self.transport(e))?;
         let status = resp.status().as_u16();
+        // A proxy in front of Prometheus may throttle (429) or ask for a
+        // pause (503) with Retry-After: the hint goes to the retry policy.
+        let hint = http::retry_after(resp.headers());
         let body = resp.bytes().await.map_err(|e| self.transport(e))?;
         let parsed: std::result::Result<ApiResponse, _> = serde_json::from_slice(&body);
         let api_error = |p: &ApiResponse| {
@@ -343,7 +346,11 @@ impl MetricsSource for Prometheus {
                 500..=599 => format!("Prometheus is unavailable (HTTP {status}): {detail}"),
                 _ => format!("Prometheus answered HTTP {status}: {detail}"),
             };
-            return Err(error(kind, message));
+            let e = error(kind, message);
+            return Err(match hint {
+                Some(wait) => e.with_retry_after(wait),
+                None => e,
+            });
         }
         let parsed = parsed.map_err(|e| {
             error(

@@ -300,6 +300,33 @@ async fn a_timed_out_query_is_temporary() {
     );
 }
 
+/// A proxy in front of Prometheus that throttles: the error is temporary
+/// and carries the proxy's Retry-After for the driver's retry policy.
+#[tokio::test]
+async fn a_throttling_proxy_s_retry_after_is_the_errors_hint() {
+    use wiremock::matchers::method;
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .respond_with(
+            ResponseTemplate::new(429)
+                .insert_header("Retry-After", "7")
+                .set_body_string("slow down"),
+        )
+        .expect(1)
+        .mount(&server)
+        .await;
+    let e = Prometheus::new(server.uri())
+        .unwrap()
+        .query(&last_seconds("p95-latency", P95, 60))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::RateLimited);
+    assert!(e.is_temporary());
+    assert_eq!(e.retry_after(), Some(std::time::Duration::from_secs(7)));
+    assert!(e.to_string().contains("HTTP 429: slow down"), "{e}");
+}
+
 #[tokio::test]
 async fn malformed_answers_and_unreachable_servers_are_clear_errors() {
     use wiremock::matchers::method;
