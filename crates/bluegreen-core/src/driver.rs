@@ -27,8 +27,8 @@ use crate::machine::{
 use crate::plan::{Barrier, Plan};
 use crate::provider::Notification;
 use crate::provider::{
-    ComputeProvider, EventSink, MetricQuery, MetricsSource, MigrationContext, MigrationRunner,
-    SecretSource, SmokeTarget, SmokeTest, TrafficRouter,
+    ComputeProvider, EventSink, Hook, HookOutcome, MetricQuery, MetricsSource, MigrationContext,
+    MigrationRunner, SecretSource, SmokeTarget, SmokeTest, TrafficRouter,
 };
 use crate::report::Report;
 use crate::retry::Operation;
@@ -196,6 +196,7 @@ pub struct Builder {
     migrations: Option<Arc<dyn MigrationRunner>>,
     metrics: BTreeMap<String, Arc<dyn MetricsSource>>,
     smoke: BTreeMap<String, Arc<dyn SmokeTest>>,
+    hooks: BTreeMap<String, Arc<dyn Hook>>,
     secrets: Option<Arc<dyn SecretSource>>,
     events: Vec<Arc<dyn EventSink>>,
     pub(crate) journal: Option<Arc<dyn Journal>>,
@@ -242,6 +243,13 @@ impl Builder {
     /// A smoke test, registered under its [`SmokeTest::name`].
     pub fn smoke_test(mut self, t: Arc<dyn SmokeTest>) -> Self {
         self.smoke.insert(t.name().to_string(), t);
+        self
+    }
+
+    /// A lifecycle hook, registered under its [`Hook::name`]; the plan's
+    /// [`hooks`](crate::plan::Plan::hooks) say where it runs.
+    pub fn hook(mut self, h: Arc<dyn Hook>) -> Self {
+        self.hooks.insert(h.name().to_string(), h);
         self
     }
 
@@ -357,12 +365,30 @@ impl Builder {
                     .staging_checks
                     .iter()
                     .map(|n| ("preflight.staging_checks", n)),
+            )
+            .chain(
+                self.plan
+                    .production_checks
+                    .iter()
+                    .flat_map(|p| p.smoke_tests.iter())
+                    .map(|n| ("production_checks.smoke_tests", n)),
             );
         for (field, name) in all_smoke {
             if !self.smoke.contains_key(name) {
                 let known: Vec<&str> = self.smoke.keys().map(String::as_str).collect();
                 return Err(Error::invalid_input(format!(
                     "{field}: smoke test {name:?} is not registered; registered: [{}]",
+                    known.join(", ")
+                ))
+                .with_operation("build deployment"));
+            }
+        }
+        for (i, h) in self.plan.hooks.iter().enumerate() {
+            if !self.hooks.contains_key(&h.name) {
+                let known: Vec<&str> = self.hooks.keys().map(String::as_str).collect();
+                return Err(Error::invalid_input(format!(
+                    "hooks[{i}].name: hook {:?} is not registered; registered: [{}]",
+                    h.name,
                     known.join(", ")
                 ))
                 .with_operation("build deployment"));
@@ -396,6 +422,7 @@ impl Builder {
                 migrations: self.migrations,
                 metrics: self.metrics,
                 smoke: self.smoke,
+                hooks: self.hooks,
                 secrets: self.secrets,
                 sinks: self.events,
             }),
@@ -436,6 +463,7 @@ struct Providers {
     migrations: Option<Arc<dyn MigrationRunner>>,
     metrics: BTreeMap<String, Arc<dyn MetricsSource>>,
     smoke: BTreeMap<String, Arc<dyn SmokeTest>>,
+    hooks: BTreeMap<String, Arc<dyn Hook>>,
     secrets: Option<Arc<dyn SecretSource>>,
     sinks: Vec<Arc<dyn EventSink>>,
 }
@@ -476,6 +504,7 @@ impl BlueGreen {
             migrations: None,
             metrics: BTreeMap::new(),
             smoke: BTreeMap::new(),
+            hooks: BTreeMap::new(),
             secrets: None,
             events: Vec::new(),
             journal: None,
@@ -728,7 +757,11 @@ impl BlueGreen {
                     self.dispatch(&machine, c, &mut inflight);
                 }
             }
-            if let Some(first) = deferred.take() {
+            if let Some(mut first) = deferred.take() {
+                // What the resume decided not to re-execute (a hook that
+                // is not idempotent) is no longer outstanding.
+                let still: Vec<u64> = machine.outstanding().iter().map(|c| c.id).collect();
+                first.retain(|c| still.contains(&c.id));
                 lease = self.wait_for_previous_holder(lease).await?;
                 if first.iter().any(|c| c.action.is_mutating()) {
                     lease = self.lease_for_mutation(lease).await?;
@@ -863,6 +896,8 @@ impl BlueGreen {
             | Action::VerifyMigrations { .. }
             | Action::RevertMigrations { .. } => d.migrate,
             Action::RunSmokeTests { .. } => d.smoke,
+            // Each attempt is bounded by the hook's own timeout (see `execute`).
+            Action::RunHook { .. } => Duration::MAX,
             _ => self.call_timeout,
         }
     }
@@ -1134,6 +1169,10 @@ async fn execute(
             let (color, base_url) = match scope {
                 SmokeScope::Staging => (None, plan.colors.staging_url.clone()),
                 SmokeScope::Color(c) => (Some(c), endpoint(p, plan, c).await),
+                SmokeScope::Production => (
+                    None,
+                    plan.production_checks.as_ref().map(|c| c.url.clone()),
+                ),
             };
             let target = SmokeTarget {
                 service: plan.service.clone(),
@@ -1245,10 +1284,82 @@ async fn execute(
                 note: noted.note,
             }
         }
+        Action::RunHook { hook, context } => Reply::Hook {
+            outcome: run_hook(p, plan, retry, &hook, &context).await,
+        },
         // Never issued, so never outstanding: format-2 journals carry it,
         // and replay leaves it out.
         Action::Notify { .. } => Reply::Done,
     })
+}
+
+/// How much longer than a hook's `timeout` one attempt may take before the
+/// engine stops waiting for it: an implementation that enforces the timeout
+/// itself (the command runner kills the process group) reports first, with
+/// its own detail.
+pub const HOOK_TIMEOUT_GRACE: Duration = Duration::from_secs(5);
+
+/// Runs the plan's hook `name` at `context.point`: attempts until one
+/// passes or `retries` are used up, each bounded by its `timeout` (plus
+/// [`HOOK_TIMEOUT_GRACE`]), with the retry policy's backoff between them.
+/// Never the driver's generic retry: a hook need not be idempotent, so only
+/// the plan's `retries` repeat it. A hook that cannot run or does not
+/// answer in time is a failed outcome naming the hook and the timeout.
+async fn run_hook(
+    p: &Providers,
+    plan: &Plan,
+    retry: &RetryPolicy,
+    name: &str,
+    context: &crate::provider::HookContext,
+) -> HookOutcome {
+    let started = tokio::time::Instant::now();
+    let spec = plan
+        .hooks
+        .iter()
+        .enumerate()
+        .find(|(_, h)| h.name == name && h.point == context.point);
+    let (Some((index, spec)), Some(hook)) = (spec, p.hooks.get(name)) else {
+        return HookOutcome {
+            passed: false,
+            duration: Duration::ZERO,
+            detail: format!("hook {name:?} is not registered"),
+            attempts: 0,
+        };
+    };
+    let attempts = spec.retries.saturating_add(1);
+    let mut attempt = 1;
+    loop {
+        let limit = spec.timeout.saturating_add(HOOK_TIMEOUT_GRACE);
+        let mut outcome = match tokio::time::timeout(limit, hook.run(context)).await {
+            Ok(Ok(o)) => o,
+            Ok(Err(e)) => HookOutcome {
+                passed: false,
+                duration: started.elapsed(),
+                detail: format!("could not run: {e}"),
+                attempts: 0,
+            },
+            Err(_) => HookOutcome {
+                passed: false,
+                duration: started.elapsed(),
+                detail: format!(
+                    "no result within its timeout of {} (hooks[{index}].timeout); the engine stopped waiting for it",
+                    humantime::format_duration(spec.timeout)
+                ),
+                attempts: 0,
+            },
+        };
+        if outcome.passed || attempt >= attempts {
+            outcome.attempts = attempt;
+            outcome.duration = started.elapsed();
+            if attempts > 1 && !outcome.passed {
+                tracing::warn!(hook = name, point = %context.point, attempts, "hook failed on every attempt");
+            }
+            return outcome;
+        }
+        tracing::info!(hook = name, point = %context.point, attempt, detail = %outcome.detail, "hook failed; retrying");
+        tokio::time::sleep(retry.backoff(attempt)).await;
+        attempt += 1;
+    }
 }
 
 async fn endpoint(p: &Providers, plan: &Plan, color: Color) -> Option<String> {

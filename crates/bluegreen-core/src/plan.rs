@@ -19,6 +19,11 @@ use crate::error::PlanError;
 pub mod defaults {
     use std::time::Duration;
 
+    /// A lifecycle hook's time limit per attempt unless the plan gives one
+    /// (not from the reference, which names no hooks: CodeDeploy's default
+    /// lifecycle-hook timeout is an hour; five minutes keeps a hung hook
+    /// within the deploy deadline's order of magnitude).
+    pub const HOOK_TIMEOUT: Duration = Duration::from_secs(5 * 60);
     /// Tasks per color ("Blue environment deployed and stable (3 tasks running)").
     pub const REPLICAS: u32 = 3;
     /// Success: error rate below 1%.
@@ -148,6 +153,176 @@ pub struct Plan {
     /// [`Barrier`] until the whole group has reached it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group: Option<GroupMembership>,
+    /// Lifecycle hooks: commands or webhooks run at named points (see
+    /// [`LifecycleHook`]), each registered by name with the deployment
+    /// ([`Builder::hook`](crate::driver::Builder::hook)).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hooks: Vec<LifecycleHook>,
+    /// Smoke tests through the production URL after each traffic change
+    /// and after a rollback, recorded apart from the checks on each color.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub production_checks: Option<ProductionChecks>,
+}
+
+/// A named point of the procedure where [`LifecycleHook`]s run.
+///
+/// In the order a deployment meets them: `before_scale_up` (the release is
+/// prepared on the new color, before it is scaled up), `after_scale_up`
+/// (the new color is stable at its capacity, before its smoke tests),
+/// `before_traffic` (smoke tests passed and the `before-shift` gate, if
+/// any, was passed; before the first traffic change), `after_traffic_step`
+/// (after each traffic change is read back, and its production checks),
+/// `after_traffic` (after the change to 100% and its `after_traffic_step`
+/// hooks), `before_scale_down` (the old color read back at 0% and drained,
+/// before it is scaled to zero), `after_rollback` (a rollback completed:
+/// traffic on the old color, the new one at zero, autoscaling restored) and
+/// `on_finish` (last, whatever the outcome).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HookPoint {
+    /// Before the new color is scaled up.
+    BeforeScaleUp,
+    /// Once the new color is stable, before its smoke tests.
+    AfterScaleUp,
+    /// Before the first traffic change.
+    BeforeTraffic,
+    /// After each traffic change is read back.
+    AfterTrafficStep,
+    /// After all traffic is on the new color.
+    AfterTraffic,
+    /// Before the old color is scaled down.
+    BeforeScaleDown,
+    /// After a rollback completed.
+    AfterRollback,
+    /// At the end, whatever the outcome.
+    OnFinish,
+}
+
+impl HookPoint {
+    /// Every point, in the order a deployment meets them.
+    pub const ALL: [HookPoint; 8] = [
+        HookPoint::BeforeScaleUp,
+        HookPoint::AfterScaleUp,
+        HookPoint::BeforeTraffic,
+        HookPoint::AfterTrafficStep,
+        HookPoint::AfterTraffic,
+        HookPoint::BeforeScaleDown,
+        HookPoint::AfterRollback,
+        HookPoint::OnFinish,
+    ];
+
+    /// Its name as plans and specs write it, e.g. `before_traffic`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HookPoint::BeforeScaleUp => "before_scale_up",
+            HookPoint::AfterScaleUp => "after_scale_up",
+            HookPoint::BeforeTraffic => "before_traffic",
+            HookPoint::AfterTrafficStep => "after_traffic_step",
+            HookPoint::AfterTraffic => "after_traffic",
+            HookPoint::BeforeScaleDown => "before_scale_down",
+            HookPoint::AfterRollback => "after_rollback",
+            HookPoint::OnFinish => "on_finish",
+        }
+    }
+}
+
+impl fmt::Display for HookPoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for HookPoint {
+    type Err = String;
+
+    /// `before_traffic` (or `before-traffic`); the error lists the points.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let norm = s.trim().replace('-', "_");
+        HookPoint::ALL
+            .into_iter()
+            .find(|p| p.as_str() == norm)
+            .ok_or_else(|| {
+                let all: Vec<&str> = HookPoint::ALL.iter().map(|p| p.as_str()).collect();
+                format!("unknown hook point {s:?}; expected one of {}", all.join(", "))
+            })
+    }
+}
+
+/// A lifecycle hook of the plan: which registered [`Hook`](crate::provider::Hook)
+/// runs at which point, with its time limit and retries.
+///
+/// A hook's failure (it reports a failure, cannot run, or passes its
+/// `timeout` on every attempt) is a failure of the deployment at that
+/// point: a rollback while traffic can still return to the old color, a
+/// halt past the point of no return (an `on_finish` hook of a deployment
+/// that succeeded) or during a rollback. An `on_finish` hook of a halted
+/// deployment that fails is recorded only.
+///
+/// Hooks are journaled effects: the intent (the command issued) is written
+/// before the hook runs and its outcome after. A deployer that resumes a
+/// deployment whose hook has an intent and no outcome runs it again only
+/// when it is `idempotent`; otherwise it halts, naming the hook, for a
+/// human to find out whether it ran.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LifecycleHook {
+    /// The registered hook's name.
+    pub name: String,
+    /// Where it runs.
+    pub point: HookPoint,
+    /// The time limit of one attempt.
+    #[serde(default = "d_hook_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Attempts after a failed first one.
+    #[serde(default)]
+    pub retries: u32,
+    /// Whether it is safe to run again after a crash left its outcome
+    /// unknown.
+    #[serde(default)]
+    pub idempotent: bool,
+}
+
+impl LifecycleHook {
+    /// A hook named `name` at `point` with the default timeout
+    /// ([`defaults::HOOK_TIMEOUT`]), no retries, not idempotent.
+    pub fn new(name: impl Into<String>, point: HookPoint) -> Self {
+        LifecycleHook {
+            name: name.into(),
+            point,
+            timeout: defaults::HOOK_TIMEOUT,
+            retries: 0,
+            idempotent: false,
+        }
+    }
+
+    /// The longest all its attempts may take: `timeout` times the attempts.
+    pub fn budget(&self) -> Duration {
+        self.timeout.saturating_mul(self.retries.saturating_add(1))
+    }
+}
+
+fn d_hook_timeout() -> Duration {
+    defaults::HOOK_TIMEOUT
+}
+
+/// Smoke tests through the production URL ("After switching traffic, run
+/// smoke tests against production"; "the rollback ends with smoke tests
+/// through the public URL"): run after each traffic change is read back and
+/// after a rollback has put traffic back on the old color. A failure after
+/// a traffic change rolls back; a failure after a rollback halts for a
+/// human (the old color, serving again, fails through the public URL).
+/// Their results are recorded with [`SmokeScope::Production`](crate::machine::SmokeScope::Production),
+/// apart from the checks on each color.
+///
+/// While traffic is split, the production URL reaches either color: these
+/// tests should not assert a version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProductionChecks {
+    /// The public URL, e.g. `https://order-api.example.com`.
+    pub url: String,
+    /// Names of registered smoke tests, run in order.
+    pub smoke_tests: Vec<String>,
 }
 
 /// Membership of a coordinated group of deployments.
@@ -1029,6 +1204,8 @@ impl Plan {
             on_inconclusive: InconclusivePolicy::Pause,
             on_hold_timeout: HoldTimeoutPolicy::Rollback,
             group: None,
+            hooks: Vec::new(),
+            production_checks: None,
         }
     }
 
@@ -1193,6 +1370,7 @@ impl Plan {
         ] {
             positive(name, v)?;
         }
+        self.validate_hooks()?;
         let mut seen = BTreeSet::new();
         for (i, g) in self.gates.iter().enumerate() {
             if !seen.insert(*g) {
@@ -1200,6 +1378,46 @@ impl Plan {
             }
         }
         Ok(())
+    }
+
+    fn validate_hooks(&self) -> Result<(), PlanError> {
+        let mut seen = BTreeSet::new();
+        for (i, h) in self.hooks.iter().enumerate() {
+            let f = |name: &str| format!("hooks[{i}].{name}");
+            non_empty(&f("name"), &h.name)?;
+            positive(&f("timeout"), h.timeout)?;
+            if !seen.insert((h.name.as_str(), h.point)) {
+                return Err(PlanError::new(
+                    f("name"),
+                    format!("hook {:?} is listed twice at {}", h.name, h.point),
+                ));
+            }
+        }
+        if let Some(p) = &self.production_checks {
+            non_empty("production_checks.url", &p.url)?;
+            if p.smoke_tests.is_empty() {
+                return Err(PlanError::new(
+                    "production_checks.smoke_tests",
+                    "name at least one smoke test, or leave production_checks out",
+                ));
+            }
+            unique(
+                "production_checks.smoke_tests",
+                p.smoke_tests.iter().map(String::as_str),
+            )?;
+            for (i, n) in p.smoke_tests.iter().enumerate() {
+                non_empty(&format!("production_checks.smoke_tests[{i}]"), n)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The hooks of the plan at `point`, in plan order, with their index.
+    pub fn hooks_at(&self, point: HookPoint) -> impl Iterator<Item = (usize, &LifecycleHook)> {
+        self.hooks
+            .iter()
+            .enumerate()
+            .filter(move |(_, h)| h.point == point)
     }
 
     fn validate_strategy(&self) -> Result<(), PlanError> {

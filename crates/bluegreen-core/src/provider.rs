@@ -622,6 +622,70 @@ pub trait SmokeTest: Send + Sync {
     async fn run(&self, target: &SmokeTarget) -> Result<SmokeOutcome>;
 }
 
+// ------------------------------------------------------------------ hooks --
+
+/// What a lifecycle hook is told about the deployment when it runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HookContext {
+    /// The deployment.
+    pub deployment_id: String,
+    /// The service.
+    pub service: String,
+    /// The release version being deployed.
+    pub version: String,
+    /// Where in the procedure.
+    pub point: crate::plan::HookPoint,
+    /// The color that had all traffic at the start, once known.
+    pub old: Option<Color>,
+    /// The color being deployed, once known.
+    pub new: Option<Color>,
+    /// The new color's percent in the split last read back, once any was.
+    pub new_percent: Option<u8>,
+    /// The outcome's name (`succeeded`, `rolled_back`, `halted`) for
+    /// `after_rollback` and `on_finish` hooks.
+    pub outcome: Option<String>,
+}
+
+/// How one run of a lifecycle hook ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HookOutcome {
+    /// Whether it succeeded (a command's exit code 0, a webhook's 2xx).
+    pub passed: bool,
+    /// How long it took (all attempts).
+    #[serde(with = "humantime_serde")]
+    pub duration: Duration,
+    /// What ran and how it ended, with the tail of its output or the
+    /// response's body; secret values masked.
+    pub detail: String,
+    /// Attempts made (the engine fills this in).
+    #[serde(default)]
+    pub attempts: u32,
+}
+
+/// A lifecycle hook: a command or a webhook run at a named
+/// [`HookPoint`](crate::plan::HookPoint) of the procedure (the plan's
+/// [`LifecycleHook`](crate::plan::LifecycleHook) says where, its time limit
+/// and retries).
+///
+/// Contract: `run` makes one attempt; the engine bounds it by the plan's
+/// `timeout` and retries it `retries` times when it fails. A hook that ran
+/// and failed is `Ok` with `passed: false`; `Err` is for one that could not
+/// run at all (its program does not exist, the URL does not resolve); both
+/// are failures of the deployment at that point. Unlike the other
+/// providers, a hook need **not** be idempotent: the engine journals its
+/// intent before running it and never runs it a second time after a crash
+/// unless the plan marks it `idempotent`. No secret value in `detail` or
+/// errors.
+#[cfg_attr(feature = "mocks", mockall::automock)]
+#[async_trait]
+pub trait Hook: Send + Sync {
+    /// The hook's name, as plans refer to it.
+    fn name(&self) -> &str;
+
+    /// Runs the hook once for `context`.
+    async fn run(&self, context: &HookContext) -> Result<HookOutcome>;
+}
+
 // ----------------------------------------------------------------- events --
 
 /// How serious a notification is.

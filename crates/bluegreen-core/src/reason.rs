@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::color::{Color, TrafficSplit};
 use crate::machine::EvalPoint;
+use crate::plan::HookPoint;
 use crate::provider::MigrationPhase;
 
 /// What a deployment's rollback or halt was for: a kind and its values.
@@ -231,6 +232,39 @@ pub enum Cause {
         /// What failed.
         failure: String,
     },
+    /// A lifecycle hook failed (it reported a failure, could not run, or
+    /// passed its timeout) on every attempt.
+    HookFailed {
+        /// The hook's name.
+        hook: String,
+        /// Where it ran.
+        point: HookPoint,
+        /// Attempts made.
+        attempts: u32,
+        /// What ran and how it ended, with its output's tail (secrets masked).
+        detail: String,
+    },
+    /// A resumed deployment found a hook with a journaled intent and no
+    /// outcome (its deployer stopped while it ran) that the plan does not
+    /// mark `idempotent`: it is not run again, and a human finds out
+    /// whether it ran.
+    HookInterrupted {
+        /// The hook's name.
+        hook: String,
+        /// Where it ran.
+        point: HookPoint,
+    },
+    /// Smoke tests through the production URL failed.
+    ProductionSmokeTests {
+        /// After what, in words: `the traffic change to 20%`, `the rollback`.
+        after: String,
+        /// The production URL.
+        url: String,
+        /// Tests run.
+        total: usize,
+        /// Each failure.
+        failed: Vec<String>,
+    },
     /// A rollback or halt whose cause was not recorded.
     Unrecorded {
         /// `rolled back` or `halted`.
@@ -421,6 +455,34 @@ impl fmt::Display for Cause {
                 f,
                 "{failure}; the old color is being or has been scaled down, so traffic cannot return to it"
             ),
+            Cause::HookFailed {
+                hook,
+                point,
+                attempts,
+                detail,
+            } => {
+                let tries = if *attempts > 1 {
+                    format!(" after {attempts} attempts")
+                } else {
+                    String::new()
+                };
+                write!(f, "hook {hook} ({point}) failed{tries}: {detail}")
+            }
+            Cause::HookInterrupted { hook, point } => write!(
+                f,
+                "hook {hook} ({point}) was running when its deployer stopped and its outcome was never journaled; it is not idempotent, so it is not run again: find out whether it ran, then finish the deployment by hand"
+            ),
+            Cause::ProductionSmokeTests {
+                after,
+                url,
+                total,
+                failed,
+            } => write!(
+                f,
+                "production smoke tests through {url} after {after}: {} of {total} failed: {}",
+                failed.len(),
+                failed.join("; ")
+            ),
             Cause::Unrecorded { what } => f.write_str(what),
         }
     }
@@ -494,6 +556,25 @@ pub enum Noted {
     },
     /// The plan has no smoke tests.
     NoSmokeTests,
+    /// A hook of a deployment already decided failed; the outcome stands
+    /// (an `on_finish` hook of a halted deployment).
+    HookFailed {
+        /// The hook's name.
+        hook: String,
+        /// Where it ran.
+        point: HookPoint,
+        /// What ran and how it ended.
+        detail: String,
+    },
+    /// A hook that was still running when a rollback began (its outcome
+    /// decides nothing) has no journaled outcome after a resume; it is not
+    /// run again.
+    HookOutcomeLost {
+        /// The hook's name.
+        hook: String,
+        /// Where it ran.
+        point: HookPoint,
+    },
     /// A periodic measurement failed: no evidence either way.
     MeasurementFailed {
         /// The check.
@@ -591,6 +672,18 @@ impl fmt::Display for Noted {
                 "backup lists {entries} entries (at least {min_entries} required): {detail}"
             ),
             Noted::NoSmokeTests => f.write_str("no smoke tests in the plan"),
+            Noted::HookFailed {
+                hook,
+                point,
+                detail,
+            } => write!(
+                f,
+                "hook {hook} ({point}) failed; the deployment's outcome stands: {detail}"
+            ),
+            Noted::HookOutcomeLost { hook, point } => write!(
+                f,
+                "hook {hook} ({point}) was running when the rollback began and its deployer stopped; its outcome is unknown and it is not run again"
+            ),
             Noted::MeasurementFailed { check, error } => {
                 write!(f, "measurement of {check} failed: {error}")
             }

@@ -105,6 +105,23 @@ pub struct SmokeRecord {
     pub results: Vec<SmokeResult>,
 }
 
+/// One run of a lifecycle hook.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HookRecord {
+    /// When its outcome was recorded.
+    pub at: Timestamp,
+    /// The hook's name.
+    pub hook: String,
+    /// Where it ran.
+    pub point: crate::plan::HookPoint,
+    /// How it ended: passed, attempts, duration and the tail of its output
+    /// (secrets masked).
+    pub outcome: crate::provider::HookOutcome,
+    /// Its outcome came after a rollback began: recorded, deciding nothing.
+    #[serde(default)]
+    pub late: bool,
+}
+
 /// The record of one deployment.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Report {
@@ -142,6 +159,9 @@ pub struct Report {
     pub checks: Vec<CheckRecord>,
     /// Journal records read.
     pub records: usize,
+    /// Lifecycle hook runs, in order.
+    #[serde(default)]
+    pub hooks: Vec<HookRecord>,
 }
 
 impl Report {
@@ -321,6 +341,18 @@ impl Report {
                 scope: *scope,
                 results: results.clone(),
             }),
+            Event::Hook {
+                hook,
+                point,
+                outcome,
+                late,
+            } => self.hooks.push(HookRecord {
+                at,
+                hook: hook.clone(),
+                point: *point,
+                outcome: outcome.clone(),
+                late: *late,
+            }),
             Event::DryRun { detail, .. } => self.decide(at, detail.clone()),
             Event::Note { text, .. } => self.decide(at, text.clone()),
             Event::Control {
@@ -439,13 +471,25 @@ impl Report {
                 .unwrap_or_default();
             let _ = writeln!(s, "| {} | {} | {} |", st.stage, st.started_at, took);
         }
-        if !self.smoke_tests.is_empty() {
-            let _ = writeln!(s, "\n## Smoke tests\n");
-            for run in &self.smoke_tests {
-                let scope = match run.scope {
-                    SmokeScope::Staging => "staging".to_string(),
-                    SmokeScope::Color(c) => c.to_string(),
-                };
+        for production in [false, true] {
+            let runs: Vec<&SmokeRecord> = self
+                .smoke_tests
+                .iter()
+                .filter(|r| (r.scope == SmokeScope::Production) == production)
+                .collect();
+            if runs.is_empty() {
+                continue;
+            }
+            let _ = if production {
+                writeln!(
+                    s,
+                    "\n## Production checks\n\nSmoke tests through the production URL after each traffic change and after a rollback.\n"
+                )
+            } else {
+                writeln!(s, "\n## Smoke tests\n")
+            };
+            for run in runs {
+                let scope = scope_text(run.scope);
                 let passed = run.results.iter().filter(|r| r.passed()).count();
                 let _ = writeln!(
                     s,
@@ -471,6 +515,29 @@ impl Report {
                         _ => {}
                     }
                 }
+            }
+        }
+        if !self.hooks.is_empty() {
+            let _ = writeln!(s, "\n## Hooks\n");
+            for h in &self.hooks {
+                let o = &h.outcome;
+                let _ = writeln!(
+                    s,
+                    "- {} {} at {} ({}, {} attempt{}, {} ms{}): {}",
+                    if o.passed { "✓" } else { "✗" },
+                    h.hook,
+                    h.point,
+                    h.at,
+                    o.attempts,
+                    if o.attempts == 1 { "" } else { "s" },
+                    o.duration.as_millis(),
+                    if h.late {
+                        ", after the rollback began"
+                    } else {
+                        ""
+                    },
+                    o.detail.replace('\n', "\n  ")
+                );
             }
         }
         if !self.measurements.is_empty() {
@@ -573,6 +640,7 @@ fn describe_action(a: &Action) -> String {
         Action::ReadSplit | Action::ReadDrainPeriod | Action::Backup | Action::Notify { .. } => {
             String::new()
         }
+        Action::RunHook { hook, context } => format!("{hook} ({})", context.point),
     }
 }
 
@@ -587,11 +655,12 @@ fn control_text(c: &Control) -> String {
     }
 }
 
-/// Where smoke tests ran: `staging`, or the color's name.
-fn scope_text(s: SmokeScope) -> String {
+/// Where smoke tests ran: `staging`, the color's name, or `production`.
+pub(crate) fn scope_text(s: SmokeScope) -> String {
     match s {
         SmokeScope::Staging => "staging".into(),
         SmokeScope::Color(c) => c.to_string(),
+        SmokeScope::Production => "production".into(),
     }
 }
 

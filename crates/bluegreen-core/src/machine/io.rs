@@ -21,6 +21,10 @@ pub enum SmokeScope {
     Staging,
     /// One color.
     Color(Color),
+    /// The production URL ([`ProductionChecks`](crate::plan::ProductionChecks)),
+    /// after a traffic change or a rollback: recorded apart from the checks
+    /// on each color.
+    Production,
 }
 
 /// The provider calls the machine asks for.
@@ -129,6 +133,15 @@ pub enum Action {
         /// Periodic or final.
         kind: MeasurementKind,
     },
+    /// [`Hook::run`](crate::provider::Hook::run) of the plan's hook named
+    /// `hook`, with its timeout and retries. Journaled before it runs (the
+    /// intent); its [`Reply::Hook`] is the outcome.
+    RunHook {
+        /// The hook's name.
+        hook: String,
+        /// What the hook is told (boxed: larger than the other actions).
+        context: Box<HookContext>,
+    },
     /// Only in journals of format 2, which carried notifications as
     /// commands with id 0; the machine no longer issues it (see
     /// [`Step::notifications`]). Kept so those journals still read.
@@ -161,6 +174,7 @@ impl Action {
             Action::VerifyMigrations { .. } => ("migrations", "verify"),
             Action::RevertMigrations { .. } => ("migrations", "revert"),
             Action::Measure { .. } => ("metrics", "query"),
+            Action::RunHook { .. } => ("hooks", "run"),
             Action::Notify { .. } => ("events", "notify"),
         }
     }
@@ -177,6 +191,7 @@ impl Action {
                 | Action::Backup
                 | Action::Migrate { .. }
                 | Action::RevertMigrations { .. }
+                | Action::RunHook { .. }
         )
     }
 }
@@ -284,6 +299,11 @@ pub enum Reply {
     Prepared {
         /// The provider's identity of the release.
         prepared: PreparedRelease,
+    },
+    /// How a lifecycle hook ended (after its retries).
+    Hook {
+        /// The outcome.
+        outcome: HookOutcome,
     },
     /// The router's drain figure.
     DrainPeriod {
@@ -584,6 +604,19 @@ pub enum Event {
         scope: SmokeScope,
         /// The results.
         results: Vec<SmokeResult>,
+    },
+    /// A lifecycle hook ran (after its retries).
+    Hook {
+        /// The hook's name.
+        hook: String,
+        /// Where.
+        point: HookPoint,
+        /// How it ended.
+        outcome: HookOutcome,
+        /// Its outcome came after the deployment had left the hook's stage
+        /// (a rollback began while it ran): recorded, deciding nothing.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        late: bool,
     },
     /// A dry-run check would have acted.
     DryRun {

@@ -28,16 +28,17 @@ use crate::analysis::{measure, BreachRun, Measurement, MeasurementKind, Verdict}
 use crate::color::{Color, Timestamp, TrafficSplit};
 use crate::error::ErrorRecord;
 use crate::plan::{
-    render_template, Barrier, CapacityPolicy, Gate, HoldTimeoutPolicy, InconclusivePolicy, Plan,
-    RequiredSecret, RollbackTrigger, TrafficStep,
+    render_template, Barrier, CapacityPolicy, Gate, HoldTimeoutPolicy, HookPoint,
+    InconclusivePolicy, Plan, RequiredSecret, RollbackTrigger, TrafficStep,
 };
 use crate::provider::{
-    AutoscalingState, BackupRecord, BackupVerification, ComputeStatus, MetricAnswer, MigrationInfo,
-    MigrationPhase, Notification, PreparedRelease, Rollout, SecretMetadata, Severity, SmokeOutcome,
-    TargetHealth, VerificationCheck,
+    AutoscalingState, BackupRecord, BackupVerification, ComputeStatus, HookContext, HookOutcome,
+    MetricAnswer, MigrationInfo, MigrationPhase, Notification, PreparedRelease, Rollout,
+    SecretMetadata, Severity, SmokeOutcome, TargetHealth, VerificationCheck,
 };
 use crate::reason::{Cause, Effect, Noted, Refusal};
 
+mod hooks;
 mod io;
 mod monitor;
 mod replies;
@@ -61,6 +62,11 @@ enum Pending {
     /// while it ran): its answer decides nothing, but until it returns its
     /// write may still land, so the next mutating call waits for it.
     Abandoned,
+    /// A hook that was running when the deployment left its stage (a
+    /// rollback began): its outcome is recorded when it comes, decides
+    /// nothing and holds nothing back (a hook's write is not the router's
+    /// or the compute's), and it is never run again.
+    Detached,
 }
 
 /// Defines [`Machine`] from its fixed parts (the plan and what is derived
@@ -71,12 +77,14 @@ macro_rules! machine {
     (
         fixed { $($(#[$fm:meta])* $fixed:ident: $fty:ty,)* }
         state { $($(#[$sm:meta])* $field:ident: $ty:ty,)* }
+        added { $($(#[$am:meta])* $added:ident: $aty:ty,)* }
     ) => {
         /// The deployment state machine. See the [module docs](self).
         #[derive(Debug, Clone)]
         pub struct Machine {
             $($(#[$fm])* $fixed: $fty,)*
             $($(#[$sm])* $field: $ty,)*
+            $($(#[$am])* $added: $aty,)*
         }
 
         /// The whole state of a [`Machine`] between two inputs, without its
@@ -88,18 +96,23 @@ macro_rules! machine {
         #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
         pub struct Checkpoint {
             $($field: $ty,)*
+            $(#[serde(default)] $added: $aty,)*
         }
 
         impl Machine {
             /// Its state now, for a [`Checkpoint`] record.
             pub fn checkpoint(&self) -> Checkpoint {
-                Checkpoint { $($field: self.$field.clone(),)* }
+                Checkpoint {
+                    $($field: self.$field.clone(),)*
+                    $($added: self.$added.clone(),)*
+                }
             }
 
             /// Puts the machine in the state `checkpoint` recorded (of a
             /// machine of the same plan).
             pub fn restore(&mut self, checkpoint: Checkpoint) {
                 $(self.$field = checkpoint.$field;)*
+                $(self.$added = checkpoint.$added;)*
             }
         }
     };
@@ -168,6 +181,26 @@ machine! {
         /// target health), to tell a held deployment's repeated readings.
         last_readings: Vec<(ReadingOf, Reading)>,
     }
+    // State added since checkpoints were first journaled: a checkpoint
+    // without it reads as its default.
+    added {
+        /// The production checks and hook points begun, each with the
+        /// traffic step it belongs to (0 where none), so that entering the
+        /// stage they precede again does not repeat them.
+        begun: BTreeSet<(Due, usize)>,
+        /// The outcome decided while `after_rollback` and `on_finish`
+        /// hooks run.
+        concluding: Option<Outcome>,
+    }
+}
+
+/// What runs before a stage is entered: the production checks, or the
+/// hooks of a point.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Due {
+    Production,
+    Hooks(HookPoint),
 }
 
 /// Whose reading: a check's (by index in the plan) or a color's target
@@ -235,6 +268,8 @@ impl Machine {
             outcome: None,
             last_readings: Vec::new(),
             deferred: Vec::new(),
+            begun: BTreeSet::new(),
+            concluding: None,
             step: Step::default(),
             fresh_reading: false,
             triggers: monitor::Watched::of(&plan),
@@ -305,7 +340,7 @@ impl Machine {
     pub fn outstanding(&self) -> Vec<Command> {
         self.pending
             .iter()
-            .filter(|(_, (k, _))| *k != Pending::Abandoned)
+            .filter(|(_, (k, _))| !matches!(k, Pending::Abandoned | Pending::Detached))
             .map(|(id, (_, action))| Command {
                 id: *id,
                 action: action.clone(),
@@ -524,7 +559,9 @@ impl Machine {
             .filter(|id| self.pending.contains_key(id))
             .collect();
         self.pending.retain(|_, (k, a)| {
-            if *k == Pending::Stage && a.is_mutating() {
+            if *k == Pending::Stage && matches!(a, Action::RunHook { .. }) {
+                *k = Pending::Detached;
+            } else if *k == Pending::Stage && a.is_mutating() {
                 *k = Pending::Abandoned;
             }
             *k != Pending::Stage
@@ -534,7 +571,7 @@ impl Machine {
     /// Moves to `stage`, honouring gates, group barriers and pause, and
     /// issues its commands.
     fn enter(&mut self, stage: Stage) {
-        if !self.rolling_back() && self.halt_reason.is_none() {
+        if !self.rolling_back() && self.halt_reason.is_none() && self.concluding.is_none() {
             if let Some(gate) = self.gate_before(&stage) {
                 self.hold(HoldReason::Gate { gate }, stage);
                 return;
@@ -548,6 +585,7 @@ impl Machine {
                 return;
             }
         }
+        let stage = self.due_before(stage);
         self.timers.enter(&stage, self.now, &self.plan.deadlines);
         if !matches!(
             stage,
@@ -638,7 +676,7 @@ impl Machine {
             self.note(Noted::AutoscalingNotRestored {
                 reason: reason.summary.clone(),
             });
-            self.finish(Outcome::Halted { reason: halting });
+            self.conclude(Outcome::Halted { reason: halting });
             return;
         }
         if self.rolling_back() {
@@ -659,7 +697,7 @@ impl Machine {
         let serving = match &self.stage {
             Stage::Hold { then, .. } => then.old_color_serving(),
             s => s.old_color_serving(),
-        };
+        } && self.concluding.is_none();
         if !serving {
             self.halt(
                 Reason::because(Cause::PastPointOfNoReturn {
@@ -843,14 +881,14 @@ impl Machine {
         self.pending.retain(|_, (k, _)| *k != Pending::Abandoned);
         self.deferred.clear();
         let restart = self.timers.restart_deadline(self.now.after(wait));
-        if restart.is_none() && wait.is_zero() {
-            return;
+        if restart.is_some() || !wait.is_zero() {
+            self.note(Noted::Resumed {
+                wait,
+                deadline: restart.map(|d| d.group.name().to_string()),
+                length: restart.map(|d| d.length),
+            });
         }
-        self.note(Noted::Resumed {
-            wait,
-            deadline: restart.map(|d| d.group.name().to_string()),
-            length: restart.map(|d| d.length),
-        });
+        self.resume_hooks();
     }
 
     fn on_control(&mut self, control: Control) {
@@ -1007,6 +1045,7 @@ impl Machine {
         let (provider, op) = action.operation();
         match kind {
             Pending::Abandoned => self.release_deferred(),
+            Pending::Detached => {}
             Pending::Monitor(Monitor::Check(i)) => {
                 // A failed periodic measurement is no evidence either way.
                 let name = self.plan.analysis[i].name.clone();
@@ -1069,6 +1108,7 @@ impl Machine {
         };
         match kind {
             Pending::Abandoned => self.release_deferred(),
+            Pending::Detached => self.on_detached_hook(action, reply),
             Pending::Monitor(m) => self.on_monitor_reply(m, action, reply),
             Pending::Stage => {
                 self.on_stage_reply(action, reply.clone());

@@ -30,6 +30,7 @@ impl Machine {
                 }
             }
             Stage::Hold { .. } | Stage::Done => {}
+            Stage::Hook { .. } | Stage::ProductionChecks { .. } => self.due_done(),
             _ => self.advance(),
         }
     }
@@ -65,6 +66,9 @@ impl Machine {
             }
             (Action::RunSmokeTests { scope, .. }, Reply::Smoke { results }) => {
                 self.on_smoke(scope, results)
+            }
+            (Action::RunHook { hook, context }, Reply::Hook { outcome }) => {
+                self.on_hook(hook, context.point, outcome)
             }
             (Action::Backup, Reply::Backup { backup }) => self.facts.backup = Some(backup),
             (Action::VerifyBackup { min_entries, .. }, Reply::BackupVerified { verification }) => {
@@ -478,6 +482,9 @@ impl Machine {
             return;
         }
         let what = match scope {
+            SmokeScope::Production => {
+                return self.production_checks_failed(results.len(), failed)
+            }
             SmokeScope::Staging => "staging health check".to_string(),
             SmokeScope::Color(c) if Some(c) == self.facts.new => {
                 format!("smoke tests on the new color {c}")

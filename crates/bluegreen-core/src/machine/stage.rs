@@ -125,6 +125,23 @@ pub enum Stage {
     /// Halting: restoring autoscaling on the color(s) holding traffic, so
     /// that the service can still scale while it waits for a human.
     HaltRestoreAutoscaling,
+    /// Running the plan's lifecycle hook `plan.hooks[index]` at `point`,
+    /// then the rest of the point's hooks in plan order, before `then`.
+    Hook {
+        /// The point.
+        point: HookPoint,
+        /// The hook's index in the plan.
+        index: usize,
+        /// The stage the hooks precede (`done` for `after_rollback` and
+        /// `on_finish`).
+        then: Box<Stage>,
+    },
+    /// Smoke tests through the production URL (after a traffic change, or
+    /// after a rollback restored traffic), before `then`.
+    ProductionChecks {
+        /// The stage they precede.
+        then: Box<Stage>,
+    },
     /// Finished.
     Done,
 }
@@ -180,6 +197,8 @@ impl Stage {
             Stage::CheckOld => "rollback_check_old".into(),
             Stage::RestoreOld { .. } => "rollback_restore_old".into(),
             Stage::HaltRestoreAutoscaling => "halt_restore_autoscaling".into(),
+            Stage::Hook { point, .. } => format!("hook_{point}"),
+            Stage::ProductionChecks { .. } => "production_checks".into(),
             Stage::ScaleDownOld { .. } => "scale_down_old".into(),
             Stage::RestoreAutoscaling => "restore_autoscaling".into(),
             Stage::Hold { .. } => "hold".into(),
@@ -194,6 +213,17 @@ impl Stage {
 
     /// Whether traffic may still go back to the old color from here.
     pub(super) fn old_color_serving(&self) -> bool {
+        match self {
+            // Before the old color is scaled down, traffic can return to it.
+            Stage::Hook {
+                point: HookPoint::BeforeScaleDown,
+                ..
+            } => return true,
+            Stage::Hook { then, .. } | Stage::ProductionChecks { then } => {
+                return then.old_color_serving()
+            }
+            _ => {}
+        }
         !matches!(
             self,
             Stage::ScaleDownOld { .. }
@@ -216,6 +246,8 @@ impl Machine {
         let old = self.old();
         match stage {
             Stage::Pending | Stage::Hold { .. } => {}
+            Stage::Hook { index, .. } => self.run_hook(index),
+            Stage::ProductionChecks { .. } => self.run_production_checks(),
             Stage::Preflight => {
                 self.issue(Action::ReadSplit);
                 self.issue(Action::ReadStatus {
@@ -554,6 +586,7 @@ impl Machine {
             },
             Stage::RestoreAutoscaling => Stage::Done,
             Stage::Hold { then, .. } => (**then).clone(),
+            Stage::Hook { then, .. } | Stage::ProductionChecks { then } => (**then).clone(),
             Stage::RestoreTraffic { confirming: false } => {
                 Stage::RestoreTraffic { confirming: true }
             }
@@ -632,7 +665,7 @@ impl Machine {
         match (&self.stage, &next) {
             (Stage::RestoreAutoscaling, Stage::Done) => {
                 self.facts.autoscaling_restored = true;
-                self.finish(Outcome::Succeeded);
+                self.conclude(Outcome::Succeeded);
             }
             (Stage::HaltRestoreAutoscaling, Stage::Done) => {
                 let reason = self.halt_reason.clone().unwrap_or_else(|| {
@@ -640,7 +673,7 @@ impl Machine {
                         what: "halted".into(),
                     })
                 });
-                self.finish(Outcome::Halted { reason });
+                self.conclude(Outcome::Halted { reason });
             }
             (Stage::RollbackRestoreAutoscaling, Stage::Done) => {
                 self.facts.autoscaling_restored = !self.facts.autoscaling.is_empty();
@@ -651,7 +684,7 @@ impl Machine {
                         })
                     }),
                 };
-                self.finish(outcome);
+                self.conclude(outcome);
             }
             _ => self.enter(next),
         }

@@ -26,7 +26,7 @@ use plotters::style::Color as _;
 use super::{CheckRecord, DecisionKind, Report};
 use crate::analysis::{Measurement, MeasurementKind, Verdict};
 use crate::color::{Color, Timestamp};
-use crate::machine::{Outcome, SmokeScope};
+use crate::machine::Outcome;
 use crate::plan::{Comparison, Condition, Unit};
 
 /// The chart's width in pixels.
@@ -227,10 +227,7 @@ impl Report {
              <th>test</th><th>result</th><th>took</th><th>detail</th></tr></thead>\n<tbody>\n",
         );
         for run in &self.smoke_tests {
-            let on = match run.scope {
-                SmokeScope::Staging => "staging".to_string(),
-                SmokeScope::Color(c) => c.to_string(),
-            };
+            let on = super::scope_text(run.scope);
             for t in &run.results {
                 let (result, duration, detail) = match (&t.outcome, &t.error) {
                     (Some(o), _) => (

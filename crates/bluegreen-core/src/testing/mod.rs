@@ -19,8 +19,10 @@
 pub mod conformance;
 mod delegate;
 mod fakes;
+mod hooks;
 
 pub use delegate::{ComputeDelegate, Delegated, MigrationsDelegate, RouterDelegate};
+pub use hooks::{FakeHook, HookAnswers, HookBehaviour};
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -128,6 +130,9 @@ pub struct Fakes {
     /// What the fake smoke tests answer: every one passes until told
     /// otherwise (`fakes.smoke.fail_on("create-order", Some(Color::Blue), "HTTP 500")`).
     pub smoke: Arc<SmokeAnswers>,
+    /// What the fake lifecycle hooks do (every one passes until told
+    /// otherwise) and the record of their runs.
+    pub hooks: Arc<HookAnswers>,
     /// The reference's five secrets, all rotated a day before the epoch.
     pub secrets: Arc<FakeSecrets>,
     /// Notifications received.
@@ -191,6 +196,7 @@ impl Fakes {
             metrics: Arc::new(ScriptedMetrics::new(faults.clone()).following(stages.clone())),
             stages,
             smoke: Arc::new(SmokeAnswers::new()),
+            hooks: Arc::new(HookAnswers::new()),
             secrets: Arc::new(secrets),
             events: Arc::new(RecordingEvents::new(faults.clone())),
             journal: Arc::new(MemoryJournal::new()),
@@ -227,13 +233,19 @@ impl Fakes {
     }
 
     /// A builder with every fake wired in, a smoke test answering
-    /// [`Fakes::smoke`] for each smoke test and staging check the plan names, the simulation clock, quick retries and a deployment id
+    /// [`Fakes::smoke`] for each smoke test, staging check and production
+    /// check the plan names, a [`FakeHook`] answering [`Fakes::hooks`] for
+    /// each of its hooks, the simulation clock, quick retries and a deployment id
     /// unique to these fakes: `sim-1` for the first builder, `sim-2` for the
     /// next, and so on (`resume` and `deployment_id` on the builder override it).
     pub fn builder(&self, plan: Plan) -> Builder {
         let n = self.builders.fetch_add(1, Ordering::SeqCst) + 1;
         let mut names = plan.smoke_tests.clone();
         names.extend(plan.preflight.staging_checks.iter().cloned());
+        if let Some(p) = &plan.production_checks {
+            names.extend(p.smoke_tests.iter().cloned());
+        }
+        let hooks: Vec<String> = plan.hooks.iter().map(|h| h.name.clone()).collect();
         let mut b = BlueGreen::builder(plan)
             .compute(self.compute.clone())
             .router(self.router.clone())
@@ -253,6 +265,9 @@ impl Fakes {
             .deployment_id(format!("sim-{n}"));
         for n in names {
             b = b.smoke_test(self.smoke_test(&n));
+        }
+        for n in hooks {
+            b = b.hook(Arc::new(FakeHook::new(&n, self.hooks.clone())));
         }
         b
     }
