@@ -1169,10 +1169,9 @@ async fn execute(
             let (color, base_url) = match scope {
                 SmokeScope::Staging => (None, plan.colors.staging_url.clone()),
                 SmokeScope::Color(c) => (Some(c), endpoint(p, plan, c).await),
-                SmokeScope::Production => (
-                    None,
-                    plan.production_checks.as_ref().map(|c| c.url.clone()),
-                ),
+                SmokeScope::Production => {
+                    (None, plan.production_checks.as_ref().map(|c| c.url.clone()))
+                }
             };
             let target = SmokeTarget {
                 service: plan.service.clone(),

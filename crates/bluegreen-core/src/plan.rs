@@ -243,7 +243,10 @@ impl FromStr for HookPoint {
             .find(|p| p.as_str() == norm)
             .ok_or_else(|| {
                 let all: Vec<&str> = HookPoint::ALL.iter().map(|p| p.as_str()).collect();
-                format!("unknown hook point {s:?}; expected one of {}", all.join(", "))
+                format!(
+                    "unknown hook point {s:?}; expected one of {}",
+                    all.join(", ")
+                )
             })
     }
 }

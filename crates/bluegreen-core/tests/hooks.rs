@@ -78,7 +78,10 @@ fn hooks_run_once_each_at_their_points_in_procedure_order() {
     assert_eq!(told(4).new_percent, Some(100), "after the full step");
     assert_eq!(told(7).outcome.as_deref(), Some("succeeded"));
     assert_eq!(report.hooks.len(), 8, "each run is in the report");
-    assert!(report.hooks.iter().all(|h| h.outcome.passed && h.outcome.attempts == 1));
+    assert!(report
+        .hooks
+        .iter()
+        .all(|h| h.outcome.passed && h.outcome.attempts == 1));
     let md = report.to_markdown();
     assert!(md.contains("## Hooks"), "{md}");
     assert!(md.contains("✓ warm-cache at before_traffic"), "{md}");
@@ -103,10 +106,21 @@ fn a_before_traffic_hook_that_fails_rolls_back_naming_the_hook() {
     else {
         panic!("{:?}", report.outcome)
     };
-    assert_eq!((hook.as_str(), *point, *attempts), ("warm-cache", HookPoint::BeforeTraffic, 1));
+    assert_eq!(
+        (hook.as_str(), *point, *attempts),
+        ("warm-cache", HookPoint::BeforeTraffic, 1)
+    );
     assert!(detail.contains("exited with code 3"), "{detail}");
-    assert_eq!(f.world.split().percent(Color::Green), 100, "no traffic moved");
-    assert_eq!(f.world.desired(Color::Blue), 0, "the new color is scaled down");
+    assert_eq!(
+        f.world.split().percent(Color::Green),
+        100,
+        "no traffic moved"
+    );
+    assert_eq!(
+        f.world.desired(Color::Blue),
+        0,
+        "the new color is scaled down"
+    );
     assert_eq!(f.world.desired(Color::Green), 3);
     assert!(!report.hooks[0].outcome.passed);
 }
@@ -115,35 +129,65 @@ fn a_before_traffic_hook_that_fails_rolls_back_naming_the_hook() {
 fn an_on_finish_hook_that_fails_after_success_halts_past_the_point_of_no_return() {
     let (report, f) = simulate(|f| {
         healthy(f);
-        f.hooks
-            .set("notify-done", HookBehaviour::Fail("HTTP 500 from the CMDB".into()));
+        f.hooks.set(
+            "notify-done",
+            HookBehaviour::Fail("HTTP 500 from the CMDB".into()),
+        );
         f.builder(with_hooks(&[("notify-done", HookPoint::OnFinish)]))
     });
     let Some(Cause::PastPointOfNoReturn { failure }) = report.halted() else {
         panic!("{:?}", report.outcome)
     };
-    assert!(failure.contains("hook notify-done (on_finish) failed"), "{failure}");
+    assert!(
+        failure.contains("hook notify-done (on_finish) failed"),
+        "{failure}"
+    );
     assert!(failure.contains("HTTP 500 from the CMDB"), "{failure}");
-    assert_eq!(f.world.split().percent(Color::Blue), 100, "the release stays");
-    assert_eq!(f.world.desired(Color::Green), 0, "the old color was scaled down");
-    assert_eq!(f.hooks.count("notify-done"), 1, "on_finish runs once, not again on the halt");
+    assert_eq!(
+        f.world.split().percent(Color::Blue),
+        100,
+        "the release stays"
+    );
+    assert_eq!(
+        f.world.desired(Color::Green),
+        0,
+        "the old color was scaled down"
+    );
+    assert_eq!(
+        f.hooks.count("notify-done"),
+        1,
+        "on_finish runs once, not again on the halt"
+    );
 }
 
 #[test]
 fn a_before_scale_down_hook_that_fails_rolls_back_while_the_old_color_can_serve() {
     let (report, f) = simulate(|f| {
         healthy(f);
-        f.hooks
-            .set("drain-queues", HookBehaviour::Error("no such program".into()));
+        f.hooks.set(
+            "drain-queues",
+            HookBehaviour::Error("no such program".into()),
+        );
         f.builder(with_hooks(&[("drain-queues", HookPoint::BeforeScaleDown)]))
     });
     let Some(Cause::HookFailed { hook, detail, .. }) = report.rolled_back() else {
         panic!("{:?}", report.outcome)
     };
     assert_eq!(hook, "drain-queues");
-    assert!(detail.contains("could not run: ") && detail.contains("no such program"), "{detail}");
-    assert_eq!(f.world.split().percent(Color::Green), 100, "traffic back on green");
-    assert_eq!(f.world.desired(Color::Green), 3, "green was never scaled down");
+    assert!(
+        detail.contains("could not run: ") && detail.contains("no such program"),
+        "{detail}"
+    );
+    assert_eq!(
+        f.world.split().percent(Color::Green),
+        100,
+        "traffic back on green"
+    );
+    assert_eq!(
+        f.world.desired(Color::Green),
+        3,
+        "green was never scaled down"
+    );
 }
 
 #[test]
@@ -157,9 +201,18 @@ fn a_hook_that_hangs_past_its_timeout_fails_naming_the_hook_and_the_timeout() {
         f.builder(plan)
     });
     let why = &report.reason().expect("rolled back").summary;
-    assert!(matches!(report.rolled_back(), Some(Cause::HookFailed { .. })), "{why}");
-    assert!(why.contains("hook register-targets (before_scale_up) failed after 2 attempts"), "{why}");
-    assert!(why.contains("no result within its timeout of 10s (hooks[0].timeout)"), "{why}");
+    assert!(
+        matches!(report.rolled_back(), Some(Cause::HookFailed { .. })),
+        "{why}"
+    );
+    assert!(
+        why.contains("hook register-targets (before_scale_up) failed after 2 attempts"),
+        "{why}"
+    );
+    assert!(
+        why.contains("no result within its timeout of 10s (hooks[0].timeout)"),
+        "{why}"
+    );
     assert_eq!(f.hooks.count("register-targets"), 2, "one retry");
     assert_eq!(f.world.desired(Color::Blue), 0, "nothing was scaled up");
 }
@@ -188,10 +241,17 @@ fn after_rollback_and_on_finish_hooks_run_after_a_rollback_told_the_outcome() {
             ("notify-done", HookPoint::OnFinish),
         ]))
     });
-    assert!(matches!(report.rolled_back(), Some(Cause::MetricTrigger { .. })), "{:?}", report.outcome);
+    assert!(
+        matches!(report.rolled_back(), Some(Cause::MetricTrigger { .. })),
+        "{:?}",
+        report.outcome
+    );
     let runs = f.hooks.runs();
     assert_eq!(runs.len(), 2);
-    assert_eq!((runs[0].0.as_str(), runs[0].1.point), ("page-oncall", HookPoint::AfterRollback));
+    assert_eq!(
+        (runs[0].0.as_str(), runs[0].1.point),
+        ("page-oncall", HookPoint::AfterRollback)
+    );
     assert_eq!(runs[1].1.point, HookPoint::OnFinish);
     assert_eq!(runs[1].1.outcome.as_deref(), Some("rolled_back"));
     assert_eq!(runs[0].1.new_percent, Some(0), "traffic was back on green");
@@ -202,13 +262,17 @@ fn an_after_rollback_hook_that_fails_halts_with_the_rollback_done() {
     let (report, f) = simulate(|f| {
         f.metrics.constant("p95-latency", 180.0);
         f.metrics.after_switch("error-rate", 0.002, 0.09);
-        f.hooks.set("page-oncall", HookBehaviour::Fail("pager API 503".into()));
+        f.hooks
+            .set("page-oncall", HookBehaviour::Fail("pager API 503".into()));
         f.builder(with_hooks(&[("page-oncall", HookPoint::AfterRollback)]))
     });
     let Some(Cause::RollbackIncomplete { failure, .. }) = report.halted() else {
         panic!("{:?}", report.outcome)
     };
-    assert!(failure.contains("hook page-oncall (after_rollback) failed: pager API 503"), "{failure}");
+    assert!(
+        failure.contains("hook page-oncall (after_rollback) failed: pager API 503"),
+        "{failure}"
+    );
     assert_eq!(f.world.split().percent(Color::Green), 100);
     assert_eq!(f.world.desired(Color::Blue), 0);
 }
@@ -223,7 +287,12 @@ fn record_issuing(plan: &Plan, name: &str) -> usize {
     rt.block_on(async {
         let f = Fakes::new();
         healthy(&f);
-        f.builder(plan.clone()).build().unwrap().run().await.unwrap();
+        f.builder(plan.clone())
+            .build()
+            .unwrap()
+            .run()
+            .await
+            .unwrap();
         let entries = f.journal.read("sim-1").await.unwrap();
         entries
             .iter()
@@ -255,7 +324,13 @@ fn crash_during_hook(plan: Plan, name: &str) -> (Report, usize) {
         let f = Fakes::new();
         healthy(&f);
         let dying = Arc::new(CrashingJournal::new(f.journal.clone(), at + 1));
-        let first = f.builder(plan.clone()).journal(dying).build().unwrap().run().await;
+        let first = f
+            .builder(plan.clone())
+            .journal(dying)
+            .build()
+            .unwrap()
+            .run()
+            .await;
         assert!(first.is_err(), "the first deployer was killed");
         assert_eq!(f.hooks.count(name), 1, "the hook ran before the kill");
         let report = f
@@ -278,9 +353,15 @@ fn a_resume_never_runs_a_hook_that_is_not_idempotent_a_second_time_and_halts_nam
     let Some(Cause::HookInterrupted { hook, point }) = report.halted() else {
         panic!("{:?}", report.outcome)
     };
-    assert_eq!((hook.as_str(), *point), ("register-targets", HookPoint::BeforeScaleUp));
+    assert_eq!(
+        (hook.as_str(), *point),
+        ("register-targets", HookPoint::BeforeScaleUp)
+    );
     let why = &report.reason().unwrap().summary;
-    assert!(why.contains("not idempotent, so it is not run again"), "{why}");
+    assert!(
+        why.contains("not idempotent, so it is not run again"),
+        "{why}"
+    );
 }
 
 #[test]
@@ -311,10 +392,11 @@ fn production_checks_run_through_the_public_url_after_each_traffic_change() {
     };
     let (report, _) = simulate(|f| {
         healthy(f);
-        f.smoke.script("prod-smoke", |t| match (&t.base_url, t.color) {
-            (Some(u), None) if u == "https://order-api.example.com" => Ok(()),
-            other => Err(format!("reached {other:?}")),
-        });
+        f.smoke
+            .script("prod-smoke", |t| match (&t.base_url, t.color) {
+                (Some(u), None) if u == "https://order-api.example.com" => Ok(()),
+                other => Err(format!("reached {other:?}")),
+            });
         f.builder(plan)
     });
     assert!(report.succeeded(), "{:?}", report.outcome);
@@ -324,7 +406,9 @@ fn production_checks_run_through_the_public_url_after_each_traffic_change() {
         .filter(|r| r.scope == SmokeScope::Production)
         .collect();
     assert_eq!(production.len(), 2, "after 10% and after 100%");
-    assert!(production.iter().all(|r| r.results.iter().all(|t| t.passed())));
+    assert!(production
+        .iter()
+        .all(|r| r.results.iter().all(|t| t.passed())));
     let md = report.to_markdown();
     assert!(md.contains("## Production checks"), "{md}");
 }
@@ -344,7 +428,10 @@ fn a_production_check_failing_after_the_switch_rolls_back() {
         });
         f.builder(plan)
     });
-    let Some(Cause::ProductionSmokeTests { after, url, failed, .. }) = report.rolled_back() else {
+    let Some(Cause::ProductionSmokeTests {
+        after, url, failed, ..
+    }) = report.rolled_back()
+    else {
         panic!("{:?}", report.outcome)
     };
     assert_eq!(after, "the traffic change to 100% on blue");
@@ -356,7 +443,11 @@ fn a_production_check_failing_after_the_switch_rolls_back() {
         .iter()
         .filter(|r| r.scope == SmokeScope::Production)
         .collect();
-    assert_eq!(production.len(), 2, "after the switch, and after the rollback (which passed)");
+    assert_eq!(
+        production.len(),
+        2,
+        "after the switch, and after the rollback (which passed)"
+    );
     assert!(production[1].results[0].passed());
 }
 
@@ -380,14 +471,29 @@ fn a_production_check_failing_after_a_rollback_halts_critical_with_both_colors_u
     let Some(Cause::ProductionSmokeTests { after, .. }) = report.halted() else {
         panic!("{:?}", report.outcome)
     };
-    assert!(after.starts_with("the rollback (for: automatic rollback"), "{after}");
-    assert_eq!(f.world.split().percent(Color::Green), 100, "traffic stays on green");
-    assert_eq!(f.world.desired(Color::Blue), 3, "blue is left up for a human");
+    assert!(
+        after.starts_with("the rollback (for: automatic rollback"),
+        "{after}"
+    );
+    assert_eq!(
+        f.world.split().percent(Color::Green),
+        100,
+        "traffic stays on green"
+    );
+    assert_eq!(
+        f.world.desired(Color::Blue),
+        3,
+        "blue is left up for a human"
+    );
     let halted = f
         .events
         .sent()
         .into_iter()
         .find(|n| n.title == "Deployment Halted")
         .expect("a halt notification");
-    assert!(halted.tags.contains(&"severity:critical".to_string()), "{:?}", halted.tags);
+    assert!(
+        halted.tags.contains(&"severity:critical".to_string()),
+        "{:?}",
+        halted.tags
+    );
 }

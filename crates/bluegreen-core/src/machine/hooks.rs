@@ -81,16 +81,11 @@ impl Machine {
                     .production_checks
                     .is_some()
                     .then_some(Stage::ProductionChecks { then }),
-                Due::Hooks(point) => {
-                    self.plan
-                        .hooks_at(point)
-                        .next()
-                        .map(|(index, _)| Stage::Hook {
-                            point,
-                            index,
-                            then,
-                        })
-                }
+                Due::Hooks(point) => self
+                    .plan
+                    .hooks_at(point)
+                    .next()
+                    .map(|(index, _)| Stage::Hook { point, index, then }),
             };
             if let Some(instead) = instead {
                 self.begun.insert(key);
@@ -136,11 +131,7 @@ impl Machine {
     /// the same point, or the stage they preceded (its wait starting now).
     pub(super) fn due_done(&mut self) {
         let (then, next) = match &self.stage {
-            Stage::Hook {
-                point,
-                index,
-                then,
-            } => {
+            Stage::Hook { point, index, then } => {
                 let next = self
                     .plan
                     .hooks_at(*point)

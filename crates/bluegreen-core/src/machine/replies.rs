@@ -482,9 +482,7 @@ impl Machine {
             return;
         }
         let what = match scope {
-            SmokeScope::Production => {
-                return self.production_checks_failed(results.len(), failed)
-            }
+            SmokeScope::Production => return self.production_checks_failed(results.len(), failed),
             SmokeScope::Staging => "staging health check".to_string(),
             SmokeScope::Color(c) if Some(c) == self.facts.new => {
                 format!("smoke tests on the new color {c}")
