@@ -276,12 +276,12 @@ where
     }
 }
 
-/// The wait a throttling answer asks for: its `Retry-After` header in whole
-/// seconds (the form AWS sends; an HTTP date is not read).
+/// The wait a throttling answer asks for: its `Retry-After` header, read as
+/// every provider reads it ([`bluegreen_core::retry::parse_retry_after`]:
+/// seconds, the form AWS sends, or an HTTP date).
 fn retry_after_of(response: &HttpResponse) -> Option<std::time::Duration> {
     let value = response.headers().get("retry-after")?;
-    let seconds: u64 = value.trim().parse().ok()?;
-    Some(std::time::Duration::from_secs(seconds))
+    bluegreen_core::retry::parse_retry_after(value, std::time::SystemTime::now())
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime};
 
 use reqwest::header::HeaderMap;
 
-use crate::error::{source_chain, Error, ErrorKind, ErrorStatus, Result, MAX_RETRY_AFTER};
+use crate::error::{source_chain, Error, ErrorKind, ErrorStatus, Result};
 
 /// The time limit to open a connection (TCP and TLS) of every client built
 /// by [`client`]: ten seconds, far above a healthy round trip, short enough
@@ -164,21 +164,14 @@ pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     parse_retry_after(value, SystemTime::now())
 }
 
-/// [`retry_after`] of one header value at `now`.
-pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
-    let value = value.trim();
-    let wait = if let Ok(secs) = value.parse::<u64>() {
-        Duration::from_secs(secs)
-    } else {
-        let at = httpdate::parse_http_date(value).ok()?;
-        at.duration_since(now).unwrap_or(Duration::ZERO)
-    };
-    Some(wait.min(MAX_RETRY_AFTER))
-}
+/// [`retry_after`] of one header value at `now` (in [`retry`](crate::retry),
+/// where the AWS providers, which do not use this module, read it too).
+pub use crate::retry::parse_retry_after;
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::MAX_RETRY_AFTER;
 
     #[test]
     fn retry_after_reads_seconds_and_dates_and_caps_them() {

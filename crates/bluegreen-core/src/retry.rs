@@ -61,9 +61,9 @@
 //!    `[0, 1)` (equal jitter: never shorter than half the backoff).
 
 use std::future::Future;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{Error, ErrorKind, Result, MAX_RETRY_AFTER};
 
 /// A provider call as the policy sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -266,6 +266,22 @@ where
             Decision::GiveUp(_) => return Err(e),
         }
     }
+}
+
+/// The wait an HTTP `Retry-After` value asks for at `now` (RFC 9110,
+/// section 10.2.3): delay-seconds, or an HTTP date (a date in the past is
+/// no wait). Capped at [`MAX_RETRY_AFTER`]. `None` when it is neither form.
+/// Providers put it on their error with
+/// [`Error::with_retry_after`]; [`RetryPolicy::decide`] waits at least that long.
+pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    let wait = if let Ok(secs) = value.parse::<u64>() {
+        Duration::from_secs(secs)
+    } else {
+        let at = httpdate::parse_http_date(value).ok()?;
+        at.duration_since(now).unwrap_or(Duration::ZERO)
+    };
+    Some(wait.min(MAX_RETRY_AFTER))
 }
 
 #[cfg(test)]

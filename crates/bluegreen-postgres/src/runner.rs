@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use bluegreen_core::{
     BackupRecord, BackupVerification, ErrorKind, MigrationContext, MigrationInfo, MigrationPhase,
-    MigrationRunner, MigrationStatus, Result, VerificationCheck,
+    MigrationRunner, MigrationStatus, Result, RetryPolicy, VerificationCheck,
 };
 use serde::{Deserialize, Serialize};
 use tokio_postgres::error::ErrorPosition;
@@ -20,8 +20,7 @@ use crate::source::{
     line_col, split_statements, Migration, MigrationFile, MigrationSource, Statement,
 };
 use crate::watch::{
-    elapsed_ms, index_oids, invalid_indexes, jitter, mentions, snippet, InvalidIndex, WaitSample,
-    Watch,
+    elapsed_ms, index_oids, invalid_indexes, mentions, snippet, InvalidIndex, WaitSample, Watch,
 };
 
 /// How a statement's attempts went, for its error.
@@ -590,16 +589,16 @@ impl PostgresMigrations {
     /// The wait before retry `retry` (0-based) after `lock_not_available`:
     /// `retry_backoff` doubled per retry up to `retry_backoff_max`, then
     /// jittered to between half and all of it, so runners and the sessions
-    /// they queue behind do not fall into step.
+    /// they queue behind do not fall into step: the backoff of core's
+    /// [`RetryPolicy`], the same formula the driver's retries use.
     fn backoff(&self, retry: u32) -> Duration {
-        let factor = 1u32 << retry.min(16);
-        let base = self
-            .settings
-            .retry_backoff
-            .saturating_mul(factor)
-            .min(self.settings.retry_backoff_max);
-        let half = base / 2;
-        half + half.mul_f64(jitter())
+        RetryPolicy {
+            max_attempts: self.settings.lock_retries.saturating_add(1),
+            initial_backoff: self.settings.retry_backoff,
+            max_backoff: self.settings.retry_backoff_max,
+            jitter: true,
+        }
+        .backoff(retry)
     }
 
     fn lock_timeout_of(&self, file: &MigrationFile) -> Duration {

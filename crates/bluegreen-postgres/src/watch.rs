@@ -7,7 +7,6 @@
 //! lock-timeout error can name the relation and the blockers.
 
 use std::future::Future;
-use std::hash::{BuildHasher, Hasher};
 use std::time::{Duration, Instant};
 
 use bluegreen_core::MigrationContext;
@@ -208,19 +207,6 @@ impl<'a> Watch<'a> {
     }
 }
 
-/// A number in `[0, 1)`, different on every call (std's randomly keyed
-/// hasher over the clock), for backoff jitter.
-pub(crate) fn jitter() -> f64 {
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or_default(),
-    );
-    (h.finish() >> 11) as f64 / (1u64 << 53) as f64
-}
-
 /// The statement as a message shows it: whitespace collapsed, at most 200
 /// characters.
 pub(crate) fn snippet(text: &str) -> String {
@@ -337,13 +323,6 @@ mod tests {
             "CREATE INDEX CONCURRENTLY \"idx\" ON t (a)",
             "idx"
         ));
-    }
-
-    #[test]
-    fn jitter_stays_in_the_unit_interval_and_varies() {
-        let xs: Vec<f64> = (0..50).map(|_| jitter()).collect();
-        assert!(xs.iter().all(|x| (0.0..1.0).contains(x)));
-        assert!(xs.windows(2).any(|w| w[0] != w[1]));
     }
 
     #[test]
