@@ -9,10 +9,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use bluegreen_core::http::{self, Redirects};
 use bluegreen_core::provider::{EventSink, Notification, SecretSource, Severity};
 use bluegreen_core::{Error, ErrorKind, Result};
 
 const PROVIDER: &str = "slack";
+
+/// The time limit of one post: a notification never holds a deployment up.
+const TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Posts notifications to a Slack incoming webhook.
 #[derive(Clone)]
@@ -33,20 +37,13 @@ impl std::fmt::Debug for SlackWebhook {
 impl SlackWebhook {
     /// A sink whose webhook URL is the secret `url_secret` of `secrets`.
     pub fn new(secrets: Arc<dyn SecretSource>, url_secret: impl Into<String>) -> Result<Self> {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            // A redirect would carry the webhook URL to another host in
-            // `Referer`: the URL goes to its own host only.
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(|e| {
-                Error::new(
-                    ErrorKind::Other,
-                    format!("cannot build an HTTP client: {e}"),
-                )
-                .with_provider(PROVIDER)
-                .with_operation("build")
-            })?;
+        // A redirect would carry the webhook URL to another host in
+        // `Referer`: the URL goes to its own host only.
+        let http = http::client(
+            PROVIDER,
+            concat!("bluegreen/", env!("CARGO_PKG_VERSION")),
+            Redirects::Never,
+        )?;
         Ok(SlackWebhook {
             secrets,
             url_secret: url_secret.into(),
@@ -78,23 +75,21 @@ impl EventSink for SlackWebhook {
             .http
             .post(url.expose())
             .json(&Self::payload(n))
+            .timeout(TIMEOUT)
             .send()
             .await
             .map_err(|e| {
-                // reqwest errors carry the URL: keep it out of the message.
-                let kind = if e.is_timeout() {
-                    ErrorKind::Timeout
-                } else {
-                    ErrorKind::Unavailable
-                };
+                // The message names the host, never the URL (a credential).
+                let e = http::transport_error(e, http::host_of(url.expose()));
                 Error::new(
-                    kind,
+                    e.kind(),
                     format!(
                         "posting to the Slack webhook (secret {:?}) failed: {}",
                         self.url_secret,
-                        e.without_url()
+                        e.message()
                     ),
                 )
+                .with_status(e.status())
                 .with_provider(PROVIDER)
                 .with_operation(op)
             })?;
@@ -102,15 +97,14 @@ impl EventSink for SlackWebhook {
         if status.is_success() {
             return Ok(());
         }
+        let hint = http::retry_after(res.headers());
         let body = res.text().await.unwrap_or_default();
         let kind = match status.as_u16() {
-            429 => ErrorKind::RateLimited,
-            403 | 404 | 410 => ErrorKind::PermissionDenied,
-            400 => ErrorKind::InvalidInput,
-            s if s >= 500 => ErrorKind::Unavailable,
-            _ => ErrorKind::Other,
+            // A removed or revoked webhook answers 404 or 410.
+            404 | 410 => ErrorKind::PermissionDenied,
+            code => http::status_kind(code),
         };
-        Err(Error::new(
+        let e = Error::new(
             kind,
             format!(
                 "the Slack webhook (secret {:?}) answered {status}: {}",
@@ -119,7 +113,12 @@ impl EventSink for SlackWebhook {
             ),
         )
         .with_provider(PROVIDER)
-        .with_operation(op))
+        .with_operation(op);
+        // Slack's 429 says when to post again; the sink makes one attempt.
+        Err(match hint {
+            Some(wait) => e.with_retry_after(wait),
+            None => e,
+        })
     }
 }
 
@@ -202,6 +201,66 @@ mod tests {
             );
             assert!(shown.ends_with("[redacted]…"), "{shown}");
         }
+    }
+
+    /// A webhook URL whose server answers one post with `answer` (a raw
+    /// HTTP/1.1 response).
+    fn answering_once(answer: &'static str) -> (String, std::thread::JoinHandle<()>) {
+        use std::io::{Read, Write};
+        let home = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!(
+            "http://{}/services/T0AAAAAAA/B0BBBBBBB/{TOKEN}",
+            home.local_addr().unwrap()
+        );
+        let server = std::thread::spawn(move || {
+            let (mut c, _) = home.accept().unwrap();
+            let mut buf = [0u8; 4096];
+            let _ = c.read(&mut buf);
+            c.write_all(answer.as_bytes()).unwrap();
+        });
+        (url, server)
+    }
+
+    async fn post_to(url: &str) -> Error {
+        let secrets = bluegreen_core::testing::FakeSecrets::new();
+        secrets.insert("slack-url", url, None);
+        let sink = SlackWebhook::new(Arc::new(secrets), "slack-url").unwrap();
+        let n = Notification {
+            deployment_id: "d-1".into(),
+            service: "order-api".into(),
+            version: "2.5.0".into(),
+            title: "Deployment Start".into(),
+            text: String::new(),
+            severity: Severity::Info,
+            tags: vec![],
+            cause: None,
+        };
+        sink.notify(&n).await.unwrap_err()
+    }
+
+    #[tokio::test]
+    async fn slack_throttling_is_temporary_with_its_retry_after_as_the_hint() {
+        let (url, server) = answering_once(
+            "HTTP/1.1 429 Too Many Requests\r\nRetry-After: 30\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        );
+        let e = post_to(&url).await;
+        server.join().unwrap();
+        assert_eq!(e.kind(), ErrorKind::RateLimited, "{e}");
+        assert!(e.is_temporary());
+        assert_eq!(e.retry_after(), Some(Duration::from_secs(30)));
+        assert!(!shows_part_of_the_token(&e.to_string()), "{e}");
+    }
+
+    #[tokio::test]
+    async fn slack_removed_webhook_is_permission_denied_not_retried() {
+        let (url, server) = answering_once(
+            "HTTP/1.1 404 Not Found\r\nContent-Length: 12\r\nConnection: close\r\n\r\nno_service\r\n",
+        );
+        let e = post_to(&url).await;
+        server.join().unwrap();
+        assert_eq!(e.kind(), ErrorKind::PermissionDenied, "{e}");
+        assert!(!e.is_temporary());
+        assert!(e.to_string().contains("no_service"), "{e}");
     }
 
     #[tokio::test]
