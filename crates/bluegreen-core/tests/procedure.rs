@@ -508,6 +508,27 @@ fn a_hanging_router_is_cut_by_the_call_timeout_and_retried() {
     assert_eq!(f.faults.calls("router.set_split"), 2, "one hang, one retry");
 }
 
+/// A backup that hangs may still be running (a pg_dump the deployer lost
+/// sight of): the retry policy does not start a second one, since a repeat
+/// may take another backup; the deployment stops before migrating.
+#[test]
+fn a_hanging_backup_is_cut_by_the_call_timeout_and_not_started_again() {
+    let (report, f) = simulate(|f| {
+        healthy(f);
+        f.faults.inject("migrations.backup", 0, Fault::Hang);
+        f.builder(reference_plan())
+    });
+    assert_eq!(f.faults.calls("migrations.backup"), 1, "one backup call");
+    let why = reason(&report);
+    assert!(why.contains("backup"), "{why}");
+    assert!(why.contains("no answer within"), "{why}");
+    assert!(!f
+        .world
+        .changes()
+        .iter()
+        .any(|c| matches!(c, Change::Migrated(..) | Change::Backup(_))));
+}
+
 #[test]
 fn a_provider_failing_past_its_retries_rolls_back_and_the_journal_keeps_every_record() {
     let (report, f) = simulate(|f| {
