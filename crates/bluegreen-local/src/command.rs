@@ -44,7 +44,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use bluegreen_core::provider::{MetricAnswer, MetricQuery, MetricsSource, Sample};
+use bluegreen_core::provider::{
+    Hook, HookContext, HookOutcome, MetricAnswer, MetricQuery, MetricsSource, Sample,
+};
 use bluegreen_core::{
     Error, ErrorKind, Result, SecretSource, SmokeOutcome, SmokeTarget, SmokeTest,
 };
@@ -87,6 +89,23 @@ pub const SMOKE_VARIABLES: [&str; 5] = ["url", "base_url", "service", "color", "
 /// check's rendered query), `{check}` (its name), `{from}` and `{to}` (the
 /// window, in Unix seconds).
 pub const METRIC_VARIABLES: [&str; 4] = ["query", "check", "from", "to"];
+
+/// The placeholders of a lifecycle hook's command ([`CommandHook`]):
+/// `{service}`, `{version}`, `{point}` (e.g. `before_traffic`),
+/// `{deployment_id}`, `{old_color}` and `{new_color}` (empty before
+/// preflight chose them), `{percent}` (the new color's share last read back,
+/// empty before any) and `{outcome}` (`succeeded`, `rolled_back` or
+/// `halted`, for `after_rollback` and `on_finish`; empty before).
+pub const HOOK_VARIABLES: [&str; 8] = [
+    "service",
+    "version",
+    "point",
+    "deployment_id",
+    "old_color",
+    "new_color",
+    "percent",
+    "outcome",
+];
 
 /// What the command reports besides its exit code.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -965,6 +984,94 @@ impl SmokeTest for CommandSmokeTest {
 
     async fn run(&self, target: &SmokeTarget) -> Result<SmokeOutcome> {
         Ok(self.run_detailed(target).await?.0)
+    }
+}
+
+// ----------------------------------------------------------------- hook --
+
+/// A [`CommandCheck`] as a lifecycle [`Hook`]: succeeds when the command
+/// exits 0; the outcome's detail is what ran, how it ended and the tail of
+/// its output (secrets masked), as for a smoke test.
+///
+/// The command also gets `BLUEGREEN_HOOK_POINT`, `BLUEGREEN_SERVICE`,
+/// `BLUEGREEN_VERSION`, `BLUEGREEN_DEPLOYMENT_ID`, and, once known,
+/// `BLUEGREEN_OLD_COLOR`, `BLUEGREEN_NEW_COLOR`, `BLUEGREEN_PERCENT` and
+/// `BLUEGREEN_OUTCOME`. Its [`timeout`](CommandCheck::timeout) kills its
+/// process group; the engine's retries (the plan's `retries`) come on top
+/// of the check's own, so a spec sets one of them (the CLI sets the
+/// check's to 0). A hook need not be idempotent: the engine never runs it
+/// twice after a crash unless the plan says it may.
+#[derive(Debug, Clone)]
+pub struct CommandHook {
+    runner: CommandRunner,
+}
+
+impl CommandHook {
+    /// Validates `check` with the [`HOOK_VARIABLES`].
+    pub fn new(check: CommandCheck) -> Result<Self> {
+        Ok(CommandHook {
+            runner: CommandRunner::new(check, &HOOK_VARIABLES)?,
+        })
+    }
+
+    /// Where the [`secrets`](CommandCheck::secrets) are read.
+    #[must_use]
+    pub fn with_secrets(mut self, secrets: Arc<dyn SecretSource>) -> Self {
+        self.runner.secrets = Some(secrets);
+        self
+    }
+
+    /// The check.
+    pub fn check(&self) -> &CommandCheck {
+        self.runner.check()
+    }
+}
+
+/// The value of each [`HOOK_VARIABLES`] placeholder for `c` (empty when
+/// not known yet).
+fn hook_value(c: &HookContext, name: &str) -> Option<String> {
+    let color = |x: Option<bluegreen_core::Color>| x.map_or(String::new(), |c| c.to_string());
+    Some(match name {
+        "service" => c.service.clone(),
+        "version" => c.version.clone(),
+        "point" => c.point.to_string(),
+        "deployment_id" => c.deployment_id.clone(),
+        "old_color" => color(c.old),
+        "new_color" => color(c.new),
+        "percent" => c.new_percent.map_or(String::new(), |p| p.to_string()),
+        "outcome" => c.outcome.clone().unwrap_or_default(),
+        _ => return None,
+    })
+}
+
+#[async_trait]
+impl Hook for CommandHook {
+    fn name(&self) -> &str {
+        &self.runner.check().name
+    }
+
+    async fn run(&self, context: &HookContext) -> Result<HookOutcome> {
+        let vars = |n: &str| hook_value(context, n);
+        let env: Vec<(String, String)> = HOOK_VARIABLES
+            .iter()
+            .filter_map(|n| {
+                let v = hook_value(context, n)?;
+                let key = match *n {
+                    "point" => "BLUEGREEN_HOOK_POINT".to_string(),
+                    other => format!("BLUEGREEN_{}", other.to_ascii_uppercase()),
+                };
+                (!v.is_empty()).then_some((key, v))
+            })
+            .collect();
+        let c = self.runner.check();
+        let started = Instant::now();
+        let (run, attempt) = self.runner.run(&vars, &env).await?;
+        Ok(HookOutcome {
+            passed: run.exit.success(),
+            duration: started.elapsed(),
+            detail: run.detail(c.timeout, attempt, c.retries.saturating_add(1)),
+            attempts: attempt,
+        })
     }
 }
 
