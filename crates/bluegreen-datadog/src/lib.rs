@@ -1,6 +1,8 @@
 #![doc = include_str!("../README.md")]
 
 pub(crate) mod client;
+pub mod logs;
+pub mod monitors;
 pub mod query;
 mod secrets;
 pub mod series;
@@ -19,6 +21,8 @@ use reqwest::Method;
 use serde::Serialize;
 
 use client::{Auth, Call, Http, Keys, PROVIDER};
+pub use logs::DatadogLogs;
+pub use monitors::DatadogMonitors;
 pub use query::QueryApi;
 pub use secrets::{EnvSecrets, API_KEY_ENV, APP_KEY_ENV};
 pub use site::{Site, SITE_ENV};
