@@ -19,6 +19,7 @@ use aws_smithy_runtime_api::client::http::SharedHttpClient;
 use aws_smithy_types::retry::RetryConfig;
 use aws_types::region::Region;
 use aws_types::SdkConfig;
+use bluegreen_core::error::source_chain;
 use bluegreen_core::{Error, Result};
 
 use crate::spec::EcsTarget;
@@ -247,21 +248,6 @@ fn source(e: &EcsTarget) -> String {
     s
 }
 
-/// The messages of `err` and its sources, each once, without the Debug
-/// renderings (raw responses) the SDK's own context display adds.
-fn reason(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    let mut next = Some(err);
-    while let Some(e) = next {
-        let m = e.to_string();
-        if !m.is_empty() && !parts.iter().any(|p| p.contains(&m)) {
-            parts.push(m);
-        }
-        next = e.source();
-    }
-    parts.join(": ")
-}
-
 /// Resolves the credentials of `e` and asks STS who they belong to. An
 /// error (no credentials, a profile that does not exist, a role that
 /// cannot be assumed, an expired token) names the spec fields involved and
@@ -276,7 +262,7 @@ pub async fn identity(e: &EcsTarget) -> Result<Identity> {
             Error::unavailable(format!(
                 "cannot resolve the AWS identity (STS GetCallerIdentity) with {}: {}",
                 source(e),
-                reason(&err)
+                source_chain(&err)
             ))
             .with_provider("aws")
             .with_operation("GetCallerIdentity")

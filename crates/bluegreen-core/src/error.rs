@@ -355,15 +355,16 @@ impl PlanError {
     }
 }
 
-/// An error and its sources, joined by `: `, each source shown once: a
-/// source whose text an earlier part already contains is left out (reqwest
-/// and hyper repeat their cause in their own message).
+/// An error and its sources, joined by `: `, each shown once: an empty
+/// message, or one whose text an earlier part already contains, is left out
+/// (reqwest, hyper and the AWS SDK repeat their cause in their own message).
+/// The one way every crate renders an error chain for a person.
 pub fn source_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts = vec![e.to_string()];
-    let mut cur = e.source();
+    let mut parts: Vec<String> = Vec::new();
+    let mut cur = Some(e);
     while let Some(s) = cur {
         let t = s.to_string();
-        if !parts.iter().any(|p| p.contains(&t)) {
+        if !t.is_empty() && !parts.iter().any(|p| p.contains(&t)) {
             parts.push(t);
         }
         cur = s.source();
@@ -399,6 +400,8 @@ mod tests {
             source_chain(&Wrap(refused(), "tcp connect error: connection refused")),
             "tcp connect error: connection refused"
         );
+        // An empty message (some SDK wrappers display nothing) is left out.
+        assert_eq!(source_chain(&Wrap(refused(), "")), "connection refused");
     }
 
     #[test]

@@ -133,15 +133,10 @@ async fn one(
     client: &Client<HttpConnector, Empty<Bytes>>,
     uri: http::Uri,
 ) -> Result<(u16, String, bool), String> {
-    let resp = client.get(uri).await.map_err(|e| {
-        let mut s = format!("{e}");
-        let mut src = std::error::Error::source(&e);
-        while let Some(x) = src {
-            s.push_str(&format!(": {x}"));
-            src = x.source();
-        }
-        s
-    })?;
+    let resp = client
+        .get(uri)
+        .await
+        .map_err(|e| bluegreen_core::error::source_chain(&e))?;
     let status = resp.status().as_u16();
     let color = resp
         .headers()

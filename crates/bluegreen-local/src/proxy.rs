@@ -10,6 +10,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use bluegreen_core::error::source_chain;
 use bluegreen_core::{Color, Error, Result, TargetHealth, TrafficRouter, TrafficSplit};
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
@@ -398,14 +399,7 @@ fn is_reset(e: &hyper::Error) -> bool {
 
 /// `addr (color): error: its source: ...`.
 fn error_chain(addr: SocketAddr, color: Color, e: &hyper::Error) -> String {
-    let mut s = format!("{addr} ({color}): {e}");
-    let mut source = std::error::Error::source(e);
-    while let Some(cause) = source {
-        s.push_str(": ");
-        s.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    s
+    format!("{addr} ({color}): {}", source_chain(e))
 }
 
 fn text(status: StatusCode, body: String) -> Response<ProxyBody> {

@@ -1,5 +1,6 @@
 //! How PostgreSQL, process and file failures map into [`bluegreen_core::Error`].
 
+use bluegreen_core::error::source_chain;
 use bluegreen_core::{Error, ErrorKind, ErrorStatus};
 use tokio_postgres::error::{DbError, SqlState};
 
@@ -74,7 +75,7 @@ pub(crate) fn map_pg(e: tokio_postgres::Error, operation: &'static str, context:
             "the connection to the server was closed".to_string(),
         ),
         None => {
-            let text = error_chain(&e);
+            let text = source_chain(&e);
             if text.contains("invalid configuration") {
                 (ErrorKind::InvalidInput, ErrorStatus::Permanent, text)
             } else if text.contains("certificate") || text.contains("InvalidCertificate") {
@@ -90,21 +91,6 @@ pub(crate) fn map_pg(e: tokio_postgres::Error, operation: &'static str, context:
         .with_status(status)
         .with_provider(PROVIDER)
         .with_operation(operation)
-}
-
-/// The error and its sources, joined by `: `.
-pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let t = c.to_string();
-        if !s.contains(&t) {
-            s.push_str(": ");
-            s.push_str(&t);
-        }
-        cur = c.source();
-    }
-    s
 }
 
 /// An error of `kind` from this provider, for `operation`.
