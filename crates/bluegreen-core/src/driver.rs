@@ -174,6 +174,18 @@ impl ControlHandle {
             reason: reason.into(),
         })
     }
+
+    /// One approval by `name` of an approval gate (`None`: the one the
+    /// deployment holds at, else the next not yet passed). The deployment
+    /// journals it with the time it took it, or refuses it (a name not on
+    /// the gate's lists, a second approval by the same name) and journals
+    /// why; see [`ApprovalGate`](crate::plan::ApprovalGate).
+    pub fn approve(&self, name: impl Into<String>, gate: Option<crate::plan::Gate>) -> bool {
+        self.send(Control::Approve {
+            name: name.into(),
+            gate,
+        })
+    }
 }
 
 /// Events a slow subscriber may fall behind before it misses some.
@@ -354,6 +366,11 @@ impl Builder {
                 "a secret source (the plan lists preflight.required_secrets)",
             ));
         }
+        if !self.plan.preflight.migrations_applied.is_empty() && self.migrations.is_none() {
+            return Err(missing(
+                "a migration runner, whose ledger shows the migrations of preflight.migrations_applied",
+            ));
+        }
         let all_smoke = self
             .plan
             .smoke_tests
@@ -365,6 +382,13 @@ impl Builder {
                     .staging_checks
                     .iter()
                     .map(|n| ("preflight.staging_checks", n)),
+            )
+            .chain(
+                self.plan
+                    .preflight
+                    .checks
+                    .iter()
+                    .map(|n| ("preflight.checks", n)),
             )
             .chain(
                 self.plan
@@ -595,6 +619,11 @@ impl BlueGreen {
 
     async fn run_inner(mut self) -> Result<Report> {
         let now = self.clock.now();
+        if !self.resume {
+            // Outside its window a deployment starts nothing: refused
+            // before the lease, the journal or any provider is touched.
+            self.check_window(now)?;
+        }
         let mut lease = self
             .journal
             .acquire(&self.plan.service, &self.holder, self.lease_ttl, now)
@@ -830,6 +859,28 @@ impl BlueGreen {
     /// previous holder is seen, not assumed away. At most the lease TTL
     /// plus the call timeout.
     /// When `lease` is renewed: once half its TTL is left.
+    /// Refuses a start outside the plan's window ([`ErrorKind::Conflict`],
+    /// nothing changed), saying when the next window opens; a window that
+    /// never opens is [`ErrorKind::InvalidInput`] naming `window`.
+    fn check_window(&self, now: Timestamp) -> Result<()> {
+        let Some(w) = &self.plan.window else {
+            return Ok(());
+        };
+        match w.check(now) {
+            Ok(crate::plan::WindowCheck::Open) => Ok(()),
+            Ok(crate::plan::WindowCheck::Closed {
+                next_open,
+                why,
+                next_open_local,
+            }) => Err(Error::conflict(format!(
+                "outside the deployment window (window): {why}; the next window opens at {next_open_local}, in {} ({next_open})",
+                humantime::format_duration(Duration::from_secs(next_open.since(now).as_secs()))
+            ))
+            .with_operation("start")),
+            Err(e) => Err(Error::invalid_input(e.to_string()).with_operation("start")),
+        }
+    }
+
     fn renew_at(&self, lease: &Lease) -> Timestamp {
         Timestamp(
             lease
@@ -1172,6 +1223,7 @@ async fn execute(
                 SmokeScope::Production => {
                     (None, plan.production_checks.as_ref().map(|c| c.url.clone()))
                 }
+                SmokeScope::Dependencies => (None, None),
             };
             let target = SmokeTarget {
                 service: plan.service.clone(),
@@ -1218,6 +1270,13 @@ async fn execute(
                 });
             }
             Reply::Smoke { results }
+        }
+        Action::ReadMigrationLedger => {
+            let m = migrations()?;
+            let status = with_retry(r, timeout, op, || m.status()).await?;
+            Reply::Ledger {
+                applied: status.applied.iter().map(|m| m.version).collect(),
+            }
         }
         Action::Backup => {
             let m = migrations()?;

@@ -15,6 +15,16 @@ use serde::{Deserialize, Serialize};
 use crate::color::Color;
 use crate::error::PlanError;
 
+mod approval;
+pub mod rehearsal;
+mod window;
+
+pub use approval::{Approval, ApprovalGate, ApproverGroup};
+pub use rehearsal::{Rehearsal, RehearsalOptions, RehearsedFailure};
+pub use window::{
+    AllowedWindow, Blackout, DeployWindow, Weekday, WindowCheck, WINDOW_HORIZON_DAYS,
+};
+
 /// The reference procedure's numbers, each defined once.
 pub mod defaults {
     use std::time::Duration;
@@ -74,6 +84,13 @@ pub mod defaults {
     /// The least fresh evidence an evaluation covers: data no earlier
     /// evaluation used. A human's promote shortens a wait to this, never less.
     pub const MIN_EVIDENCE: Duration = Duration::from_secs(5 * 60);
+    /// Rollback-time target: "Traffic switch: < 1 minute" (the reference's
+    /// rollback time estimate).
+    pub const TARGET_TRAFFIC_SWITCH: Duration = Duration::from_secs(60);
+    /// Rollback-time target: "Full rollback (with DB): < 5 minutes".
+    pub const TARGET_FULL_ROLLBACK: Duration = Duration::from_secs(5 * 60);
+    /// Rollback-time target: "Verification: < 10 minutes".
+    pub const TARGET_VERIFICATION: Duration = Duration::from_secs(10 * 60);
     /// Backup verification: the fewest entries `pg_restore --list` must show.
     pub const BACKUP_MIN_ENTRIES: u64 = 1;
     /// Progress deadline: preflight checks.
@@ -139,6 +156,17 @@ pub struct Plan {
     /// Points at which the deployment waits for a human to promote.
     #[serde(default)]
     pub gates: Vec<Gate>,
+    /// Gates that pass on approvals from named people instead of a
+    /// promote ("approved by 2+ engineers", "product owner approved").
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub approvals: Vec<ApprovalGate>,
+    /// When a deployment may start; any time when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<DeployWindow>,
+    /// The reference's rollback-time targets, set against the measured
+    /// times in the report.
+    #[serde(default, skip_serializing_if = "RollbackTargets::is_reference")]
+    pub rollback_targets: RollbackTargets,
     /// The longest each phase may take before the deployment gives up on it.
     #[serde(default)]
     pub deadlines: Deadlines,
@@ -541,6 +569,16 @@ pub struct Preflight {
     /// Secrets that must exist and be fresh.
     #[serde(default)]
     pub required_secrets: Vec<RequiredSecret>,
+    /// Migration versions the database must already have applied, read
+    /// from the migration runner's ledger before anything changes (the
+    /// reference: "Database migration 024 (must be applied)").
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub migrations_applied: Vec<u64>,
+    /// Checks (registered smoke tests, by name) that must pass before
+    /// anything changes: the dependencies the release needs. They run with
+    /// no color and no base URL, so each names its own endpoint.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checks: Vec<String>,
 }
 
 /// A secret the release needs, with its rotation policy.
@@ -1042,6 +1080,53 @@ impl Default for Timing {
     }
 }
 
+/// The reference's rollback-time estimate ("Traffic switch: < 1 minute;
+/// Full rollback (with DB): < 5 minutes; Verification: < 10 minutes"), as
+/// targets the report sets the measured times against.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RollbackTargets {
+    /// From the rollback's start until a read-back shows all traffic on the
+    /// old color.
+    #[serde(default = "t_switch", with = "humantime_serde")]
+    pub traffic_switch: Duration,
+    /// From the rollback's start until it finished (migrations reverted,
+    /// the new color at zero, autoscaling restored).
+    #[serde(default = "t_full", with = "humantime_serde")]
+    pub full_rollback: Duration,
+    /// The smoke tests on the old color once traffic is back on it.
+    #[serde(default = "t_verify", with = "humantime_serde")]
+    pub verification: Duration,
+}
+
+fn t_switch() -> Duration {
+    defaults::TARGET_TRAFFIC_SWITCH
+}
+fn t_full() -> Duration {
+    defaults::TARGET_FULL_ROLLBACK
+}
+fn t_verify() -> Duration {
+    defaults::TARGET_VERIFICATION
+}
+
+impl Default for RollbackTargets {
+    fn default() -> Self {
+        RollbackTargets {
+            traffic_switch: defaults::TARGET_TRAFFIC_SWITCH,
+            full_rollback: defaults::TARGET_FULL_ROLLBACK,
+            verification: defaults::TARGET_VERIFICATION,
+        }
+    }
+}
+
+impl RollbackTargets {
+    /// Whether these are the reference's figures (left out of a
+    /// serialized plan, so plans journaled before the field read the same).
+    pub fn is_reference(&self) -> bool {
+        *self == RollbackTargets::default()
+    }
+}
+
 /// A point where the deployment waits for `promote`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -1203,6 +1288,9 @@ impl Plan {
             ],
             timing: Timing::default(),
             gates: Vec::new(),
+            approvals: Vec::new(),
+            window: None,
+            rollback_targets: RollbackTargets::default(),
             deadlines: Deadlines::default(),
             on_inconclusive: InconclusivePolicy::Pause,
             on_hold_timeout: HoldTimeoutPolicy::Rollback,
@@ -1380,6 +1468,7 @@ impl Plan {
                 return Err(PlanError::new(format!("gates[{i}]"), "listed twice"));
             }
         }
+        self.validate_schedule()?;
         Ok(())
     }
 
@@ -1421,6 +1510,49 @@ impl Plan {
             .iter()
             .enumerate()
             .filter(move |(_, h)| h.point == point)
+    }
+
+    /// Approvals, the window, preflight dependencies and rollback targets.
+    fn validate_schedule(&self) -> Result<(), PlanError> {
+        let mut seen = BTreeSet::new();
+        for (i, a) in self.approvals.iter().enumerate() {
+            if !seen.insert(a.gate) {
+                return Err(PlanError::new(
+                    format!("approvals[{i}].gate"),
+                    "this gate already has approvals listed: one entry per gate",
+                ));
+            }
+            a.validate(&format!("approvals[{i}]"))?;
+        }
+        if let Some(w) = &self.window {
+            w.validate("window")?;
+        }
+        unique(
+            "preflight.checks",
+            self.preflight.checks.iter().map(String::as_str),
+        )?;
+        for (i, n) in self.preflight.checks.iter().enumerate() {
+            non_empty(&format!("preflight.checks[{i}]"), n)?;
+        }
+        let mut versions = BTreeSet::new();
+        for (i, v) in self.preflight.migrations_applied.iter().enumerate() {
+            if !versions.insert(*v) {
+                return Err(PlanError::new(
+                    format!("preflight.migrations_applied[{i}]"),
+                    format!("{v} is listed twice"),
+                ));
+            }
+        }
+        let t = &self.rollback_targets;
+        positive("rollback_targets.traffic_switch", t.traffic_switch)?;
+        positive("rollback_targets.full_rollback", t.full_rollback)?;
+        positive("rollback_targets.verification", t.verification)?;
+        Ok(())
+    }
+
+    /// The approval gate of `gate`, if the plan has one.
+    pub fn approval_gate(&self, gate: Gate) -> Option<&ApprovalGate> {
+        self.approvals.iter().find(|a| a.gate == gate)
     }
 
     fn validate_strategy(&self) -> Result<(), PlanError> {

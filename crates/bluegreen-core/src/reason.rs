@@ -210,6 +210,14 @@ pub enum Cause {
         /// Each problem.
         problems: Vec<String>,
     },
+    /// A dependency of the release is not in place (preflight): a
+    /// migration that must already be applied, a check that must pass.
+    Dependency {
+        /// The plan field that asks for it, e.g. `preflight.migrations_applied`.
+        field: String,
+        /// What is missing.
+        problems: Vec<String>,
+    },
     /// Smoke tests failed.
     SmokeTests {
         /// Which suite, in words.
@@ -432,6 +440,11 @@ impl fmt::Display for Cause {
             Cause::Secrets { problems } => write!(
                 f,
                 "required secrets failed preflight: {}",
+                problems.join("; ")
+            ),
+            Cause::Dependency { field, problems } => write!(
+                f,
+                "preflight dependency not met ({field}): {}",
                 problems.join("; ")
             ),
             Cause::SmokeTests {
@@ -742,6 +755,18 @@ pub enum Effect {
     },
     /// A rollback started.
     RollingBack,
+    /// An approval was recorded.
+    Approved {
+        /// The gate.
+        gate: crate::plan::Gate,
+        /// Who.
+        name: String,
+        /// Their group's role.
+        role: String,
+        /// What the gate still needs, e.g. `1 more of engineers`; empty
+        /// when this approval completed it.
+        missing: Vec<String>,
+    },
     /// The instruction was refused.
     Refused {
         /// Why.
@@ -780,6 +805,37 @@ pub enum Refusal {
         /// Whether because it is rolling back.
         rolling_back: bool,
     },
+    /// An approval from a name on none of the gate's lists.
+    NotAnApprover {
+        /// The gate.
+        gate: crate::plan::Gate,
+        /// The name given.
+        name: String,
+        /// The names that may approve it.
+        approvers: Vec<String>,
+    },
+    /// A second approval by the same name.
+    AlreadyApproved {
+        /// The gate.
+        gate: crate::plan::Gate,
+        /// The name.
+        name: String,
+        /// When the first approval was taken.
+        at: crate::color::Timestamp,
+    },
+    /// An approval for a gate the plan gives no approvers, or that was
+    /// already passed.
+    NoApprovalPending {
+        /// The gate, when one was named or found.
+        gate: Option<crate::plan::Gate>,
+    },
+    /// A promote at a gate that passes on approvals only.
+    NeedsApprovals {
+        /// The gate.
+        gate: crate::plan::Gate,
+        /// What it still needs.
+        missing: Vec<String>,
+    },
 }
 
 impl fmt::Display for Effect {
@@ -812,6 +868,19 @@ impl fmt::Display for Effect {
                 write!(f, "the whole group reached {barrier}: proceeding")
             }
             Effect::RollingBack => f.write_str("rolling back"),
+            Effect::Approved {
+                gate,
+                name,
+                role,
+                missing,
+            } => {
+                write!(f, "approved by {name} ({role}) for the gate {gate}")?;
+                if missing.is_empty() {
+                    f.write_str(": the gate's approvals are complete")
+                } else {
+                    write!(f, "; still needs {}", missing.join(", "))
+                }
+            }
             Effect::Refused { why } => match why {
                 Refusal::RollbackNotPaused => f.write_str("refused: a rollback is never paused"),
                 Refusal::RollingBack => f.write_str("refused: the deployment is rolling back"),
@@ -833,6 +902,31 @@ impl fmt::Display for Effect {
                 Refusal::NotWaitingAt { barrier, .. } => {
                     write!(f, "refused: not waiting at {barrier}")
                 }
+                Refusal::NotAnApprover {
+                    gate,
+                    name,
+                    approvers,
+                } => write!(
+                    f,
+                    "refused: {name:?} is not an approver of the gate {gate} (approvals[].gate = \"{gate}\"); its approvers: {}",
+                    approvers.join(", ")
+                ),
+                Refusal::AlreadyApproved { gate, name, at } => write!(
+                    f,
+                    "refused: {name} already approved the gate {gate} at {at}; approvals must come from distinct people"
+                ),
+                Refusal::NoApprovalPending { gate: Some(gate) } => write!(
+                    f,
+                    "refused: the gate {gate} has no approvals pending (the plan lists no approvers for it, or it was passed)"
+                ),
+                Refusal::NoApprovalPending { gate: None } => {
+                    f.write_str("refused: no approval gate is pending")
+                }
+                Refusal::NeedsApprovals { gate, missing } => write!(
+                    f,
+                    "refused: the gate {gate} passes on approvals, not promote; it still needs {}",
+                    missing.join(", ")
+                ),
             },
         }
     }

@@ -159,9 +159,41 @@ pub struct Report {
     pub checks: Vec<CheckRecord>,
     /// Journal records read.
     pub records: usize,
+    /// The plan's rollback-time targets (see [`Report::rollback_times`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback_targets: Option<crate::plan::RollbackTargets>,
+    /// When the rollback started, if one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback_started_at: Option<Timestamp>,
     /// Lifecycle hook runs, in order.
     #[serde(default)]
     pub hooks: Vec<HookRecord>,
+}
+
+/// One of the reference's rollback-time targets against the measured time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RollbackTime {
+    /// `traffic switch`, `full rollback` or `verification`.
+    pub what: String,
+    /// What is measured, in words.
+    pub measured_as: String,
+    /// The target (the reference's unless the plan's `rollback_targets` says).
+    #[serde(with = "humantime_serde")]
+    pub target: std::time::Duration,
+    /// The measured time, when this deployment has one.
+    #[serde(with = "humantime_serde")]
+    pub measured: Option<std::time::Duration>,
+}
+
+impl RollbackTime {
+    /// `met`, `MISSED`, or `not measured`.
+    pub fn verdict(&self) -> &'static str {
+        match self.measured {
+            Some(m) if m < self.target => "met",
+            Some(_) => "MISSED",
+            None => "not measured",
+        }
+    }
 }
 
 impl Report {
@@ -191,6 +223,7 @@ impl Report {
                     r.version = plan.release.version.clone();
                     r.image = plan.release.image.clone();
                     r.checks = check_records(plan);
+                    r.rollback_targets = Some(plan.rollback_targets.clone());
                 }
                 Record::Step {
                     input,
@@ -362,11 +395,14 @@ impl Report {
                 DecisionKind::Control,
                 format!("control {}: {effect}", control_text(control)),
             ),
-            Event::RollbackStarted { reason } => self.decide_as(
-                at,
-                DecisionKind::Rollback,
-                format!("rollback: {}", reason.summary),
-            ),
+            Event::RollbackStarted { reason } => {
+                self.rollback_started_at.get_or_insert(at);
+                self.decide_as(
+                    at,
+                    DecisionKind::Rollback,
+                    format!("rollback: {}", reason.summary),
+                )
+            }
             Event::Finished { outcome, facts } => {
                 if let Some(last) = self.stages.last_mut() {
                     last.ended_at.get_or_insert(at);
@@ -386,6 +422,56 @@ impl Report {
     /// The report as pretty JSON.
     pub fn to_json(&self) -> String {
         serde_json::to_string_pretty(self).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+    }
+
+    /// The reference's rollback-time targets ("Rollback Time Estimate":
+    /// traffic switch < 1 minute, full rollback < 5 minutes, verification
+    /// < 10 minutes; the plan's `rollback_targets` when set) against the
+    /// times this deployment's rollback took: from the rollback's start
+    /// until a read-back showed all traffic on the old color, from its
+    /// start until it finished, and the smoke tests on the old color once
+    /// traffic was back. Empty when the deployment did not roll back.
+    pub fn rollback_times(&self) -> Vec<RollbackTime> {
+        let Some(start) = self.rollback_started_at else {
+            return Vec::new();
+        };
+        let t = self.rollback_targets.clone().unwrap_or_default();
+        let old = self.facts.as_ref().and_then(|f| f.old);
+        let switched = old.and_then(|old| {
+            self.splits
+                .iter()
+                .find(|s| s.at >= start && s.split.percent(old) == 100)
+                .map(|s| s.at.since(start))
+        });
+        let full = match self.outcome {
+            Some(Outcome::RolledBack { .. }) => self.finished_at.map(|f| f.since(start)),
+            _ => None,
+        };
+        let verified = self
+            .stages
+            .iter()
+            .find(|s| s.stage == "rollback_verify_old" && s.started_at >= start)
+            .and_then(|s| s.ended_at.map(|e| e.since(s.started_at)));
+        vec![
+            RollbackTime {
+                what: "traffic switch".into(),
+                measured_as: "rollback start to a read-back of all traffic on the old color".into(),
+                target: t.traffic_switch,
+                measured: switched,
+            },
+            RollbackTime {
+                what: "full rollback".into(),
+                measured_as: "rollback start to rolled back".into(),
+                target: t.full_rollback,
+                measured: full,
+            },
+            RollbackTime {
+                what: "verification".into(),
+                measured_as: "smoke tests on the old color after the switch".into(),
+                target: t.verification,
+                measured: verified,
+            },
+        ]
     }
 
     /// The report as Markdown: the reference's "deployment documented".
@@ -458,6 +544,27 @@ impl Report {
             }
             for m in &f.reverted {
                 let _ = writeln!(s, "- Migration reverted: {} {}", m.version, m.name);
+            }
+        }
+        let times = self.rollback_times();
+        if !times.is_empty() {
+            let _ = writeln!(
+                s,
+                "\n## Rollback time against the reference's targets\n\n| | target | measured | |\n|---|---|---|---|"
+            );
+            for t in &times {
+                let _ = writeln!(
+                    s,
+                    "| {} ({}) | < {} | {} | {} |",
+                    t.what,
+                    t.measured_as,
+                    humantime::format_duration(t.target),
+                    t.measured.map_or("-".to_string(), |m| {
+                        humantime::format_duration(std::time::Duration::from_secs(m.as_secs()))
+                            .to_string()
+                    }),
+                    t.verdict()
+                );
             }
         }
         let _ = writeln!(
@@ -637,10 +744,12 @@ fn describe_action(a: &Action) -> String {
             .map(|s| s.name.as_str())
             .collect::<Vec<_>>()
             .join(", "),
-        Action::ReadSplit | Action::ReadDrainPeriod | Action::Backup | Action::Notify { .. } => {
-            String::new()
-        }
         Action::RunHook { hook, context } => format!("{hook} ({})", context.point),
+        Action::ReadSplit
+        | Action::ReadDrainPeriod
+        | Action::ReadMigrationLedger
+        | Action::Backup
+        | Action::Notify { .. } => String::new(),
     }
 }
 
@@ -652,6 +761,15 @@ fn control_text(c: &Control) -> String {
         Control::Promote => "promote".into(),
         Control::Abort { reason } => format!("abort ({reason})"),
         Control::Proceed { barrier } => format!("proceed past {barrier}"),
+        Control::Approve { name, gate } => approve_text(name, *gate),
+    }
+}
+
+/// An approval in words: `approve as NAME (before-shift)`.
+pub(crate) fn approve_text(name: &str, gate: Option<crate::plan::Gate>) -> String {
+    match gate {
+        Some(g) => format!("approve as {name} (gate {g})"),
+        None => format!("approve as {name}"),
     }
 }
 
@@ -661,6 +779,7 @@ pub(crate) fn scope_text(s: SmokeScope) -> String {
         SmokeScope::Staging => "staging".into(),
         SmokeScope::Color(c) => c.to_string(),
         SmokeScope::Production => "production".into(),
+        SmokeScope::Dependencies => "dependencies".into(),
     }
 }
 

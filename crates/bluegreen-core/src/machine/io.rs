@@ -25,6 +25,9 @@ pub enum SmokeScope {
     /// after a traffic change or a rollback: recorded apart from the checks
     /// on each color.
     Production,
+    /// The release's dependencies, in preflight (`preflight.checks`): no
+    /// color and no base URL, each check names its own endpoint.
+    Dependencies,
 }
 
 /// The provider calls the machine asks for.
@@ -96,6 +99,9 @@ pub enum Action {
         /// the old color (empty when its provider did not say).
         version: String,
     },
+    /// `MigrationRunner::status`, read in preflight for the migrations
+    /// that must already be applied (`preflight.migrations_applied`).
+    ReadMigrationLedger,
     /// `MigrationRunner::backup`.
     Backup,
     /// `MigrationRunner::verify_backup`.
@@ -168,6 +174,7 @@ impl Action {
             Action::RestoreAutoscaling { .. } => ("compute", "restore_autoscaling"),
             Action::CheckSecrets { .. } => ("secrets", "metadata"),
             Action::RunSmokeTests { .. } => ("smoke", "run"),
+            Action::ReadMigrationLedger => ("migrations", "status"),
             Action::Backup => ("migrations", "backup"),
             Action::VerifyBackup { .. } => ("migrations", "verify_backup"),
             Action::Migrate { .. } => ("migrations", "apply"),
@@ -256,6 +263,11 @@ pub enum Reply {
         /// One per test.
         results: Vec<SmokeResult>,
     },
+    /// The versions the migration runner's ledger shows applied.
+    Ledger {
+        /// Applied versions, oldest first.
+        applied: Vec<u64>,
+    },
     /// A backup.
     Backup {
         /// The backup.
@@ -333,6 +345,19 @@ pub enum Control {
     Proceed {
         /// The barrier.
         barrier: Barrier,
+    },
+    /// One person's approval of an approval gate (see
+    /// [`ApprovalGate`](crate::plan::ApprovalGate)), recorded with who and
+    /// when in [`Facts::approvals`]. Refused for a name not on the gate's
+    /// lists, a second approval by the same name, a gate already passed,
+    /// and during a rollback.
+    Approve {
+        /// Who approves.
+        name: String,
+        /// The gate; when absent, the approval gate the deployment holds
+        /// at, else the next approval gate not yet passed.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        gate: Option<Gate>,
     },
 }
 
@@ -525,6 +550,9 @@ pub struct Facts {
     /// [`autoscaling`](Self::autoscaling) and not here was left suspended.
     #[serde(default)]
     pub autoscaling_restored_on: BTreeSet<Color>,
+    /// Approvals of approval gates taken, in order: who and when.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub approvals: Vec<crate::plan::Approval>,
 }
 
 impl Facts {

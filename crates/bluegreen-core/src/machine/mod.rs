@@ -930,6 +930,15 @@ impl Machine {
                 } => Effect::Refused {
                     why: Refusal::WaitingForGroup { barrier },
                 },
+                Stage::Hold {
+                    reason: HoldReason::Gate { gate },
+                    ..
+                } if self.plan.approval_gate(gate).is_some() => Effect::Refused {
+                    why: Refusal::NeedsApprovals {
+                        gate,
+                        missing: self.approvals_missing(gate),
+                    },
+                },
                 Stage::Hold { reason, then } => {
                     if let HoldReason::Gate { gate } = &reason {
                         self.gates_passed.insert(*gate);
@@ -1020,6 +1029,14 @@ impl Machine {
                     },
                 },
             },
+            Control::Approve { .. } if self.rolling_back() => Effect::Refused {
+                why: Refusal::RollingBack,
+            },
+            Control::Approve { name, gate } => {
+                // Taken or refused, `on_approve` records which.
+                self.on_approve(&control, name, *gate);
+                return;
+            }
             Control::Abort { reason } => {
                 if self.rolling_back() {
                     Effect::Refused {
@@ -1036,6 +1053,100 @@ impl Machine {
             }
         };
         self.control_event(control, effect);
+    }
+
+    /// What the approval gate `gate` still needs.
+    fn approvals_missing(&self, gate: Gate) -> Vec<String> {
+        self.plan
+            .approval_gate(gate)
+            .map(|a| a.missing(&self.facts.approvals))
+            .unwrap_or_default()
+    }
+
+    /// Takes or refuses one approval and records which; passes the gate
+    /// held at once its approvals are complete. Returns whether taken.
+    fn on_approve(&mut self, control: &Control, name: &str, gate: Option<Gate>) -> bool {
+        let held_at = match &self.stage {
+            Stage::Hold {
+                reason: HoldReason::Gate { gate },
+                ..
+            } if self.plan.approval_gate(*gate).is_some() => Some(*gate),
+            _ => None,
+        };
+        let pending =
+            |g: Gate| !self.gates_passed.contains(&g) && !self.approvals_missing(g).is_empty();
+        let target = gate.or(held_at).or_else(|| {
+            self.plan
+                .approvals
+                .iter()
+                .map(|a| a.gate)
+                .find(|g| pending(*g))
+        });
+        let refuse = |m: &mut Machine, why: Refusal| {
+            m.control_event(control.clone(), Effect::Refused { why });
+            false
+        };
+        let Some(g) = target else {
+            return refuse(self, Refusal::NoApprovalPending { gate: None });
+        };
+        let Some(a) = self.plan.approval_gate(g).cloned() else {
+            return refuse(self, Refusal::NoApprovalPending { gate: Some(g) });
+        };
+        let Some(group) = a.group_of(name) else {
+            let approvers = a.groups.iter().flat_map(|g| g.names.clone()).collect();
+            return refuse(
+                self,
+                Refusal::NotAnApprover {
+                    gate: g,
+                    name: name.to_string(),
+                    approvers,
+                },
+            );
+        };
+        if let Some(first) = self
+            .facts
+            .approvals
+            .iter()
+            .find(|x| x.gate == g && x.name == name)
+        {
+            let at = first.at;
+            return refuse(
+                self,
+                Refusal::AlreadyApproved {
+                    gate: g,
+                    name: name.to_string(),
+                    at,
+                },
+            );
+        }
+        if !pending(g) {
+            return refuse(self, Refusal::NoApprovalPending { gate: Some(g) });
+        }
+        let role = group.role.clone();
+        self.facts.approvals.push(crate::plan::Approval {
+            gate: g,
+            name: name.to_string(),
+            role: role.clone(),
+            at: self.now,
+        });
+        let missing = self.approvals_missing(g);
+        let complete = missing.is_empty();
+        self.control_event(
+            control.clone(),
+            Effect::Approved {
+                gate: g,
+                name: name.to_string(),
+                role,
+                missing,
+            },
+        );
+        if complete && held_at == Some(g) {
+            if let Stage::Hold { then, .. } = self.stage.clone() {
+                self.gates_passed.insert(g);
+                self.enter(*then);
+            }
+        }
+        true
     }
 
     fn on_failed(&mut self, id: CommandId, error: ErrorRecord) {

@@ -70,6 +70,26 @@ impl Machine {
             (Action::RunHook { hook, context }, Reply::Hook { outcome }) => {
                 self.on_hook(hook, context.point, outcome)
             }
+            (Action::ReadMigrationLedger, Reply::Ledger { applied }) => {
+                let missing: Vec<String> = self
+                    .plan
+                    .preflight
+                    .migrations_applied
+                    .iter()
+                    .filter(|v| !applied.contains(v))
+                    .map(|v| {
+                        format!(
+                            "migration {v:03} must already be applied; the ledger does not show it"
+                        )
+                    })
+                    .collect();
+                if !missing.is_empty() {
+                    self.fail(Reason::because(Cause::Dependency {
+                        field: "preflight.migrations_applied".into(),
+                        problems: missing,
+                    }));
+                }
+            }
             (Action::Backup, Reply::Backup { backup }) => self.facts.backup = Some(backup),
             (Action::VerifyBackup { min_entries, .. }, Reply::BackupVerified { verification }) => {
                 let ok = verification.passed && verification.entries >= min_entries;
@@ -482,6 +502,12 @@ impl Machine {
             return;
         }
         let what = match scope {
+            SmokeScope::Dependencies => {
+                return self.fail(Reason::because(Cause::Dependency {
+                    field: "preflight.checks".into(),
+                    problems: failed,
+                }))
+            }
             SmokeScope::Production => return self.production_checks_failed(results.len(), failed),
             SmokeScope::Staging => "staging health check".to_string(),
             SmokeScope::Color(c) if Some(c) == self.facts.new => {

@@ -259,6 +259,16 @@ impl Machine {
                         secrets: self.plan.preflight.required_secrets.clone(),
                     });
                 }
+                if !self.plan.preflight.migrations_applied.is_empty() {
+                    self.issue(Action::ReadMigrationLedger);
+                }
+                if !self.plan.preflight.checks.is_empty() {
+                    self.issue(Action::RunSmokeTests {
+                        scope: SmokeScope::Dependencies,
+                        tests: self.plan.preflight.checks.clone(),
+                        version: self.plan.release.version.clone(),
+                    });
+                }
                 if !self.plan.preflight.staging_checks.is_empty() {
                     self.issue(Action::RunSmokeTests {
                         scope: SmokeScope::Staging,
@@ -713,10 +723,15 @@ impl Machine {
             } => &[Gate::BeforeContract],
             _ => &[],
         };
-        candidates
-            .iter()
-            .copied()
-            .find(|g| self.plan.gates.contains(g) && !self.gates_passed.contains(g))
+        candidates.iter().copied().find(|g| {
+            !self.gates_passed.contains(g)
+                && match self.plan.approval_gate(*g) {
+                    // Holds until its approvals are complete (they
+                    // may all have come before it was reached).
+                    Some(a) => !a.missing(&self.facts.approvals).is_empty(),
+                    None => self.plan.gates.contains(g),
+                }
+        })
     }
 
     pub(super) fn barrier_before(&self, stage: &Stage) -> Option<Barrier> {

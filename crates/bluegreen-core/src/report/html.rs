@@ -95,6 +95,7 @@ impl Report {
         s.push_str(LEGEND);
         s.push_str("</figure>\n");
         self.state_html(&mut s);
+        self.rollback_times_html(&mut s);
         self.stages_html(&mut s);
         self.smoke_html(&mut s);
         self.measurements_html(&mut s);
@@ -193,6 +194,30 @@ impl Report {
             row(
                 s,
                 &["migration reverted", &format!("{} {}", m.version, m.name)],
+            );
+        }
+        s.push_str("</tbody>\n</table>\n");
+    }
+
+    fn rollback_times_html(&self, s: &mut String) {
+        let times = self.rollback_times();
+        if times.is_empty() {
+            return;
+        }
+        s.push_str(
+            "<h2>Rollback time against the reference's targets</h2>\n<table id=\"rollback-times\">\n\
+             <thead><tr><th></th><th>measured as</th><th>target</th><th>measured</th><th></th></tr></thead>\n<tbody>\n",
+        );
+        for t in &times {
+            row(
+                s,
+                &[
+                    &t.what,
+                    &t.measured_as,
+                    &format!("< {}", took(t.target)),
+                    &t.measured.map_or("-".to_string(), took),
+                    t.verdict(),
+                ],
             );
         }
         s.push_str("</tbody>\n</table>\n");

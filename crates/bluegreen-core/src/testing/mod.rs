@@ -97,6 +97,7 @@ pub fn reference_plan() -> Plan {
                 max_age: days(180),
             },
         ],
+        ..Preflight::default()
     };
     plan.migrations = Some(MigrationSettings {
         backup: true,
@@ -242,6 +243,7 @@ impl Fakes {
         let n = self.builders.fetch_add(1, Ordering::SeqCst) + 1;
         let mut names = plan.smoke_tests.clone();
         names.extend(plan.preflight.staging_checks.iter().cloned());
+        names.extend(plan.preflight.checks.iter().cloned());
         if let Some(p) = &plan.production_checks {
             names.extend(p.smoke_tests.iter().cloned());
         }
