@@ -43,8 +43,9 @@ const OUT: &str = "out";
 /// Every kind takes `period` (seconds, default [`DEFAULT_PERIOD`]) and
 /// `scale` (a factor applied to each value, e.g. `1000` for seconds to
 /// milliseconds). `load_balancer` is the ALB's dimension value
-/// (`app/NAME/ID`) or its ARN; `target_group` is `targetgroup/NAME/ID` or
-/// its ARN.
+/// (`app/NAME/ID`) or its ARN; `target_group` is `targetgroup/NAME/ID`, its
+/// ARN, or `blue`/`green` (so `target_group={color}`) when the source was
+/// given the colors' target groups ([`CloudWatchMetrics::with_target_groups`]).
 ///
 /// ```text
 /// alb-error-rate load_balancer=app/web/50dc6c495c0c9188 target_group=targetgroup/order-api-{color}/73e2d6bc24d8a067
@@ -74,6 +75,7 @@ const OUT: &str = "out";
 pub struct CloudWatchMetrics {
     client: aws_sdk_cloudwatch::Client,
     settle: Duration,
+    target_groups: Option<[String; 2]>,
 }
 
 impl CloudWatchMetrics {
@@ -82,7 +84,16 @@ impl CloudWatchMetrics {
         CloudWatchMetrics {
             client: aws_sdk_cloudwatch::Client::new(config),
             settle: Duration::ZERO,
+            target_groups: None,
         }
+    }
+
+    /// The colors' target groups (ARNs or `targetgroup/NAME/ID`), so a
+    /// query may say `target_group={color}`: `blue` and `green` then name
+    /// these.
+    pub fn with_target_groups(mut self, blue: impl Into<String>, green: impl Into<String>) -> Self {
+        self.target_groups = Some([blue.into(), green.into()]);
+        self
     }
 
     /// Leaves the last `settle` of every window out before aligning its end,
@@ -159,8 +170,9 @@ fn target_group(v: &str) -> &str {
 }
 
 impl Request {
-    /// Reads the query text of `check`.
-    pub fn parse(check: &str, text: &str) -> Result<Request> {
+    /// Reads the query text of `check`; `target_groups` (blue, green) are
+    /// what `target_group=blue|green` names.
+    pub fn parse(check: &str, text: &str, target_groups: Option<&[String; 2]>) -> Result<Request> {
         let w = Words::parse(check, text)?;
         let period = w.seconds(check, "period", DEFAULT_PERIOD)?;
         let scale = match w.get("scale") {
@@ -178,9 +190,19 @@ impl Request {
         };
         let alb = |w: &Words| -> Result<(String, String)> {
             w.only(check, &["load_balancer", "target_group", "period", "scale"])?;
+            let tg = match (w.need(check, "target_group")?, target_groups) {
+                ("blue", Some([b, _])) => b.as_str(),
+                ("green", Some([_, g])) => g.as_str(),
+                (c @ ("blue" | "green"), None) => {
+                    return Err(with_check(check, Error::invalid_input(format!(
+                        "target_group={c}: a color names a target group only when the target groups are configured (CloudWatchMetrics::with_target_groups, [target.alb] in a spec); otherwise give targetgroup/NAME/ID or its ARN"
+                    ))))
+                }
+                (other, _) => other,
+            };
             Ok((
                 load_balancer(w.need(check, "load_balancer")?).to_string(),
-                target_group(w.need(check, "target_group")?).to_string(),
+                target_group(tg).to_string(),
             ))
         };
         let ecs = |w: &Words| -> Result<(String, String)> {
@@ -390,7 +412,7 @@ pub(crate) fn samples_of(
 #[async_trait]
 impl MetricsSource for CloudWatchMetrics {
     async fn query(&self, q: &MetricQuery) -> Result<MetricAnswer> {
-        let req = Request::parse(&q.check, &q.query)?;
+        let req = Request::parse(&q.check, &q.query, self.target_groups.as_ref())?;
         let Some((start, end)) = aligned(q, req.period, self.settle) else {
             return Ok(MetricAnswer::NoData {
                 reason: format!(
@@ -501,6 +523,7 @@ mod tests {
         let r = Request::parse(
             "error-rate",
             "alb-error-rate load_balancer=arn:aws:elasticloadbalancing:us-east-1:123456789012:loadbalancer/app/web/1 target_group=arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/api-green/2",
+            None,
         )
         .unwrap();
         assert_eq!(r.queries.len(), 3);
@@ -527,12 +550,35 @@ mod tests {
         let p95 = Request::parse(
             "p95",
             "alb-p95-ms load_balancer=app/web/1 target_group=targetgroup/t/2 period=300",
+            None,
         )
         .unwrap();
         assert_eq!(p95.scale, 1000.0);
         assert_eq!(p95.period, 300);
         assert_eq!(p95.queries[0].metric_stat().unwrap().stat(), Some("p95"));
-        let mem = Request::parse("mem", "ecs-memory cluster=prod service=api-blue").unwrap();
+        let mem = Request::parse("mem", "ecs-memory cluster=prod service=api-blue", None).unwrap();
+        let groups = [
+            "targetgroup/api-blue/1".to_string(),
+            "arn:aws:elasticloadbalancing:us-east-1:1:targetgroup/api-green/2".to_string(),
+        ];
+        let by_color = Request::parse(
+            "e",
+            "alb-error-rate load_balancer=app/web/1 target_group=green",
+            Some(&groups),
+        )
+        .unwrap();
+        assert!(
+            by_color.what.ends_with("of targetgroup/api-green/2"),
+            "{}",
+            by_color.what
+        );
+        let e = Request::parse(
+            "e",
+            "alb-error-rate load_balancer=app/web/1 target_group=green",
+            None,
+        )
+        .unwrap_err();
+        assert!(e.message().contains("target_group=green"), "{e}");
         assert_eq!(
             mem.queries[0]
                 .metric_stat()
@@ -546,21 +592,23 @@ mod tests {
 
     #[test]
     fn a_bad_query_names_the_check_and_what_it_takes() {
-        let e = Request::parse("cpu", "ecs-cpu cluster=prod").unwrap_err();
+        let e = Request::parse("cpu", "ecs-cpu cluster=prod", None).unwrap_err();
         assert!(e.message().contains("\"cpu\""), "{e}");
         assert!(e.message().contains("needs service="), "{e}");
-        let e = Request::parse("cpu", "ecs-cpu cluster=prod service=s colour=x").unwrap_err();
+        let e = Request::parse("cpu", "ecs-cpu cluster=prod service=s colour=x", None).unwrap_err();
         assert!(e.message().contains("no setting `colour`"), "{e}");
-        let e = Request::parse("x", "alb-errors load_balancer=a").unwrap_err();
+        let e = Request::parse("x", "alb-errors load_balancer=a", None).unwrap_err();
         assert!(
             e.message().contains("not a CloudWatch metrics query"),
             "{e}"
         );
-        let e = Request::parse("x", "math expression=\"a/b\" m.A=\"AWS/X Y Sum\"").unwrap_err();
+        let e =
+            Request::parse("x", "math expression=\"a/b\" m.A=\"AWS/X Y Sum\"", None).unwrap_err();
         assert!(e.message().contains("m.A"), "{e}");
         let e = Request::parse(
             "x",
             "metric namespace=AWS/ECS name=CPUUtilization stat=Average period=0",
+            None,
         )
         .unwrap_err();
         assert!(e.message().contains("period=`0`"), "{e}");
