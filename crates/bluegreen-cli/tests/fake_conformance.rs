@@ -91,6 +91,8 @@ async fn the_fake_target_metrics_pass_and_its_secrets_answer_every_name() {
         query: check.into(),
         from: Timestamp(0),
         to: Timestamp(60_000),
+        color: None,
+        baseline: false,
     };
     let r = conformance::check_metrics(&metrics, &q("error-rate"), &q("none"), &caps).await;
     all_passed(&r, METRICS_RULES);

@@ -23,6 +23,8 @@ fn q(query: &str, points: i64) -> MetricQuery {
         query: query.into(),
         from: Timestamp(T0 as u64 * 1000),
         to: Timestamp((T0 + points * 60) as u64 * 1000),
+        color: None,
+        baseline: false,
     }
 }
 

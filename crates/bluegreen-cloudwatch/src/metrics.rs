@@ -493,6 +493,8 @@ mod tests {
             query: String::new(),
             from: Timestamp(from_s as u64 * 1000),
             to: Timestamp(to_s as u64 * 1000),
+            color: None,
+            baseline: false,
         }
     }
 

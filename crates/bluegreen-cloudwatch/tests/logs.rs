@@ -18,6 +18,8 @@ fn q(check: &str, query: &str, from: u64, to: u64) -> MetricQuery {
         query: query.into(),
         from: Timestamp(from),
         to: Timestamp(to),
+        color: None,
+        baseline: false,
     }
 }
 

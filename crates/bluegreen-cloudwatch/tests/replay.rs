@@ -17,6 +17,8 @@ fn q(check: &str, query: &str, from: i64, to: i64) -> MetricQuery {
         query: query.into(),
         from: Timestamp(from as u64 * 1000),
         to: Timestamp(to as u64 * 1000),
+        color: None,
+        baseline: false,
     }
 }
 

@@ -11,6 +11,9 @@ use crate::color::Timestamp;
 use crate::plan::{Aggregation, AnalysisCheck, Condition, Unit};
 use crate::provider::{MetricAnswer, Sample};
 
+pub mod baseline;
+pub use baseline::{compare, mann_whitney, BaselineComparison, Judgement};
+
 /// What one measurement says about a check's success condition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -41,6 +44,9 @@ pub enum MeasurementKind {
     Periodic,
     /// The success evaluation at the end of a step, the analysis window or the soak.
     Final,
+    /// The baseline of a final evaluation (the old color, or the service
+    /// before the deploy), which the final measurement is compared with.
+    Baseline,
 }
 
 impl std::fmt::Display for MeasurementKind {
@@ -48,6 +54,7 @@ impl std::fmt::Display for MeasurementKind {
         f.write_str(match self {
             MeasurementKind::Periodic => "periodic",
             MeasurementKind::Final => "final",
+            MeasurementKind::Baseline => "baseline",
         })
     }
 }
@@ -82,6 +89,10 @@ pub struct Measurement {
     /// samples stand for, when the source noted it (e.g. the alarms in
     /// ALARM state a count counts).
     pub note: Option<String>,
+    /// How it compared with the check's baseline, when it has one; the
+    /// verdict above includes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<BaselineComparison>,
 }
 
 impl Measurement {
@@ -120,7 +131,29 @@ impl Measurement {
         if let Some(n) = &self.note {
             s.push_str(&format!(": {n}"));
         }
+        if let Some(b) = &self.baseline {
+            s.push_str(&format!("; {}", b.describe_in(unit)));
+        }
         s
+    }
+
+    /// The measurement judged against `baseline` (the same check's baseline
+    /// measurement) under `spec`: its verdict becomes the worse of its own
+    /// and the comparison's (fail over inconclusive over pass).
+    pub fn against(
+        mut self,
+        baseline: &Measurement,
+        spec: &crate::plan::Baseline,
+        unit: Unit,
+    ) -> Measurement {
+        let cmp = compare(&self, baseline, spec, unit);
+        self.verdict = match (self.verdict, cmp.verdict) {
+            (Verdict::Fail, _) | (_, Verdict::Fail) => Verdict::Fail,
+            (Verdict::Inconclusive, _) | (_, Verdict::Inconclusive) => Verdict::Inconclusive,
+            _ => Verdict::Pass,
+        };
+        self.baseline = Some(cmp);
+        self
     }
 }
 
@@ -196,6 +229,7 @@ pub fn measure(
         breach: false,
         dry_run: check.dry_run,
         note,
+        baseline: None,
     }
 }
 

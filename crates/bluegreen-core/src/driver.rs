@@ -1110,10 +1110,28 @@ fn replay(
 /// wording, and they are fire-and-forget.
 fn same_decisions(replayed: &[Command], journaled: &[Command]) -> bool {
     let acting = |c: &&Command| !matches!(c.action, Action::Notify { .. });
-    replayed
-        .iter()
-        .filter(acting)
-        .eq(journaled.iter().filter(acting))
+    let replayed: Vec<&Command> = replayed.iter().filter(acting).collect();
+    let journaled: Vec<&Command> = journaled.iter().filter(acting).collect();
+    replayed.len() == journaled.len()
+        && replayed
+            .iter()
+            .zip(&journaled)
+            .all(|(r, j)| same_command(r, j))
+}
+
+/// A measurement journaled before measurements recorded their color is
+/// the same decision as one that records it.
+fn same_command(replayed: &Command, journaled: &Command) -> bool {
+    match (&replayed.action, &journaled.action) {
+        (Action::Measure { color: Some(_), .. }, Action::Measure { color: None, .. }) => {
+            let mut r = replayed.clone();
+            if let Action::Measure { color, .. } = &mut r.action {
+                *color = None;
+            }
+            r == *journaled
+        }
+        _ => replayed == journaled,
+    }
 }
 
 /// Events compared by kind only: rewording an event in a patch release must
@@ -1321,7 +1339,8 @@ async fn execute(
             query,
             from,
             to,
-            ..
+            kind,
+            color,
         } => {
             let source_name = plan
                 .check(&check)
@@ -1335,6 +1354,8 @@ async fn execute(
                 query,
                 from,
                 to,
+                color,
+                baseline: kind == crate::analysis::MeasurementKind::Baseline,
             };
             let noted = with_retry(r, timeout, op, || source.query_noted(&q)).await?;
             Reply::Metric {

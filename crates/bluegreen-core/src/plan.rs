@@ -857,10 +857,181 @@ pub struct AnalysisCheck {
     /// Evaluate and record, but never act on the result.
     #[serde(default)]
     pub dry_run: bool,
+    /// Conditions relative to a baseline, judged at each success
+    /// evaluation besides `success` (rollback triggers stay absolute).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<Baseline>,
 }
 
 fn default_interval() -> Duration {
     defaults::CHECK_INTERVAL
+}
+
+/// Conditions on a check relative to a baseline, e.g. "p95 at most 20%
+/// above the old color's" or "throughput at least 50% of before the
+/// deploy". At least one of `max_increase`, `min_ratio` and `judge` is
+/// given. A baseline with no data, or too few samples for the check, is
+/// inconclusive, never a pass.
+///
+/// ```toml
+/// baseline = { of = "old-color", max_increase = 0.2, judge = { significance = 0.05, min_effect = 0.1 } }
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Baseline {
+    /// Whose samples the candidate is compared with.
+    pub of: BaselineOf,
+    /// The candidate's value at most this fraction above the baseline's:
+    /// 0.2 is "at most 20% above" (the reference's "no regression" in p95).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_increase: Option<f64>,
+    /// The candidate's value at least this fraction of the baseline's: 0.5
+    /// is "at least 50% of" (the reference's throughput "baseline 100
+    /// req/min, alert < 50").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_ratio: Option<f64>,
+    /// A Mann–Whitney U test on the two sample sets, as Kayenta's judge.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub judge: Option<MannWhitney>,
+}
+
+/// Whose samples a check's baseline is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BaselineOf {
+    /// The old color over the same window: its query is the check's, with
+    /// `{color}` the old color (a source that is not templated reads
+    /// [`MetricQuery::color`](crate::provider::MetricQuery::color)).
+    OldColor,
+    /// The service before the deploy: the check's query for the old color
+    /// (which then held all traffic) over a window of the same length
+    /// ending when the deployment started.
+    BeforeDeploy,
+}
+
+impl fmt::Display for BaselineOf {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            BaselineOf::OldColor => "old-color",
+            BaselineOf::BeforeDeploy => "before-deploy",
+        })
+    }
+}
+
+/// Which way a change is a regression, for the U test.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    /// Higher is worse (latency, errors): a one-sided test for an increase.
+    #[default]
+    Increase,
+    /// Lower is worse (throughput): a one-sided test for a decrease.
+    Decrease,
+    /// Either way is a regression: a two-sided test.
+    Either,
+}
+
+/// The Mann–Whitney U judge's settings (Kayenta's classifier: a
+/// significance level and a minimum effect size).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MannWhitney {
+    /// The significance level: a shift with a p-value below it is real.
+    #[serde(default = "MannWhitney::default_significance")]
+    pub significance: f64,
+    /// The smallest change of the mean that fails, as a fraction of the
+    /// baseline's mean: 0.1 fails a significant increase of 10% or more.
+    #[serde(default = "MannWhitney::default_min_effect")]
+    pub min_effect: f64,
+    /// Which way is a regression.
+    #[serde(default)]
+    pub direction: Direction,
+    /// The fewest samples each color needs; fewer is inconclusive.
+    #[serde(default = "MannWhitney::default_min_samples")]
+    pub min_samples: u32,
+}
+
+impl MannWhitney {
+    /// 0.05, the conventional level.
+    pub const SIGNIFICANCE: f64 = 0.05;
+    /// 10% of the baseline's mean.
+    pub const MIN_EFFECT: f64 = 0.1;
+    /// 8 per color: below it scipy's `mannwhitneyu` uses the exact
+    /// distribution rather than the normal approximation this judge uses.
+    pub const MIN_SAMPLES: u32 = 8;
+
+    fn default_significance() -> f64 {
+        Self::SIGNIFICANCE
+    }
+    fn default_min_effect() -> f64 {
+        Self::MIN_EFFECT
+    }
+    fn default_min_samples() -> u32 {
+        Self::MIN_SAMPLES
+    }
+}
+
+impl Default for MannWhitney {
+    fn default() -> Self {
+        MannWhitney {
+            significance: Self::SIGNIFICANCE,
+            min_effect: Self::MIN_EFFECT,
+            direction: Direction::Increase,
+            min_samples: Self::MIN_SAMPLES,
+        }
+    }
+}
+
+impl Baseline {
+    fn validate(&self, field: &str) -> Result<(), PlanError> {
+        let f = |name: &str| format!("{field}.{name}");
+        if self.max_increase.is_none() && self.min_ratio.is_none() && self.judge.is_none() {
+            return Err(PlanError::new(
+                field,
+                "needs max_increase, min_ratio or judge: a baseline with no condition judges nothing",
+            ));
+        }
+        if let Some(v) = self.max_increase {
+            if !(v.is_finite() && v >= 0.0) {
+                return Err(PlanError::new(
+                    f("max_increase"),
+                    format!("{v} must be a fraction of zero or more (20% is 0.2)"),
+                ));
+            }
+        }
+        if let Some(v) = self.min_ratio {
+            if !(v.is_finite() && v > 0.0) {
+                return Err(PlanError::new(
+                    f("min_ratio"),
+                    format!("{v} must be a fraction above zero (50% is 0.5)"),
+                ));
+            }
+        }
+        if let Some(j) = &self.judge {
+            if !(j.significance > 0.0 && j.significance < 1.0) {
+                return Err(PlanError::new(
+                    f("judge.significance"),
+                    format!("{} must be between 0 and 1 (e.g. 0.05)", j.significance),
+                ));
+            }
+            if !(j.min_effect.is_finite() && j.min_effect >= 0.0) {
+                return Err(PlanError::new(
+                    f("judge.min_effect"),
+                    format!(
+                        "{} must be a fraction of zero or more (10% is 0.1)",
+                        j.min_effect
+                    ),
+                ));
+            }
+            if j.min_samples < 2 {
+                return Err(PlanError::new(
+                    f("judge.min_samples"),
+                    "must be at least 2: one sample has no rank to compare",
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 impl AnalysisCheck {
@@ -878,6 +1049,7 @@ impl AnalysisCheck {
             window: None,
             min_samples: None,
             dry_run: false,
+            baseline: None,
         }
     }
 
@@ -1379,6 +1551,9 @@ impl Plan {
                 .check(c.success.threshold)
                 .map_err(|m| PlanError::new(f("success"), m))?;
             check_template(&f("query"), &c.query)?;
+            if let Some(b) = &c.baseline {
+                b.validate(&f("baseline"))?;
+            }
         }
         for (i, t) in self.rollback_triggers.iter().enumerate() {
             let f = |name: &str| format!("rollback_triggers[{i}].{name}");

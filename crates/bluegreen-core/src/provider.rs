@@ -497,6 +497,10 @@ pub(crate) mod any_f64 {
 }
 
 /// A metric query, rendered for one color and window.
+///
+/// The engine renders the check's template with `{color}` (and `{service}`,
+/// `{version}`) filled in, and says here which color that was, so a source
+/// whose queries are not text templates can select the color's series itself.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MetricQuery {
     /// The check it is for.
@@ -507,9 +511,43 @@ pub struct MetricQuery {
     pub from: Timestamp,
     /// The window's end.
     pub to: Timestamp,
+    /// The color measured: the new color for the check itself, the old
+    /// color for a baseline. `None` only for a query built without one (see
+    /// [`MetricQuery::new`]) or one recorded before the color was (journals
+    /// of earlier versions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub color: Option<Color>,
+    /// Whether this is the baseline a check's candidate is compared with
+    /// (the old color, or the service before the deploy), not the
+    /// candidate itself.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub baseline: bool,
 }
 
 impl MetricQuery {
+    /// A query of `check` over `[from, to]`, for no particular color.
+    pub fn new(
+        check: impl Into<String>,
+        query: impl Into<String>,
+        from: Timestamp,
+        to: Timestamp,
+    ) -> MetricQuery {
+        MetricQuery {
+            check: check.into(),
+            query: query.into(),
+            from,
+            to,
+            color: None,
+            baseline: false,
+        }
+    }
+
+    /// The same query, measuring `color`.
+    pub fn for_color(mut self, color: Color) -> MetricQuery {
+        self.color = Some(color);
+        self
+    }
+
     /// The window's length.
     pub fn window(&self) -> Duration {
         self.to.since(self.from)

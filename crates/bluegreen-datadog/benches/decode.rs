@@ -38,6 +38,8 @@ fn body(series: usize) -> (String, MetricQuery) {
         query: "sum:api.errors{*} by {host}".into(),
         from: Timestamp(FROM),
         to: Timestamp(to),
+        color: None,
+        baseline: false,
     };
     (body, q)
 }

@@ -93,6 +93,8 @@ fn q(query: &str) -> MetricQuery {
         query: query.into(),
         from: Timestamp(FROM),
         to: Timestamp(TO),
+        color: None,
+        baseline: false,
     }
 }
 

@@ -60,6 +60,8 @@ fn q(check: &str, query: &str) -> MetricQuery {
         query: query.into(),
         from: Timestamp(FROM),
         to: Timestamp(TO),
+        color: None,
+        baseline: false,
     }
 }
 

@@ -623,6 +623,8 @@ mod tests {
             query: text.into(),
             from: Timestamp(from),
             to: Timestamp(to),
+            color: None,
+            baseline: false,
         };
         match m
             .query(&q("error_rate:green", 4_999_000, 5_000_050))

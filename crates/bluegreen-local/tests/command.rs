@@ -408,6 +408,8 @@ fn query(check: &str, q: &str) -> MetricQuery {
         query: q.into(),
         from: Timestamp(1_700_000_000_000),
         to: Timestamp(1_700_000_060_000),
+        color: None,
+        baseline: false,
     }
 }
 

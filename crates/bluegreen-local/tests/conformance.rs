@@ -67,6 +67,8 @@ async fn proxy_metrics_pass_the_metrics_conformance_suite_after_real_traffic() {
         query: query.into(),
         from,
         to,
+        color: None,
+        baseline: false,
     };
     conformance::metrics(
         &proxy.metrics(),

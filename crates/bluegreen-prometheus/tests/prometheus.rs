@@ -104,6 +104,8 @@ fn last_seconds(check: &str, query: &str, secs: u64) -> MetricQuery {
         query: query.into(),
         from: Timestamp(to.0 - secs * 1000),
         to,
+        color: None,
+        baseline: false,
     }
 }
 

@@ -136,8 +136,12 @@ pub enum Action {
         from: Timestamp,
         /// The window's end.
         to: Timestamp,
-        /// Periodic or final.
+        /// Periodic, final or baseline.
         kind: MeasurementKind,
+        /// The color measured (absent in journals written before it was
+        /// recorded: the new color's query).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        color: Option<Color>,
     },
     /// [`Hook::run`](crate::provider::Hook::run) of the plan's hook named
     /// `hook`, with its timeout and retries. Journaled before it runs (the

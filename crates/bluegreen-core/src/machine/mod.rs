@@ -1177,6 +1177,7 @@ impl Machine {
                     from,
                     to,
                     kind,
+                    ..
                 } = action
                 {
                     // A failed final measurement is missing evidence: inconclusive.
@@ -1186,11 +1187,7 @@ impl Machine {
                     let answer = MetricAnswer::NoData {
                         reason: format!("the query failed: {}", error.message),
                     };
-                    let m = measure(&c, kind, query, from, to, &answer);
-                    self.event(Event::Measured {
-                        measurement: Arc::new(m.clone()),
-                    });
-                    self.final_results.push(m);
+                    self.final_measured(measure(&c, kind, query, from, to, &answer));
                     if !self.stage_pending() {
                         self.stage_complete();
                     }

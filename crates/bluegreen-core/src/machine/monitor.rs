@@ -62,6 +62,7 @@ impl Machine {
                     from: now.since_start(window),
                     to: now,
                     kind: MeasurementKind::Periodic,
+                    color: Some(new),
                 },
             );
         }
@@ -242,7 +243,11 @@ impl Machine {
     }
 
     pub(super) fn render_query(&self, check: usize) -> String {
-        let color = self.new_color();
+        self.render_query_for(check, self.new_color())
+    }
+
+    /// Check `check`'s query for `color`.
+    pub(super) fn render_query_for(&self, check: usize, color: Color) -> String {
         self.queries
             .iter()
             .find(|(c, _)| *c == color)

@@ -159,6 +159,7 @@ impl Machine {
                     from,
                     to,
                     kind,
+                    ..
                 },
                 Reply::Metric { answer, note },
             ) => {
@@ -167,10 +168,7 @@ impl Machine {
                 };
                 let mut m = measure(&c, kind, query, from, to, &answer);
                 m.note = m.note.or(note);
-                self.event(Event::Measured {
-                    measurement: Arc::new(m.clone()),
-                });
-                self.final_results.push(m);
+                self.final_measured(m);
             }
             (action, reply) => {
                 let (p, o) = action.operation();

@@ -365,7 +365,9 @@ impl Machine {
                         from,
                         to,
                         kind: MeasurementKind::Final,
+                        color: Some(new),
                     });
+                    self.issue_baseline(i, from, to);
                 }
             }
             Stage::ConfirmDrained => {

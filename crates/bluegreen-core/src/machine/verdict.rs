@@ -1,8 +1,99 @@
 use super::*;
+use crate::plan::BaselineOf;
 
 impl Machine {
+    /// Asks for check `i`'s baseline over the candidate's window
+    /// `[from, to]`, when the check has one: the old color over the same
+    /// window, or over a window as long ending when the deployment started.
+    pub(super) fn issue_baseline(&mut self, i: usize, from: Timestamp, to: Timestamp) {
+        let Some(b) = &self.plan.analysis[i].baseline else {
+            return;
+        };
+        let old = self.old();
+        let (from, to) = match b.of {
+            BaselineOf::OldColor => (from, to),
+            BaselineOf::BeforeDeploy => {
+                let start = self.started_at.unwrap_or(from);
+                (
+                    Timestamp(start.0.saturating_sub(to.since(from).as_millis() as u64)),
+                    start,
+                )
+            }
+        };
+        self.issue(Action::Measure {
+            check: self.plan.analysis[i].name.clone(),
+            query: self.render_query_for(i, old),
+            from,
+            to,
+            kind: MeasurementKind::Baseline,
+            color: Some(old),
+        });
+    }
+
+    /// Records a final evaluation's measurement. A baseline's is recorded at
+    /// once; the candidate of a check with a baseline waits for it, in
+    /// [`decide_evaluation`](Self::decide_evaluation), so that its record
+    /// carries the comparison.
+    pub(super) fn final_measured(&mut self, m: Measurement) {
+        let waits = m.kind == MeasurementKind::Final
+            && self
+                .plan
+                .check(&m.check)
+                .is_some_and(|c| c.baseline.is_some());
+        if !waits {
+            self.event(Event::Measured {
+                measurement: Arc::new(m.clone()),
+            });
+        }
+        self.final_results.push(m);
+    }
+
+    /// The final measurements with each check that has a baseline judged
+    /// against its baseline's measurement (which is left out); a baseline
+    /// that never answered is no data, so inconclusive.
+    fn judge_baselines(&mut self, results: Vec<Measurement>) -> Vec<Measurement> {
+        let (baselines, finals): (Vec<Measurement>, Vec<Measurement>) = results
+            .into_iter()
+            .partition(|m| m.kind == MeasurementKind::Baseline);
+        let plan = Arc::clone(&self.plan);
+        let mut out = Vec::with_capacity(finals.len());
+        for m in finals {
+            let Some((c, spec)) = plan
+                .check(&m.check)
+                .and_then(|c| c.baseline.as_ref().map(|b| (c, b)))
+            else {
+                out.push(m);
+                continue;
+            };
+            let missing;
+            let base = match baselines.iter().find(|b| b.check == m.check) {
+                Some(b) => b,
+                None => {
+                    missing = measure(
+                        c,
+                        MeasurementKind::Baseline,
+                        String::new(),
+                        m.from,
+                        m.to,
+                        &MetricAnswer::NoData {
+                            reason: "the baseline was not measured".into(),
+                        },
+                    );
+                    &missing
+                }
+            };
+            let m = m.against(base, spec, c.unit);
+            self.event(Event::Measured {
+                measurement: Arc::new(m.clone()),
+            });
+            out.push(m);
+        }
+        out
+    }
+
     pub(super) fn decide_evaluation(&mut self, point: EvalPoint) {
         let results = std::mem::take(&mut self.final_results);
+        let results = self.judge_baselines(results);
         let acted: Vec<&Measurement> = results.iter().filter(|m| !m.dry_run).collect();
         let percent = match point {
             EvalPoint::Step { step } => Some(self.steps[step].percent),

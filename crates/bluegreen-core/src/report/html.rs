@@ -1105,6 +1105,7 @@ fn kind_text(k: MeasurementKind) -> &'static str {
     match k {
         MeasurementKind::Periodic => "periodic",
         MeasurementKind::Final => "final evaluation",
+        MeasurementKind::Baseline => "baseline",
     }
 }
 

@@ -1208,6 +1208,8 @@ mod tests {
             query: format!("{check}{{}}"),
             from: Timestamp(0),
             to: Timestamp(60_000),
+            color: None,
+            baseline: false,
         }
     }
 
