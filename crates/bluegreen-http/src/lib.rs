@@ -3,6 +3,7 @@
 mod check;
 pub mod pagerduty;
 mod suite;
+pub mod webhook;
 
 use std::fmt;
 use std::sync::Arc;
