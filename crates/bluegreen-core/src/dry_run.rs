@@ -45,8 +45,8 @@ use crate::machine::{
 };
 use crate::plan::{Comparison, Plan};
 use crate::provider::{
-    AutoscalingState, BackupRecord, BackupVerification, ComputeStatus, MetricAnswer, MigrationInfo,
-    PreparedRelease, Rollout, Sample, SecretMetadata, SmokeOutcome, TargetHealth,
+    AutoscalingState, BackupRecord, BackupVerification, ComputeStatus, HookOutcome, MetricAnswer,
+    MigrationInfo, PreparedRelease, Rollout, Sample, SecretMetadata, SmokeOutcome, TargetHealth,
     VerificationCheck,
 };
 use crate::report::Report;
@@ -100,22 +100,55 @@ impl std::fmt::Debug for DryRun<'_> {
 impl<'a> DryRun<'a> {
     /// A dry run of `plan` as deployment `dry-run`, starting at
     /// [`DRY_RUN_EPOCH`], that passes every hold (a gate, a pause for an
-    /// inconclusive analysis) with [`Control::Promote`], as a human who
-    /// approves everything would.
+    /// inconclusive analysis) with [`Control::Promote`], and every approval
+    /// gate with approvals from the first names each group needs, as
+    /// humans who approve everything would.
     ///
     /// # Errors
     /// The plan's first error, naming its field ([`Plan::validate`]).
     pub fn new(plan: Plan) -> Result<Self, PlanError> {
         plan.validate()?;
+        // Each approval gate's approvals, sent one at a time: at the hold,
+        // then after each one taken while the gate still needs more.
+        let mut approvals: Vec<(crate::plan::Gate, std::vec::IntoIter<String>)> = plan
+            .approvals
+            .iter()
+            .map(|a| {
+                let names: Vec<String> = a
+                    .groups
+                    .iter()
+                    .flat_map(|g| g.names.iter().take(g.required as usize).cloned())
+                    .collect();
+                (a.gate, names.into_iter())
+            })
+            .collect();
+        let mut approve = move |gate: crate::plan::Gate| {
+            let (_, names) = approvals.iter_mut().find(|(g, _)| *g == gate)?;
+            names.next().map(|name| Control::Approve {
+                name,
+                gate: Some(gate),
+            })
+        };
         Ok(DryRun {
             plan: Arc::new(plan),
             deployment_id: "dry-run".into(),
             start: DRY_RUN_EPOCH,
             limit: None,
-            on_event: Box::new(|_, ev| match ev {
+            on_event: Box::new(move |_, ev| match ev {
+                Event::Stage {
+                    stage:
+                        Stage::Hold {
+                            reason: crate::machine::HoldReason::Gate { gate },
+                            ..
+                        },
+                } => approve(*gate).or(Some(Control::Promote)),
                 Event::Stage {
                     stage: Stage::Hold { .. },
                 } => Some(Control::Promote),
+                Event::Control {
+                    kind: Some(crate::reason::Effect::Approved { gate, missing, .. }),
+                    ..
+                } if !missing.is_empty() => approve(*gate),
                 _ => None,
             }),
         })
@@ -242,7 +275,8 @@ struct ColorState {
 /// for. Migrations: those given to [`migrations`](Self::migrations) (none
 /// by default) apply in their phase, and every verification passes. Each
 /// metric query returns, at the check's interval over the window, a value
-/// that meets the check's success condition.
+/// that meets the check's success condition. Lifecycle hooks are not run:
+/// each is answered as passed.
 #[derive(Debug, Clone)]
 pub struct HealthyProviders {
     plan: Plan,
@@ -475,6 +509,14 @@ impl Responder for HealthyProviders {
                     .filter(|m| versions.contains(&m.version))
                     .cloned()
                     .collect(),
+            },
+            Action::RunHook { .. } => Reply::Hook {
+                outcome: HookOutcome {
+                    passed: true,
+                    duration: Duration::ZERO,
+                    detail: "dry run: not run, assumed to pass".into(),
+                    attempts: 1,
+                },
             },
             Action::Measure {
                 check, from, to, ..
