@@ -2,7 +2,10 @@
 # PostgreSQL for the bluegreen-postgres tests: installs Debian's `postgresql`
 # when missing, runs a private cluster under $ROOT/target/postgres on a free
 # loopback port (TLS on, password auth over TCP), creates a superuser role and
-# a database for tests, and stops the cluster on exit.
+# a database for tests, loads pg_stat_statements (shared_preload_libraries;
+# Debian's server package ships it, postgresql-contrib being part of it since
+# Debian 10; a test that reads it runs CREATE EXTENSION in its own database),
+# and stops the cluster on exit.
 #
 # Exports:
 #   BLUEGREEN_TEST_PG_URL  postgres://bluegreen:...@127.0.0.1:PORT/bluegreen
@@ -82,7 +85,7 @@ fi
 
 PG_PORT=$(free_port)
 pg_as "$PG_BIN/pg_ctl" -D "$PG_DATA" -l "$PG_DIR/server.log" -w -t 60 \
-  -o "-p $PG_PORT -c listen_addresses=127.0.0.1 -c unix_socket_directories=$PG_RUN -c max_connections=200 -c ssl=on -c ssl_cert_file=$PG_TLS/server.crt -c ssl_key_file=$PG_TLS/server.key -c fsync=off" \
+  -o "-p $PG_PORT -c listen_addresses=127.0.0.1 -c unix_socket_directories=$PG_RUN -c max_connections=200 -c shared_preload_libraries=pg_stat_statements -c ssl=on -c ssl_cert_file=$PG_TLS/server.crt -c ssl_key_file=$PG_TLS/server.key -c fsync=off" \
   start >/dev/null || { tail -n 30 "$PG_DIR/server.log" >&2; return 1; }
 on_exit "$PG_AS $PG_BIN/pg_ctl -D '$PG_DATA' -m fast stop"
 wait_for_port "$PG_PORT" 60 postgres
