@@ -549,6 +549,7 @@ fn provider_label(l: &LoadedSpec, provider: &str) -> String {
             crate::spec::MetricsKind::Prometheus => "prometheus metrics",
             crate::spec::MetricsKind::Local => "local metrics",
             crate::spec::MetricsKind::Fake => "fake metrics",
+            crate::spec::MetricsKind::Cloudwatch => "CloudWatch metrics",
         }
         .into(),
         "smoke" => "HTTP checks".into(),

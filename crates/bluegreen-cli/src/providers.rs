@@ -21,7 +21,8 @@ use bluegreen_local::{Load, LocalCompute, LocalProxy, ProxyMetrics};
 use crate::fake::{ConstantMetrics, FakeProviders, FakeSmoke, FakeWorld};
 use crate::slack::SlackWebhook;
 use crate::spec::{
-    LoadedSpec, MetricsKind, MigrationRunnerKind, Migrations, SecretRef, SmokeTestSpec, TargetKind,
+    LoadedSpec, MetricsKind, MigrationRunnerKind, Migrations, SecretRef, SmokeTestSpec, SourceKind,
+    TargetKind,
 };
 
 /// Resolves [`SecretRef`]s: `env:NAME` from the deploying process's
@@ -383,6 +384,7 @@ pub async fn assemble(loaded: &LoadedSpec) -> Result<Assembled> {
             let p = spec.monitoring.prometheus.as_ref().expect("validated");
             Arc::new(bluegreen_prometheus::Prometheus::new(p.url.clone())?)
         }
+        MetricsKind::Cloudwatch => Arc::new(cloudwatch_metrics(spec).await?),
     };
     let mut smoke: Vec<Arc<dyn SmokeTest>> = Vec::new();
     for t in &spec.smoke_tests {
@@ -408,6 +410,27 @@ pub async fn assemble(loaded: &LoadedSpec) -> Result<Assembled> {
             c.0.name.clone(),
             Arc::new(CommandMetrics::new(c.resolved(loaded))?.with_secrets(secrets.clone())),
         ));
+    }
+    for s in &spec.monitoring.sources {
+        let source: Arc<dyn MetricsSource> = match s.kind {
+            SourceKind::Cloudwatch => Arc::new(cloudwatch_metrics(spec).await?),
+            SourceKind::CloudwatchLogs => Arc::new(bluegreen_cloudwatch::CloudWatchLogs::new(
+                &aws_config(spec).await?,
+            )),
+            SourceKind::CloudwatchAlarms => Arc::new(bluegreen_cloudwatch::CloudWatchAlarms::new(
+                &aws_config(spec).await?,
+            )),
+            SourceKind::DatadogLogs | SourceKind::DatadogMonitors => {
+                let d = spec.monitoring.datadog.as_ref().expect("validated");
+                let dd = datadog(&secrets, &d.site, &d.api_key, d.app_key.as_ref())?;
+                if s.kind == SourceKind::DatadogLogs {
+                    Arc::new(dd.logs())
+                } else {
+                    Arc::new(dd.monitors())
+                }
+            }
+        };
+        named_metrics.push((s.name.clone(), source));
     }
     let mut sinks: Vec<Arc<dyn EventSink>> = Vec::new();
     if let Some(d) = spec.notifications.datadog.as_ref().filter(|d| d.events) {
@@ -439,6 +462,30 @@ pub async fn assemble(loaded: &LoadedSpec) -> Result<Assembled> {
         sinks,
         local,
         fake,
+    })
+}
+
+/// The AWS configuration of `[target.ecs]` (validated present for the
+/// CloudWatch sources).
+async fn aws_config(spec: &crate::spec::Spec) -> Result<aws_types::SdkConfig> {
+    crate::aws::sdk_config(
+        spec.target
+            .ecs
+            .as_ref()
+            .expect("validated: CloudWatch needs [target.ecs]"),
+    )
+    .await
+}
+
+/// CloudWatch metrics on `[target.ecs]`'s AWS configuration, knowing
+/// `[target.alb]`'s target groups so a query may say `target_group={color}`.
+async fn cloudwatch_metrics(
+    spec: &crate::spec::Spec,
+) -> Result<bluegreen_cloudwatch::CloudWatchMetrics> {
+    let m = bluegreen_cloudwatch::CloudWatchMetrics::new(&aws_config(spec).await?);
+    Ok(match &spec.target.alb {
+        Some(a) => m.with_target_groups(&a.target_groups.blue, &a.target_groups.green),
+        None => m,
     })
 }
 

@@ -623,6 +623,53 @@ pub struct Monitoring {
     /// as its `source`.
     #[serde(default)]
     pub commands: Vec<CommandSpec>,
+    /// More metrics sources a check names as its `source`
+    /// (`[[monitoring.sources]]`): CloudWatch metrics, logs counts and
+    /// alarms, Datadog logs counts and monitors.
+    #[serde(default)]
+    pub sources: Vec<SourceSpec>,
+}
+
+/// `[[monitoring.sources]]`: a named metrics source, e.g.
+/// `{ name = "app-logs", kind = "cloudwatch-logs" }`. The CloudWatch kinds
+/// use `[target.ecs]`'s AWS configuration (and `[target.alb]`'s target
+/// groups for `target_group={color}`); the Datadog kinds use
+/// `[monitoring.datadog]`'s keys.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceSpec {
+    /// The name checks give as `source`.
+    pub name: String,
+    /// What answers.
+    pub kind: SourceKind,
+}
+
+/// The kinds of `[[monitoring.sources]]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SourceKind {
+    /// CloudWatch metrics (`bluegreen_cloudwatch::CloudWatchMetrics`): presets
+    /// `alb-error-rate`, `alb-p95-ms`, `ecs-cpu`, `ecs-memory`, `metric`, `math`.
+    Cloudwatch,
+    /// Count of a filter pattern in CloudWatch Logs
+    /// (`logs group=G stream_prefix=P pattern=F`).
+    CloudwatchLogs,
+    /// CloudWatch alarms in ALARM state (`alarms names="A,B"` or `alarms prefix=P`).
+    CloudwatchAlarms,
+    /// Count of a Datadog Logs query (`SCOPE | MATCH`).
+    DatadogLogs,
+    /// Datadog monitors with the given tags in Alert state (`service:x,severity:critical`).
+    DatadogMonitors,
+}
+
+impl SourceKind {
+    /// Whether it reads CloudWatch (and so needs `[target.ecs]`).
+    pub fn is_cloudwatch(self) -> bool {
+        matches!(
+            self,
+            SourceKind::Cloudwatch | SourceKind::CloudwatchLogs | SourceKind::CloudwatchAlarms
+        )
+    }
 }
 
 /// The metrics providers.
@@ -637,6 +684,9 @@ pub enum MetricsKind {
     Local,
     /// Constant values from `[monitoring.fake]`.
     Fake,
+    /// CloudWatch metrics (`bluegreen-cloudwatch`), with `[target.ecs]`'s AWS
+    /// configuration.
+    Cloudwatch,
 }
 
 /// Datadog settings.
@@ -1137,6 +1187,9 @@ impl Spec {
             MetricsKind::Prometheus if mon.prometheus.is_none() => {
                 return err("monitoring.prometheus", "missing: provider = \"prometheus\" needs [monitoring.prometheus] with url".into())
             }
+            MetricsKind::Cloudwatch if self.target.ecs.is_none() => {
+                return err("monitoring.provider", "\"cloudwatch\" uses [target.ecs]'s AWS configuration: add [target.ecs], or name a [[monitoring.sources]] entry".into())
+            }
             MetricsKind::Local if self.target.local.is_none() => {
                 return err("monitoring.provider", "\"local\" measures the local proxy and works with [target.local] only".into())
             }
@@ -1219,11 +1272,50 @@ impl Spec {
                 &bluegreen_local::command::METRIC_VARIABLES,
             )?;
         }
+        for (i, s) in self.monitoring.sources.iter().enumerate() {
+            let field = format!("monitoring.sources[{i}]");
+            if s.name.trim().is_empty() || s.name == bluegreen_core::driver::DEFAULT_METRICS {
+                return err(
+                    &format!("{field}.name"),
+                    format!(
+                        "{:?} cannot name a source: give it a name of its own",
+                        s.name
+                    ),
+                );
+            }
+            let taken = self.monitoring.commands.iter().any(|c| c.0.name == s.name)
+                || self.monitoring.sources[..i]
+                    .iter()
+                    .any(|o| o.name == s.name);
+            if taken {
+                return err(
+                    &format!("{field}.name"),
+                    format!("{:?} names two metrics sources", s.name),
+                );
+            }
+            if s.kind.is_cloudwatch() && self.target.ecs.is_none() {
+                return err(
+                    &format!("{field}.kind"),
+                    "the CloudWatch sources use [target.ecs]'s AWS configuration: add [target.ecs]"
+                        .into(),
+                );
+            }
+            if !s.kind.is_cloudwatch()
+                && self
+                    .monitoring
+                    .datadog
+                    .as_ref()
+                    .is_none_or(|d| d.app_key.is_none())
+            {
+                return err(&format!("{field}.kind"), "the Datadog sources need [monitoring.datadog] with api_key and app_key references".into());
+            }
+        }
         let sources: Vec<&str> = self
             .monitoring
             .commands
             .iter()
             .map(|c| c.0.name.as_str())
+            .chain(self.monitoring.sources.iter().map(|s| s.name.as_str()))
             .collect();
         for (i, c) in self.monitoring.checks.iter().enumerate() {
             if let Some(n) = c
@@ -1231,7 +1323,7 @@ impl Spec {
                 .as_deref()
                 .filter(|n| *n != bluegreen_core::driver::DEFAULT_METRICS && !sources.contains(n))
             {
-                return err(&format!("monitoring.checks[{i}].source"), format!("no metrics source named {n:?}: name a [[monitoring.commands]] entry ({}), or leave it out for the monitoring provider", sources.join(", ")));
+                return err(&format!("monitoring.checks[{i}].source"), format!("no metrics source named {n:?}: name a [[monitoring.commands]] or [[monitoring.sources]] entry ({}), or leave it out for the monitoring provider", sources.join(", ")));
             }
         }
         self.plan_unchecked()
