@@ -54,6 +54,11 @@ pub enum Command {
     Plan {
         /// The spec file.
         spec: PathBuf,
+        /// Rehearse the rollback instead: a failure at every stage, what the
+        /// rollback does, how long it takes at the plan's timings and where
+        /// it halts. Touches nothing.
+        #[arg(long)]
+        rehearse: bool,
     },
     /// Runs the deployment to its end.
     Deploy {
@@ -109,6 +114,23 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = ReportFormat::Markdown)]
         format: ReportFormat,
     },
+    /// Approves an approval gate of the running deployment as NAME (journaled
+    /// with the time the deployer took it). Refused (exit 4) for a name not on
+    /// the gate's lists or a second approval by the same name.
+    Approve {
+        /// The spec file.
+        spec: PathBuf,
+        /// Who approves: a name on the gate's `approvals[].groups[].names`.
+        #[arg(long = "as", value_name = "NAME")]
+        name: String,
+        /// The gate, e.g. `before-shift` (the one the deployment holds at,
+        /// else the next one with approvals pending, if absent).
+        #[arg(long)]
+        gate: Option<String>,
+        /// The deployment id (the latest unfinished one if absent).
+        #[arg(long)]
+        id: Option<String>,
+    },
     /// Follows a running deployment live from its journal: stage, split, checks, time left.
     Watch {
         /// The spec file.
@@ -142,7 +164,8 @@ pub fn main() -> i32 {
 fn spec_of(cmd: &Command) -> &Path {
     match cmd {
         Command::Validate { spec }
-        | Command::Plan { spec }
+        | Command::Plan { spec, .. }
+        | Command::Approve { spec, .. }
         | Command::Deploy { spec, .. }
         | Command::Status { spec, .. }
         | Command::Resume { spec, .. }
@@ -211,7 +234,11 @@ pub fn run(cli: Cli) -> i32 {
     rt.block_on(async move {
         let r = match cli.command {
             Command::Validate { .. } => validate(&loaded, out),
+            Command::Plan { rehearse: true, .. } => rehearse(&loaded, out),
             Command::Plan { .. } => dry_run(&loaded, out),
+            Command::Approve { name, gate, id, .. } => {
+                approve(&loaded, &journal_path, id, name, gate, out).await
+            }
             Command::Deploy { id, .. } => deploy(&loaded, &journal_path, id, None, out).await,
             Command::Resume { id, .. } => resume(&loaded, &journal_path, id, out).await,
             Command::Status { id, .. } => status(&loaded, &journal_path, id, out).await,
@@ -255,7 +282,13 @@ fn run_group(cli: Cli, g: LoadedGroup) -> i32 {
     rt.block_on(async move {
         let r = match cli.command {
             Command::Validate { .. } => validate_group(&g, out),
+            Command::Plan { rehearse: true, .. } => Err(Error::invalid_input(
+                "plan --rehearse rehearses one service's rollback: run it with that member's spec",
+            )),
             Command::Plan { .. } => plan_group(&g, out),
+            Command::Approve { .. } => Err(Error::invalid_input(
+                "approve acts on one service's deployment: run it with that member's spec",
+            )),
             Command::Deploy { id, .. } => group::deploy(&g, &path, id, None, out).await,
             Command::Resume { id, .. } => group::resume(&g, &path, id, out).await,
             Command::Status { id, .. } => group::status(&g, &path, id, out).await,
@@ -1115,6 +1148,105 @@ async fn status(
     })
 }
 
+/// The rollback rehearsal of the spec's plan (see
+/// [`bluegreen_core::plan::rehearsal`]): the migrations from the spec's
+/// migration files, and for an ALB the AWS default deregistration delay of
+/// 300 s as the router's drain (the real one is read at deploy time).
+pub(crate) fn rehearse(l: &LoadedSpec, out: OutputFormat) -> Result<i32, Error> {
+    let plan = l
+        .spec
+        .plan()
+        .map_err(|e| Error::invalid_input(e.to_string()))?;
+    let options = bluegreen_core::plan::RehearsalOptions {
+        migrations: migrations_to_run(l)?.unwrap_or_default(),
+        router_drain: l
+            .spec
+            .target
+            .alb
+            .is_some()
+            .then_some(ALB_DEFAULT_DEREGISTRATION_DELAY),
+        scale_settle: None,
+    };
+    let r = plan.rehearse(&options)?;
+    if out == OutputFormat::Json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&r).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+        );
+    } else {
+        if l.spec.target.alb.is_some() {
+            println!(
+                "Assumes the ALB target groups' deregistration delay is AWS's default, 300 s (a deployment reads the real one)."
+            );
+        }
+        print!("{}", r.to_text());
+    }
+    Ok(EXIT_SUCCEEDED)
+}
+
+/// An ALB target group's deregistration delay unless it was changed
+/// (AWS's documented default, 300 seconds).
+const ALB_DEFAULT_DEREGISTRATION_DELAY: Duration = Duration::from_secs(300);
+
+/// Sends one approval; a name on no list of the spec's approval gates (or
+/// of the named gate) is refused here, naming the gate, before anything is
+/// sent. A refusal by the deployer exits [`EXIT_REFUSED`].
+async fn approve(
+    l: &LoadedSpec,
+    path: &Path,
+    id: Option<String>,
+    name: String,
+    gate: Option<String>,
+    out: OutputFormat,
+) -> Result<i32, Error> {
+    let gate: Option<bluegreen_core::plan::Gate> = match gate {
+        None => None,
+        Some(g) => Some(
+            serde_json::from_value(serde_json::Value::String(g.clone())).map_err(|_| {
+                Error::invalid_input(format!(
+                    "--gate {g:?} is not a gate: before-shift, before-full-traffic, before-scale-down or before-contract"
+                ))
+            })?,
+        ),
+    };
+    let gates: Vec<&bluegreen_core::plan::ApprovalGate> = l
+        .spec
+        .approvals
+        .iter()
+        .filter(|a| gate.is_none_or(|g| a.gate == g))
+        .collect();
+    if gates.is_empty() {
+        return Ok(refused(
+            &Error::invalid_input(match gate {
+                Some(g) => format!("approvals: the spec gives the gate {g} no approvers"),
+                None => "approvals: the spec has no approval gate".to_string(),
+            }),
+            out,
+        ));
+    }
+    if !gates.iter().any(|a| a.group_of(&name).is_some()) {
+        let which: Vec<String> = gates
+            .iter()
+            .map(|a| {
+                let names: Vec<&str> = a
+                    .groups
+                    .iter()
+                    .flat_map(|g| g.names.iter().map(String::as_str))
+                    .collect();
+                format!("gate {} (approvers: {})", a.gate, names.join(", "))
+            })
+            .collect();
+        return Ok(refused(
+            &Error::invalid_input(format!(
+                "approvals: {name:?} is not an approver of {}",
+                which.join("; ")
+            )),
+            out,
+        ));
+    }
+    control(l, path, id, Control::Approve { name, gate }, out).await
+}
+
 async fn control(
     l: &LoadedSpec,
     path: &Path,
@@ -1144,6 +1276,12 @@ async fn control(
         );
     } else {
         match &taken {
+            Some(effect)
+                if effect.starts_with("refused") && matches!(c, Control::Approve { .. }) =>
+            {
+                eprintln!("{id}: its deployer refused {what}: {effect}");
+                return Ok(EXIT_REFUSED);
+            }
             Some(effect) => println!("{id}: its deployer took {what}: {effect}"),
             None => println!(
                 "{id}: no running deployer took {what} within {} s; it is recorded and applies when the deployment is resumed (`bluegreen resume`)",

@@ -477,7 +477,7 @@ fn apply(control: &GroupControl, c: Control) {
         Control::Promote => control.promote(),
         Control::Pause => control.pause(),
         Control::Resume => control.resume(),
-        Control::Proceed { .. } => false,
+        Control::Proceed { .. } | Control::Approve { .. } => false,
     };
 }
 

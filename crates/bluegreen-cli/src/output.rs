@@ -247,5 +247,10 @@ pub(crate) fn describe_control(c: &Control) -> String {
         Control::Pause => "pause".into(),
         Control::Resume => "resume".into(),
         Control::Proceed { barrier } => format!("proceed past {barrier}"),
+        Control::Approve {
+            name,
+            gate: Some(g),
+        } => format!("approval by {name} of gate {g}"),
+        Control::Approve { name, gate: None } => format!("approval by {name}"),
     }
 }

@@ -396,7 +396,8 @@ pub async fn assemble(loaded: &LoadedSpec) -> Result<Assembled> {
         }
     }
     let http = spec.smoke_tests.iter().filter_map(SmokeTestSpec::http);
-    for c in spec.staging_checks.iter().chain(http) {
+    let dependencies = spec.preflight.checks.iter();
+    for c in spec.staging_checks.iter().chain(dependencies).chain(http) {
         match &fake {
             Some(world) => smoke.push(Arc::new(FakeSmoke::new(&c.name, world.clone()))),
             None => smoke.push(Arc::new(

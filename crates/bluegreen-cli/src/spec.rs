@@ -44,9 +44,9 @@ use std::time::Duration;
 
 pub use crate::command::{CommandSpec, SmokeTestSpec};
 use bluegreen_core::plan::{
-    CapacityPolicy, ColorTarget, ColorTargets, Deadlines, Gate, HoldTimeoutPolicy,
-    InconclusivePolicy, MigrationSettings, Preflight, RequiredSecret, RollbackTrigger, Strategy,
-    Timing,
+    ApprovalGate, CapacityPolicy, ColorTarget, ColorTargets, Deadlines, DeployWindow, Gate,
+    HoldTimeoutPolicy, InconclusivePolicy, MigrationSettings, Preflight, RequiredSecret,
+    RollbackTargets, RollbackTrigger, Strategy, Timing,
 };
 use bluegreen_core::provider::MigrationPhase;
 use bluegreen_core::{Plan, Release};
@@ -214,6 +214,21 @@ pub struct Spec {
     /// Progress deadlines per phase.
     #[serde(default)]
     pub deadlines: Deadlines,
+    /// When a deployment may start: weekly windows and blackouts in a time
+    /// zone (`[window]`); any time when absent.
+    #[serde(default)]
+    pub window: Option<DeployWindow>,
+    /// Gates that pass on approvals from named people (`[[approvals]]`),
+    /// given with `bluegreen approve --as NAME`.
+    #[serde(default)]
+    pub approvals: Vec<ApprovalGate>,
+    /// What must be in place before anything changes (`[preflight]`).
+    #[serde(default)]
+    pub preflight: PreflightSpec,
+    /// The rollback-time targets the report sets the measured times
+    /// against (`[rollback_targets]`; the reference's by default).
+    #[serde(default)]
+    pub rollback_targets: RollbackTargets,
     /// Datadog events and Slack messages.
     #[serde(default)]
     pub notifications: Notifications,
@@ -432,6 +447,22 @@ fn expand() -> MigrationPhase {
 }
 fn yes() -> bool {
     true
+}
+
+/// `[preflight]`: the release's dependencies, checked before anything
+/// changes; a failure refuses the deployment (exit 4) naming the field.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PreflightSpec {
+    /// Migration versions the database must already have applied, read
+    /// from the migration runner's ledger (the reference: "Database
+    /// migration 024 (must be applied)").
+    #[serde(default)]
+    pub migrations_applied: Vec<u64>,
+    /// HTTP checks that must pass; each names its own endpoint (no base
+    /// URL is filled in).
+    #[serde(default)]
+    pub checks: Vec<HttpCheck>,
 }
 
 /// `[deployment]`: replicas, strategy, gates and endpoints.
@@ -1370,6 +1401,13 @@ impl Spec {
             capacity: d.capacity,
             strategy: d.strategy.clone(),
             preflight: Preflight {
+                migrations_applied: self.preflight.migrations_applied.clone(),
+                checks: self
+                    .preflight
+                    .checks
+                    .iter()
+                    .map(|c| c.name.clone())
+                    .collect(),
                 staging_checks: self.staging_checks.iter().map(|c| c.name.clone()).collect(),
                 required_secrets: self
                     .secrets
@@ -1396,6 +1434,9 @@ impl Spec {
             rollback_triggers: self.rollback_triggers.clone(),
             timing: self.timing.clone(),
             gates: d.gates.clone(),
+            approvals: self.approvals.clone(),
+            window: self.window.clone(),
+            rollback_targets: self.rollback_targets.clone(),
             deadlines: self.deadlines.clone(),
             on_inconclusive: d.on_inconclusive,
             on_hold_timeout: d.on_hold_timeout,
