@@ -39,14 +39,14 @@ pub const MAX_PAGES: usize = 10;
 /// note. Read-only, so safe to repeat.
 #[derive(Debug, Clone)]
 pub struct CloudWatchAlarms {
-    client: aws_sdk_cloudwatch::Client,
+    cloudwatch: aws_sdk_cloudwatch::Client,
 }
 
 impl CloudWatchAlarms {
     /// A source on the account and region of `config`.
     pub fn new(config: &SdkConfig) -> Self {
         CloudWatchAlarms {
-            client: aws_sdk_cloudwatch::Client::new(config),
+            cloudwatch: aws_sdk_cloudwatch::Client::new(config),
         }
     }
 }
@@ -165,7 +165,7 @@ impl MetricsSource for CloudWatchAlarms {
                 ));
             }
             let mut call = self
-                .client
+                .cloudwatch
                 .describe_alarms()
                 .alarm_types(AlarmType::MetricAlarm)
                 .alarm_types(AlarmType::CompositeAlarm)

@@ -43,14 +43,14 @@ pub const MAX_PAGES: usize = 20;
 /// Read-only, so safe to repeat.
 #[derive(Debug, Clone)]
 pub struct CloudWatchLogs {
-    client: aws_sdk_cloudwatchlogs::Client,
+    logs: aws_sdk_cloudwatchlogs::Client,
 }
 
 impl CloudWatchLogs {
     /// A source on the account and region of `config`.
     pub fn new(config: &SdkConfig) -> Self {
         CloudWatchLogs {
-            client: aws_sdk_cloudwatchlogs::Client::new(config),
+            logs: aws_sdk_cloudwatchlogs::Client::new(config),
         }
     }
 
@@ -63,7 +63,7 @@ impl CloudWatchLogs {
         let mut token: Option<String> = None;
         for _ in 0..MAX_PAGES {
             let out = self
-                .client
+                .logs
                 .describe_log_streams()
                 .log_group_name(group)
                 .log_stream_name_prefix(prefix)
@@ -136,7 +136,7 @@ impl CloudWatchLogs {
         let mut token: Option<String> = None;
         for _ in 0..MAX_PAGES {
             let out = self
-                .client
+                .logs
                 .filter_log_events()
                 .log_group_name(group)
                 .set_log_stream_names(names.clone())

@@ -73,7 +73,7 @@ const OUT: &str = "out";
 /// repeat.
 #[derive(Debug, Clone)]
 pub struct CloudWatchMetrics {
-    client: aws_sdk_cloudwatch::Client,
+    cloudwatch: aws_sdk_cloudwatch::Client,
     settle: Duration,
     target_groups: Option<[String; 2]>,
 }
@@ -82,7 +82,7 @@ impl CloudWatchMetrics {
     /// A source on the account and region of `config`.
     pub fn new(config: &SdkConfig) -> Self {
         CloudWatchMetrics {
-            client: aws_sdk_cloudwatch::Client::new(config),
+            cloudwatch: aws_sdk_cloudwatch::Client::new(config),
             settle: Duration::ZERO,
             target_groups: None,
         }
@@ -434,7 +434,7 @@ impl MetricsSource for CloudWatchMetrics {
                 ));
             }
             let out = self
-                .client
+                .cloudwatch
                 .get_metric_data()
                 .set_metric_data_queries(Some(req.queries.clone()))
                 .start_time(DateTime::from_secs(start))
