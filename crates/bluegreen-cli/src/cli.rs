@@ -4,9 +4,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bluegreen_core::machine::{Event, Stage};
-use bluegreen_core::plan::Comparison;
-use bluegreen_core::testing::{simulate_with, SIMULATION_EPOCH};
+use bluegreen_core::dry_run::{DryRun, HealthyProviders};
 use bluegreen_core::{Control, Error, ErrorKind, Journal, Outcome, Report, Timestamp};
 use clap::{Parser, Subcommand};
 
@@ -257,16 +255,20 @@ pub fn run(cli: Cli) -> i32 {
 }
 
 fn runtime(paused: bool) -> std::io::Result<tokio::runtime::Runtime> {
+    // Paused time is the fake target's (a `testing` build's); a release
+    // build refuses that target before it gets here.
+    #[cfg(feature = "testing")]
     if paused {
-        tokio::runtime::Builder::new_current_thread()
+        return tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .start_paused(true)
-            .build()
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
+            .build();
     }
+    #[cfg(not(feature = "testing"))]
+    let _ = paused;
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
 }
 
 fn run_group(cli: Cli, g: LoadedGroup) -> i32 {
@@ -521,27 +523,6 @@ pub(crate) fn validate(l: &LoadedSpec, out: OutputFormat) -> Result<i32, Error> 
     Ok(EXIT_SUCCEEDED)
 }
 
-/// A value that satisfies a condition (for the dry run's metrics).
-fn passing(op: Comparison, t: f64) -> f64 {
-    match op {
-        Comparison::Lt => {
-            if t > 0.0 {
-                t / 2.0
-            } else {
-                t - 1.0
-            }
-        }
-        Comparison::Le | Comparison::Ge => t,
-        Comparison::Gt => {
-            if t > 0.0 {
-                t * 2.0
-            } else {
-                t + 1.0
-            }
-        }
-    }
-}
-
 fn provider_label(l: &LoadedSpec, provider: &str) -> String {
     let s = &l.spec;
     let kind = s.target_kind();
@@ -599,51 +580,15 @@ pub(crate) fn dry_run(l: &LoadedSpec, out: OutputFormat) -> Result<i32, Error> {
         .spec
         .plan()
         .map_err(|e| Error::invalid_input(e.to_string()))?;
-    let p2 = plan.clone();
-    // The happy path on the core fakes, under paused time, on a thread of its
-    // own (it runs its own runtime). Nothing outside this process is touched.
-    let handle = std::thread::spawn(move || {
-        simulate_with(
-            move |fakes| {
-                {
-                    let mut w = fakes.world.lock();
-                    w.migrations.clear();
-                    // The live color at the plan's own capacity (the new
-                    // color takes at least the old one's), and instances
-                    // that start well within the deploy deadline: the dry
-                    // run shows the path the plan takes, not the fakes'
-                    // defaults.
-                    w.settle = w.settle.min(p2.deadlines.deploy / 4);
-                    if let Some(live) = w.colors.get_mut(&bluegreen_core::Color::Green) {
-                        live.desired = p2.replicas;
-                        live.running_before = p2.replicas;
-                    }
-                }
-                for c in &p2.analysis {
-                    fakes
-                        .metrics
-                        .constant(&c.name, passing(c.success.op, c.success.threshold));
-                }
-                let day_before = Timestamp(SIMULATION_EPOCH.0 - 24 * 3600 * 1000);
-                for s in &p2.preflight.required_secrets {
-                    fakes.secrets.insert(&s.name, "dry-run", Some(day_before));
-                }
-                fakes.builder(p2.clone())
-            },
-            |ev, ctl| {
-                if let Event::Stage {
-                    stage: Stage::Hold { .. },
-                } = ev
-                {
-                    ctl.promote();
-                }
-            },
-        )
-        .0
-    });
-    let report = handle
-        .join()
-        .map_err(|_| Error::invalid_input("the dry run failed"))?;
+    // The state machine itself, driven to its end with the replies of
+    // healthy providers, in virtual time: no provider, no runtime, nothing
+    // outside this process touched. Every hold is promoted, and the
+    // migrations listed below apply in their phase.
+    let migrations = migrations_to_run(l)?.unwrap_or_default();
+    let responder = HealthyProviders::new(&plan).migrations(migrations);
+    let report = DryRun::new(plan.clone())
+        .map_err(|e| Error::invalid_input(e.to_string()))?
+        .run(&mut { responder });
     if out == OutputFormat::Json {
         println!("{}", report.to_json());
         return Ok(EXIT_SUCCEEDED);

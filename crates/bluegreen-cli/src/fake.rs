@@ -89,6 +89,10 @@ pub struct FakeWorldState {
     pub migrations: Vec<FakeMigration>,
     /// Applied versions.
     pub applied: Vec<u64>,
+    /// The deployment each applied version ran under (absent in world
+    /// files from before it was kept: owned by none).
+    #[serde(default)]
+    pub applied_by: BTreeMap<u64, String>,
     /// Every change.
     pub changes: Vec<FakeChange>,
 }
@@ -110,6 +114,7 @@ impl FakeWorldState {
             colors,
             migrations,
             applied: Vec::new(),
+            applied_by: BTreeMap::new(),
             changes: Vec::new(),
         }
     }
@@ -189,12 +194,35 @@ impl FakeWorld {
 #[derive(Debug, Clone)]
 pub struct FakeProviders {
     world: FakeWorld,
+    secrets: Arc<std::collections::BTreeSet<String>>,
 }
 
 impl FakeProviders {
-    /// Providers on `world`.
+    /// Providers on `world`, whose secret store holds no secret.
     pub fn new(world: FakeWorld) -> Self {
-        FakeProviders { world }
+        FakeProviders {
+            world,
+            secrets: Arc::default(),
+        }
+    }
+
+    /// The secret store holds `names` (each rotated a day ago); any other
+    /// name is not found.
+    pub fn with_secrets(mut self, names: impl IntoIterator<Item = String>) -> Self {
+        self.secrets = Arc::new(names.into_iter().collect());
+        self
+    }
+
+    fn secret(&self, name: &str) -> Result<()> {
+        if self.secrets.contains(name) {
+            Ok(())
+        } else {
+            Err(Error::not_found(format!(
+                "secret {name:?} is not in the fake target's store (it holds the secrets the spec names)"
+            ))
+            .with_provider(PROVIDER)
+            .with_operation("get_secret"))
+        }
     }
 }
 
@@ -342,7 +370,7 @@ impl MigrationRunner for FakeProviders {
     async fn apply(
         &self,
         phase: MigrationPhase,
-        _ctx: &MigrationContext,
+        ctx: &MigrationContext,
     ) -> Result<Vec<MigrationInfo>> {
         self.world.update(|s| {
             let mut out = Vec::new();
@@ -356,9 +384,13 @@ impl MigrationRunner for FakeProviders {
             for m in todo {
                 if !s.applied.contains(&m.version) {
                     s.applied.push(m.version);
+                    s.applied_by.insert(m.version, ctx.deployment_id.clone());
                     s.changes.push(FakeChange::Migrated { version: m.version });
                 }
-                out.push(info(&m));
+                // Those this deployment applied, not another's.
+                if s.applied_by.get(&m.version) == Some(&ctx.deployment_id) {
+                    out.push(info(&m));
+                }
             }
             out
         })
@@ -386,6 +418,7 @@ impl MigrationRunner for FakeProviders {
             for v in versions {
                 if let Some(pos) = s.applied.iter().position(|a| a == v) {
                     s.applied.remove(pos);
+                    s.applied_by.remove(v);
                     s.changes.push(FakeChange::Reverted { version: *v });
                     if let Some(m) = s.migrations.iter().find(|m| m.version == *v) {
                         out.push(info(m));
@@ -399,11 +432,13 @@ impl MigrationRunner for FakeProviders {
 
 #[async_trait]
 impl SecretSource for FakeProviders {
-    async fn get(&self, _name: &str) -> Result<SecretValue> {
+    async fn get(&self, name: &str) -> Result<SecretValue> {
+        self.secret(name)?;
         Ok(SecretValue::new("fake-secret"))
     }
 
     async fn metadata(&self, name: &str) -> Result<SecretMetadata> {
+        self.secret(name)?;
         let day = Duration::from_secs(24 * 3600);
         Ok(SecretMetadata {
             name: name.to_string(),

@@ -1,4 +1,5 @@
-//! The CLI's journal: the core [`FileJournal`], a test-only kill switch, and
+//! The CLI's journal: the core [`FileJournal`] (behind the crash tests' kill
+//! switch in a build with the `testing` feature), and
 //! the control file through which `abort` and `promote` reach the deploying
 //! process.
 //!
@@ -8,7 +9,6 @@
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,119 +23,27 @@ use serde::{Deserialize, Serialize};
 
 use crate::spec::{JournalKind, LoadedSpec, SecretRef};
 
-/// The environment variable that makes the CLI kill itself with SIGKILL at
-/// a journal append: `N` (right after the N-th append is on disk) or
-/// `N:before` (right before the N-th append is written). For crash tests.
-pub const KILL_ENV: &str = "BLUEGREEN_TEST_KILL_AFTER_APPENDS";
+#[cfg(feature = "testing")]
+pub use crate::kill_switch::KILL_ENV;
 
-/// When to die.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct KillPoint {
-    /// The append (1-based).
-    pub append: u64,
-    /// Before it is written rather than after.
-    pub before: bool,
-}
-
-impl KillPoint {
-    /// From [`KILL_ENV`], if set and well-formed.
-    pub fn from_env() -> Option<KillPoint> {
-        let v = std::env::var(KILL_ENV).ok()?;
-        let (n, before) = match v.split_once(':') {
-            Some((n, "before")) => (n, true),
-            Some((n, _)) => (n, false),
-            None => (v.as_str(), false),
-        };
-        Some(KillPoint {
-            append: n.trim().parse().ok()?,
-            before,
-        })
+/// `journal`, behind the kill switch of the environment when the binary is
+/// built with the `testing` feature (the crash tests); as it is otherwise.
+fn with_kill_switch<J: Journal + 'static>(journal: J) -> Arc<dyn Journal> {
+    #[cfg(feature = "testing")]
+    {
+        use crate::kill_switch::{KillPoint, KillSwitchJournal};
+        Arc::new(KillSwitchJournal::new(journal, KillPoint::from_env()))
+    }
+    #[cfg(not(feature = "testing"))]
+    {
+        Arc::new(journal)
     }
 }
 
-/// A [`Journal`] that kills its process with SIGKILL at a [`KillPoint`].
-pub struct KillSwitchJournal<J> {
-    inner: J,
-    appends: AtomicU64,
-    kill: Option<KillPoint>,
-}
-
-impl<J> KillSwitchJournal<J> {
-    /// Wraps `inner`; dies at `kill`.
-    pub fn new(inner: J, kill: Option<KillPoint>) -> Self {
-        KillSwitchJournal {
-            inner,
-            appends: AtomicU64::new(0),
-            kill,
-        }
-    }
-}
-
-fn die() -> ! {
-    let pid = std::process::id().to_string();
-    let _ = std::process::Command::new("kill")
-        .args(["-KILL", &pid])
-        .status();
-    // SIGKILL cannot be caught; wait for it to land.
-    loop {
-        std::thread::sleep(Duration::from_secs(1));
-    }
-}
-
-#[async_trait]
-impl<J: Journal> Journal for KillSwitchJournal<J> {
-    async fn acquire(
-        &self,
-        service: &str,
-        holder: &str,
-        ttl: Duration,
-        now: Timestamp,
-    ) -> Result<Lease> {
-        self.inner.acquire(service, holder, ttl, now).await
-    }
-
-    async fn renew(&self, lease: &Lease, ttl: Duration, now: Timestamp) -> Result<Lease> {
-        self.inner.renew(lease, ttl, now).await
-    }
-
-    async fn release(&self, lease: &Lease) -> Result<()> {
-        self.inner.release(lease).await
-    }
-
-    async fn append(
-        &self,
-        lease: &Lease,
-        deployment_id: &str,
-        at: Timestamp,
-        record: &Record,
-    ) -> Result<u64> {
-        let n = self.appends.fetch_add(1, Ordering::SeqCst) + 1;
-        let hit = self.kill.filter(|k| k.append == n);
-        if hit.is_some_and(|k| k.before) {
-            die();
-        }
-        let e = self.inner.append(lease, deployment_id, at, record).await?;
-        if hit.is_some() {
-            die();
-        }
-        Ok(e)
-    }
-
-    async fn read(&self, deployment_id: &str) -> Result<Vec<JournalEntry>> {
-        self.inner.read(deployment_id).await
-    }
-
-    async fn deployments(&self, service: Option<String>) -> Result<Vec<DeploymentSummary>> {
-        self.inner.deployments(service).await
-    }
-}
-
-/// Opens the file journal at `path`, with the kill switch from the environment.
-pub fn open(path: &Path) -> Result<KillSwitchJournal<FileJournal>> {
-    Ok(KillSwitchJournal::new(
-        FileJournal::open(path)?,
-        KillPoint::from_env(),
-    ))
+/// Opens the file journal at `path` (with the kill switch of a `testing`
+/// build).
+pub fn open(path: &Path) -> Result<Arc<dyn Journal>> {
+    Ok(with_kill_switch(FileJournal::open(path)?))
 }
 
 /// Opens the journal `loaded` names: the file at `path`, or the Postgres
@@ -143,7 +51,7 @@ pub fn open(path: &Path) -> Result<KillSwitchJournal<FileJournal>> {
 /// switch from the environment.
 pub async fn open_for(loaded: &LoadedSpec, path: &Path) -> Result<Arc<dyn Journal>> {
     match loaded.spec.journal.kind {
-        JournalKind::File => Ok(Arc::new(open(path)?)),
+        JournalKind::File => open(path),
         JournalKind::Postgres => {
             let db = journal_database(loaded)?;
             let paused = loaded
@@ -157,15 +65,9 @@ pub async fn open_for(loaded: &LoadedSpec, path: &Path) -> Result<Arc<dyn Journa
                 // next timer while a query is in flight; the journal's I/O
                 // runs on a real-time runtime instead, blocking this one.
                 let j = on_real_time(PostgresJournal::connect(db))?;
-                return Ok(Arc::new(KillSwitchJournal::new(
-                    RealTime(j),
-                    KillPoint::from_env(),
-                )));
+                return Ok(with_kill_switch(RealTime(j)));
             }
-            Ok(Arc::new(KillSwitchJournal::new(
-                PostgresJournal::connect(db).await?,
-                KillPoint::from_env(),
-            )))
+            Ok(with_kill_switch(PostgresJournal::connect(db).await?))
         }
     }
 }

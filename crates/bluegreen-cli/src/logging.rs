@@ -122,7 +122,8 @@ fn percent_decode(s: &str) -> String {
 
 /// Masks every secret `l` takes from an environment variable that is set:
 /// the journal URL (its password), `migrations.database_url`, the Datadog
-/// keys, the Slack webhook URL and `[[secrets]]` named `env:VARIABLE`.
+/// keys, the Slack webhook URL, the PagerDuty routing key and `[[secrets]]`
+/// named `env:VARIABLE`.
 pub fn redact_spec_secrets(l: &LoadedSpec) {
     let s = &l.spec;
     let mut refs: Vec<&SecretRef> = Vec::new();
@@ -137,6 +138,9 @@ pub fn redact_spec_secrets(l: &LoadedSpec) {
     }
     if let Some(sl) = &s.notifications.slack {
         refs.push(&sl.webhook_url);
+    }
+    if let Some(p) = &s.notifications.pagerduty {
+        refs.push(&p.routing_key);
     }
     let mut vars: Vec<String> = refs
         .into_iter()

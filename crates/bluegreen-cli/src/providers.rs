@@ -18,6 +18,7 @@ use bluegreen_http::HttpSmokeTest;
 use bluegreen_local::command::{CommandMetrics, CommandSmokeTest};
 use bluegreen_local::{Load, LocalCompute, LocalProxy, ProxyMetrics};
 
+#[cfg(feature = "testing")]
 use crate::fake::{ConstantMetrics, FakeProviders, FakeSmoke, FakeWorld};
 use crate::slack::SlackWebhook;
 use crate::spec::{
@@ -190,6 +191,7 @@ pub struct Assembled {
     /// The local target's runtime.
     pub local: Option<LocalRuntime>,
     /// The fake world.
+    #[cfg(feature = "testing")]
     pub fake: Option<FakeWorld>,
 }
 
@@ -239,8 +241,12 @@ type TargetProviders = (
 pub async fn assemble(loaded: &LoadedSpec) -> Result<Assembled> {
     let spec = &loaded.spec;
     let mut local = None;
+    #[cfg(feature = "testing")]
     let mut fake = None;
     let (compute, router, store, store_name): TargetProviders = match spec.target_kind() {
+        #[cfg(not(feature = "testing"))]
+        TargetKind::Fake => return Err(crate::spec::fake_not_built()),
+        #[cfg(feature = "testing")]
         TargetKind::Fake => {
             let f = spec.target.fake.as_ref().expect("validated");
             let world = FakeWorld::open(
@@ -250,7 +256,7 @@ pub async fn assemble(loaded: &LoadedSpec) -> Result<Assembled> {
                 &f.migrations,
             )?;
             fake = Some(world.clone());
-            let p = Arc::new(FakeProviders::new(world));
+            let p = Arc::new(FakeProviders::new(world).with_secrets(secret_names(spec)));
             (
                 p.clone(),
                 p.clone(),
@@ -350,6 +356,9 @@ pub async fn assemble(loaded: &LoadedSpec) -> Result<Assembled> {
     let migrations: Option<Arc<dyn MigrationRunner>> = match &spec.migrations {
         None => None,
         Some(m) => match m.runner {
+            #[cfg(not(feature = "testing"))]
+            MigrationRunnerKind::Fake => return Err(crate::spec::fake_not_built()),
+            #[cfg(feature = "testing")]
             MigrationRunnerKind::Fake => {
                 let world = fake
                     .clone()
@@ -362,6 +371,9 @@ pub async fn assemble(loaded: &LoadedSpec) -> Result<Assembled> {
         },
     };
     let metrics: Arc<dyn MetricsSource> = match spec.monitoring.provider {
+        #[cfg(not(feature = "testing"))]
+        MetricsKind::Fake => return Err(crate::spec::fake_not_built()),
+        #[cfg(feature = "testing")]
         MetricsKind::Fake => Arc::new(ConstantMetrics::new(
             spec.monitoring
                 .fake
@@ -398,12 +410,14 @@ pub async fn assemble(loaded: &LoadedSpec) -> Result<Assembled> {
     let http = spec.smoke_tests.iter().filter_map(SmokeTestSpec::http);
     let dependencies = spec.preflight.checks.iter();
     for c in spec.staging_checks.iter().chain(dependencies).chain(http) {
-        match &fake {
-            Some(world) => smoke.push(Arc::new(FakeSmoke::new(&c.name, world.clone()))),
-            None => smoke.push(Arc::new(
-                HttpSmokeTest::new(c.clone())?.with_secrets(secrets.clone()),
-            )),
+        #[cfg(feature = "testing")]
+        if let Some(world) = &fake {
+            smoke.push(Arc::new(FakeSmoke::new(&c.name, world.clone())));
+            continue;
         }
+        smoke.push(Arc::new(
+            HttpSmokeTest::new(c.clone())?.with_secrets(secrets.clone()),
+        ));
     }
     let mut named_metrics: Vec<(String, Arc<dyn MetricsSource>)> = Vec::new();
     for c in &spec.monitoring.commands {
@@ -452,6 +466,22 @@ pub async fn assemble(loaded: &LoadedSpec) -> Result<Assembled> {
             RefSecrets::name_of(&s.webhook_url),
         )?));
     }
+    if let Some(p) = &spec.notifications.pagerduty {
+        let mut pager = bluegreen_http::pagerduty::PagerDuty::new(
+            secrets.clone(),
+            RefSecrets::name_of(&p.routing_key),
+        )?;
+        if let Some(s) = p.severity {
+            pager = pager.severity(s);
+        }
+        if let Some(s) = &p.source {
+            pager = pager.source(s);
+        }
+        if let Some(e) = &p.endpoint {
+            pager = pager.endpoint(e)?;
+        }
+        sinks.push(Arc::new(pager));
+    }
     Ok(Assembled {
         compute,
         router,
@@ -462,6 +492,7 @@ pub async fn assemble(loaded: &LoadedSpec) -> Result<Assembled> {
         secrets,
         sinks,
         local,
+        #[cfg(feature = "testing")]
         fake,
     })
 }
@@ -488,6 +519,29 @@ async fn cloudwatch_metrics(
         Some(a) => m.with_target_groups(&a.target_groups.blue, &a.target_groups.green),
         None => m,
     })
+}
+
+/// Every secret-store name `spec` refers to: its `[[secrets]]` and each
+/// `{ secret = "NAME" }` reference (what the fake target's store holds).
+#[cfg(feature = "testing")]
+fn secret_names(spec: &crate::spec::Spec) -> Vec<String> {
+    fn walk(v: &serde_json::Value, out: &mut Vec<String>) {
+        match v {
+            serde_json::Value::Object(m) => {
+                if let Some(serde_json::Value::String(n)) = m.get("secret") {
+                    out.push(n.clone());
+                }
+                m.values().for_each(|v| walk(v, out));
+            }
+            serde_json::Value::Array(a) => a.iter().for_each(|v| walk(v, out)),
+            _ => {}
+        }
+    }
+    let mut out: Vec<String> = spec.secrets.iter().map(|s| s.name.clone()).collect();
+    if let Ok(v) = serde_json::to_value(spec) {
+        walk(&v, &mut out);
+    }
+    out
 }
 
 /// `sink`, putting `tags` (`[notifications.datadog] tags`) on every

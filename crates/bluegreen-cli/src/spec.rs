@@ -285,6 +285,17 @@ pub struct Target {
     pub fake: Option<FakeTarget>,
 }
 
+/// Why a spec with the fake target is refused by a binary built without
+/// the `testing` feature (the release build).
+pub const FAKE_NOT_BUILT: &str = "the fake target kind is a test double, and this bluegreen binary was built without it (without the `testing` feature of bluegreen-cli); use [target.local] or [target.ecs] with [target.alb], or build with `cargo install --path crates/bluegreen-cli --features testing` for tests";
+
+/// The error of a fake provider asked of a binary built without the
+/// `testing` feature (the spec check refuses such a spec first).
+#[cfg(not(feature = "testing"))]
+pub(crate) fn fake_not_built() -> bluegreen_core::Error {
+    bluegreen_core::Error::invalid_input(format!("target.fake: {FAKE_NOT_BUILT}"))
+}
+
 /// The target kinds, as the spec names them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TargetKind {
@@ -764,6 +775,32 @@ pub struct Notifications {
     /// Post to a Slack incoming webhook.
     #[serde(default)]
     pub slack: Option<SlackSettings>,
+    /// Page through PagerDuty (Events API v2): trigger on a rollback or a
+    /// halt, resolve on success.
+    #[serde(default)]
+    pub pagerduty: Option<PagerDutySettings>,
+}
+
+/// `[notifications.pagerduty]`: an alert per deployment (its id is the
+/// `dedup_key`), triggered on a rollback or a halt and resolved on success.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PagerDutySettings {
+    /// The Events API v2 integration (routing) key, as a reference: it is
+    /// a credential.
+    pub routing_key: SecretRef,
+    /// `critical`, `error`, `warning` or `info` for every trigger; the
+    /// notification's own if absent (a rollback `warning`, a halt `error`,
+    /// or `critical` after an irreversible migration).
+    #[serde(default)]
+    pub severity: Option<bluegreen_http::pagerduty::PagerDutySeverity>,
+    /// `payload.source`: where the problem is (the service if absent).
+    #[serde(default)]
+    pub source: Option<String>,
+    /// The Events API endpoint, `https` only (default
+    /// `https://events.pagerduty.com/v2/enqueue`).
+    #[serde(default)]
+    pub endpoint: Option<String>,
 }
 
 /// Datadog events.
@@ -1051,6 +1088,10 @@ impl Spec {
     pub(crate) fn validate(&self) -> Result<(), (String, String)> {
         let err = |f: &str, m: String| Err((f.to_string(), m));
         let t = &self.target;
+        #[cfg(not(feature = "testing"))]
+        if t.fake.is_some() {
+            return err("target.fake", FAKE_NOT_BUILT.into());
+        }
         match (&t.local, &t.fake, &t.ecs, &t.alb) {
             (Some(_), None, None, None) | (None, Some(_), None, None) => {}
             (None, None, Some(_), Some(_)) => {}
@@ -1243,6 +1284,19 @@ impl Spec {
                 return err(
                     "notifications.datadog.api_key",
                     "missing: give an api_key reference here or in [monitoring.datadog]".into(),
+                );
+            }
+        }
+        if let Some(e) = self
+            .notifications
+            .pagerduty
+            .as_ref()
+            .and_then(|p| p.endpoint.as_ref())
+        {
+            if !e.starts_with("https://") {
+                return err(
+                    "notifications.pagerduty.endpoint",
+                    "must be an https URL: the routing key is sent in the request body".into(),
                 );
             }
         }

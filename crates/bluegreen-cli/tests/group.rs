@@ -7,6 +7,11 @@
 //! one sent to a live group deployer is reported taken; bad group specs are
 //! refused with their location.
 
+#[cfg(not(feature = "testing"))]
+compile_error!(
+    "the bluegreen-cli tests drive the fake target and the journal kill switch: run them with `--features testing` (scripts/test uses --all-features)"
+);
+
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::{Command, Output};

@@ -4,6 +4,11 @@
 // Each test file uses a part of it.
 #![allow(dead_code)]
 
+#[cfg(not(feature = "testing"))]
+compile_error!(
+    "the bluegreen-cli tests drive the fake target and the journal kill switch: run them with `--features testing` (scripts/test uses --all-features)"
+);
+
 use std::path::Path;
 use std::process::{Command, Output};
 
