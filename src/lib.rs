@@ -26,6 +26,10 @@ pub use bluegreen_postgres as postgres;
 #[cfg(feature = "datadog")]
 pub use bluegreen_datadog as datadog;
 
+/// CloudWatch metrics, logs counts and alarms (feature `cloudwatch`).
+#[cfg(feature = "cloudwatch")]
+pub use bluegreen_cloudwatch as cloudwatch;
+
 /// Prometheus metrics (feature `prometheus`).
 #[cfg(feature = "prometheus")]
 pub use bluegreen_prometheus as prometheus;
