@@ -298,11 +298,21 @@ impl Report {
     fn absorb(&mut self, at: Timestamp, ev: &Event) {
         match ev {
             Event::Stage { stage } => {
+                let name = stage.name();
+                // A stage entered again at once (scale_down_old once its
+                // scale request is done and polling begins) is one stage.
+                if self
+                    .stages
+                    .last()
+                    .is_some_and(|l| l.stage == name && l.ended_at.is_none())
+                {
+                    return;
+                }
                 if let Some(last) = self.stages.last_mut() {
                     last.ended_at.get_or_insert(at);
                 }
                 self.stages.push(StageRecord {
-                    stage: stage.name(),
+                    stage: name,
                     started_at: at,
                     ended_at: None,
                 });
@@ -803,4 +813,52 @@ fn check_records(plan: &Plan) -> Vec<CheckRecord> {
                 .collect(),
         })
         .collect()
+}
+
+#[cfg(test)]
+mod stage_table_tests {
+    use super::*;
+    use crate::machine::Stage;
+
+    fn step(events: Vec<Event>) -> Record {
+        Record::Step {
+            input: Input::Tick,
+            commands: vec![],
+            events,
+            notifications: vec![],
+        }
+    }
+
+    /// scale_down_old is entered twice in a row (the request, then its
+    /// polling): the Markdown report's Stages table lists it once, timed
+    /// from the first entry to the next stage.
+    #[test]
+    fn the_stages_table_lists_scale_down_old_once() {
+        let mut r = Report::default();
+        let stage = |stage| Event::Stage { stage };
+        r.add(
+            "d",
+            Timestamp(0),
+            &step(vec![stage(Stage::ScaleDownOld { polling: false })]),
+        );
+        r.add(
+            "d",
+            Timestamp(1_000),
+            &step(vec![stage(Stage::ScaleDownOld { polling: true })]),
+        );
+        r.add(
+            "d",
+            Timestamp(31_000),
+            &step(vec![stage(Stage::RestoreAutoscaling)]),
+        );
+        let names: Vec<&str> = r.stages.iter().map(|s| s.stage.as_str()).collect();
+        assert_eq!(names, ["scale_down_old", "restore_autoscaling"]);
+        assert_eq!(r.stages[0].ended_at, Some(Timestamp(31_000)));
+        let md = r.to_markdown();
+        assert_eq!(md.matches("| scale_down_old |").count(), 1, "{md}");
+        assert!(
+            md.contains("| scale_down_old | ") && md.contains(" | 31s |"),
+            "{md}"
+        );
+    }
 }
