@@ -18,7 +18,7 @@ pub use database::{Database, TlsMode, DEFAULT_CONNECT_TIMEOUT};
 pub use journal::PostgresJournal;
 pub use ledger::{LedgerEntry, LedgerState, BACKUPS_TABLE, MIGRATIONS_TABLE, ROW_COUNTS_TABLE};
 pub use lint::{lint_expand_file, refuse_findings, Finding, Rule};
-pub use metrics::{PostgresMetrics, STATEMENTS_QUERY};
+pub use metrics::{decode_sql_number, PostgresMetrics, STATEMENTS_QUERY};
 pub use runner::{
     Expectation, PlannedMigration, PostgresMigrations, Resolution, VerificationQuery,
     MIGRATION_LOCK_KEY,

@@ -351,6 +351,28 @@ fn statement_regression(before: &Statements, now: &Statements, top: usize) -> Op
     (expected > 0.0).then(|| spent / expected)
 }
 
+/// Decodes one value of a SQL check's answer, as it comes over the wire in
+/// the binary format, given its type's OID (`int2` 21, `int4` 23, `int8`
+/// 20, `float4` 700, `float8` 701, `numeric` 1700). Another type, or bytes
+/// that do not make a value of the type, is an error saying which.
+///
+/// ```
+/// use bluegreen_postgres::decode_sql_number;
+/// assert_eq!(decode_sql_number(701, &0.25f64.to_be_bytes()), Ok(0.25));
+/// // numeric 12.5: two base-10000 digits, 12 and 5000, weight 0.
+/// assert_eq!(decode_sql_number(1700, &[0, 2, 0, 0, 0, 0, 0, 1, 0, 12, 0x13, 0x88]), Ok(12.5));
+/// assert!(decode_sql_number(25, b"high").unwrap_err().contains("text"));
+/// ```
+pub fn decode_sql_number(type_oid: u32, raw: &[u8]) -> std::result::Result<f64, String> {
+    let ty = Type::from_oid(type_oid).ok_or_else(|| format!("unknown type OID {type_oid}"))?;
+    if !is_number(&ty) {
+        return Err(format!("{ty} is not a number"));
+    }
+    Number::from_sql(&ty, raw)
+        .map(|n| n.0)
+        .map_err(|e| e.to_string())
+}
+
 fn is_number(t: &Type) -> bool {
     [
         Type::INT2,
