@@ -258,3 +258,61 @@ async fn alarms_pass_the_conformance_suite_on_replayed_answers() {
     .await;
     assert!(report.passed(), "{report}");
 }
+
+#[test]
+fn an_alarm_in_alarm_rolls_the_deployment_back_and_the_reason_names_it() {
+    use bluegreen_core::plan::{Aggregation, AnalysisCheck, Condition, RollbackTrigger};
+    use bluegreen_core::testing::{reference_plan, simulate};
+    use bluegreen_core::Outcome;
+    use std::sync::Arc;
+
+    let (config, _) = replay::config(vec![(
+        "DescribeAlarms",
+        vec![replay::alarms(&[
+            ("order-api-5xx", "ALARM"),
+            ("order-api-latency", "OK"),
+        ])],
+    )]);
+    let alarms = Arc::new(CloudWatchAlarms::new(&config));
+    let (report, _fakes) = simulate(|f| {
+        f.metrics
+            .constant("error-rate", 0.001)
+            .constant("p95-latency", 120.0);
+        let mut plan = reference_plan();
+        plan.analysis.push(AnalysisCheck {
+            source: Some("alarms".into()),
+            min_samples: Some(1),
+            aggregation: Aggregation::Max,
+            ..AnalysisCheck::new(
+                "critical-alerts",
+                "alarms names=\"order-api-5xx,order-api-latency\"",
+                Condition::lt(1.0),
+            )
+        });
+        plan.rollback_triggers.push(RollbackTrigger::Metric {
+            check: "critical-alerts".into(),
+            breach: Condition::gt(0.0),
+            for_duration: None,
+            consecutive: Some(1),
+        });
+        f.builder(plan).metrics_named("alarms", alarms.clone())
+    });
+    let Some(Outcome::RolledBack { reason }) = &report.outcome else {
+        panic!("expected a rollback, got {:?}", report.outcome);
+    };
+    assert!(
+        reason.summary.contains("critical-alerts > 0"),
+        "{}",
+        reason.summary
+    );
+    assert!(
+        reason.summary.contains("in ALARM: order-api-5xx"),
+        "{}",
+        reason.summary
+    );
+    assert!(
+        !reason.summary.contains("order-api-latency"),
+        "{}",
+        reason.summary
+    );
+}
