@@ -18,6 +18,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use bluegreen_core::plan::{HookPoint, LifecycleHook};
 use bluegreen_http::HttpCheck;
 use bluegreen_local::command::CommandCheck;
 use serde::de::Error as _;
@@ -136,6 +137,114 @@ impl SmokeTestSpec {
     }
 }
 
+/// One `[[hooks]]` entry: a command (`command = [...]`, with the fields of
+/// a command smoke test) or a webhook (`url`, `method`, `headers`) run at
+/// `point`:
+///
+/// ```toml
+/// [[hooks]]
+/// name = "warm-cache"
+/// point = "before_traffic"      # before_scale_up, after_scale_up, before_traffic,
+///                               # after_traffic_step, after_traffic, before_scale_down,
+///                               # after_rollback, on_finish
+/// command = ["./scripts/warm-cache.sh", "{new_color}"]
+/// timeout = "2m"                # each attempt (default 5m)
+/// retries = 1                   # attempts after a failed first one (default 0)
+/// idempotent = true             # may run again after a crash (default false)
+///
+/// [[hooks]]
+/// name = "notify-cmdb"
+/// point = "on_finish"
+/// url = "https://cmdb.example.com/deployments"
+/// headers = { Authorization = { secret = "prod/cmdb-token", format = "Bearer {secret}" } }
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HookSpec {
+    /// Where, how long, how often, and whether it may run again.
+    #[serde(flatten)]
+    pub hook: LifecycleHook,
+    /// What runs.
+    #[serde(flatten)]
+    pub run: HookRun,
+}
+
+/// What a hook runs.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum HookRun {
+    /// A command (its `timeout` is the hook's; the engine retries it).
+    Command(CommandSpec),
+    /// An HTTP request.
+    Webhook(bluegreen_http::webhook::Webhook),
+}
+
+impl<'de> Deserialize<'de> for HookSpec {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let mut v = serde_json::Value::deserialize(d)?;
+        let o = v
+            .as_object_mut()
+            .ok_or_else(|| D::Error::custom("expected a table"))?;
+        let name = o
+            .get("name")
+            .and_then(|n| n.as_str())
+            .ok_or_else(|| D::Error::custom("name: missing"))?
+            .to_string();
+        let point = match o.remove("point") {
+            Some(serde_json::Value::String(p)) => p
+                .parse::<HookPoint>()
+                .map_err(|m| D::Error::custom(format!("point: {m}")))?,
+            Some(_) => return Err(D::Error::custom("point: expected a string")),
+            None => {
+                return Err(D::Error::custom(
+                    "point: missing; where the hook runs, e.g. \"before_traffic\"",
+                ))
+            }
+        };
+        let mut hook = LifecycleHook::new(name, point);
+        if let Some(t) = o.get("timeout") {
+            let t = t
+                .as_str()
+                .ok_or_else(|| D::Error::custom("timeout: expected a duration such as \"2m\""))?;
+            hook.timeout = humantime::parse_duration(t)
+                .map_err(|e| D::Error::custom(format!("timeout: {e}")))?;
+        }
+        if let Some(r) = o.remove("retries") {
+            hook.retries = r
+                .as_u64()
+                .and_then(|r| u32::try_from(r).ok())
+                .ok_or_else(|| D::Error::custom("retries: expected a whole number"))?;
+        }
+        if let Some(i) = o.remove("idempotent") {
+            hook.idempotent = i
+                .as_bool()
+                .ok_or_else(|| D::Error::custom("idempotent: expected true or false"))?;
+        }
+        let run = match (o.contains_key("command"), o.contains_key("url")) {
+            (true, true) => return Err(D::Error::custom("give `command` or `url`, not both")),
+            (true, false) => {
+                // The engine retries (the hook's `retries`); one attempt
+                // per run of the command itself.
+                let mut c = CommandSpec::deserialize(v).map_err(D::Error::custom)?;
+                c.0.retries = 0;
+                c.0.timeout = hook.timeout;
+                HookRun::Command(c)
+            }
+            (false, true) => {
+                let mut w =
+                    bluegreen_http::webhook::Webhook::deserialize(v).map_err(D::Error::custom)?;
+                w.timeout = hook.timeout;
+                HookRun::Webhook(w)
+            }
+            (false, false) => {
+                return Err(D::Error::custom(
+                    "give `command` (a program and its arguments) or `url` (a webhook)",
+                ))
+            }
+        };
+        Ok(HookSpec { hook, run })
+    }
+}
+
 /// Every command of the spec with the section it is under.
 pub fn commands(loaded: &LoadedSpec) -> Vec<(String, &CommandSpec)> {
     let s = &loaded.spec;
@@ -153,7 +262,15 @@ pub fn commands(loaded: &LoadedSpec) -> Vec<(String, &CommandSpec)> {
         .iter()
         .enumerate()
         .map(|(i, c)| (format!("monitoring.commands[{i}]"), c));
-    smoke.chain(checks).collect()
+    let hooks = s
+        .hooks
+        .iter()
+        .enumerate()
+        .filter_map(|(i, h)| match &h.run {
+            HookRun::Command(c) => Some((format!("hooks[{i}]"), c)),
+            HookRun::Webhook(_) => None,
+        });
+    smoke.chain(checks).chain(hooks).collect()
 }
 
 /// Each command's program exists: found on `PATH`, or a path relative to

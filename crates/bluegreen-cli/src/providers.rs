@@ -182,6 +182,9 @@ pub struct Assembled {
     /// Metrics sources by name (`[[monitoring.commands]]`), for checks
     /// that name a `source`.
     pub named_metrics: Vec<(String, Arc<dyn MetricsSource>)>,
+    /// Lifecycle hooks (`[[hooks]]`): commands and webhooks, run for real
+    /// whatever the target.
+    pub hooks: Vec<Arc<dyn bluegreen_core::provider::Hook>>,
     /// Smoke tests and staging checks.
     pub smoke: Vec<Arc<dyn SmokeTest>>,
     /// Secrets.
@@ -211,6 +214,9 @@ impl Assembled {
         }
         for s in &self.smoke {
             b = b.smoke_test(s.clone());
+        }
+        for h in &self.hooks {
+            b = b.hook(h.clone());
         }
         for e in &self.sinks {
             b = b.events(e.clone());
@@ -419,6 +425,18 @@ pub async fn assemble(loaded: &LoadedSpec) -> Result<Assembled> {
             HttpSmokeTest::new(c.clone())?.with_secrets(secrets.clone()),
         ));
     }
+    let mut hooks: Vec<Arc<dyn bluegreen_core::provider::Hook>> = Vec::new();
+    for h in &spec.hooks {
+        hooks.push(match &h.run {
+            crate::spec::HookRun::Command(c) => Arc::new(
+                bluegreen_local::command::CommandHook::new(c.resolved(loaded))?
+                    .with_secrets(secrets.clone()),
+            ),
+            crate::spec::HookRun::Webhook(w) => Arc::new(
+                bluegreen_http::webhook::WebhookHook::new(w.clone())?.with_secrets(secrets.clone()),
+            ),
+        });
+    }
     let mut named_metrics: Vec<(String, Arc<dyn MetricsSource>)> = Vec::new();
     for c in &spec.monitoring.commands {
         named_metrics.push((
@@ -488,6 +506,7 @@ pub async fn assemble(loaded: &LoadedSpec) -> Result<Assembled> {
         migrations,
         metrics,
         named_metrics,
+        hooks,
         smoke,
         secrets,
         sinks,

@@ -42,7 +42,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use crate::command::{CommandSpec, SmokeTestSpec};
+pub use crate::command::{CommandSpec, HookRun, HookSpec, SmokeTestSpec};
 use bluegreen_core::plan::{
     ApprovalGate, CapacityPolicy, ColorTarget, ColorTargets, Deadlines, DeployWindow, Gate,
     HoldTimeoutPolicy, InconclusivePolicy, MigrationSettings, Preflight, RequiredSecret,
@@ -203,6 +203,15 @@ pub struct Spec {
     /// or commands (an entry with `command = [...]`).
     #[serde(default)]
     pub smoke_tests: Vec<SmokeTestSpec>,
+    /// Lifecycle hooks: commands or webhooks at named points (`[[hooks]]`,
+    /// see [`HookSpec`]).
+    #[serde(default)]
+    pub hooks: Vec<HookSpec>,
+    /// Smoke tests (by name, from `[[smoke_tests]]`) run through the
+    /// production URL after each traffic change and after a rollback
+    /// (`[production_checks]`), recorded apart from the checks on each color.
+    #[serde(default)]
+    pub production_checks: Option<bluegreen_core::plan::ProductionChecks>,
     /// Metrics provider and the checks that decide promotion.
     pub monitoring: Monitoring,
     /// What rolls back without a human.
@@ -1357,6 +1366,32 @@ impl Spec {
                 &bluegreen_local::command::METRIC_VARIABLES,
             )?;
         }
+        for (i, h) in self.hooks.iter().enumerate() {
+            match &h.run {
+                HookRun::Command(c) => c.validate(
+                    &format!("hooks[{i}]"),
+                    &bluegreen_local::command::HOOK_VARIABLES,
+                )?,
+                HookRun::Webhook(w) => w.validate().map_err(|m| match m.split_once(": ") {
+                    Some((f, m)) => (format!("hooks[{i}].{f}"), m.to_string()),
+                    None => (format!("hooks[{i}]"), m),
+                })?,
+            }
+        }
+        if let Some(p) = &self.production_checks {
+            for (i, n) in p.smoke_tests.iter().enumerate() {
+                if !self.smoke_tests.iter().any(|t| t.name() == n) {
+                    let known: Vec<&str> = self.smoke_tests.iter().map(|t| t.name()).collect();
+                    return Err((
+                        format!("production_checks.smoke_tests[{i}]"),
+                        format!(
+                            "no [[smoke_tests]] entry is named {n:?}; named: {}",
+                            known.join(", ")
+                        ),
+                    ));
+                }
+            }
+        }
         for (i, s) in self.monitoring.sources.iter().enumerate() {
             let field = format!("monitoring.sources[{i}]");
             if s.name.trim().is_empty() || s.name == bluegreen_core::driver::DEFAULT_METRICS {
@@ -1495,6 +1530,8 @@ impl Spec {
             on_inconclusive: d.on_inconclusive,
             on_hold_timeout: d.on_hold_timeout,
             group: None,
+            hooks: self.hooks.iter().map(|h| h.hook.clone()).collect(),
+            production_checks: self.production_checks.clone(),
         }
     }
 }

@@ -134,6 +134,29 @@ fn watch_follows_a_running_local_deployment_to_its_success() {
             "finished: succeeded",
         ],
     );
+    // The example's command smoke test and hooks ran for real, their
+    // output journaled.
+    in_order(
+        &out,
+        &[
+            "stage smoke_tests",
+            "stage hook_before_traffic",
+            "stage shift_20",
+        ],
+    );
+    let journal = std::fs::read_to_string(dir.path().join("demo.journal")).unwrap();
+    assert!(
+        journal.contains("/health -> HTTP/1.0 200 OK"),
+        "the command smoke test's output: {journal}"
+    );
+    assert!(
+        journal.contains("before_traffic: demo-app 2.0.0 on blue, green serving"),
+        "the before_traffic hook's output"
+    );
+    assert!(
+        journal.contains("on_finish: demo-app 2.0.0 succeeded"),
+        "the on_finish hook's output"
+    );
     // Each stage once.
     assert_eq!(out.matches("stage scale_down_old").count(), 1, "{out}");
     // The split moves 0/100 -> 20/80 -> 100/0 (blue is the new color).
