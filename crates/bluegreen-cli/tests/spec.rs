@@ -197,3 +197,27 @@ proptest! {
         }
     }
 }
+
+/// `[notifications.pagerduty]`: the routing key is a reference, the
+/// severity one of PagerDuty's four, and an endpoint that is not https is
+/// refused naming the field (the key would travel in plain text).
+#[test]
+fn a_pagerduty_endpoint_that_is_not_https_is_refused_naming_the_field() {
+    let base = example("local.toml");
+    let ok = format!(
+        "{base}\n[notifications.pagerduty]\nrouting_key = {{ env = \"PD_ROUTING_KEY\" }}\nseverity = \"critical\"\n"
+    );
+    let spec = Spec::from_str(&ok, "local.toml").unwrap();
+    let pd = spec.notifications.pagerduty.expect("parsed");
+    assert_eq!(
+        pd.severity,
+        Some(bluegreen_http::pagerduty::PagerDutySeverity::Critical)
+    );
+    let plain = format!("{ok}endpoint = \"http://events.pagerduty.com/v2/enqueue\"\n");
+    let e = err(&plain, "local.toml");
+    assert_eq!(e.field, "notifications.pagerduty.endpoint", "{e}");
+    assert!(e.to_string().contains("https"), "{e}");
+    let bad = ok.replace("\"critical\"", "\"sev1\"");
+    let e = err(&bad, "local.toml");
+    assert_eq!(e.field, "notifications.pagerduty.severity", "{e}");
+}
