@@ -132,6 +132,14 @@ impl Plan {
         })?;
         let plan = Arc::new(self.clone());
         let happy = run(&plan, options, None)?;
+        if let Some(Outcome::RolledBack { reason } | Outcome::Halted { reason }) = &happy.outcome {
+            // Every call succeeds in the rehearsal's world: a happy path
+            // that fails is a call the world does not answer as it should.
+            return Err(Error::invalid_input(format!(
+                "the rehearsal's happy path did not succeed, so no failure can be rehearsed: {}",
+                reason.summary
+            )));
+        }
         let mut seen = std::collections::BTreeSet::new();
         let mut failures = Vec::new();
         for (index, (name, _)) in happy.stages.iter().enumerate() {
@@ -416,6 +424,9 @@ impl World {
                     })
                     .collect(),
             },
+            Action::ReadMigrationLedger => Reply::Ledger {
+                applied: plan.preflight.migrations_applied.clone(),
+            },
             Action::Backup => Reply::Backup {
                 backup: BackupRecord {
                     id: "rehearsal".into(),
@@ -461,12 +472,30 @@ fn metric(plan: &Plan, check: &str, from: Timestamp, to: Timestamp) -> Reply {
     let (value, n) = match plan.check(check) {
         Some(c) => {
             let t = c.success.threshold;
-            let v = match c.success.op {
+            let preferred = match c.success.op {
                 Comparison::Lt | Comparison::Le if t > 0.0 => t / 2.0,
                 Comparison::Lt | Comparison::Le => t - 1.0,
                 Comparison::Gt | Comparison::Ge if t > 0.0 => t * 2.0,
                 Comparison::Gt | Comparison::Ge => t + 1.0,
             };
+            // A value that passes and breaches none of the check's
+            // rollback triggers (a count "< 1" watched for "> 0" is 0).
+            let breaches = |v: f64| {
+                plan.rollback_triggers.iter().any(|tr| {
+                    matches!(tr, super::RollbackTrigger::Metric { check: name, breach, .. }
+                        if name == &c.name && breach.holds(v))
+                })
+            };
+            // Summed samples add up: zero, when it passes, stays zero.
+            let first = if c.aggregation == super::Aggregation::Sum {
+                0.0
+            } else {
+                preferred
+            };
+            let v = [first, preferred, 0.0, t, t - 1.0, t + 1.0]
+                .into_iter()
+                .find(|v| c.success.holds(*v) && !breaches(*v))
+                .unwrap_or(preferred);
             (v, c.required_samples(to.since(from)) as u64 + 1)
         }
         None => (0.0, 1),
