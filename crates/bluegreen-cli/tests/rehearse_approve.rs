@@ -162,7 +162,14 @@ fn approve_as_refuses_an_unknown_name_and_a_repeat_and_three_distinct_approvals_
         &[],
     );
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let approvals = report["facts"]["approvals"].as_array().unwrap();
+    let facts = if report["facts"].is_null() {
+        &report["report"]["facts"]
+    } else {
+        &report["facts"]
+    };
+    let approvals = facts["approvals"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no approvals in {report}"));
     let names: Vec<&str> = approvals
         .iter()
         .map(|a| a["name"].as_str().unwrap())
