@@ -1,7 +1,9 @@
 //! The report as one self-contained HTML page: a summary, an SVG timeline
 //! drawn by plotters (stage bands, the traffic split per color, each check's
-//! values against its thresholds with breach markers, decisions and human
-//! controls as annotations) and the tables of the Markdown report.
+//! values against its thresholds with breach markers, decisions, human
+//! controls and hook runs as annotations) and the tables of the Markdown
+//! report, including the production checks (`#production-checks`) and the
+//! hook runs (`#hooks`).
 //!
 //! The page loads nothing: no script, no stylesheet, no font, no image from
 //! anywhere. Every text from the report is HTML-escaped here, and the text
@@ -23,10 +25,10 @@ use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 use plotters::style::Color as _;
 
-use super::{CheckRecord, DecisionKind, Report};
+use super::{CheckRecord, DecisionKind, Report, SmokeRecord};
 use crate::analysis::{Measurement, MeasurementKind, Verdict};
 use crate::color::{Color, Timestamp};
-use crate::machine::Outcome;
+use crate::machine::{Outcome, SmokeScope};
 use crate::plan::{Comparison, Condition, Unit};
 
 /// The chart's width in pixels.
@@ -50,6 +52,7 @@ const VALUE: RGBColor = RGBColor(60, 60, 60);
 const CONTROL: RGBColor = RGBColor(130, 50, 170);
 const ROLLBACK: RGBColor = RGBColor(200, 30, 30);
 const OUTCOME: RGBColor = RGBColor(20, 20, 20);
+const HOOK: RGBColor = RGBColor(200, 120, 0);
 
 type DrawError = plotters::drawing::DrawingAreaErrorKind<std::io::Error>;
 type Chart<'a, 'b> = ChartContext<'a, SVGBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
@@ -98,6 +101,7 @@ impl Report {
         self.rollback_times_html(&mut s);
         self.stages_html(&mut s);
         self.smoke_html(&mut s);
+        self.hooks_html(&mut s);
         self.measurements_html(&mut s);
         self.decisions_html(&mut s);
         self.calls_html(&mut s);
@@ -243,42 +247,100 @@ impl Report {
         s.push_str("</tbody>\n</table>\n");
     }
 
+    /// The smoke tests on the new color, then the production checks (smoke
+    /// tests through the production URL), each in its own table as in the
+    /// Markdown report.
     fn smoke_html(&self, s: &mut String) {
-        if self.smoke_tests.is_empty() {
+        for production in [false, true] {
+            let runs: Vec<&SmokeRecord> = self
+                .smoke_tests
+                .iter()
+                .filter(|r| (r.scope == SmokeScope::Production) == production)
+                .collect();
+            if runs.is_empty() {
+                continue;
+            }
+            s.push_str(if production {
+                "<h2>Production checks</h2>\n<p>Smoke tests through the production URL after each \
+                 traffic change and after a rollback.</p>\n<table id=\"production-checks\">\n"
+            } else {
+                "<h2>Smoke tests</h2>\n<table id=\"smoke-tests\">\n"
+            });
+            s.push_str(
+                "<thead><tr><th>at</th><th>on</th><th>test</th><th>result</th><th>took</th>\
+                 <th>detail</th></tr></thead>\n<tbody>\n",
+            );
+            smoke_rows(s, &runs);
+            s.push_str("</tbody>\n</table>\n");
+        }
+    }
+
+    /// The lifecycle hook runs: name, point, outcome, attempts, duration and
+    /// the tail of the output (masked when it was recorded).
+    fn hooks_html(&self, s: &mut String) {
+        if self.hooks.is_empty() {
             return;
         }
         s.push_str(
-            "<h2>Smoke tests</h2>\n<table id=\"smoke-tests\">\n<thead><tr><th>at</th><th>on</th>\
-             <th>test</th><th>result</th><th>took</th><th>detail</th></tr></thead>\n<tbody>\n",
+            "<h2>Hooks</h2>\n<table id=\"hooks\">\n<thead><tr><th>at</th><th>hook</th>\
+             <th>point</th><th>result</th><th>attempts</th><th>took</th><th>output</th>\
+             </tr></thead>\n<tbody>\n",
         );
-        for run in &self.smoke_tests {
-            let on = super::scope_text(run.scope);
-            for t in &run.results {
-                let (result, duration, detail) = match (&t.outcome, &t.error) {
-                    (Some(o), _) => (
-                        if o.passed { "passed" } else { "failed" },
-                        format!("{} ms", o.duration.as_millis()),
-                        o.detail.clone(),
-                    ),
-                    (None, Some(e)) => ("failed", String::new(), e.message.clone()),
-                    (None, None) => ("no result", String::new(), String::new()),
-                };
-                row(
-                    s,
-                    &[
-                        &run.at.to_string(),
-                        &on,
-                        &t.name,
-                        result,
-                        &duration,
-                        &detail,
-                    ],
-                );
-            }
+        for h in &self.hooks {
+            let o = &h.outcome;
+            let result = match (o.passed, h.late) {
+                (true, false) => "passed",
+                (false, false) => "failed",
+                (true, true) => "passed (after the rollback began)",
+                (false, true) => "failed (after the rollback began)",
+            };
+            row(
+                s,
+                &[
+                    &h.at.to_string(),
+                    &h.hook,
+                    h.point.as_str(),
+                    result,
+                    &o.attempts.to_string(),
+                    &format!("{} ms", o.duration.as_millis()),
+                    &o.detail,
+                ],
+            );
         }
         s.push_str("</tbody>\n</table>\n");
     }
+}
 
+/// One row per smoke test of `runs`.
+fn smoke_rows(s: &mut String, runs: &[&SmokeRecord]) {
+    for run in runs {
+        let on = super::scope_text(run.scope);
+        for t in &run.results {
+            let (result, duration, detail) = match (&t.outcome, &t.error) {
+                (Some(o), _) => (
+                    if o.passed { "passed" } else { "failed" },
+                    format!("{} ms", o.duration.as_millis()),
+                    o.detail.clone(),
+                ),
+                (None, Some(e)) => ("failed", String::new(), e.message.clone()),
+                (None, None) => ("no result", String::new(), String::new()),
+            };
+            row(
+                s,
+                &[
+                    &run.at.to_string(),
+                    &on,
+                    &t.name,
+                    result,
+                    &duration,
+                    &detail,
+                ],
+            );
+        }
+    }
+}
+
+impl Report {
     fn measurements_html(&self, s: &mut String) {
         if self.measurements.is_empty() {
             return;
@@ -443,7 +505,8 @@ impl<'r> Timeline<'r> {
             .flatten()
             .chain(report.measurements.iter().map(|m| m.to))
             .chain(report.decisions.iter().map(|d| d.at))
-            .chain(report.splits.iter().map(|s| s.at));
+            .chain(report.splits.iter().map(|s| s.at))
+            .chain(report.hooks.iter().map(|h| h.at));
         for t in times {
             last = last.max(t);
         }
@@ -527,6 +590,22 @@ impl<'r> Timeline<'r> {
                 label: words(o.name()),
                 text,
                 color: OUTCOME,
+            });
+        }
+        for h in &report.hooks {
+            annotations.push(Annotation {
+                at: secs(h.at),
+                kind: "hook",
+                label: h.hook.clone(),
+                text: format!(
+                    "hook {} at {}: {} after {} attempt{}",
+                    h.hook,
+                    h.point,
+                    if h.outcome.passed { "passed" } else { "failed" },
+                    h.outcome.attempts,
+                    if h.outcome.attempts == 1 { "" } else { "s" }
+                ),
+                color: if h.outcome.passed { HOOK } else { ROLLBACK },
             });
         }
         annotations.sort_by(|a, b| a.at.total_cmp(&b.at));
@@ -963,6 +1042,7 @@ const LEGEND: &str = "<figcaption class=\"legend\">\
 <span><i class=\"swatch\" style=\"background:#289650\"></i>success threshold</span>\
 <span><i class=\"swatch\" style=\"background:#c81e1e\"></i>breach threshold, breach markers (crosses), rollback</span>\
 <span><i class=\"swatch\" style=\"background:#8232aa\"></i>human control</span>\
+<span><i class=\"swatch\" style=\"background:#c87800\"></i>hook run (red when it failed)</span>\
 <span>Shaded bands: the stages (hover for names and times).</span>\
 </figcaption>\n";
 
@@ -1222,6 +1302,83 @@ mod tests {
         assert!(html.contains("<table id=\"acceptance\">"));
         assert!(html.contains("<h2>Acceptance &lt;criteria&gt;</h2>"));
         assert!(html.contains("<td>a &lt; b</td>"));
+    }
+
+    #[test]
+    fn hook_runs_and_production_checks_were_missing_from_the_page() {
+        use crate::machine::SmokeResult;
+        use crate::plan::HookPoint;
+        use crate::provider::{HookOutcome, SmokeOutcome};
+        let start = Timestamp(0);
+        let hook =
+            |name: &str, point, passed, attempts, detail: &str, at| super::super::HookRecord {
+                at: Timestamp(at),
+                hook: name.into(),
+                point,
+                outcome: HookOutcome {
+                    passed,
+                    duration: Duration::from_millis(1200),
+                    detail: detail.into(),
+                    attempts,
+                },
+                late: false,
+            };
+        let report = Report {
+            started_at: start,
+            hooks: vec![
+                hook(
+                    "warm-cache",
+                    HookPoint::AfterScaleUp,
+                    true,
+                    1,
+                    "exit 0: warmed",
+                    5_000,
+                ),
+                hook(
+                    "notify-cdn",
+                    HookPoint::AfterTraffic,
+                    false,
+                    3,
+                    "exit 2: token=[masked] <refused>",
+                    9_000,
+                ),
+            ],
+            smoke_tests: vec![SmokeRecord {
+                at: Timestamp(7_000),
+                scope: SmokeScope::Production,
+                results: vec![SmokeResult {
+                    name: "checkout".into(),
+                    outcome: Some(SmokeOutcome {
+                        passed: true,
+                        duration: Duration::from_millis(80),
+                        detail: "200".into(),
+                    }),
+                    error: None,
+                }],
+            }],
+            ..Report::default()
+        };
+        let html = report.to_html();
+        assert!(html.contains("<table id=\"hooks\">"), "{html}");
+        assert!(html.contains(
+            "<td>warm-cache</td><td>after_scale_up</td><td>passed</td><td>1</td><td>1200 ms</td>\
+             <td>exit 0: warmed</td>"
+        ));
+        assert!(html.contains(
+            "<td>notify-cdn</td><td>after_traffic</td><td>failed</td><td>3</td><td>1200 ms</td>\
+             <td>exit 2: token=[masked] &lt;refused&gt;</td>"
+        ));
+        assert!(html.contains("<table id=\"production-checks\">"));
+        assert!(html.contains("<td>checkout</td><td>passed</td>"));
+        assert!(
+            !html.contains("<table id=\"smoke-tests\">"),
+            "no smoke tests on the new color ran"
+        );
+        assert_eq!(
+            html.matches("data-kind=\"hook\"").count(),
+            2,
+            "each run is annotated"
+        );
     }
 
     #[test]
