@@ -590,7 +590,20 @@ pub(crate) fn dry_run(l: &LoadedSpec, out: OutputFormat) -> Result<i32, Error> {
         .map_err(|e| Error::invalid_input(e.to_string()))?
         .run(&mut { responder });
     if out == OutputFormat::Json {
-        println!("{}", report.to_json());
+        // The simulated report, with the plan's hooks as declared beside the
+        // runs it recorded (`hooks`).
+        // (Serializing these plain records cannot fail.)
+        let mut json = serde_json::to_value(&report).unwrap_or_default();
+        if let Some(o) = json.as_object_mut() {
+            o.insert(
+                "planned_hooks".to_string(),
+                serde_json::to_value(&plan.hooks).unwrap_or_default(),
+            );
+        }
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json).unwrap_or_default()
+        );
         return Ok(EXIT_SUCCEEDED);
     }
     println!(
@@ -617,6 +630,26 @@ pub(crate) fn dry_run(l: &LoadedSpec, out: OutputFormat) -> Result<i32, Error> {
                 m.name,
                 m.phase,
                 if m.reversible { "" } else { ", irreversible" }
+            );
+        }
+    }
+    if !plan.hooks.is_empty() {
+        println!("\nHooks (in the order of their points; a failure before the old color is scaled down rolls back):");
+        let mut hooks: Vec<_> = plan.hooks.iter().collect();
+        hooks.sort_by_key(|h| h.point);
+        for h in hooks {
+            println!(
+                "  {} at {}: timeout {}, {} retr{}, {}",
+                h.name,
+                h.point,
+                humantime::format_duration(h.timeout),
+                h.retries,
+                if h.retries == 1 { "y" } else { "ies" },
+                if h.idempotent {
+                    "idempotent (run again on resume)"
+                } else {
+                    "not idempotent (a resume halts rather than run it twice)"
+                }
             );
         }
     }

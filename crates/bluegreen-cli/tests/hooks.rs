@@ -85,3 +85,52 @@ fn a_production_check_naming_no_smoke_test_is_refused() {
     assert!(out.contains("production_checks.smoke_tests[1]"), "{out}");
     assert!(out.contains("\"nope\""), "{out}");
 }
+
+/// `bluegreen plan` of the order-api example (two webhook hooks), in
+/// `format`: its exit code, its stdout and its stderr.
+fn plan_order_api(format: &str) -> (Option<i32>, String, String) {
+    let spec = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/order-api.toml");
+    let dir = tempfile::tempdir().unwrap();
+    let out = bluegreen(
+        dir.path(),
+        &["plan", spec.to_str().unwrap(), "--output", format],
+        &[],
+    );
+    (out.status.code(), text(&out.stdout), text(&out.stderr))
+}
+
+#[test]
+fn plan_listed_hooks_only_as_stages_and_calls() {
+    let (code, out, err) = plan_order_api("text");
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("\nHooks ("), "{out}");
+    assert!(
+        out.contains(
+            "  record-change at before_traffic: timeout 30s, 2 retries, idempotent (run again on resume)"
+        ),
+        "{out}"
+    );
+    assert!(
+        out.contains(
+            "  open-incident at after_rollback: timeout 30s, 0 retries, not idempotent (a resume halts rather than run it twice)"
+        ),
+        "{out}"
+    );
+}
+
+#[test]
+fn plan_json_lacked_the_declared_hooks() {
+    let (code, out, err) = plan_order_api("json");
+    assert_eq!(code, Some(0), "{out}{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("plan --output json is JSON");
+    let hooks = v["planned_hooks"].as_array().expect("planned_hooks");
+    assert_eq!(hooks.len(), 2, "{v:#}");
+    assert_eq!(hooks[0]["name"], "record-change");
+    assert_eq!(hooks[0]["point"], "before_traffic");
+    assert_eq!(hooks[0]["timeout"], "30s");
+    assert_eq!(hooks[0]["retries"], 2);
+    assert_eq!(hooks[0]["idempotent"], true);
+    assert_eq!(hooks[1]["name"], "open-incident");
+    assert_eq!(hooks[1]["point"], "after_rollback");
+    assert_eq!(hooks[1]["idempotent"], false);
+}
