@@ -444,7 +444,7 @@ pub async fn assemble(loaded: &LoadedSpec) -> Result<Assembled> {
             Arc::new(CommandMetrics::new(c.resolved(loaded))?.with_secrets(secrets.clone())),
         ));
     }
-    for s in &spec.monitoring.sources {
+    for (i, s) in spec.monitoring.sources.iter().enumerate() {
         let source: Arc<dyn MetricsSource> = match s.kind {
             SourceKind::Cloudwatch => Arc::new(cloudwatch_metrics(spec).await?),
             SourceKind::CloudwatchLogs => Arc::new(bluegreen_cloudwatch::CloudWatchLogs::new(
@@ -462,6 +462,7 @@ pub async fn assemble(loaded: &LoadedSpec) -> Result<Assembled> {
                     Arc::new(dd.monitors())
                 }
             }
+            SourceKind::Postgres => Arc::new(postgres_metrics(spec, i, s, &secrets).await?),
         };
         named_metrics.push((s.name.clone(), source));
     }
@@ -613,6 +614,54 @@ fn datadog(
             app_key.map_or_else(|| "env:DD_APP_KEY".to_string(), RefSecrets::name_of),
         )
         .build()
+}
+
+/// A `kind = "postgres"` source (`monitoring.sources[i]`): the URL from its
+/// reference under the TLS policy of `[migrations]`, its statement timeout,
+/// and the `pg_stat_statements` snapshot taken now when a check reads the
+/// slow-query regression from it. Errors name the field, never the URL.
+async fn postgres_metrics(
+    spec: &crate::spec::Spec,
+    i: usize,
+    s: &crate::spec::SourceSpec,
+    secrets: &Arc<RefSecrets>,
+) -> Result<bluegreen_postgres::PostgresMetrics> {
+    let url_ref = s.database_url.as_ref().expect("validated");
+    let named = |e: Error, operation: &'static str| {
+        let msg = format!(
+            "monitoring.sources[{i}].database_url ({url_ref:?}): {}",
+            e.message()
+        );
+        Error::new(e.kind(), msg)
+            .with_status(e.status())
+            .with_provider("postgres")
+            .with_operation(operation)
+    };
+    let url = secrets
+        .get(&RefSecrets::name_of(url_ref))
+        .await
+        .map_err(|e| named(e, "resolve database URL"))?;
+    let db = bluegreen_postgres::Database::from_url(url.expose())
+        .map_err(|e| named(e, "connect"))?
+        .allow_plaintext(s.allow_plaintext);
+    db.check_tls_policy().map_err(|e| named(e, "connect"))?;
+    let mut metrics = bluegreen_postgres::PostgresMetrics::new(db);
+    if let Some(t) = s.statement_timeout {
+        metrics = metrics.with_statement_timeout(t);
+    }
+    let regression = spec.monitoring.checks.iter().any(|c| {
+        c.source.as_deref() == Some(s.name.as_str())
+            && c.query
+                .trim_start()
+                .starts_with(bluegreen_postgres::STATEMENTS_QUERY)
+    });
+    if regression {
+        metrics
+            .snapshot_statements()
+            .await
+            .map_err(|e| named(e, "snapshot pg_stat_statements"))?;
+    }
+    Ok(metrics)
 }
 
 /// The Postgres migration runner of `[migrations]`: the URL from its

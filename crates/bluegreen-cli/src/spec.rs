@@ -685,7 +685,8 @@ pub struct Monitoring {
 /// `{ name = "app-logs", kind = "cloudwatch-logs" }`. The CloudWatch kinds
 /// use `[target.ecs]`'s AWS configuration (and `[target.alb]`'s target
 /// groups for `target_group={color}`); the Datadog kinds use
-/// `[monitoring.datadog]`'s keys.
+/// `[monitoring.datadog]`'s keys; `kind = "postgres"` gives its own
+/// `database_url` reference (and optionally `statement_timeout`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SourceSpec {
@@ -693,6 +694,21 @@ pub struct SourceSpec {
     pub name: String,
     /// What answers.
     pub kind: SourceKind,
+    /// `kind = "postgres"` only: the database URL, as a reference (it holds
+    /// a password), with the rules of `migrations.database_url`: TLS
+    /// required and verified unless the URL says `sslmode=disable`, a
+    /// private CA as `sslrootcert=/path/ca.pem`; never printed.
+    #[serde(default)]
+    pub database_url: Option<SecretRef>,
+    /// `kind = "postgres"` only: allow `sslmode=disable` to a host that is
+    /// not loopback (default false).
+    #[serde(default)]
+    pub allow_plaintext: bool,
+    /// `kind = "postgres"` only: each check's statement is cancelled after
+    /// this long, e.g. `"2s"` (default 5 s,
+    /// `bluegreen_postgres::PostgresMetrics::DEFAULT_STATEMENT_TIMEOUT`).
+    #[serde(default, with = "humantime_serde")]
+    pub statement_timeout: Option<Duration>,
 }
 
 /// The kinds of `[[monitoring.sources]]`.
@@ -711,6 +727,12 @@ pub enum SourceKind {
     DatadogLogs,
     /// Datadog monitors with the given tags in Alert state (`service:x,severity:critical`).
     DatadogMonitors,
+    /// PostgreSQL (`bluegreen_postgres::PostgresMetrics`): SQL returning one
+    /// number, e.g. the connection pool's use
+    /// `select count(*)::float8 / current_setting('max_connections')::float8 from pg_stat_activity`,
+    /// or `pg_stat_statements [top N]`, the slow-query regression (1.0 = as
+    /// fast as at the snapshot taken when the deployer starts).
+    Postgres,
 }
 
 impl SourceKind {
@@ -1280,7 +1302,8 @@ impl Spec {
                 }
                 let values = mon.fake.as_ref().map(|f| &f.values);
                 for (i, c) in mon.checks.iter().enumerate() {
-                    let by_command = mon.commands.iter().any(|m| Some(&m.0.name) == c.source.as_ref());
+                    let by_command = mon.commands.iter().any(|m| Some(&m.0.name) == c.source.as_ref())
+                        || mon.sources.iter().any(|m| Some(&m.name) == c.source.as_ref());
                     if !by_command && values.is_none_or(|v| !v.contains_key(&c.name)) {
                         return err(&format!("monitoring.checks[{i}].name"), format!("the fake provider has no value for {:?}: add it to [monitoring.fake] values", c.name));
                     }
@@ -1412,6 +1435,33 @@ impl Spec {
                     &format!("{field}.name"),
                     format!("{:?} names two metrics sources", s.name),
                 );
+            }
+            if s.kind != SourceKind::Postgres {
+                let stray = [
+                    ("database_url", s.database_url.is_some()),
+                    ("allow_plaintext", s.allow_plaintext),
+                    ("statement_timeout", s.statement_timeout.is_some()),
+                ];
+                if let Some((f, _)) = stray.iter().find(|(_, set)| *set) {
+                    return err(
+                        &format!("{field}.{f}"),
+                        format!("only a kind = \"postgres\" source takes {f}"),
+                    );
+                }
+            }
+            if s.kind == SourceKind::Postgres {
+                if s.database_url.is_none() {
+                    return err(&format!("{field}.database_url"), "missing: a postgres source needs a database URL reference, e.g. { secret = \"prod/order-api/database-url\" }".into());
+                }
+                if s.statement_timeout
+                    .is_some_and(|t| t < Duration::from_millis(1))
+                {
+                    return err(
+                        &format!("{field}.statement_timeout"),
+                        "must be at least 1ms".into(),
+                    );
+                }
+                continue;
             }
             if s.kind.is_cloudwatch() && self.target.ecs.is_none() {
                 return err(
