@@ -43,7 +43,7 @@ use crate::journal::{Record, ENGINE_VERSION, JOURNAL_FORMAT};
 use crate::machine::{
     Action, Control, Event, Input, Machine, Reply, SecretCheck, SmokeResult, Stage,
 };
-use crate::plan::{Comparison, Plan};
+use crate::plan::{Aggregation, AnalysisCheck, Comparison, Plan, RollbackTrigger};
 use crate::provider::{
     AutoscalingState, BackupRecord, BackupVerification, ComputeStatus, HookOutcome, MetricAnswer,
     MigrationInfo, PreparedRelease, Rollout, Sample, SecretMetadata, SmokeOutcome, TargetHealth,
@@ -369,7 +369,7 @@ impl HealthyProviders {
             .max(window.as_millis() as u64 / every)
             .max(1);
         let step = (to.0.saturating_sub(from.0) / n).max(1);
-        let value = passing(c.success.op, c.success.threshold);
+        let value = healthy_value(&self.plan, c);
         MetricAnswer::Samples {
             samples: (1..=n)
                 .map(|i| Sample {
@@ -381,15 +381,36 @@ impl HealthyProviders {
     }
 }
 
-/// A value that meets `value <op> threshold`.
-fn passing(op: Comparison, t: f64) -> f64 {
-    match op {
-        Comparison::Lt if t > 0.0 => t / 2.0,
-        Comparison::Lt => t - 1.0,
-        Comparison::Le | Comparison::Ge => t,
-        Comparison::Gt if t > 0.0 => t * 2.0,
-        Comparison::Gt => t + 1.0,
-    }
+/// The value a healthy service reads for check `c` of `plan`: one that meets
+/// the check's success condition and breaches none of the plan's rollback
+/// triggers on that check. A count watched both as "< 1" (success) and
+/// "> 0" (trigger) reads 0, not 0.5; a summed check reads 0 when 0 passes,
+/// because summed samples add up. Shared by [`HealthyProviders`] and the
+/// rollback rehearsal, so `plan` and `plan --rehearse` assume the same
+/// healthy world.
+pub(crate) fn healthy_value(plan: &Plan, c: &AnalysisCheck) -> f64 {
+    let t = c.success.threshold;
+    let preferred = match c.success.op {
+        Comparison::Lt | Comparison::Le if t > 0.0 => t / 2.0,
+        Comparison::Lt | Comparison::Le => t - 1.0,
+        Comparison::Gt | Comparison::Ge if t > 0.0 => t * 2.0,
+        Comparison::Gt | Comparison::Ge => t + 1.0,
+    };
+    let breaches = |v: f64| {
+        plan.rollback_triggers.iter().any(|tr| {
+            matches!(tr, RollbackTrigger::Metric { check: name, breach, .. }
+                if name == &c.name && breach.holds(v))
+        })
+    };
+    let first = if c.aggregation == Aggregation::Sum {
+        0.0
+    } else {
+        preferred
+    };
+    [first, preferred, 0.0, t, t - 1.0, t + 1.0]
+        .into_iter()
+        .find(|v| c.success.holds(*v) && !breaches(*v))
+        .unwrap_or(preferred)
 }
 
 impl Responder for HealthyProviders {

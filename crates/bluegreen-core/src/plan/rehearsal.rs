@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Comparison, Gate, Plan};
+use super::{Gate, Plan};
 use crate::color::{Color, Timestamp, TrafficSplit};
 use crate::error::{Error, PlanError};
 use crate::machine::{
@@ -471,31 +471,7 @@ impl World {
 fn metric(plan: &Plan, check: &str, from: Timestamp, to: Timestamp) -> Reply {
     let (value, n) = match plan.check(check) {
         Some(c) => {
-            let t = c.success.threshold;
-            let preferred = match c.success.op {
-                Comparison::Lt | Comparison::Le if t > 0.0 => t / 2.0,
-                Comparison::Lt | Comparison::Le => t - 1.0,
-                Comparison::Gt | Comparison::Ge if t > 0.0 => t * 2.0,
-                Comparison::Gt | Comparison::Ge => t + 1.0,
-            };
-            // A value that passes and breaches none of the check's
-            // rollback triggers (a count "< 1" watched for "> 0" is 0).
-            let breaches = |v: f64| {
-                plan.rollback_triggers.iter().any(|tr| {
-                    matches!(tr, super::RollbackTrigger::Metric { check: name, breach, .. }
-                        if name == &c.name && breach.holds(v))
-                })
-            };
-            // Summed samples add up: zero, when it passes, stays zero.
-            let first = if c.aggregation == super::Aggregation::Sum {
-                0.0
-            } else {
-                preferred
-            };
-            let v = [first, preferred, 0.0, t, t - 1.0, t + 1.0]
-                .into_iter()
-                .find(|v| c.success.holds(*v) && !breaches(*v))
-                .unwrap_or(preferred);
+            let v = crate::dry_run::healthy_value(plan, c);
             (v, c.required_samples(to.since(from)) as u64 + 1)
         }
         None => (0.0, 1),
