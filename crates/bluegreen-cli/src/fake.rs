@@ -112,8 +112,12 @@ impl FakeWorldState {
         FakeWorldState {
             blue_percent: 0,
             colors,
+            applied: migrations
+                .iter()
+                .filter(|m| m.applied)
+                .map(|m| m.version)
+                .collect(),
             migrations,
-            applied: Vec::new(),
             applied_by: BTreeMap::new(),
             changes: Vec::new(),
         }

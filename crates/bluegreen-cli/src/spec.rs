@@ -460,6 +460,10 @@ pub struct FakeMigration {
     /// Whether it has a down migration.
     #[serde(default = "yes")]
     pub reversible: bool,
+    /// Already applied when the world is created (by no deployment), so a
+    /// spec's `[preflight] migrations_applied` can name it.
+    #[serde(default)]
+    pub applied: bool,
 }
 
 fn expand() -> MigrationPhase {

@@ -455,3 +455,59 @@ fn resume_of_a_killed_local_deployment_says_it_cannot_resume_and_stops_the_old_i
         "the record is finished: {code}\n{stdout}\n{stderr}"
     );
 }
+
+/// The fake-target spec with migration 24 (applied in the new world when
+/// `applied`) and 25 (pending), and `[preflight] migrations_applied = [24]`.
+fn preflight_migration_spec(applied: bool) -> String {
+    format!(
+        "{FAKE_SPEC}
+[migrations]
+runner = \"fake\"
+
+[[target.fake.migrations]]
+version = 24
+name = \"add_order_index\"
+applied = {applied}
+
+[[target.fake.migrations]]
+version = 25
+name = \"add_order_metadata\"
+
+[preflight]
+migrations_applied = [24]
+"
+    )
+}
+
+#[test]
+fn a_migration_the_release_needs_but_not_applied_was_found_only_after_changes() {
+    let dir = dir_with(&preflight_migration_spec(false));
+    let (code, stdout, stderr) = run(dir.path(), &["deploy", "spec.toml"]);
+    assert_eq!(code, EXIT_REFUSED, "{stdout}\n{stderr}");
+    let all = format!("{stdout}{stderr}");
+    assert!(all.contains("preflight.migrations_applied"), "{all}");
+    assert!(
+        all.contains("migration 024 must already be applied"),
+        "{all}"
+    );
+    let world: bluegreen_cli::fake::FakeWorldState =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("world.json")).unwrap())
+            .unwrap();
+    assert_eq!(world.changes, [], "nothing was changed");
+    assert_eq!(
+        world.applied,
+        Vec::<u64>::new(),
+        "025 was not applied either"
+    );
+    assert_eq!(world.blue_percent, 0);
+
+    // Applied already: preflight passes and the deployment runs to its end,
+    // applying 025 only.
+    let dir = dir_with(&preflight_migration_spec(true));
+    let (code, stdout, stderr) = run(dir.path(), &["deploy", "spec.toml"]);
+    assert_eq!(code, EXIT_SUCCEEDED, "{stdout}\n{stderr}");
+    let world: bluegreen_cli::fake::FakeWorldState =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("world.json")).unwrap())
+            .unwrap();
+    assert_eq!(world.applied, [24, 25]);
+}

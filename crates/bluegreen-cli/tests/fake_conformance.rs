@@ -24,6 +24,7 @@ fn providers(dir: &tempfile::TempDir) -> FakeProviders {
         name: "add_order_metadata".into(),
         phase: MigrationPhase::Expand,
         reversible: true,
+        applied: false,
     }];
     let world = FakeWorld::open(&dir.path().join("world.json"), "2.4.0", 3, &migrations).unwrap();
     FakeProviders::new(world).with_secrets(["prod/order-api/db-password".to_string()])
