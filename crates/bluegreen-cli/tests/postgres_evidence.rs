@@ -54,18 +54,16 @@ fn a_postgres_source_without_a_database_url_names_the_field() {
 
 #[test]
 fn a_database_url_written_as_plain_text_is_refused_without_echoing_it() {
-    let e = with_source(
-        "kind = \"postgres\"\ndatabase_url = \"postgres://app:hunter2@db/orders\"\n",
-    )
-    .unwrap_err();
+    let e =
+        with_source("kind = \"postgres\"\ndatabase_url = \"postgres://app:hunter2@db/orders\"\n")
+            .unwrap_err();
     assert!(!e.contains("hunter2"), "{e}");
 }
 
 #[test]
 fn a_database_url_on_a_source_that_is_not_postgres_names_the_field() {
-    let e = with_source(
-        "kind = \"cloudwatch-alarms\"\ndatabase_url = { env = \"ORDERS_DB_URL\" }\n",
-    )
-    .unwrap_err();
+    let e =
+        with_source("kind = \"cloudwatch-alarms\"\ndatabase_url = { env = \"ORDERS_DB_URL\" }\n")
+            .unwrap_err();
     assert!(e.contains("monitoring.sources[0].database_url"), "{e}");
 }
