@@ -622,7 +622,7 @@ async fn after_a_good_release_a_bad_one_with_an_error_rate_above_five_percent_ro
     let reason = &report["outcome"]["reason"];
     let summary = reason["summary"].as_str().unwrap_or_default();
     assert!(
-        summary.contains("error-rate > 0.05"),
+        summary.contains("error-rate > 5%"),
         "the recorded reason names the check and its threshold: {summary}"
     );
     let evidence = reason["evidence"].as_array().cloned().unwrap_or_default();

@@ -1142,23 +1142,41 @@ impl RollbackTrigger {
         }
     }
 
-    /// A short description, e.g. `error-rate > 0.05 for 5m`.
+    /// A short description, e.g. `error-rate > 0.05 for 5m`; see
+    /// [`describe_in`](Self::describe_in) for the threshold in its check's
+    /// unit.
     pub fn describe(&self) -> String {
+        self.describe_in(Unit::Number)
+    }
+
+    /// A short description with a metric trigger's threshold in `unit` (its
+    /// check's), e.g. `error-rate > 5% for 5m` for a ratio of 0.05,
+    /// `latency-p99 > 500 ms for 3 measurements in a row`. The unhealthy
+    /// targets' fraction reads as a percent whatever `unit` is.
+    pub fn describe_in(&self, unit: Unit) -> String {
         match self {
             RollbackTrigger::Metric {
                 check,
                 breach,
                 for_duration,
                 consecutive,
-            } => match (for_duration, consecutive) {
-                (Some(d), _) => format!("{check} {breach} for {}", humantime::format_duration(*d)),
-                (None, Some(n)) => format!("{check} {breach} for {n} measurements in a row"),
-                (None, None) => format!("{check} {breach}"),
-            },
+            } => {
+                let breach = match unit {
+                    Unit::Number => breach.to_string(),
+                    unit => breach.in_unit(unit),
+                };
+                match (for_duration, consecutive) {
+                    (Some(d), _) => {
+                        format!("{check} {breach} for {}", humantime::format_duration(*d))
+                    }
+                    (None, Some(n)) => format!("{check} {breach} for {n} measurements in a row"),
+                    (None, None) => format!("{check} {breach}"),
+                }
+            }
             RollbackTrigger::UnhealthyTargets { above, .. } => {
                 format!(
-                    "more than {}% of the new color's targets unhealthy",
-                    above * 100.0
+                    "more than {} of the new color's targets unhealthy",
+                    Unit::Ratio.format(*above)
                 )
             }
             RollbackTrigger::SmokeTestFailed => "any smoke test fails".into(),

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::color::{Color, TrafficSplit};
 use crate::machine::EvalPoint;
-use crate::plan::HookPoint;
+use crate::plan::{HookPoint, Unit};
 use crate::provider::MigrationPhase;
 
 /// What a deployment's rollback or halt was for: a kind and its values.
@@ -104,6 +104,10 @@ pub enum Cause {
         trigger: String,
         /// The last value.
         value: Option<f64>,
+        /// The check's unit, in which the value reads (absent in journals
+        /// written before it was kept: a plain number).
+        #[serde(default)]
+        unit: Unit,
         /// The samples behind it.
         samples: usize,
         /// What the samples stand for, as the source noted (e.g. the
@@ -337,13 +341,19 @@ impl fmt::Display for Cause {
             Cause::MetricTrigger {
                 trigger,
                 value,
+                unit,
                 samples,
                 note,
             } => {
+                // Without a unit, four decimals as ever.
+                let value = match (value, unit) {
+                    (Some(v), Unit::Number) => format!("{v:.4}"),
+                    (Some(v), unit) => unit.format(*v),
+                    (None, _) => "no value".into(),
+                };
                 write!(
                     f,
-                    "automatic rollback: {trigger}; last value {:.4} over {samples} samples",
-                    value.unwrap_or(f64::NAN)
+                    "automatic rollback: {trigger}; last value {value} over {samples} samples"
                 )?;
                 match note {
                     Some(note) => write!(f, ": {note}"),

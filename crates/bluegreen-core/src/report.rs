@@ -508,7 +508,12 @@ impl Report {
                 if !reason.evidence.is_empty() {
                     let _ = writeln!(s, "\n## Evidence behind the decision\n");
                     for m in &reason.evidence {
-                        let _ = writeln!(s, "- {} at {}", m.describe(), m.to);
+                        let unit = self
+                            .checks
+                            .iter()
+                            .find(|c| c.name == m.check)
+                            .map_or(crate::plan::Unit::Number, |c| c.unit);
+                        let _ = writeln!(s, "- {} at {}", m.describe_in(unit), m.to);
                     }
                 }
             }

@@ -133,7 +133,7 @@ fn error_rate_above_5_percent_for_five_minutes_rolls_back_traffic_first() {
     });
     assert!(matches!(report.outcome, Some(Outcome::RolledBack { .. })));
     let why = reason(&report);
-    assert!(why.contains("error-rate > 0.05 for 5m"), "{why}");
+    assert!(why.contains("error-rate > 5% for 5m"), "{why}");
     assert_eq!(f.world.split(), TrafficSplit::all_on(Color::Green));
     assert_eq!(f.world.desired(Color::Blue), 0);
     assert_eq!(f.world.desired(Color::Green), 3);
@@ -198,7 +198,7 @@ fn p95_above_1000ms_for_five_minutes_rolls_back() {
         on_blue(f, "p95-latency", 1400.0, 200.0);
         f.builder(reference_plan())
     });
-    assert!(reason(&report).contains("p95-latency > 1000 for 5m"));
+    assert!(reason(&report).contains("p95-latency > 1000 ms for 5m"));
     assert_eq!(f.world.split(), TrafficSplit::all_on(Color::Green));
     assert_eq!(f.world.desired(Color::Blue), 0);
 }
@@ -335,7 +335,7 @@ fn a_dry_run_check_is_recorded_but_never_acted_on() {
     assert_eq!(report.outcome, Some(Outcome::Succeeded));
     assert!(report.decisions.iter().any(|d| d
         .text
-        .contains("dry run, not acted on: automatic rollback: p95-latency > 1000 for 5m")));
+        .contains("dry run, not acted on: automatic rollback: p95-latency > 1000 ms for 5m")));
     assert_eq!(f.world.desired(Color::Green), 0);
 }
 
@@ -390,7 +390,7 @@ fn a_rollback_after_an_irreversible_migration_halts_with_the_state_recorded() {
         .summary
         .contains("irreversible migration(s) applied: 25 add_order_metadata"));
     assert!(
-        reason.summary.contains("error-rate > 0.05"),
+        reason.summary.contains("error-rate > 5%"),
         "{}",
         reason.summary
     );

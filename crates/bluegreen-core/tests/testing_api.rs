@@ -378,8 +378,52 @@ fn seven_percent_errors_on_the_new_color_read_as_the_summary_example() {
     });
     assert_eq!(
         report.reason().expect("rolled back").summary,
-        "automatic rollback: error-rate > 0.05 for 5m; last value 0.0700 over 6 samples"
+        "automatic rollback: error-rate > 5% for 5m; last value 7% over 6 samples"
     );
+}
+
+/// A ratio's threshold and value once read "0.0500" and "0.0700"; the
+/// reason, the trigger it names, and the Markdown report's reason and
+/// evidence lines read them as percents.
+#[test]
+fn rollback_reason_threshold_has_unit() {
+    let (report, _) = simulate(|f| {
+        f.metrics.constant("p95-latency", 180.0);
+        f.metrics.script("error-rate", |q, _| {
+            Some(if q.query.contains("color:blue") {
+                0.2
+            } else {
+                0.002
+            })
+        });
+        f.builder(reference_plan())
+    });
+    let Some(Cause::MetricTrigger { trigger, unit, .. }) = report.rolled_back() else {
+        panic!("{:?}", report.outcome)
+    };
+    assert_eq!(trigger, "error-rate > 5% for 5m");
+    assert_eq!(*unit, bluegreen_core::plan::Unit::Ratio);
+    let summary = &report.reason().expect("rolled back").summary;
+    assert_eq!(
+        summary,
+        "automatic rollback: error-rate > 5% for 5m; last value 20% over 6 samples"
+    );
+    let md = report.to_markdown();
+    assert!(
+        md.contains(&format!("- Reason: {summary}")),
+        "the Markdown report's reason line: {md}"
+    );
+    let evidence: Vec<&str> = md
+        .lines()
+        .filter(|l| l.starts_with("- error-rate = "))
+        .collect();
+    assert!(!evidence.is_empty(), "evidence lines: {md}");
+    for line in evidence {
+        assert!(
+            line.starts_with("- error-rate = 20% (") && line.contains("(success < 1%)"),
+            "an evidence line reads its value and threshold in percent: {line}"
+        );
+    }
 }
 
 /// The fake router, except that two of blue's targets fail their health checks.

@@ -451,8 +451,8 @@ pub struct Reason {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cause: Option<Cause>,
     /// One line rendered from the cause when the decision was made (see
-    /// [`Cause`]'s `Display`), e.g. `automatic rollback: error-rate > 0.05
-    /// for 5m; last value 0.0700 over 6 samples` (the reference plan with 7%
+    /// [`Cause`]'s `Display`), e.g. `automatic rollback: error-rate > 5%
+    /// for 5m; last value 7% over 6 samples` (the reference plan with 7%
     /// errors on the new color, six 10-second samples in the last window).
     pub summary: String,
     /// The measurements the decision used.

@@ -152,7 +152,7 @@ impl Machine {
                             )
                             && fired.is_none()
                         {
-                            fired = Some((t, trigger.describe()));
+                            fired = Some((t, trigger.describe_in(check.unit)));
                         }
                     }
                 }
@@ -180,6 +180,7 @@ impl Machine {
                     let reason = Reason::because(Cause::MetricTrigger {
                         trigger: describe,
                         value: meas.value,
+                        unit: check.unit,
                         samples: meas.samples.len(),
                         note: meas.note.clone(),
                     })

@@ -1,5 +1,5 @@
 use super::*;
-use crate::plan::BaselineOf;
+use crate::plan::{BaselineOf, Unit};
 
 impl Machine {
     /// Asks for check `i`'s baseline over the candidate's window
@@ -91,6 +91,18 @@ impl Machine {
         out
     }
 
+    /// `m` described with its value and threshold in its check's unit
+    /// (a ratio as a percent, milliseconds as `ms`).
+    fn describe_measurement(&self, m: &Measurement) -> String {
+        let unit = self
+            .plan
+            .analysis
+            .iter()
+            .find(|c| c.name == m.check)
+            .map_or(Unit::Number, |c| c.unit);
+        m.describe_in(unit)
+    }
+
     pub(super) fn decide_evaluation(&mut self, point: EvalPoint) {
         let results = std::mem::take(&mut self.final_results);
         let results = self.judge_baselines(results);
@@ -107,17 +119,17 @@ impl Machine {
                 point,
                 percent,
                 failed: m.verdict == Verdict::Fail,
-                checks: vec![m.describe()],
+                checks: vec![self.describe_measurement(m)],
             };
             self.event(Event::DryRun {
-                detail: format!("dry run, not acted on: {}", m.describe()),
+                detail: format!("dry run, not acted on: {}", self.describe_measurement(m)),
                 cause: Some(cause),
             });
         }
         let failed: Vec<String> = acted
             .iter()
             .filter(|m| m.verdict == Verdict::Fail)
-            .map(|m| m.describe())
+            .map(|m| self.describe_measurement(m))
             .collect();
         if !failed.is_empty() {
             let evidence = acted.iter().map(|m| (*m).clone()).collect();
@@ -134,7 +146,7 @@ impl Machine {
         let inconclusive: Vec<String> = acted
             .iter()
             .filter(|m| m.verdict == Verdict::Inconclusive)
-            .map(|m| m.describe())
+            .map(|m| self.describe_measurement(m))
             .collect();
         if !inconclusive.is_empty() {
             let cause = Cause::Analysis {
