@@ -220,7 +220,7 @@ fn one_bad_member_rolls_the_whole_group_back() {
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
-        stdout.contains("rolled back because payment-api rolled back: analysis failed at the end of traffic step 1 (20%): error-rate = 0.0800"),
+        stdout.contains("rolled back because payment-api rolled back: analysis failed at the end of traffic step 1 (20%): error-rate = 8% "),
         "{}",
         text(&out)
     );
